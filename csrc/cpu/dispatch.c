@@ -1,0 +1,128 @@
+/* dispatch.c — cpuid → the best ISA level → one kernel table per level.
+ *
+ * Tables are built once: the scalar reference first, then each SIMD file overrides what it
+ * speeds up. JANLIB_ISA=scalar|avx2|avx512 picks a level at start-up (jl_init). */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "quant/traits.h"
+
+#if defined(JANLIB_X86)
+#include <cpuid.h>
+#endif
+
+static const char *const isa_names[JL_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+
+static jl_type_traits tables[JL_ISA_COUNT][JL_TYPE_COUNT];
+static int best_isa = JL_ISA_SCALAR;
+static char cpu_flags[256];
+static atomic_int active_isa = JL_ISA_SCALAR;
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
+
+#if defined(JANLIB_X86)
+static uint64_t xgetbv0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static void detect(void) {
+    unsigned a, b, c, d;
+    int has_avx2 = 0, has_fma = 0, has_f16c = 0, has_osxsave = 0, has_bmi2 = 0;
+    int has_f = 0, has_bw = 0, has_vl = 0, has_dq = 0, has_vnni = 0;
+    if (__get_cpuid(1, &a, &b, &c, &d)) {
+        has_fma = (c >> 12) & 1;
+        has_osxsave = (c >> 27) & 1;
+        has_f16c = (c >> 29) & 1;
+    }
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+        has_avx2 = (b >> 5) & 1;
+        has_bmi2 = (b >> 8) & 1;
+        has_f = (b >> 16) & 1;
+        has_dq = (b >> 17) & 1;
+        has_bw = (b >> 30) & 1;
+        has_vl = (b >> 31) & 1;
+        has_vnni = (c >> 11) & 1;
+    }
+    /* the OS must save the wider registers: YMM (bits 1-2), and opmask/ZMM (bits 5-7) */
+    uint64_t xcr0 = has_osxsave ? xgetbv0() : 0;
+    int os_ymm = (xcr0 & 0x6) == 0x6;
+    int os_zmm = os_ymm && (xcr0 & 0xe0) == 0xe0;
+    if (!os_ymm) has_avx2 = has_fma = has_f16c = 0;
+    if (!os_zmm) has_f = has_bw = has_vl = has_dq = has_vnni = 0;
+
+    const struct { const char *name; int on; } flags[] = {
+        {"avx2", has_avx2}, {"fma", has_fma}, {"f16c", has_f16c}, {"bmi2", has_bmi2},
+        {"avx512f", has_f}, {"avx512bw", has_bw}, {"avx512vl", has_vl}, {"avx512dq", has_dq},
+        {"avx512vnni", has_vnni},
+    };
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        if (!flags[i].on) continue;
+        if (cpu_flags[0]) strcat(cpu_flags, " ");
+        strcat(cpu_flags, flags[i].name);
+    }
+    if (has_avx2 && has_fma && has_f16c && has_bmi2) best_isa = JL_ISA_AVX2;
+    if (best_isa == JL_ISA_AVX2 && has_f && has_bw && has_vl && has_dq && has_vnni)
+        best_isa = JL_ISA_AVX512;
+}
+#else
+static void detect(void) {}
+#endif
+
+static void build_tables(void) {
+    detect();
+    for (int isa = 0; isa < JL_ISA_COUNT; isa++) jl_ref_register(tables[isa]);
+#if defined(JANLIB_X86)
+    for (int isa = JL_ISA_AVX2; isa < JL_ISA_COUNT; isa++) jl_avx2_register(tables[isa]);
+    jl_avx512_register(tables[JL_ISA_AVX512]);
+#endif
+    atomic_store(&active_isa, best_isa);
+}
+
+static void ensure_tables(void) { pthread_once(&tables_once, build_tables); }
+
+const char *jl_isa_name(int isa) {
+    return isa >= 0 && isa < JL_ISA_COUNT ? isa_names[isa] : "unknown";
+}
+
+int jl_isa_best(void) { ensure_tables(); return best_isa; }
+int jl_isa_active(void) { ensure_tables(); return atomic_load(&active_isa); }
+const char *jl_cpu_flags(void) { ensure_tables(); return cpu_flags; }
+
+jl_status jl_isa_set(int isa) {
+    ensure_tables();
+    if (isa < 0 || isa >= JL_ISA_COUNT)
+        return jl_fail(JL_ERR_INVALID_ARG, "unknown ISA level %d", isa);
+    if (isa > best_isa)
+        return jl_fail(JL_ERR_UNSUPPORTED, "ISA %s is not available on this CPU (best: %s)",
+                       isa_names[isa], isa_names[best_isa]);
+    atomic_store(&active_isa, isa);
+    return JL_OK;
+}
+
+const jl_type_traits *jl_traits_for(int isa, int type) {
+    ensure_tables();
+    if (isa < 0 || isa >= JL_ISA_COUNT || type < 0 || type >= JL_TYPE_COUNT) return NULL;
+    const jl_type_traits *t = &tables[isa][type];
+    return t->name ? t : NULL;
+}
+
+const jl_type_traits *jl_traits(int type) { return jl_traits_for(jl_isa_active(), type); }
+
+jl_status jl_type_info(int type, const char **name, int64_t *block_size, int64_t *type_size) {
+    const jl_type_traits *t = jl_traits(type);
+    if (!t) return jl_fail(JL_ERR_UNSUPPORTED, "tensor type id %d is not supported", type);
+    *name = t->name;
+    *block_size = t->block_size;
+    *type_size = t->type_size;
+    return JL_OK;
+}
+
+int jl_type_activation(int type) {
+    const jl_type_traits *t = jl_traits(type);
+    return t ? t->activation : -1;
+}

@@ -1,0 +1,24 @@
+"""janlib: fast local LLM inference — GGUF models on SIMD C kernels."""
+
+from janlib.errors import JanlibError, UnsupportedError
+from janlib.gguf import GGUFError, GGUFFile, GGUFTensor, load_gguf
+from janlib.kernels import cpu_features, dequantize, matmul, set_isa, set_n_threads, use_isa
+from janlib.fetch import fetch_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GGUFError",
+    "GGUFFile",
+    "GGUFTensor",
+    "JanlibError",
+    "UnsupportedError",
+    "cpu_features",
+    "dequantize",
+    "fetch_model",
+    "load_gguf",
+    "matmul",
+    "set_isa",
+    "set_n_threads",
+    "use_isa",
+]

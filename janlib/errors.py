@@ -1,0 +1,9 @@
+"""Exceptions janlib raises for bad input; each is also a ValueError, as callers expect."""
+
+
+class JanlibError(Exception):
+    """Base of janlib's own exceptions."""
+
+
+class UnsupportedError(JanlibError, ValueError):
+    """A tensor type, ISA level or feature this build cannot run; the message names it."""

