@@ -557,18 +557,20 @@ def test_fuzz_tensor_infos(tensor_info_target, data):
     run_mutations(tensor_info_target, data, MUTATIONS, 4)
 
 
+@pytest.fixture(scope="module", params=["smollm2_path", "gemma3_path"])
+def real_model(request) -> Path:
+    return Path(request.getfixturevalue(request.param))
+
+
 @pytest.fixture(scope="module")
-def real_target(tmp_path_factory) -> FuzzTarget:
-    source = os.environ.get("JANLIB_TEST_REAL_GGUF")
-    if not source or not os.path.isfile(source):
-        pytest.skip("set JANLIB_TEST_REAL_GGUF to a .gguf model file to fuzz a real header")
-    return FuzzTarget.from_file(Path(source), tmp_path_factory.mktemp("fuzz_real"), keep_all=False)
+def real_target(real_model, tmp_path_factory) -> FuzzTarget:
+    return FuzzTarget.from_file(real_model, tmp_path_factory.mktemp("fuzz_real"), keep_all=False)
 
 
-def test_real_file_matches_reference_reader(real_target):
-    source = os.environ["JANLIB_TEST_REAL_GGUF"]
-    reference = gguf.GGUFReader(source)
-    with load_gguf(source) as f:
+@pytest.mark.slow
+def test_real_file_matches_reference_reader(real_model):
+    reference = gguf.GGUFReader(str(real_model))
+    with load_gguf(real_model) as f:
         assert f.data_offset == reference.data_offset
         assert [(t.name, t.offset, t.nbytes) for t in f.tensors.values()] == [
             (t.name, t.data_offset, t.n_bytes) for t in reference.tensors
@@ -581,7 +583,8 @@ def test_real_file_matches_reference_reader(real_target):
         assert_consistent(f)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_real_file(real_target, data):
     run_mutations(real_target, data, MUTATIONS, 4)
