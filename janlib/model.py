@@ -1,0 +1,153 @@
+"""Model: load a GGUF, tokenize, run the forward pass, generate and chat.
+
+Decoding here is greedy; the sampler chain plugs into `generate` through `next_token`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from janlib.chat import ChatTemplate
+from janlib.fetch import fetch_model
+from janlib.gguf import load_gguf
+from janlib.models import load_runtime
+from janlib.registry import DEFAULT_MODEL
+from janlib.stop import StopStringFilter
+from janlib.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    id: int | None  # None for the text still held back when generation ends
+    text: str  # the text this token releases: "" while a UTF-8 character or stop string is pending
+
+
+class Generation(Iterator[GeneratedToken]):
+    """The tokens of one generation; finish_reason is "stop" or "length" once it is exhausted."""
+
+    def __init__(self, tokens: Iterator[GeneratedToken], n_prompt: int, n_cached: int):
+        self._tokens = tokens
+        self.n_prompt_tokens = n_prompt
+        self.n_cached_tokens = n_cached
+        self.finish_reason: str | None = None
+
+    def __next__(self) -> GeneratedToken:
+        return next(self._tokens)
+
+
+class Model:
+    def __init__(self, path_or_name: str | None = None, n_ctx: int | None = None, n_threads: int | None = None,
+                 kv_type: str = "f16"):
+        self.path = fetch_model(path_or_name or DEFAULT_MODEL)
+        self._file = load_gguf(self.path)
+        self.metadata = self._file.metadata
+        self.tokenizer = Tokenizer.from_metadata(self.metadata)
+        self.template = ChatTemplate.from_metadata(self.metadata, self.tokenizer)
+        self._runtime = load_runtime(self._file, n_ctx=n_ctx, kv_type=kv_type, n_threads=n_threads)
+        self._cached: list[int] = []  # the tokens whose keys and values the context holds
+
+    @property
+    def n_ctx(self) -> int:
+        return self._runtime.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self._runtime.n_vocab
+
+    @property
+    def chat_template(self) -> str | None:
+        return None if self.template.is_fallback else self.template.source
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self.tokenizer.eos_token_ids
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """float32 (n_vocab,) next-token logits after ids, from a fresh context."""
+        self._check_prompt(ids)
+        self._runtime.seq_rm(0)
+        self._cached = []
+        out = self._runtime.eval(ids, 0, "last")[0]
+        self._cached = list(ids)
+        return out
+
+    def _check_prompt(self, ids: Sequence[int]) -> None:
+        if len(ids) == 0:
+            raise ValueError("the prompt is empty: at least one token is needed")
+        if len(ids) > self.n_ctx:
+            raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx}")
+
+    def _prefill(self, ids: Sequence[int]) -> tuple[np.ndarray, int]:
+        """Evaluate ids, reusing the cached common prefix; returns the last logits and the reused count."""
+        reuse = 0
+        for a, b in zip(self._cached, ids):
+            if a != b:
+                break
+            reuse += 1
+        reuse = min(reuse, len(ids) - 1)  # the last prompt token is always evaluated, for its logits
+        self._runtime.seq_rm(reuse)
+        self._cached = self._cached[:reuse]
+        logits = self._runtime.eval(ids[reuse:], reuse, "last")[0]
+        self._cached = list(ids)
+        return logits, reuse
+
+    def generate(self, ids: Sequence[int], max_tokens: int = 256, stop: str | Sequence[str] | None = None,
+                 ignore_eos: bool = False) -> Generation:
+        """Greedy continuation of ids: an iterator of GeneratedToken ending at an end-of-generation
+        token, a stop string (whose text is never released), max_tokens or the end of the context."""
+        ids = [int(i) for i in ids]
+        self._check_prompt(ids)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise ValueError(f"max_tokens must be a non-negative int, got {max_tokens!r}")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        logits, reused = self._prefill(ids)
+        generation = Generation(iter(()), len(ids), reused)
+        generation._tokens = self._decode_loop(generation, logits, max_tokens, StopStringFilter(stops), ignore_eos)
+        return generation
+
+    def _decode_loop(self, generation: Generation, logits: np.ndarray, max_tokens: int,
+                     stops: StopStringFilter, ignore_eos: bool) -> Iterator[GeneratedToken]:
+        decoder = self.tokenizer.decoder()
+        eos = self.eos_token_ids
+        banned = np.fromiter(eos, dtype=np.int64) if ignore_eos else None
+        token = None
+        for _ in range(max_tokens):
+            if token is not None:  # evaluate the previous token only when another one is wanted
+                if len(self._cached) >= self.n_ctx:
+                    break
+                logits = self._runtime.eval([token], len(self._cached), "last")[0]
+                self._cached.append(token)
+            if banned is not None:
+                logits[banned] = -np.inf
+            token = int(np.argmax(logits))
+            if token in eos:
+                generation.finish_reason = "stop"
+                break
+            yield GeneratedToken(token, stops.feed(decoder.feed(token)))
+            if stops.stopped:
+                generation.finish_reason = "stop"
+                return
+        generation.finish_reason = generation.finish_reason or "length"
+        tail = stops.feed(decoder.flush()) + stops.flush()
+        if tail:
+            yield GeneratedToken(None, tail)
+
+    def chat(self, messages: list[dict], max_tokens: int = 256, stream: bool = False,
+             stop: str | Sequence[str] | None = None, ignore_eos: bool = False):
+        """The assistant's answer to messages (rendered with the model's chat template), or with
+        stream=True an iterator of its text pieces."""
+        prompt = self.template.render(messages, add_generation_prompt=True)
+        # templates that write the BOS text themselves (Gemma's) must not get a second one
+        bos_text = self.tokenizer.token_text(self.tokenizer.bos_id) if self.tokenizer.bos_id is not None else None
+        add_special = not (bos_text and prompt.startswith(bos_text))
+        ids = self.tokenize(prompt, add_special=add_special, parse_special=True)
+        pieces = (t.text for t in self.generate(ids, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos) if t.text)
+        return pieces if stream else "".join(pieces)

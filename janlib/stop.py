@@ -1,0 +1,43 @@
+"""Stop strings over streamed text: nothing that might begin a stop string is released early."""
+
+from __future__ import annotations
+
+
+class StopStringFilter:
+    """feed(piece) returns the text that is safe to emit; .stopped is set once a stop string appears.
+
+    Text that could still grow into a stop string is held back until the next piece shows it
+    does not; on a match everything from the stop string on is dropped."""
+
+    def __init__(self, stop: list[str]):
+        self.stop = [s for s in stop if s]
+        self.stopped = False
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        text = self._held + piece
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._held = ""
+            return text[:cut]
+        keep = self._longest_partial_suffix(text)
+        self._held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep]
+
+    def flush(self) -> str:
+        """The held-back text, once generation has ended without a match."""
+        text, self._held = self._held, ""
+        return "" if self.stopped else text
+
+    def _longest_partial_suffix(self, text: str) -> int:
+        """Length of the longest suffix of text that is a proper prefix of some stop string."""
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(text)), best, -1):
+                if text.endswith(s[:n]):
+                    best = n
+                    break
+        return best

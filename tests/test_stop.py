@@ -1,0 +1,47 @@
+"""Stop strings over streamed pieces: no stop text leaks, nothing else is lost."""
+
+from __future__ import annotations
+
+from hypothesis import given, strategies as st
+
+from janlib.stop import StopStringFilter
+
+
+def run(pieces, stop):
+    f = StopStringFilter(stop)
+    out = "".join(f.feed(p) for p in pieces)
+    return out + f.flush(), f.stopped
+
+
+def test_stop_split_across_pieces_never_leaks():
+    emitted = []
+    f = StopStringFilter(["</answer>"])
+    for piece in ["The answer is 4", "</ans", "wer> and more"]:
+        emitted.append(f.feed(piece))
+    assert emitted == ["The answer is 4", "", ""]
+    assert f.stopped and f.flush() == ""
+
+
+def test_held_text_released_when_it_is_not_a_stop():
+    f = StopStringFilter(["STOP"])
+    assert f.feed("a ST") == "a "
+    assert f.feed("x") == "STx"
+    assert not f.stopped
+
+
+def test_earliest_of_several_stops_wins():
+    assert run(["xx yy zz"], ["zz", "yy"]) == ("xx ", True)
+
+
+def test_flush_releases_a_partial_match_at_the_end():
+    assert run(["abc S", "TO"], ["STOP"]) == ("abc STO", False)
+
+
+@given(st.text(alphabet="abS", max_size=30), st.lists(st.integers(0, 30), max_size=6),
+       st.lists(st.text(alphabet="abS", min_size=1, max_size=4), max_size=3))
+def test_matches_cutting_the_whole_text(text, cuts, stop):
+    cuts = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    pieces = [text[a:b] for a, b in zip(cuts, cuts[1:])]
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    expected = text[:min(hits)] if hits else text
+    assert run(pieces, stop) == (expected, bool(hits))
