@@ -99,3 +99,6 @@ def quantize_rows(int act_type, const float[:, ::1] x, uint8_t[::1] dst):
     with nogil:
         status = jl_quantize_rows(act_type, &x[0, 0], x.shape[0], x.shape[1], &dst[0], dst.shape[0])
     check(status)
+
+
+include "_sampling.pxi"

@@ -1,0 +1,1 @@
+# The sampler chain binding (included by _core.pyx).
