@@ -11,6 +11,7 @@
  * constants. Dequantization computes the reference's products in the reference's order, so it
  * is bit-identical to ref.c. */
 #include <immintrin.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "quant/blocks.h"
@@ -36,15 +37,6 @@ INLINE int32_t hsum_i32x8(__m256i v) {
 
 INLINE float half_to_f32(jl_half h) { return _cvtsh_ss(h); }
 INLINE jl_half f32_to_half(float f) { return (jl_half)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
-
-/* a * b rounded to float before anything is added to it. GCC contracts a multiply intrinsic
- * and a following add into one FMA (-ffp-contract=fast, the GNU default); the empty asm hides
- * the product so dequantization rounds twice, like the scalar reference. */
-INLINE __m256 mul_rounded(__m256 a, __m256 b) {
-    __m256 p = _mm256_mul_ps(a, b);
-    __asm__("" : "+x"(p));
-    return p;
-}
 
 /* sum of u[i] * s[i] over each four adjacent bytes (unsigned u, signed s), as 8 floats;
  * the caller keeps every adjacent pair sum within int16 */
@@ -222,45 +214,86 @@ INLINE void legacy_to_float(legacy_unpack_fn unpack, size_t type_size, const voi
         const __m256 d = _mm256_set1_ps(u.d), m = _mm256_set1_ps(u.m);
         __m256 f[4];
         i8x32_to_f32(u.q, f);
-        for (int p = 0; p < 4; p++) _mm256_storeu_ps(dst + i * QK + 8 * p, _mm256_add_ps(mul_rounded(d, f[p]), m));
+        for (int p = 0; p < 4; p++) _mm256_storeu_ps(dst + i * QK + 8 * p, _mm256_add_ps(_mm256_mul_ps(d, f[p]), m));
     }
 }
 
-/* signed weights . Q8_0 rows: sum of d * dx * sum(q * qx), the sign trick per row */
-INLINE void legacy_dot_q8_0(legacy_unpack_fn unpack, size_t type_size, int64_t k, const void *w,
-                            const void *x, size_t x_stride, int nc, float *s) {
-    __m256 acc[JL_NC_MAX];
-    for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < k / QK; i++) {
-        const legacy_block u = unpack((const uint8_t *)w + i * type_size);
+/* The fp16 at p, p + stride, ... for `count` <= 8 blocks, as floats (0 past count): legacy
+ * blocks are small, so converting their scales one at a time would cost as much as the dot. */
+INLINE __m256 halves_to_f32(const void *p, size_t stride, int count) {
+    jl_half h[8] = {0};
+    for (int b = 0; b < count; b++) memcpy(&h[b], (const uint8_t *)p + b * stride, 2);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+}
+
+/* `count` <= 8 weight blocks from block i against the same blocks of nc Q8_0 rows:
+ * signed weights, acc[c] += d * dx * sum(q * qx) per block, with the sign trick. The scale
+ * products come from halves_to_f32, so the unpacked d goes unused (and is not computed). */
+INLINE void legacy_group_q8_0(legacy_unpack_fn unpack, size_t type_size, const uint8_t *w, const uint8_t *x,
+                              size_t x_stride, int nc, int64_t i, int count, __m256 acc[]) {
+    const __m256 dw = halves_to_f32(w + i * type_size, type_size, count);
+    float dd[JL_NC_MAX][8];
+    for (int c = 0; c < nc; c++) {
+        const block_q8_0 *bx = (const block_q8_0 *)(x + c * x_stride) + i;
+        _mm256_storeu_ps(dd[c], _mm256_mul_ps(dw, halves_to_f32(&bx->d, sizeof(block_q8_0), count)));
+    }
+    for (int b = 0; b < count; b++) {
+        const legacy_block u = unpack(w + (i + b) * type_size);
         /* |q| <= 128 and |qx| <= 127: a pair of products stays within int16 */
         const __m256i abs_q = _mm256_abs_epi8(u.q);
         for (int c = 0; c < nc; c++) {
-            const block_q8_0 *bx = (const block_q8_0 *)((const uint8_t *)x + c * x_stride) + i;
+            const block_q8_0 *bx = (const block_q8_0 *)(x + c * x_stride) + i + b;
             const __m256i qx = _mm256_loadu_si256((const __m256i *)bx->qs);
             const __m256 dot = dot_u8s8_f32(abs_q, _mm256_sign_epi8(qx, u.q));
-            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(u.d * half_to_f32(bx->d)), dot, acc[c]);
+            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(dd[c][b]), dot, acc[c]);
         }
     }
+}
+
+/* the same against Q8_1 rows, for unsigned weights with a minimum: the minimum's term
+ * m * s of each block goes to macc[c] */
+INLINE void legacy_group_q8_1(legacy_unpack_fn unpack, size_t type_size, const uint8_t *w, const uint8_t *x,
+                              size_t x_stride, int nc, int64_t i, int count, __m256 acc[], __m256 macc[]) {
+    const __m256 dw = halves_to_f32(w + i * type_size, type_size, count);
+    const __m256 mw = halves_to_f32(w + i * type_size + sizeof(jl_half), type_size, count);
+    float dd[JL_NC_MAX][8];
+    for (int c = 0; c < nc; c++) {
+        const block_q8_1 *bx = (const block_q8_1 *)(x + c * x_stride) + i;
+        _mm256_storeu_ps(dd[c], _mm256_mul_ps(dw, halves_to_f32(&bx->d, sizeof(block_q8_1), count)));
+        macc[c] = _mm256_fmadd_ps(mw, halves_to_f32(&bx->s, sizeof(block_q8_1), count), macc[c]);
+    }
+    for (int b = 0; b < count; b++) {
+        const legacy_block u = unpack(w + (i + b) * type_size);
+        for (int c = 0; c < nc; c++) {
+            const block_q8_1 *bx = (const block_q8_1 *)(x + c * x_stride) + i + b;
+            const __m256i qx = _mm256_loadu_si256((const __m256i *)bx->qs);
+            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(dd[c][b]), dot_u8s8_f32(u.q, qx), acc[c]);
+        }
+    }
+}
+
+/* signed weights . Q8_0 rows: sum over blocks of d * dx * sum(q * qx) */
+INLINE void legacy_dot_q8_0(legacy_unpack_fn unpack, size_t type_size, int64_t k, const void *w,
+                            const void *x, size_t x_stride, int nc, float *s) {
+    const int64_t nb = k / QK;
+    __m256 acc[JL_NC_MAX];
+    for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= nb; i += 8) legacy_group_q8_0(unpack, type_size, w, x, x_stride, nc, i, 8, acc);
+    if (i < nb) legacy_group_q8_0(unpack, type_size, w, x, x_stride, nc, i, (int)(nb - i), acc);
     for (int c = 0; c < nc; c++) s[c] = hsum_f32x8(acc[c]);
 }
 
 /* unsigned weights with a minimum . Q8_1 rows: d * dx * sum(q * qx) + m * s per block */
 INLINE void legacy_dot_q8_1(legacy_unpack_fn unpack, size_t type_size, int64_t k, const void *w,
                             const void *x, size_t x_stride, int nc, float *s) {
-    __m256 acc[JL_NC_MAX];
-    float mins[JL_NC_MAX];
-    for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps(), mins[c] = 0.0f;
-    for (int64_t i = 0; i < k / QK; i++) {
-        const legacy_block u = unpack((const uint8_t *)w + i * type_size);
-        for (int c = 0; c < nc; c++) {
-            const block_q8_1 *bx = (const block_q8_1 *)((const uint8_t *)x + c * x_stride) + i;
-            const __m256i qx = _mm256_loadu_si256((const __m256i *)bx->qs);
-            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(u.d * half_to_f32(bx->d)), dot_u8s8_f32(u.q, qx), acc[c]);
-            mins[c] += u.m * half_to_f32(bx->s);
-        }
-    }
-    for (int c = 0; c < nc; c++) s[c] = hsum_f32x8(acc[c]) + mins[c];
+    const int64_t nb = k / QK;
+    __m256 acc[JL_NC_MAX], macc[JL_NC_MAX];
+    for (int c = 0; c < nc; c++) acc[c] = macc[c] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= nb; i += 8) legacy_group_q8_1(unpack, type_size, w, x, x_stride, nc, i, 8, acc, macc);
+    if (i < nb) legacy_group_q8_1(unpack, type_size, w, x, x_stride, nc, i, (int)(nb - i), acc, macc);
+    for (int c = 0; c < nc; c++) s[c] = hsum_f32x8(_mm256_add_ps(acc[c], macc[c]));
 }
 
 /* ---- K-quant super-blocks (256 values, scales per group of 16) ----------------------------
@@ -297,31 +330,36 @@ INLINE void unpack_q3_K(const void *blk, kquant_block *u) {
         const __m256i low = byte_bits(_mm256_loadu_si256((const __m256i *)(b->qs + 32 * (j / 4))), 2 * (j % 4), 0, 2);
         u->q[j] = _mm256_or_si256(low, byte_bits(hmask, j, 2, 1));
     }
-    /* sixteen 6-bit scales: low nibbles in bytes 0..7, high two bits in bytes 8..11 */
-    uint32_t a[3], g[4];
-    memcpy(a, b->scales, 12);
-    const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
-    g[0] = (a[0] & m4) | ((a[2] & m2) << 4);
-    g[1] = (a[1] & m4) | (((a[2] >> 2) & m2) << 4);
-    g[2] = ((a[0] >> 4) & m4) | (((a[2] >> 4) & m2) << 4);
-    g[3] = ((a[1] >> 4) & m4) | (((a[2] >> 6) & m2) << 4);
-    const __m256i sc = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)g));
+    /* sixteen 6-bit scales: low nibbles in bytes 0..7, high two bits in bytes 8..11. A 16-byte
+     * load at scales would read past the block, so load its last 16 bytes: scales start at `at`. */
+    enum { at = offsetof(block_q3_K, scales) - (sizeof(block_q3_K) - 16) };
+    const __m128i tail = _mm_loadu_si128((const __m128i *)((const uint8_t *)(b + 1) - 16));
+    const __m128i low8 = _mm_shuffle_epi8(tail, _mm_set1_epi64x(0x0706050403020100 + 0x0101010101010101 * at));
+    const __m128i low = _mm_and_si128(_mm_unpacklo_epi64(low8, _mm_srli_epi16(low8, 4)), _mm_set1_epi8(0x0f));
+    /* group g's high bits are bits 2 (g / 4) .. 2 (g / 4) + 1 of byte 8 + g % 4: the same
+     * shift for the four groups of each dword */
+    const __m128i high4 = _mm_shuffle_epi8(tail, _mm_set1_epi32(0x0b0a0908 + 0x01010101 * at));
+    const __m128i high = _mm_and_si128(_mm_srlv_epi32(high4, _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));
+    const __m256i sc = _mm256_cvtepu8_epi16(_mm_or_si128(low, _mm_slli_epi16(high, 4)));
     u->sc = _mm256_sub_epi16(sc, _mm256_set1_epi16(32));
     u->mn = _mm256_setzero_si256();
     u->d = half_to_f32(b->d);
     u->dmin = 0.0f;
 }
 
-/* Q4_K / Q5_K: eight 6-bit scales and eight 6-bit minimums in 12 bytes, each stored twice */
+/* Q4_K / Q5_K: eight 6-bit scales and eight 6-bit minimums in 12 bytes s[0..11], each
+ * stored twice. Scale j < 4 is s[j] & 63 and minimum j < 4 is s[j + 4] & 63; for j >= 4 the
+ * low four bits are the nibbles of s[j + 4] and the top two bits of s[j - 4] (scale) or s[j]
+ * (minimum) supply the high two. The 16-byte load stays in the block: qs follows. */
 INLINE void unpack_k4_scales(const uint8_t scales[K_SCALE_SIZE], kquant_block *u) {
-    uint32_t s[3], v[4];
-    memcpy(s, scales, 12);
-    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-    v[0] = s[0] & m6;                                       /* scales 0..3 */
-    v[1] = (s[2] & m4) | (((s[0] >> 6) & m2) << 4);         /* scales 4..7 */
-    v[2] = s[1] & m6;                                       /* minimums 0..3 */
-    v[3] = ((s[2] >> 4) & m4) | (((s[1] >> 6) & m2) << 4);  /* minimums 4..7 */
-    const __m128i sm = _mm_loadu_si128((const __m128i *)v);
+    const __m128i s = _mm_loadu_si128((const __m128i *)scales);
+    /* bytes 0..7 become the scales, 8..15 the minimums */
+    const __m128i low = _mm_shuffle_epi8(s, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    const __m128i top = _mm_shuffle_epi8(s, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+    const __m128i m6 = _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0);
+    const __m128i m4 = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15);
+    const __m128i sm = _mm_or_si128(_mm_or_si128(_mm_and_si128(low, m6), _mm_and_si128(_mm_srli_epi16(low, 4), m4)),
+                                    _mm_and_si128(_mm_srli_epi16(top, 2), _mm_set1_epi8(0x30)));
     u->sc = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sm, sm));
     u->mn = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm));
 }
@@ -384,7 +422,7 @@ INLINE void kquant_to_float(kquant_unpack_fn unpack, size_t type_size, int offse
             i8x32_to_f32(_mm256_sub_epi8(u.q[j], _mm256_set1_epi8((char)offset)), q);
             for (int p = 0; p < 4; p++) {
                 const int g = 2 * j + p / 2;
-                const __m256 v = _mm256_sub_ps(mul_rounded(_mm256_set1_ps(scale[g]), q[p]), _mm256_set1_ps(min[g]));
+                const __m256 v = _mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(scale[g]), q[p]), _mm256_set1_ps(min[g]));
                 _mm256_storeu_ps(dst + i * QK_K + 32 * j + 8 * p, v);
             }
         }
