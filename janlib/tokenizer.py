@@ -1,0 +1,345 @@
+"""GGUF vocabularies as Hugging Face `tokenizers` pipelines that give llama.cpp's token ids.
+
+Two vocabulary kinds are supported (`tokenizer.ggml.model`):
+
+* ``gpt2``: byte-level BPE with the file's merges; the pre-tokenizer regexes are chosen by
+  `tokenizer.ggml.pre`, copied from llama.cpp's ``src/llama-vocab.cpp``.
+* ``llama``: SentencePiece-style BPE as llama.cpp runs it: adjacent symbols whose concatenation
+  is a token are merged highest score first, spaces become ``▁``, characters without a token
+  fall back to ``<0xNN>`` byte tokens, and with `add_space_prefix` a space is put in front of
+  the text and of every fragment that follows a special token.
+
+Control and unknown tokens are matched in the text only with ``parse_special=True``;
+user-defined tokens (Gemma's whitespace runs, HTML tags) are always matched, as in llama.cpp.
+Decoding keeps every character (llama.cpp's optional clean-up of spaces before punctuation is
+not applied), so ``decode(encode(text, add_special=False)) == text`` for any text the vocabulary
+can spell: a byte-level vocabulary may lack a few bytes, which are dropped (as llama.cpp drops
+them), and a literal ``▁`` reads back as a space from a SentencePiece vocabulary.
+"""
+
+from __future__ import annotations
+
+import codecs
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from tokenizers import AddedToken, Regex
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import models, normalizers, pre_tokenizers
+
+from janlib.errors import JanlibError, UnsupportedError
+
+__all__ = ["IncrementalDecoder", "Tokenizer", "TokenizerError"]
+
+# tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+class TokenizerError(JanlibError, ValueError):
+    """The GGUF metadata does not describe a usable vocabulary, or a token id is out of range."""
+
+
+# Pre-tokenizer regexes from llama.cpp's llm_tokenizer_bpe: each regex in turn splits every
+# piece into its matches and the text between them.
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+           r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+@dataclass(frozen=True)
+class _PreTokenizer:
+    regexes: tuple[str, ...]
+    ignore_merges: bool = False  # a piece that is a whole token is kept, merges or not
+    add_bos: bool = False  # llama.cpp's add_bos when tokenizer.ggml.add_bos_token is absent
+
+
+_DEFAULT = _PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", "[0-9][0-9][0-9]"))
+_GPT2_PRE = _PreTokenizer((_GPT2,))
+_STARCODER = _PreTokenizer((r"\p{N}", _GPT2))  # SmolLM: every digit on its own
+_LLAMA3_PRE = _PreTokenizer((_LLAMA3,), ignore_merges=True, add_bos=True)
+_QWEN2_PRE = _PreTokenizer((_QWEN2,))
+
+_PRE_TOKENIZERS: dict[str, _PreTokenizer] = {
+    "default": _DEFAULT,
+    "gpt2": _GPT2_PRE, "gpt-2": _GPT2_PRE, "phi-2": _GPT2_PRE, "mpt": _GPT2_PRE, "olmo": _GPT2_PRE,
+    "smollm": _STARCODER, "starcoder": _STARCODER, "refact": _STARCODER, "codeshell": _STARCODER,
+    "llama3": _LLAMA3_PRE, "llama-v3": _LLAMA3_PRE, "llama-bpe": _LLAMA3_PRE,
+    "dbrx": _PreTokenizer((_LLAMA3,)), "smaug-bpe": _PreTokenizer((_LLAMA3,)),
+    "qwen2": _QWEN2_PRE, "deepseek-r1-qwen": _QWEN2_PRE, "stablelm2": _QWEN2_PRE, "megrez": _QWEN2_PRE,
+}
+
+# Token texts that end generation (llama.cpp's special_eog_ids, found by text).
+_EOG_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
+})
+# Fill-in-the-middle pad / repository / file-separator tokens, which llama.cpp also stops at;
+# the metadata key names the token, or else the first text of its list found in the vocab.
+_FIM_EOG = {
+    "tokenizer.ggml.fim_pad_token_id": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "tokenizer.ggml.fim_rep_token_id": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "tokenizer.ggml.fim_sep_token_id": ("<|file_sep|>",),
+}
+
+
+def _byte_level_alphabet() -> dict[int, int]:
+    """GPT-2's byte-to-character table, inverted: code point of the stand-in character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    stand_ins = dict(zip(printable, printable))
+    shifted = (b for b in range(256) if b not in stand_ins)
+    stand_ins.update((b, 256 + n) for n, b in enumerate(shifted))
+    return {char: byte for byte, char in stand_ins.items()}
+
+
+_BYTE_LEVEL_DECODE = _byte_level_alphabet()
+
+
+def _byte_level_bytes(text: str) -> bytes:
+    try:
+        return text.translate(_BYTE_LEVEL_DECODE).encode("latin-1")
+    except UnicodeEncodeError:  # a character outside the byte alphabet stands for itself
+        return b"".join(bytes([_BYTE_LEVEL_DECODE[ord(c)]]) if ord(c) in _BYTE_LEVEL_DECODE else c.encode()
+                        for c in text)
+
+
+def _optional_id(metadata: dict, key: str, n_vocab: int, default: int | None = None) -> int | None:
+    """A token id from the metadata; like llama.cpp, an out-of-range id keeps the default."""
+    value = metadata.get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n_vocab:
+        return value
+    return default if default is not None and default < n_vocab else None
+
+
+def _bool(metadata: dict, key: str, default: bool) -> bool:
+    value = metadata.get(key)
+    return value if isinstance(value, bool) else default
+
+
+def _string_list(metadata: dict, key: str) -> list[str]:
+    value = metadata.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TokenizerError(f"GGUF metadata {key!r} must be an array of strings")
+    return value
+
+
+def _numeric_array(metadata: dict, key: str, n: int, default: float, dtype) -> np.ndarray:
+    value = metadata.get(key)
+    if value is None:
+        return np.full(n, default, dtype=dtype)
+    array = np.asarray(value)
+    if array.ndim != 1 or array.dtype.kind not in "iuf" or len(array) < n:
+        raise TokenizerError(f"GGUF metadata {key!r} must be a numeric array of at least {n} entries")
+    return array[:n].astype(dtype)
+
+
+def _spm_merges(tokens: list[str], types: np.ndarray, scores: np.ndarray,
+                vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """Merges for llama.cpp's SentencePiece BPE: every split of a normal token into two tokens,
+    ranked by the score of the token they form (higher first, then lower id)."""
+    ids = np.arange(len(tokens))
+    order = np.lexsort((ids, -scores))
+    targets = [tokens[i] for i in order[types[order] == NORMAL].tolist()]
+    return [(left, right) for text in targets for cut in range(1, len(text))
+            if (left := text[:cut]) in vocab and (right := text[cut:]) in vocab]
+
+
+def _gpt2_merges(metadata: dict, vocab: dict[str, int]) -> list[tuple[str, str]]:
+    # llama.cpp splits "left right" at the first space after the first character
+    merges = _string_list(metadata, "tokenizer.ggml.merges")
+    pairs = ((m[:cut], m[cut + 1:]) for m in merges if (cut := m.find(" ", 1)) > 0)
+    return [(a, b) for a, b in pairs if a in vocab and b in vocab and a + b in vocab]
+
+
+class _Backend(NamedTuple):
+    """What differs between the vocabulary kinds."""
+    tokenizer: HFTokenizer
+    pieces: list[bytes]  # the bytes each normal token decodes to
+    add_space_prefix: bool
+    default_bos: int | None  # llama.cpp's defaults when the metadata has no id / flag
+    default_eos: int | None
+    default_add_bos: bool
+
+
+def _byte_level_backend(metadata: dict, tokens: list[str], vocab: dict[str, int]) -> _Backend:
+    pre_name = metadata.get("tokenizer.ggml.pre") or "default"
+    pre = _PRE_TOKENIZERS.get(pre_name)
+    if pre is None:
+        raise UnsupportedError(f"tokenizer.ggml.pre {pre_name!r} is not supported; supported: "
+                               + ", ".join(sorted(_PRE_TOKENIZERS)))
+    backend = HFTokenizer(models.BPE(vocab, _gpt2_merges(metadata, vocab), ignore_merges=pre.ignore_merges))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    return _Backend(backend, [_byte_level_bytes(t) for t in tokens], False, None, None, pre.add_bos)
+
+
+def _sentencepiece_backend(metadata: dict, tokens: list[str], vocab: dict[str, int], types: np.ndarray) -> _Backend:
+    n = len(tokens)
+    scores = _numeric_array(metadata, "tokenizer.ggml.scores", n, 0.0, np.float32)
+    unk_id = _optional_id(metadata, "tokenizer.ggml.unknown_token_id", n, 0)
+    backend = HFTokenizer(models.BPE(vocab, _spm_merges(tokens, types, scores, vocab), byte_fallback=True,
+                                     unk_token=None if unk_id is None else tokens[unk_id]))
+    add_space_prefix = _bool(metadata, "tokenizer.ggml.add_space_prefix", True)
+    prefix = [normalizers.Prepend("▁")] if add_space_prefix else []
+    backend.normalizer = normalizers.Sequence([*prefix, normalizers.Replace(" ", "▁")])
+    pieces = [t.replace("▁", " ").encode() for t in tokens]
+    for i in np.flatnonzero(types == BYTE).tolist():
+        pieces[i] = bytes([int(tokens[i][3:5], 16)])
+    return _Backend(backend, pieces, add_space_prefix, 1, 2, True)
+
+
+class Tokenizer:
+    """Text <-> token ids for one GGUF vocabulary; build it with `from_metadata`."""
+
+    def __init__(self, *, backend: HFTokenizer, tokens: list[str], types: np.ndarray, pieces: list[bytes],
+                 bos_id: int | None, eos_id: int | None, eos_token_ids: frozenset[int],
+                 add_bos: bool, add_eos: bool, strip_space_prefix: bool):
+        self._backend = backend
+        self._backend_lock = threading.Lock()  # encode_special_tokens is a switch on the shared backend
+        self._tokens = tokens
+        self._special = np.isin(types, (CONTROL, UNKNOWN))
+        self._pieces = pieces
+        self.n_vocab = len(tokens)
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.eos_token_ids = eos_token_ids
+        self.add_bos = add_bos
+        self.add_eos = add_eos
+        self._strip_space_prefix = strip_space_prefix
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> Tokenizer:
+        kind = metadata.get("tokenizer.ggml.model")
+        if kind not in ("gpt2", "llama"):
+            raise UnsupportedError(f"tokenizer.ggml.model {kind!r} is not supported; supported: 'gpt2', 'llama'")
+        tokens = _string_list(metadata, "tokenizer.ggml.tokens")
+        n = len(tokens)
+        vocab = {text: i for i, text in enumerate(tokens)}
+        if len(vocab) != n:
+            raise TokenizerError(f"the vocabulary has {n - len(vocab)} duplicate token texts")
+        types = _numeric_array(metadata, "tokenizer.ggml.token_type", n, NORMAL, np.int32)
+        eos_token_ids = _mark_end_tokens(metadata, tokens, vocab, types)
+        if kind == "gpt2":
+            built = _byte_level_backend(metadata, tokens, vocab)
+        else:
+            built = _sentencepiece_backend(metadata, tokens, vocab, types)
+
+        # special and user-defined tokens are split out of the text before the model runs and
+        # decode to their own text; unused and undefined ones decode to nothing (as in llama.cpp)
+        pieces = built.pieces
+        matched = np.flatnonzero(np.isin(types, (CONTROL, UNKNOWN, USER_DEFINED))).tolist()
+        for i in matched:
+            pieces[i] = tokens[i].encode()
+        for i in np.flatnonzero(~np.isin(types, (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE))).tolist():
+            pieces[i] = b""
+        built.tokenizer.add_tokens([AddedToken(tokens[i], special=bool(types[i] != USER_DEFINED), normalized=False)
+                                    for i in matched])
+
+        bos_id = _optional_id(metadata, "tokenizer.ggml.bos_token_id", n, built.default_bos)
+        eos_id = _optional_id(metadata, "tokenizer.ggml.eos_token_id", n, built.default_eos)
+        add_bos = _bool(metadata, "tokenizer.ggml.add_bos_token", built.default_add_bos)
+        add_eos = _bool(metadata, "tokenizer.ggml.add_eos_token", False)
+        if add_bos and bos_id is None:
+            raise TokenizerError("tokenizer.ggml.add_bos_token is true, but tokenizer.ggml.bos_token_id is not set")
+        if add_eos and eos_id is None:
+            raise TokenizerError("tokenizer.ggml.add_eos_token is true, but tokenizer.ggml.eos_token_id is not set")
+        if eos_id is not None:
+            eos_token_ids.add(eos_id)
+        return cls(backend=built.tokenizer, tokens=tokens, types=types, pieces=pieces, bos_id=bos_id, eos_id=eos_id,
+                   eos_token_ids=frozenset(eos_token_ids), add_bos=add_bos, add_eos=add_eos,
+                   strip_space_prefix=built.add_space_prefix)
+
+    def token_text(self, token_id: int) -> str:
+        """The token as the vocabulary spells it (byte-level or ``▁`` form)."""
+        return self._tokens[self._check_id(token_id)]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes this token adds to decoded text (a special token's own text)."""
+        return self._pieces[self._check_id(token_id)]
+
+    def is_special(self, token_id: int) -> bool:
+        """True for control and unknown tokens: the ones `skip_special` drops."""
+        return bool(self._special[self._check_id(token_id)])
+
+    def _check_id(self, token_id: int) -> int:
+        if not 0 <= token_id < self.n_vocab:
+            raise TokenizerError(f"token id {token_id} is outside the vocabulary (0..{self.n_vocab - 1})")
+        return token_id
+
+    def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Token ids of text. add_special adds BOS/EOS as the model asks (add_bos, add_eos);
+        parse_special makes control-token texts such as ``<|im_start|>`` their tokens."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        with self._backend_lock:
+            self._backend.encode_special_tokens = not parse_special
+            ids = self._backend.encode(text, add_special_tokens=False).ids
+        if add_special:
+            ids = [self.bos_id] * self.add_bos + ids + [self.eos_id] * self.add_eos
+        return ids
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        """The text of ids; invalid UTF-8 becomes U+FFFD. With add_space_prefix the space the
+        encoder put in front of the text is removed again from the first text token."""
+        ids = list(ids)
+        pieces = [self._piece(i, skip_special) for i in ids]
+        if self._strip_space_prefix:
+            first_text = next((k for k, i in enumerate(ids) if not self._special[i]), None)
+            if first_text is not None and pieces[first_text].startswith(b" "):
+                pieces[first_text] = pieces[first_text][1:]
+        return b"".join(pieces).decode("utf-8", "replace")
+
+    def _piece(self, token_id: int, skip_special: bool) -> bytes:
+        piece = self.token_bytes(token_id)
+        return b"" if skip_special and self._special[token_id] else piece
+
+    def decoder(self, skip_special: bool = False) -> IncrementalDecoder:
+        """A streaming decoder for generated tokens (it keeps every token's leading space)."""
+        return IncrementalDecoder(self, skip_special)
+
+
+def _mark_end_tokens(metadata: dict, tokens: list[str], vocab: dict[str, int], types: np.ndarray) -> set[int]:
+    """End-of-generation ids as llama.cpp finds them; they are made control tokens (in place),
+    as llama.cpp does for end markers a converter left normal."""
+    n = len(tokens)
+    ends = {vocab[text] for text in _EOG_TEXTS if text in vocab}
+    for key, texts in _FIM_EOG.items():
+        fim = _optional_id(metadata, key, n)
+        if fim is None:
+            fim = next((vocab[t] for t in texts if t in vocab), None)
+        if fim is not None:
+            ends.add(fim)
+    ends |= {i for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+             if (i := _optional_id(metadata, key, n)) is not None}
+    # vocabularies with these tool-call markers use <|end|> and </s> as ordinary text
+    if {"<|return|>", "<|call|>"} <= vocab.keys() or {"<|calls|>", "<|flush|>"} <= vocab.keys():
+        ends.discard(vocab.get("<|end|>"))
+    if "<|tool_response>" in vocab:
+        ends.discard(vocab.get("</s>"))
+    end_ids = np.fromiter(ends, dtype=np.int64)
+    types[end_ids[np.isin(types[end_ids], (NORMAL, USER_DEFINED, UNUSED))]] = CONTROL
+    return ends
+
+
+class IncrementalDecoder:
+    """Turns a stream of token ids into text, holding back the bytes of an unfinished UTF-8
+    character (a multi-byte character split across tokens or byte-fallback tokens)."""
+
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = False):
+        self._tokenizer = tokenizer
+        self._skip_special = skip_special
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def feed(self, token_id: int) -> str:
+        """The text completed by this token ("" while a character is still partial)."""
+        return self._utf8.decode(self._tokenizer._piece(token_id, self._skip_special))
+
+    def flush(self) -> str:
+        """What is left at the end: an unfinished character comes out as U+FFFD."""
+        return self._utf8.decode(b"", final=True)
