@@ -1,0 +1,122 @@
+"""The Jan API server: an OpenAI-compatible HTTP endpoint on a janlib Model.
+
+    python -m janlib.server --model smollm2-135m-instruct --port 1337
+
+`create_app(config)` builds the Flask application (blueprints: models, inference, misc) around
+one Engine; `serve(config)` runs it under Waitress."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from typing import Callable, Sequence
+
+from flask import Flask, request
+
+from .config import ConfigError, ServerConfig
+from .engine import Engine
+from .errors import APIError, error_response, register_error_handlers
+from .state import ServerState
+
+__all__ = ["ConfigError", "Engine", "ServerConfig", "create_app", "load_models", "serve"]
+
+log = logging.getLogger("janlib.server")
+
+PUBLIC_PATHS = ("/health", "/v1/health")
+
+
+def load_models(config: ServerConfig) -> list:
+    """One Model per slot: each has its own context (KV cache); the weights are one read-only map."""
+    from janlib.model import Model
+
+    return [Model(config.model, n_ctx=config.ctx_size, n_threads=config.threads) for _ in range(config.parallel)]
+
+
+def create_app(config: ServerConfig | None = None, engine: Engine | None = None,
+               models: Sequence | None = None, model_loader: Callable[[ServerConfig], list] | None = None) -> Flask:
+    """The application. Without engine or models, the slots' models are loaded from config.model."""
+    config = config or ServerConfig()
+    config.validate()
+    if engine is None:
+        models = list(models) if models is not None else (model_loader or load_models)(config)
+        engine = Engine(models, queue_size=config.queue_size)
+    model_path = str(getattr(engine.model, "path", config.model or "model"))
+    model_id = config.alias or os.path.basename(model_path)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+    st = ServerState(config=config, engine=engine, model_id=model_id, model_path=model_path)
+    app.extensions["janlib"] = st
+    keys = [k.encode() for k in config.api_keys]
+
+    @app.before_request
+    def _authenticate():
+        if not keys or request.path in PUBLIC_PATHS:
+            return None
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        ok = False
+        for key in keys:  # every key compared, each in constant time
+            ok |= hmac.compare_digest(given, key)
+        if ok:
+            return None
+        message = "missing API key: send Authorization: Bearer <key>" if not header else "invalid API key"
+        return error_response(APIError(401, message, code="invalid_api_key", type="authentication_error",
+                                       headers={"WWW-Authenticate": 'Bearer realm="janlib"'}))
+
+    @app.after_request
+    def _count(response):
+        rule = request.url_rule.rule if request.url_rule is not None else "unknown"
+        key = (rule, response.status_code)
+        st.http_requests[key] = st.http_requests.get(key, 0) + 1
+        return response
+
+    from . import chat, misc, models as models_bp
+
+    app.register_blueprint(models_bp.bp)
+    app.register_blueprint(chat.bp)
+    app.register_blueprint(misc.bp)
+    register_error_handlers(app)
+    return app
+
+
+def make_server(config: ServerConfig, app=None):
+    """A bound Waitress server (the port is taken here, so port-in-use fails before any model loads).
+    Its application is set later with `server.application = app` when app is None."""
+    import waitress.server
+
+    threads = max(8, config.parallel + config.queue_size + 4)
+    holder = _AppHolder(app)
+    # send_bytes=1: every SSE event goes out at once; channel_request_lookahead lets a request thread
+    # see that its client has gone (waitress.client_disconnected), which cancels its generation.
+    # Flask enforces max_body (413 in the envelope); Waitress's own cap is only a backstop above it.
+    server = waitress.server.create_server(
+        holder, host=config.host, port=config.port, threads=threads, channel_request_lookahead=1,
+        send_bytes=1, ident="janlib", max_request_body_size=4 * config.max_body + 65536,
+        clear_untrusted_proxy_headers=True)
+    return server, holder
+
+
+class _AppHolder:
+    """The WSGI callable Waitress holds; the Flask app is plugged in once the models are loaded."""
+
+    def __init__(self, app=None):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        if self.app is None:
+            start_response("503 Service Unavailable", [("Content-Type", "application/json"), ("Retry-After", "1")])
+            return [b'{"error": {"message": "loading model", "type": "server_error", "param": null, '
+                    b'"code": "loading"}}']
+        return self.app(environ, start_response)
+
+
+def serve(config: ServerConfig, app: Flask | None = None) -> None:
+    """Run the application under Waitress until interrupted."""
+    server, holder = make_server(config, app)
+    holder.app = app or create_app(config)
+    server.run()

@@ -1,0 +1,217 @@
+"""Shared by /v1/chat/completions and /v1/completions: request → Job, Job → response or SSE stream."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from typing import Any, Iterator
+
+from flask import Response, request
+
+from . import schema, sse
+from .engine import Job, QueueFull
+from .errors import APIError, invalid
+from .state import ServerState
+
+try:  # the sampler chain, once it lands
+    from janlib.sampling import SamplingParams, SamplingParamsError
+except ImportError:  # pragma: no cover - depends on the build
+    SamplingParams = SamplingParamsError = None
+
+RETRY_AFTER_S = 1
+FINGERPRINT_PREFIX = "janlib"
+
+
+def system_fingerprint(st: ServerState) -> str:
+    from janlib import __version__
+    return f"{FINGERPRINT_PREFIX}-{__version__}-{st.engine.model.n_ctx}"
+
+
+def check_model_name(st: ServerState, body: dict) -> None:
+    name = schema.require_model(body)
+    if not st.accepts_model(name):
+        raise APIError(404, f"the model '{name}' does not exist: this server serves '{st.model_id}'",
+                       param="model", code="model_not_found")
+
+
+def build_sampling(fields: dict, n_vocab: int):
+    bias = schema.check_logit_bias(fields["logit_bias"], n_vocab)
+    if SamplingParams is None:
+        return None, bias
+    names = {f.name for f in dataclasses.fields(SamplingParams)}
+    values = {k: v for k, v in fields.items() if k in names and not k.startswith("_")}
+    if "logit_bias" in names:  # JSON keys as they came; true (no change, as llama.cpp) left out
+        values["logit_bias"] = {k: v for k, v in (fields["logit_bias"] or {}).items() if v is not True}
+    try:
+        params = SamplingParams(**values)
+        params.validate(n_vocab)
+    except SamplingParamsError as error:
+        field = getattr(error, "field", None)
+        raise invalid(f"'{field}': {error}" if field and not str(error).startswith(field) else str(error),
+                      field) from None
+    return params, bias
+
+
+def check_request_options(st: ServerState, fields: dict) -> None:
+    n_vocab = st.model.n_vocab
+    if fields["id_slot"] >= len(st.engine.slots):
+        raise invalid(f"'id_slot' must be -1 or a slot id in 0..{len(st.engine.slots) - 1}, got {fields['id_slot']}",
+                      "id_slot")
+    if fields["n_probs"] > n_vocab:
+        raise invalid(f"'n_probs' must be at most the vocabulary size {n_vocab}", "n_probs")
+    # per-token probabilities come with the sampler chain; until then a request for them is refused
+    for name, wanted in (("logprobs", fields["logprobs"]), ("n_probs", fields["n_probs"] > 0)):
+        if wanted:
+            raise APIError(400, f"'{name}': per-token probabilities are not available in this build yet",
+                           param=name, code="unsupported_parameter")
+
+
+def make_job(st: ServerState, ids: list[int], fields: dict) -> tuple[Job, int]:
+    n_ctx = st.model.n_ctx
+    if not ids:
+        raise invalid("the prompt is empty: at least one token is needed", "messages" if "messages" in
+                      request.path else "prompt")
+    if len(ids) >= n_ctx:
+        raise APIError(400, f"This model's maximum context length is {n_ctx} tokens. However, your prompt "
+                       f"resulted in {len(ids)} tokens, leaving no room for a completion.",
+                       param="messages" if request.path.endswith("chat/completions") else "prompt",
+                       code="context_length_exceeded")
+    sampling, _bias = build_sampling(fields, st.model.n_vocab)
+    limit, _source = schema.effective_max_tokens(fields)
+    room = n_ctx - len(ids)
+    max_tokens = room if limit == -1 else limit
+    cap = st.config.n_predict
+    if cap >= 0:
+        max_tokens = min(max_tokens, cap)
+    probe = request.environ.get("waitress.client_disconnected")
+    job = Job(ids=ids, max_tokens=max_tokens, stop=fields["stop"], ignore_eos=fields["ignore_eos"],
+              sampling=sampling, id_slot=fields["id_slot"], cache_prompt=fields["cache_prompt"],
+              t_max_predict_ms=fields["t_max_predict_ms"], disconnected=probe)
+    return job, max_tokens
+
+
+def submit(st: ServerState, job: Job) -> None:
+    try:
+        st.engine.submit(job)
+    except QueueFull:
+        raise APIError(503, "the server is busy: every slot is in use and the queue is full; retry shortly",
+                       code="server_busy", type="server_error", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+
+
+def generation_settings(st: ServerState, fields: dict, max_tokens: int) -> dict:
+    out = {k: v for k, v in fields.items() if not k.startswith("_") and k not in ("stream_options",)}
+    out["n_predict"] = max_tokens
+    out["model"] = st.model_id
+    out["n_ctx"] = st.model.n_ctx
+    out["decoding"] = "sampling" if st.engine.supports_sampling else "greedy"
+    return out
+
+
+def timings(start: dict | None, done: dict | None, n_predicted: int) -> dict:
+    prompt_ms = (start or {}).get("prompt_ms", 0.0)
+    prompt_n = (start or {}).get("n_prompt", 0) - (start or {}).get("n_cached", 0)
+    predicted_ms = (done or {}).get("predicted_ms", 0.0)
+    return {
+        "prompt_n": prompt_n, "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
+        "prompt_per_second": prompt_n * 1000 / prompt_ms if prompt_ms else 0.0,
+        "predicted_n": n_predicted, "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": predicted_ms / n_predicted if n_predicted else 0.0,
+        "predicted_per_second": n_predicted * 1000 / predicted_ms if predicted_ms else 0.0,
+    }
+
+
+def _raise_for(kind: str, payload: Any) -> None:
+    if kind == "error":
+        if isinstance(payload, ValueError):
+            raise invalid(str(payload), None)
+        raise APIError(500, f"generation failed: {type(payload).__name__}: {payload}", code="internal_error",
+                       type="server_error")
+    if kind == "cancelled":
+        raise APIError(503, "the request was cancelled", code="cancelled", type="server_error")
+
+
+@dataclasses.dataclass
+class Outcome:
+    text: str
+    tokens: list[int]
+    start: dict
+    done: dict
+
+
+def collect(job: Job) -> Outcome:
+    """Wait for a whole generation (non-stream)."""
+    pieces, tokens, start = [], [], {}
+    try:
+        for kind, payload in job.results():
+            if kind == "start":
+                start = payload
+            elif kind == "token":
+                pieces.append(payload.text)
+                if payload.id is not None:
+                    tokens.append(payload.id)
+            elif kind == "done":
+                return Outcome("".join(pieces), tokens, start, payload)
+            else:
+                _raise_for(kind, payload)
+    finally:
+        job.cancel()  # no-op once done; frees the slot if this thread is torn down early
+    raise APIError(500, "generation ended without a result", code="internal_error", type="server_error")
+
+
+def usage(start: dict, n_predicted: int) -> dict:
+    n_prompt = start.get("n_prompt", 0)
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_predicted, "total_tokens": n_prompt + n_predicted}
+
+
+ALWAYS_KEPT = ("id", "object", "created", "model", "choices", "usage")
+
+
+def select_fields(response: dict, paths: list[str] | None) -> dict:
+    """llama.cpp's response_fields: the values at the given "/"-separated paths, keyed by path, beside
+    the fields the response schema requires (which llama.cpp drops; the spec does not allow that)."""
+    if not paths:
+        return response
+    out = {k: response[k] for k in ALWAYS_KEPT if k in response}  # the schema's required fields stay
+    for path in paths:
+        node: Any = response
+        ok = True
+        for part in path.split("/"):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                ok = False
+                break
+        if ok:
+            out[path] = node
+    return out
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def stream_response(chunks: Iterator[bytes], job: Job) -> Response:
+    def body():
+        try:
+            yield from chunks
+        finally:
+            job.cancel()  # the client went away (or we are done): the engine frees the slot
+
+    return Response(body(), mimetype=sse.MIMETYPE, headers=sse.HEADERS, direct_passthrough=True)
+
+
+def first_event(job: Job) -> dict:
+    """Block until the engine has evaluated the prompt, so that failures are still plain HTTP errors."""
+    for kind, payload in job.results():
+        if kind == "start":
+            return payload
+        _raise_for(kind, payload)
+    raise APIError(500, "generation ended before it started", code="internal_error", type="server_error")
+
+
+def now() -> int:
+    return int(time.time())

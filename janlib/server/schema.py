@@ -1,0 +1,381 @@
+"""Request validation: every field of the spec's CreateChatCompletionDto (and the OpenAI and llama.cpp
+names clients send) checked for type and range, with the spec's stated defaults.
+
+The table FIELDS is the one source: the validator reads it, and the ranges in the shipped
+openapi.json were written from it (tests/server check that they agree)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import APIError, invalid
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: str  # integer | number | boolean | string | string_list | object | array
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: tuple | None = None
+    sampler: bool = False  # goes into janlib.sampling.SamplingParams
+
+
+SAMPLER_NAMES = ("dry", "top_k", "typ_p", "typical_p", "top_p", "min_p", "xtc", "temperature",
+                 "penalties", "top_n_sigma", "infill")
+
+# Generation and sampler fields shared by /v1/chat/completions and /v1/completions.
+FIELDS: dict[str, Field] = {
+    "stream": Field("boolean", False),
+    "max_tokens": Field("integer", None, -1, None),
+    "max_completion_tokens": Field("integer", None, -1, None),
+    "n_predict": Field("integer", -1, -1, None),
+    "temperature": Field("number", 0.8, 0.0, None, sampler=True),
+    "dynatemp_range": Field("number", 0.0, 0.0, None, sampler=True),
+    "dynatemp_exponent": Field("number", 1.0, 0.0, None, sampler=True),
+    "top_k": Field("integer", 40, 0, None, sampler=True),
+    "top_p": Field("number", 0.95, 0.0, 1.0, sampler=True),
+    "min_p": Field("number", 0.05, 0.0, 1.0, sampler=True),
+    "typical_p": Field("number", 1.0, 0.0, 1.0, sampler=True),
+    "n_indent": Field("integer", 0, 0, None),
+    "n_keep": Field("integer", 0, -1, None),
+    "presence_penalty": Field("number", 0.0, -2.0, 2.0, sampler=True),
+    "frequency_penalty": Field("number", 0.0, -2.0, 2.0, sampler=True),
+    "repeat_penalty": Field("number", 1.1, 0.0, None, sampler=True),
+    "repeat_last_n": Field("integer", 64, -1, None, sampler=True),
+    "dry_multiplier": Field("number", 0.0, 0.0, None, sampler=True),
+    "dry_base": Field("number", 1.75, 1.0, None, sampler=True),
+    "dry_allowed_length": Field("integer", 2, 0, None, sampler=True),
+    "dry_penalty_last_n": Field("integer", -1, -1, None, sampler=True),
+    "dry_sequence_breakers": Field("string_list", ("\n", ":", "\"", "*"), sampler=True),
+    "xtc_probability": Field("number", 0.0, 0.0, 1.0, sampler=True),
+    "xtc_threshold": Field("number", 0.1, 0.0, 1.0, sampler=True),
+    "mirostat": Field("integer", 0, enum=(0, 1, 2), sampler=True),
+    "mirostat_tau": Field("number", 5.0, 0.0, None, sampler=True),
+    "mirostat_eta": Field("number", 0.1, 0.0, None, sampler=True),
+    "grammar": Field("string", ""),
+    "json_schema": Field("object", None),
+    "seed": Field("integer", -1, -1, 2**32 - 1, sampler=True),
+    "ignore_eos": Field("boolean", False),
+    "logit_bias": Field("object", None, sampler=True),
+    "n_probs": Field("integer", 0, 0, None, sampler=True),
+    "min_keep": Field("integer", 0, 0, None, sampler=True),
+    "t_max_predict_ms": Field("integer", 0, 0, None),
+    "id_slot": Field("integer", -1, -1, None),
+    "cache_prompt": Field("boolean", True),
+    "return_tokens": Field("boolean", False),
+    "samplers": Field("string_list", ("dry", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature"),
+                      sampler=True),
+    "timings_per_token": Field("boolean", False),
+    "return_progress": Field("boolean", False),
+    "post_sampling_probs": Field("boolean", False, sampler=True),
+    "response_fields": Field("string_list", None),
+    "lora": Field("array", None),
+    "multimodal_data": Field("string_list", None),
+    # OpenAI names
+    "logprobs": Field("boolean", False),
+    "top_logprobs": Field("integer", None, 0, 20),
+    "stream_options": Field("object", None),
+    "response_format": Field("object", None),
+    "n": Field("integer", 1, 1, 1),
+    "user": Field("string", None),
+    "model": Field("string", None),
+}
+
+LOGIT_BIAS_LIMIT = 100.0
+
+
+def parse_json_body(raw: bytes) -> dict:
+    """The request body as a JSON object; 400 for anything else (NaN and Infinity included)."""
+    if not raw:
+        raise invalid("the request body is empty: a JSON object is expected", None, "invalid_json")
+
+    def _no_constants(name):
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        body = json.loads(raw, parse_constant=_no_constants)
+    except UnicodeDecodeError:
+        raise invalid("the request body is not UTF-8", None, "invalid_json") from None
+    except (ValueError, RecursionError) as error:
+        raise invalid(f"the request body is not valid JSON: {error}", None, "invalid_json") from None
+    if not isinstance(body, dict):
+        raise invalid(f"the request body must be a JSON object, not {_json_type(body)}", None, "invalid_json")
+    return body
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def check_value(name: str, value: Any, spec: Field) -> Any:
+    """value checked against spec; returns it normalized (integral floats become ints, lists stay lists)."""
+    kind = spec.kind
+    if kind == "integer":
+        if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise invalid(f"'{name}' must be an integer, got {_json_type(value)}", name, "invalid_type")
+    elif kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise invalid(f"'{name}' must be a number, got {_json_type(value)}", name, "invalid_type")
+        value = float(value)
+        if not math.isfinite(value):
+            raise invalid(f"'{name}' must be finite", name)
+    elif kind == "boolean":
+        if not isinstance(value, bool):
+            raise invalid(f"'{name}' must be a boolean, got {_json_type(value)}", name, "invalid_type")
+    elif kind == "string":
+        if not isinstance(value, str):
+            raise invalid(f"'{name}' must be a string, got {_json_type(value)}", name, "invalid_type")
+    elif kind == "string_list":
+        if not isinstance(value, list):
+            raise invalid(f"'{name}' must be an array of strings, got {_json_type(value)}", name, "invalid_type")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise invalid(f"'{name}[{i}]' must be a string, got {_json_type(item)}", f"{name}[{i}]",
+                              "invalid_type")
+        value = list(value)
+    elif kind == "array":
+        if not isinstance(value, list):
+            raise invalid(f"'{name}' must be an array, got {_json_type(value)}", name, "invalid_type")
+    elif kind == "object":
+        if not isinstance(value, dict):
+            raise invalid(f"'{name}' must be an object, got {_json_type(value)}", name, "invalid_type")
+    if spec.enum is not None and value not in spec.enum:
+        raise invalid(f"'{name}' must be one of {', '.join(map(str, spec.enum))}, got {value!r}", name)
+    if spec.minimum is not None and value < spec.minimum:
+        raise invalid(f"'{name}' must be at least {spec.minimum:g}, got {value!r}", name)
+    if spec.maximum is not None and value > spec.maximum:
+        raise invalid(f"'{name}' must be at most {spec.maximum:g}, got {value!r}", name)
+    return value
+
+
+def parse_fields(body: dict) -> dict:
+    """Every FIELDS entry: the checked value from body, or the default. null counts as absent for
+    OpenAI-only names (clients send them so), never for the spec's typed fields."""
+    out: dict[str, Any] = {}
+    for name, spec in FIELDS.items():
+        value = body.get(name, _MISSING)
+        if value is None and name in _NULLABLE:
+            value = _MISSING
+        if value is _MISSING:
+            default = spec.default
+            out[name] = list(default) if isinstance(default, tuple) else default
+            continue
+        out[name] = check_value(name, value, spec)
+    out["stop"] = _parse_stop(body.get("stop", _MISSING))
+    out["_given"] = {name for name in FIELDS if body.get(name) is not None}
+    _check_semantics(out)
+    return out
+
+
+# OpenAI clients send null for unset options; the spec's llama.cpp fields must be typed.
+_NULLABLE = {"max_tokens", "max_completion_tokens", "logprobs", "top_logprobs", "stream_options",
+             "response_format", "n", "user", "seed", "stop", "temperature", "top_p", "presence_penalty",
+             "frequency_penalty", "logit_bias", "stream"}
+
+
+def _parse_stop(value: Any) -> list[str]:
+    if value is _MISSING or value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    if not isinstance(value, list):
+        raise invalid(f"'stop' must be a string or an array of strings, got {_json_type(value)}", "stop",
+                      "invalid_type")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise invalid(f"'stop[{i}]' must be a string, got {_json_type(item)}", f"stop[{i}]", "invalid_type")
+    return [s for s in value if s]
+
+
+def _check_semantics(out: dict) -> None:
+    if out["grammar"]:
+        raise APIError(400, "'grammar' is not supported yet: constrained decoding is not available in this "
+                       "server", param="grammar", code="unsupported_parameter")
+    if out["json_schema"] is not None:
+        raise APIError(400, "'json_schema' is not supported yet: constrained decoding is not available in this "
+                       "server", param="json_schema", code="unsupported_parameter")
+    fmt = out["response_format"]
+    if fmt is not None:
+        kind = fmt.get("type")
+        if kind not in ("text", "json_object", "json_schema"):
+            raise invalid("'response_format.type' must be one of text, json_object, json_schema",
+                          "response_format.type")
+        if kind != "text":
+            raise APIError(400, f"'response_format' of type {kind} is not supported yet: constrained decoding "
+                           "is not available in this server", param="response_format", code="unsupported_parameter")
+    if out["lora"]:
+        for i, item in enumerate(out["lora"]):
+            if not isinstance(item, dict):
+                raise invalid(f"'lora[{i}]' must be an object with id and scale", f"lora[{i}]", "invalid_type")
+        raise APIError(400, "'lora': no LoRA adapters are loaded in this server", param="lora",
+                       code="unsupported_parameter")
+    if out["multimodal_data"]:
+        raise APIError(400, "'multimodal_data': the model has no multimodal projector", param="multimodal_data",
+                       code="unsupported_parameter")
+    options = out["stream_options"]
+    if options is not None:
+        include = options.get("include_usage", False)
+        if not isinstance(include, bool):
+            raise invalid("'stream_options.include_usage' must be a boolean", "stream_options.include_usage",
+                          "invalid_type")
+    for name in ("samplers",):
+        for i, item in enumerate(out[name]):
+            if item not in SAMPLER_NAMES:
+                raise invalid(f"'{name}[{i}]' is not a sampler: {item!r} (known: {', '.join(SAMPLER_NAMES)})",
+                              f"{name}[{i}]")
+    for i, item in enumerate(out["dry_sequence_breakers"]):
+        if not item:
+            raise invalid(f"'dry_sequence_breakers[{i}]' must not be empty", f"dry_sequence_breakers[{i}]")
+    if out["top_logprobs"] is not None and not out["logprobs"]:
+        raise invalid("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+
+
+def check_logit_bias(bias: dict | None, n_vocab: int) -> dict[int, float]:
+    """{"token id": bias in [-100, 100] | false (ban) | true (no change, as llama.cpp)} → {id: bias}."""
+    out: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        param = f"logit_bias.{key}"
+        try:
+            token = int(key)
+        except ValueError:
+            raise invalid(f"'logit_bias' keys must be token ids, got {key!r}", param) from None
+        if not 0 <= token < n_vocab:
+            raise invalid(f"'logit_bias' token id {token} is outside the vocabulary (0..{n_vocab - 1})", param)
+        if isinstance(value, bool):
+            if not value:
+                out[token] = -math.inf
+            continue
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise invalid(f"'logit_bias.{key}' must be a number or a boolean", param, "invalid_type")
+        if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
+            raise invalid(f"'logit_bias.{key}' must be in -100..100, got {value!r}", param)
+        out[token] = float(value)
+    return out
+
+
+def effective_max_tokens(fields: dict) -> tuple[int, str]:
+    """The generation limit and the field it came from: a given n_predict wins over
+    max_completion_tokens, which wins over max_tokens (llama.cpp's order: n_predict is its own
+    name, the OpenAI ones are aliases); -1 = no limit but the context."""
+    for name in ("n_predict", "max_completion_tokens", "max_tokens"):
+        if name in fields["_given"]:
+            return fields[name], name
+    return -1, "n_predict"
+
+
+def _text_of(content: Any, param: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        if not content:
+            raise invalid(f"'{param}' must not be an empty array", param)
+        parts = []
+        for i, part in enumerate(content):
+            p = f"{param}[{i}]"
+            if not isinstance(part, dict):
+                raise invalid(f"'{p}' must be a content part object", p, "invalid_type")
+            kind = part.get("type")
+            if kind != "text":
+                if kind in ("image_url", "input_audio", "file", "image"):
+                    raise APIError(400, f"'{p}': {kind} content is not supported: the model has no multimodal "
+                                   "projector", param=p, code="unsupported_parameter")
+                raise invalid(f"'{p}.type' must be 'text', got {kind!r}", f"{p}.type")
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise invalid(f"'{p}.text' must be a string", f"{p}.text", "invalid_type")
+            parts.append(text)
+        return "".join(parts)
+    raise invalid(f"'{param}' must be a string or an array of text parts, got {_json_type(content)}", param,
+                  "invalid_type")
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def parse_messages(value: Any) -> list[dict]:
+    if value is _MISSING or value is None:
+        raise invalid("'messages' is required", "messages", "missing_required_parameter")
+    if not isinstance(value, list):
+        raise invalid(f"'messages' must be an array, got {_json_type(value)}", "messages", "invalid_type")
+    if not value:
+        raise invalid("'messages' must contain at least one message", "messages")
+    out = []
+    for i, message in enumerate(value):
+        p = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise invalid(f"'{p}' must be an object, got {_json_type(message)}", p, "invalid_type")
+        role = message.get("role", _MISSING)
+        if role is _MISSING:
+            raise invalid(f"'{p}.role' is required", f"{p}.role", "missing_required_parameter")
+        if role not in ROLES:
+            raise invalid(f"'{p}.role' must be one of {', '.join(ROLES)}, got {role!r}", f"{p}.role")
+        content = message.get("content", _MISSING)
+        if content is _MISSING:
+            raise invalid(f"'{p}.content' is required", f"{p}.content", "missing_required_parameter")
+        out.append({"role": role, "content": _text_of(content, f"{p}.content")})
+    return out
+
+
+def require_model(body: dict) -> str:
+    model = body.get("model", _MISSING)
+    if model is _MISSING or model is None:
+        raise invalid("'model' is required", "model", "missing_required_parameter")
+    if not isinstance(model, str):
+        raise invalid(f"'model' must be a string, got {_json_type(model)}", "model", "invalid_type")
+    return model
+
+
+def parse_prompt(value: Any, n_vocab: int) -> str | list[int]:
+    """/v1/completions prompt: text, token ids, or a one-element array of either."""
+    if value is _MISSING or value is None:
+        raise invalid("'prompt' is required", "prompt", "missing_required_parameter")
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
+        value = value[0]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        if not value:
+            raise invalid("'prompt' must not be empty", "prompt")
+        return check_token_ids(value, n_vocab, "prompt")
+    raise invalid(f"'prompt' must be a string or an array of token ids, got {_json_type(value)}", "prompt",
+                  "invalid_type")
+
+
+def check_token_ids(value: Any, n_vocab: int, name: str) -> list[int]:
+    if not isinstance(value, list):
+        raise invalid(f"'{name}' must be an array of token ids, got {_json_type(value)}", name, "invalid_type")
+    out = []
+    for i, token in enumerate(value):
+        if isinstance(token, float) and token.is_integer():
+            token = int(token)
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise invalid(f"'{name}[{i}]' must be an integer token id", f"{name}[{i}]", "invalid_type")
+        if not 0 <= token < n_vocab:
+            raise invalid(f"'{name}[{i}]' = {token} is outside the vocabulary (0..{n_vocab - 1})", f"{name}[{i}]")
+        out.append(token)
+    return out
+
+
+def get_typed(body: dict, name: str, kind: str, default: Any) -> Any:
+    value = body.get(name, _MISSING)
+    if value is _MISSING:
+        return default
+    return check_value(name, value, Field(kind))

@@ -1,0 +1,34 @@
+"""What the blueprints share: the settings, the engine and the served model's description."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from flask import current_app
+
+from .config import ServerConfig
+from .engine import Engine
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    engine: Engine
+    model_id: str
+    model_path: str
+    started: int = field(default_factory=lambda: int(time.time()))
+    http_requests: dict = field(default_factory=dict)  # (endpoint, status) -> count
+
+    @property
+    def model(self):
+        return self.engine.model
+
+    def accepts_model(self, name: str) -> bool:
+        base = os.path.basename(self.model_path)
+        return name in {self.model_id, base, os.path.splitext(base)[0], self.config.model or ""} - {""}
+
+
+def state() -> ServerState:
+    return current_app.extensions["janlib"]
