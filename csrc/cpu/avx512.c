@@ -1,4 +1,617 @@
-/* avx512.c — AVX-512 F/BW/VL/DQ + VNNI kernels; compiled with those flags only. */
+/* avx512.c — AVX-512 F/BW/VL/DQ + VNNI kernels; compiled with those flags only.
+ *
+ * Integer dot products run on vpdpbusd (u8 x s8 -> s32, four products per int32 lane) and, for
+ * the K-quants, whose group scales are integers, on vpmaddubsw + vpdpwssd: the 16-bit pair sums
+ * times the 16-bit group scale, accumulated in int32 over the whole super-block, then one FMA
+ * by d * dx per super-block.
+ *
+ * Legacy blocks go two to a zmm, [block i | block i + 1], so int32 lanes 0-7 sum block i and
+ * 8-15 block i + 1. Groups of 16 blocks share one gather of the fp16 scales per row. For the
+ * 4-bit and 5-bit types, whose lane sums fit in int16, a tree of vpackssdw + vpmaddwd reduces
+ * a group's eight pair vectors to one lane per block and one FMA by the 16 scale products;
+ * Q8_0 applies each pair's two scales with a permute and an FMA. Weights with a sign (Q4_0,
+ * Q5_0, Q8_0, paired with Q8_0) need one unsigned operand: x + 128, with the lanes starting at
+ * -128 * sum(q), computed once per weight pair for all rows; or, for one or two rows, the
+ * stored unsigned values times x, less offset * sum(x).
+ *
+ * K-quant super-blocks unpack into four zmm of unsigned values (Q3_K and Q6_K store q + offset,
+ * taken back out through bsums) plus one int16 scale and minimum per group of 16, whatever
+ * the type's own group size, so one dot product and one to_float serve all five.
+ *
+ * Each weight row is unpacked once per vec_dot call and used for all nc activation rows, nc a
+ * compile-time constant in every kernel body (VEC_DOT_NC). Loads are unaligned and never pass
+ * the row's last block (an odd last block pairs with itself and its copy is scaled by 0), and
+ * to_float computes the reference's products in its order, so it is bit-identical to ref.c
+ * (CMake builds without FMA contraction). */
+#include <immintrin.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "quant/blocks.h"
 #include "quant/traits.h"
 
-void jl_avx512_register(jl_type_traits *t) { (void)t; }
+#define INLINE static inline __attribute__((always_inline))
+/* complete unrolling of the short fixed loops lets the per-row arrays live in registers */
+#define UNROLL _Pragma("GCC unroll 16")
+
+/* ---- helpers ------------------------------------------------------------------------- */
+
+INLINE float half_to_f32(jl_half h) { return _cvtsh_ss(h); }
+INLINE jl_half f32_to_half(float f) { return (jl_half)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+
+/* Weight rows stream from memory once per matvec: prefetching a fixed distance ahead keeps more
+ * lines in flight than the hardware prefetcher, which stops at each 4 KiB page. A prefetch never
+ * faults, so running past the end of the last row is harmless. */
+INLINE void prefetch_ahead(const uint8_t *p, size_t n) {
+    for (size_t o = 0; o < n; o += 64) {
+        _mm_prefetch((const char *)p + 1024 + o, _MM_HINT_T0);
+        _mm_prefetch((const char *)p + 4096 + o, _MM_HINT_T2);
+    }
+}
+
+INLINE uint32_t load_u32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+INLINE float load_half(const uint8_t *p) {
+    jl_half h;
+    memcpy(&h, p, sizeof h);
+    return half_to_f32(h);
+}
+
+INLINE float hsum256_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+INLINE float hsum512_ps(__m512 v) {
+    return hsum256_ps(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
+}
+
+/* The 16 fp16 values in the low (hi = 0) or high halves of the int32 lanes, as floats: one
+ * vpermw gathers them (vpmovdw costs two shuffles). */
+INLINE __m512 halves_to_ps(__m512i v, int hi) {
+    const __m512i even = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
+                                          30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i words = hi ? _mm512_xor_si512(even, _mm512_set1_epi16(1)) : even;
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(words, v)));
+}
+
+/* 16 int8 at q as floats */
+INLINE __m512 i8x16_to_ps(const int8_t *q) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+}
+
+/* 64 bytes [a (32) | b (32)] */
+INLINE __m512i load_2x32(const uint8_t *a, const uint8_t *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                              _mm256_loadu_si256((const __m256i *)b), 1);
+}
+
+/* 16 bytes of nibbles each from a and b -> 64 values [a lo | a hi | b lo | b hi], the legacy
+ * block order (value j < 16 is the low nibble of byte j, value j + 16 its high nibble) */
+INLINE __m512i unpack_nibbles_2x16(const uint8_t *a, const uint8_t *b) {
+    __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)a));
+    v = _mm512_mask_broadcast_i32x4(v, 0xff00, _mm_loadu_si128((const __m128i *)b));
+    v = _mm512_mask_srli_epi16(v, 0xff00ff00, v, 4);
+    return _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
+}
+
+/* 32 bytes of nibbles -> 64 values [lo nibbles | hi nibbles], the Q4_K/Q5_K chunk order */
+INLINE __m512i unpack_nibbles_32(const uint8_t *p) {
+    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p));
+    v = _mm512_mask_srli_epi16(v, 0xffff0000, v, 4);
+    return _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
+}
+
+/* the fifth bits of two legacy blocks as a byte mask over [block a | block b] */
+INLINE __mmask64 high_bits_2x32(const uint8_t *qh_a, const uint8_t *qh_b) {
+    return _cvtu64_mask64((uint64_t)load_u32(qh_a) | (uint64_t)load_u32(qh_b) << 32);
+}
+
+#define VEC_DOT_NC(name, body)                                                                   \
+    static void name(int64_t k, const void *restrict w, const void *restrict x, size_t x_stride, \
+                     int nc, float *restrict s) {                                                \
+        switch (nc) {                                                                            \
+        case 1: body(k, w, x, x_stride, 1, s); break;                                            \
+        case 2: body(k, w, x, x_stride, 2, s); break;                                            \
+        case 3: body(k, w, x, x_stride, 3, s); break;                                            \
+        default: body(k, w, x, x_stride, 4, s); break;                                           \
+        }                                                                                        \
+    }
+
+/* ---- legacy blocks (32 values), two per zmm ------------------------------------------- */
+
+/* The stored weights of blocks a and b as 64 bytes [a | b]: unsigned (q + offset) except for
+ * Q8_0, whose q are signed bytes. */
+typedef __m512i (*legacy_pair_fn)(const uint8_t *a, const uint8_t *b);
+
+/* 5-bit values: the nibbles 4 bytes after a (b), the fifth bits in the 4 bytes at a (b) */
+INLINE __m512i fives_2x32(const uint8_t *a, const uint8_t *b) {
+    const __m512i lo = unpack_nibbles_2x16(a + 4, b + 4);
+    return _mm512_mask_add_epi8(lo, high_bits_2x32(a, b), lo, _mm512_set1_epi8(16));
+}
+
+INLINE __m512i pair_q4_0(const uint8_t *a, const uint8_t *b) { return unpack_nibbles_2x16(a + 2, b + 2); }
+INLINE __m512i pair_q4_1(const uint8_t *a, const uint8_t *b) { return unpack_nibbles_2x16(a + 4, b + 4); }
+INLINE __m512i pair_q5_0(const uint8_t *a, const uint8_t *b) { return fives_2x32(a + 2, b + 2); }
+INLINE __m512i pair_q5_1(const uint8_t *a, const uint8_t *b) { return fives_2x32(a + 4, b + 4); }
+INLINE __m512i pair_q8_0(const uint8_t *a, const uint8_t *b) { return load_2x32(a + 2, b + 2); }
+
+/* to_float: w = d * q + m per block, m = 0 for the types without a minimum (added all the
+ * same: the reference's + 0.0f turns -0.0 into +0.0) */
+INLINE void legacy_to_float(legacy_pair_fn pair, size_t type_size, int offset, int has_min, const uint8_t *src,
+                            float *dst, int64_t n) {
+    const int64_t nb = n / QK;
+    for (int64_t i = 0; i < nb; i += 2) {
+        const uint8_t *a = src + i * type_size, *b = i + 1 < nb ? a + type_size : a;
+        int8_t q[2 * QK];
+        _mm512_storeu_si512(q, _mm512_sub_epi8(pair(a, b), _mm512_set1_epi8((char)offset)));
+        for (int blk = 0; blk < 2 && i + blk < nb; blk++) {
+            const uint8_t *p = blk ? b : a;
+            const __m512 d = _mm512_set1_ps(load_half(p));
+            const __m512 m = has_min ? _mm512_set1_ps(load_half(p + 2)) : _mm512_setzero_ps();
+            UNROLL for (int h = 0; h < 2; h++)
+                _mm512_storeu_ps(dst + (i + blk) * QK + 16 * h,
+                                 _mm512_add_ps(_mm512_mul_ps(d, i8x16_to_ps(q + QK * blk + 16 * h)), m));
+        }
+    }
+}
+
+/* Two int32 vectors of partial block sums -> one, adding neighbouring lanes through int16
+ * (exact while every input lane fits in int16): each 128-bit lane keeps a's blocks in dwords
+ * 0-1 and b's in dwords 2-3. */
+INLINE __m512i combine_i16(__m512i a, __m512i b) {
+    return _mm512_madd_epi16(_mm512_packs_epi32(a, b), _mm512_set1_epi16(1));
+}
+
+/* The block order of the lanes that the combine tree of legacy_group leaves: after two
+ * combines each 128-bit lane pair holds four blocks twice, and the last step adds the copies. */
+static const int tree_order[16] = {0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15};
+static const int block_order[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+/* sum(q * qx) over blocks a and b (stored weights u, q = u - offset) against nc rows, each
+ * into int32 lanes [a x 8 | b x 8]. vpdpbusd wants one unsigned operand:
+ *  - unsigned q (the types with a minimum): q times x directly;
+ *  - Q4_0 / Q5_0 against one or two rows: u * x - offset * x;
+ *  - signed q against more rows: x + 128 times q, starting from -128 * sum(q), which depends on
+ *    the weights only and is paid once for all rows. */
+INLINE void legacy_pair_sums(__m512i u, int offset, int has_min, const uint8_t *xa, const uint8_t *xb,
+                             size_t x_stride, const int nc, __m512i *sums) {
+    const __m512i zero = _mm512_setzero_si512(), x_bias = _mm512_set1_epi8((char)0x80);
+    const int split = !has_min && offset && nc <= 2;
+    __m512i q = u, start = zero;
+    if (!has_min && !split) {
+        q = _mm512_sub_epi8(u, _mm512_set1_epi8((char)offset));
+        start = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, x_bias, q));
+    }
+    UNROLL for (int c = 0; c < nc; c++) {
+        const __m512i xv = load_2x32(xa + c * x_stride, xb + c * x_stride);
+        if (has_min) sums[c] = _mm512_dpbusd_epi32(zero, u, xv);
+        else if (split)
+            sums[c] = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, u, xv),
+                                       _mm512_dpbusd_epi32(zero, _mm512_set1_epi8((char)offset), xv));
+        else sums[c] = _mm512_dpbusd_epi32(start, _mm512_xor_si512(xv, x_bias), q);
+    }
+}
+
+/* n <= 16 blocks from wg against the same blocks of nc rows at xg (their qs), into acc.
+ *
+ * p[c] holds the 16 scale products d * dx (0 for missing blocks), lanes in tree_order when
+ * `narrow`, else in block order. With
+ * `narrow` (every sum of 8 products fits in int16) the eight pair vectors of a row go through
+ * a tree of combines to one int32 lane per block and one FMA by p; otherwise (Q8_0) each pair
+ * takes its two scales from p with a permute. */
+INLINE void legacy_group(legacy_pair_fn pair, size_t type_size, int offset, int has_min, int narrow,
+                         const uint8_t *wg, const uint8_t *xg, size_t x_size, size_t x_stride, const int n,
+                         const int nc, const __m512 *p, __m512 *acc) {
+    __m512i half[2][JL_NC_MAX];
+    UNROLL for (int h = 0; h < 2; h++) {
+        __m512i quad[2][JL_NC_MAX];
+        UNROLL for (int qd = 0; qd < 2; qd++) {
+            __m512i pairs[2][JL_NC_MAX];
+            UNROLL for (int e = 0; e < 2; e++) {
+                const int j = 8 * h + 4 * qd + 2 * e;
+                if (j >= n) {
+                    UNROLL for (int c = 0; c < nc; c++) pairs[e][c] = _mm512_setzero_si512();
+                    continue;
+                }
+                const int b = j + 1 < n;  /* an odd last block pairs with itself; its copy scales by 0 */
+                const uint8_t *wa = wg + j * type_size, *xa = xg + j * x_size;
+                prefetch_ahead(wa, 2 * type_size);
+                legacy_pair_sums(pair(wa, wa + b * type_size), offset, has_min, xa, xa + b * x_size, x_stride, nc, pairs[e]);
+                if (!narrow) {
+                    const __m512i lanes = _mm512_set_epi32(j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1,
+                                                           j, j, j, j, j, j, j, j);
+                    UNROLL for (int c = 0; c < nc; c++)
+                        acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pairs[e][c]), _mm512_permutexvar_ps(lanes, p[c]), acc[c]);
+                }
+            }
+            if (narrow) UNROLL for (int c = 0; c < nc; c++) quad[qd][c] = combine_i16(pairs[0][c], pairs[1][c]);
+        }
+        if (narrow) UNROLL for (int c = 0; c < nc; c++) half[h][c] = combine_i16(quad[0][c], quad[1][c]);
+    }
+    if (narrow)
+        UNROLL for (int c = 0; c < nc; c++) {
+            const __m512i sums = _mm512_add_epi32(_mm512_shuffle_i64x2(half[0][c], half[1][c], _MM_SHUFFLE(2, 0, 2, 0)),
+                                                  _mm512_shuffle_i64x2(half[0][c], half[1][c], _MM_SHUFFLE(3, 1, 3, 1)));
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), p[c], acc[c]);
+        }
+}
+
+/* sum over blocks of d * dx * sum(q * qx), plus m * s against Q8_1 (has_min) */
+INLINE void legacy_dot(legacy_pair_fn pair, size_t type_size, int offset, int has_min, int narrow, int64_t k,
+                       const uint8_t *w, const uint8_t *x, size_t x_stride, const int nc, float *s) {
+    const size_t x_size = has_min ? sizeof(block_q8_1) : sizeof(block_q8_0);
+    const size_t x_qs = has_min ? offsetof(block_q8_1, qs) : offsetof(block_q8_0, qs);
+    const int64_t nb = k / QK;
+    const __m512i order = _mm512_loadu_si512(narrow ? tree_order : block_order);
+    const __m512i w_index = _mm512_mullo_epi32(order, _mm512_set1_epi32((int)type_size));
+    const __m512i x_index = _mm512_mullo_epi32(order, _mm512_set1_epi32((int)x_size));
+    __m512 acc[JL_NC_MAX];
+    UNROLL for (int c = 0; c < nc; c++) acc[c] = _mm512_setzero_ps();
+
+    for (int64_t g = 0; g < nb; g += 16) {
+        const int n = nb - g < 16 ? (int)(nb - g) : 16;
+        const uint8_t *wg = w + g * type_size, *xg = x + g * x_size;
+        /* d (and m) of the weight blocks and d (and s) of each row's, one gather each; the
+         * minimum terms m * s need no order */
+        const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(n));
+        const __m512i wh = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, w_index, wg, 1);
+        const __m512 dw = halves_to_ps(wh, 0);
+        __m512 p[JL_NC_MAX];
+        UNROLL for (int c = 0; c < nc; c++) {
+            const __m512i xh = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, x_index, xg + c * x_stride, 1);
+            p[c] = _mm512_mul_ps(dw, halves_to_ps(xh, 0));
+            if (has_min) acc[c] = _mm512_fmadd_ps(halves_to_ps(wh, 1), halves_to_ps(xh, 1), acc[c]);
+        }
+        if (n == 16) legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, 16, nc, p, acc);
+        else legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, n, nc, p, acc);
+    }
+    UNROLL for (int c = 0; c < nc; c++) s[c] = hsum512_ps(acc[c]);
+}
+
+#define LEGACY(NAME, OFFSET, HAS_MIN, NARROW)                                                           \
+    static void NAME##_to_float(const void *restrict src, float *restrict dst, int64_t n) {             \
+        legacy_to_float(pair_##NAME, sizeof(block_##NAME), OFFSET, HAS_MIN, src, dst, n);               \
+    }                                                                                                   \
+    INLINE void NAME##_dot(int64_t k, const void *w, const void *x, size_t x_stride, const int nc, float *s) { \
+        legacy_dot(pair_##NAME, sizeof(block_##NAME), OFFSET, HAS_MIN, NARROW, k, w, x, x_stride, nc, s); \
+    }                                                                                                   \
+    VEC_DOT_NC(NAME##_vec_dot, NAME##_dot)
+
+/* narrow: a sum of 8 products fits in int16 for |q| <= 16 (Q4_0, Q5_0) and q <= 31 (Q4_1, Q5_1)
+ * against |qx| <= 128, not for Q8_0 */
+LEGACY(q4_0, 8, 0, 1)
+LEGACY(q4_1, 0, 1, 1)
+LEGACY(q5_0, 16, 0, 1)
+LEGACY(q5_1, 0, 1, 1)
+LEGACY(q8_0, 0, 0, 0)
+
+/* ---- K-quant super-blocks (256 values) ------------------------------------------------ */
+
+/* One super-block unpacked: q[j] holds values 64j .. 64j + 63 as unsigned bytes (the true value
+ * minus `offset` for Q3_K and Q6_K); sc and mn hold one scale and minimum per group of 16. */
+typedef struct {
+    __m512i q[4];
+    __m256i sc, mn;
+    float d, dmin;
+} kquant_unpacked;
+
+typedef void (*kquant_unpack_fn)(const uint8_t *blk, kquant_unpacked *u);
+
+/* 16 scale bytes as int16 */
+INLINE __m256i bytes_to_i16(__m128i b, int is_signed) {
+    return is_signed ? _mm256_cvtepi8_epi16(b) : _mm256_cvtepu8_epi16(b);
+}
+
+/* 8 scales of groups of 32 as 16 int16 (each twice), so every type has one per group of 16 */
+INLINE __m256i scales8_to_i16(uint64_t scales) {
+    __m128i b = _mm_cvtsi64_si128((long long)scales);
+    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(b, b));
+}
+
+/* Q4_K/Q5_K: eight 6-bit scales and eight 6-bit minimums packed in 12 bytes (see scale_min_k4
+ * in ref.c): bytes 0-3 hold scales 0-3 and bits 4-5 of scales 4-7, bytes 4-7 minimums 0-3 and
+ * bits 4-5 of minimums 4-7, bytes 8-11 the low nibbles of scales 4-7 (low) and minimums 4-7 (high). */
+INLINE void unpack_k4_scales(const uint8_t scales[K_SCALE_SIZE], kquant_unpacked *u) {
+    const uint32_t s0 = load_u32(scales), s1 = load_u32(scales + 4), s2 = load_u32(scales + 8);
+    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, top2 = 0x03030303;
+    const uint32_t sc_hi = (s2 & low4) | (((s0 >> 6) & top2) << 4);
+    const uint32_t mn_hi = ((s2 >> 4) & low4) | (((s1 >> 6) & top2) << 4);
+    u->sc = scales8_to_i16((uint64_t)(s0 & low6) | (uint64_t)sc_hi << 32);
+    u->mn = scales8_to_i16((uint64_t)(s1 & low6) | (uint64_t)mn_hi << 32);
+}
+
+/* Q3_K/Q5_K keep one high bit per value in 32 bytes: value l of chunk j (l < 32 in the low half,
+ * 32 + l in the high half) takes bit 2j (low half) or 2j + 1 (high half) of byte l. */
+INLINE __m512i add_high_bits(__m512i q, __m512i hbits, int j, char value) {
+    const __m512i sel = _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi8((char)(1 << (2 * j))),
+                                                _mm512_set1_epi8((char)(2 << (2 * j))));
+    return _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(hbits, sel), q, _mm512_set1_epi8(value));
+}
+
+/* Q2_K/Q3_K: each 128-value half reads 32 bytes four times, two bits deeper each time: chunk j
+ * (half j / 2) holds passes 2 (j % 2) and 2 (j % 2) + 1 */
+INLINE __m512i crumbs_32(const uint8_t *p, int j) {
+    const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p));
+    const int shift = 4 * (j % 2);
+    const __m512i counts = _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi16((short)shift), _mm512_set1_epi16((short)(shift + 2)));
+    return _mm512_and_si512(_mm512_srlv_epi16(v, counts), _mm512_set1_epi8(3));
+}
+
+INLINE void unpack_q2_K(const uint8_t *blk, kquant_unpacked *u) {
+    const block_q2_K *b = (const block_q2_K *)blk;
+    UNROLL for (int j = 0; j < 4; j++) u->q[j] = crumbs_32(b->qs + 32 * (j / 2), j);
+    const __m128i s = _mm_loadu_si128((const __m128i *)b->scales);
+    u->sc = bytes_to_i16(_mm_and_si128(s, _mm_set1_epi8(0x0f)), 0);
+    u->mn = bytes_to_i16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0f)), 0);
+    u->d = half_to_f32(b->d);
+    u->dmin = half_to_f32(b->dmin);
+}
+
+/* q + 4 = low two bits + 4 * high bit */
+INLINE void unpack_q3_K(const uint8_t *blk, kquant_unpacked *u) {
+    const block_q3_K *b = (const block_q3_K *)blk;
+    const __m512i hbits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b->hmask));
+    UNROLL for (int j = 0; j < 4; j++) u->q[j] = add_high_bits(crumbs_32(b->qs + 32 * (j / 2), j), hbits, j, 4);
+    /* sixteen 6-bit scales: low nibbles in bytes 0-7 (groups 0-7 low, 8-15 high), the top two
+     * bits of group g at bits 2 (g / 4) of byte 8 + g % 4 */
+    const uint32_t s0 = load_u32(b->scales), s1 = load_u32(b->scales + 4), s2 = load_u32(b->scales + 8);
+    const uint32_t low4 = 0x0f0f0f0f, top2 = 0x03030303;
+    const __m128i sc = _mm_set_epi32((int)(((s1 >> 4) & low4) | (((s2 >> 6) & top2) << 4)),
+                                     (int)(((s0 >> 4) & low4) | (((s2 >> 4) & top2) << 4)),
+                                     (int)((s1 & low4) | (((s2 >> 2) & top2) << 4)),
+                                     (int)((s0 & low4) | ((s2 & top2) << 4)));
+    u->sc = _mm256_sub_epi16(bytes_to_i16(sc, 0), _mm256_set1_epi16(32));
+    u->mn = _mm256_setzero_si256();
+    u->d = half_to_f32(b->d);
+    u->dmin = 0.0f;
+}
+
+INLINE void unpack_q4_K(const uint8_t *blk, kquant_unpacked *u) {
+    const block_q4_K *b = (const block_q4_K *)blk;
+    UNROLL for (int j = 0; j < 4; j++) u->q[j] = unpack_nibbles_32(b->qs + 32 * j);
+    unpack_k4_scales(b->scales, u);
+    u->d = half_to_f32(b->d);
+    u->dmin = half_to_f32(b->dmin);
+}
+
+INLINE void unpack_q5_K(const uint8_t *blk, kquant_unpacked *u) {
+    const block_q5_K *b = (const block_q5_K *)blk;
+    const __m512i hbits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b->qh));
+    UNROLL for (int j = 0; j < 4; j++) u->q[j] = add_high_bits(unpack_nibbles_32(b->qs + 32 * j), hbits, j, 16);
+    unpack_k4_scales(b->scales, u);
+    u->d = half_to_f32(b->d);
+    u->dmin = half_to_f32(b->dmin);
+}
+
+/* q + 32: half h takes the nibbles of ql[64h .. 64h + 63] (low nibbles for chunk 2h, high for
+ * 2h + 1) and two bits each of qh[32h .. 32h + 31] (bits 0-1 / 2-3 for the low / high 32 values
+ * of chunk 2h, bits 4-5 / 6-7 for chunk 2h + 1), moved to bits 4-5 */
+INLINE void unpack_q6_K(const uint8_t *blk, kquant_unpacked *u) {
+    const block_q6_K *b = (const block_q6_K *)blk;
+    const __m512i nib = _mm512_set1_epi8(0x0f), top = _mm512_set1_epi8(0x30);
+    UNROLL for (int h = 0; h < 2; h++) {
+        const __m512i lo = _mm512_loadu_si512(b->ql + 64 * h);
+        const __m512i hi = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qh + 32 * h)));
+        const __m512i hi01 = _mm512_sllv_epi16(hi, _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi16(4), _mm512_set1_epi16(2)));
+        const __m512i hi23 = _mm512_srlv_epi16(hi, _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi16(0), _mm512_set1_epi16(2)));
+        u->q[2 * h] = _mm512_or_si512(_mm512_and_si512(lo, nib), _mm512_and_si512(hi01, top));
+        u->q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(lo, 4), nib), _mm512_and_si512(hi23, top));
+    }
+    u->sc = bytes_to_i16(_mm_loadu_si128((const __m128i *)b->scales), 1);
+    u->mn = _mm256_setzero_si256();
+    u->d = half_to_f32(b->d);
+    u->dmin = 0.0f;
+}
+
+/* int16 lane l of chunk j belongs to group 4j + l / 8 */
+INLINE __m512i chunk_scales(__m256i sc16, int j) {
+    const __m512i idx = _mm512_add_epi16(_mm512_srli_epi16(_mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 3),
+                                         _mm512_set1_epi16((short)(4 * j)));
+    return _mm512_permutexvar_epi16(idx, _mm512_castsi256_si512(sc16));
+}
+
+/* to_float: w = (d * sc) * q - dmin * mn, each group of 16 one zmm */
+INLINE void kquant_to_float(kquant_unpack_fn unpack, size_t type_size, int offset, int has_min, const uint8_t *src,
+                            float *dst, int64_t n) {
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        kquant_unpacked u;
+        unpack(src + i * type_size, &u);
+        float scale[16], min[16];
+        _mm512_storeu_ps(scale, _mm512_mul_ps(_mm512_set1_ps(u.d), _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(u.sc))));
+        _mm512_storeu_ps(min, _mm512_mul_ps(_mm512_set1_ps(u.dmin), _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(u.mn))));
+        int8_t q[QK_K];
+        UNROLL for (int j = 0; j < 4; j++) _mm512_storeu_si512(q + 64 * j, _mm512_sub_epi8(u.q[j], _mm512_set1_epi8((char)offset)));
+        UNROLL for (int g = 0; g < 16; g++) {
+            __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale[g]), i8x16_to_ps(q + 16 * g));
+            if (has_min) v = _mm512_sub_ps(v, _mm512_set1_ps(min[g]));
+            _mm512_storeu_ps(dst + i * QK_K + 16 * g, v);
+        }
+    }
+}
+
+/* dx * (d * sum_g sc[g] * sum(q * qx) - dmin * sum_g mn[g] * bsums[g]), with q stored as
+ * q + offset: the offset comes back out as -offset * sum_g sc[g] * bsums[g] */
+INLINE void kquant_dot(kquant_unpack_fn unpack, size_t type_size, int offset, int has_min, int64_t k,
+                       const uint8_t *w, const uint8_t *x, size_t x_stride, const int nc, float *s) {
+    __m512 acc[JL_NC_MAX];
+    __m256 acc_min[JL_NC_MAX];
+    UNROLL for (int c = 0; c < nc; c++) {
+        acc[c] = _mm512_setzero_ps();
+        acc_min[c] = _mm256_setzero_ps();
+    }
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        kquant_unpacked u;
+        prefetch_ahead(w + i * type_size, type_size);
+        unpack(w + i * type_size, &u);
+        __m512i sc[4];
+        UNROLL for (int j = 0; j < 4; j++) sc[j] = chunk_scales(u.sc, j);
+        const __m256i corr = _mm256_mullo_epi16(u.sc, _mm256_set1_epi16((short)-offset));
+        UNROLL for (int c = 0; c < nc; c++) {
+            const block_q8_K *bx = (const block_q8_K *)(x + c * x_stride) + i;
+            const __m256i bsums = _mm256_loadu_si256((const __m256i *)bx->bsums);
+            __m512i sum = offset ? _mm512_zextsi256_si512(_mm256_madd_epi16(bsums, corr)) : _mm512_setzero_si512();
+            UNROLL for (int j = 0; j < 4; j++)
+                sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(u.q[j], _mm512_loadu_si512(bx->qs + 64 * j)), sc[j]);
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(u.d * bx->d), acc[c]);
+            if (has_min)
+                acc_min[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, u.mn)),
+                                             _mm256_set1_ps(u.dmin * bx->d), acc_min[c]);
+        }
+    }
+    UNROLL for (int c = 0; c < nc; c++) s[c] = hsum512_ps(acc[c]) - (has_min ? hsum256_ps(acc_min[c]) : 0.0f);
+}
+
+#define KQUANT(NAME, OFFSET, HAS_MIN)                                                                   \
+    static void NAME##_to_float(const void *restrict src, float *restrict dst, int64_t n) {             \
+        kquant_to_float(unpack_##NAME, sizeof(block_##NAME), OFFSET, HAS_MIN, src, dst, n);             \
+    }                                                                                                   \
+    INLINE void NAME##_dot(int64_t k, const void *w, const void *x, size_t x_stride, const int nc, float *s) { \
+        kquant_dot(unpack_##NAME, sizeof(block_##NAME), OFFSET, HAS_MIN, k, w, x, x_stride, nc, s);     \
+    }                                                                                                   \
+    VEC_DOT_NC(NAME##_vec_dot, NAME##_dot)
+
+KQUANT(q2_K, 0, 1)
+KQUANT(q3_K, 4, 0)
+KQUANT(q4_K, 0, 1)
+KQUANT(q5_K, 0, 1)
+KQUANT(q6_K, 32, 0)
+
+/* ---- float types (against float32 activations) ----------------------------------------- */
+
+/* 16 weights from element i as floats; `live` masks a row's last partial vector */
+typedef __m512 (*load16_fn)(const void *w, int64_t i, __mmask16 live);
+
+INLINE __m512 load16_f32(const void *w, int64_t i, __mmask16 live) {
+    return _mm512_maskz_loadu_ps(live, (const float *)w + i);
+}
+INLINE __m512 load16_f16(const void *w, int64_t i, __mmask16 live) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, (const jl_half *)w + i));
+}
+/* bfloat16 is the top half of a float32 */
+INLINE __m512 load16_bf16(const void *w, int64_t i, __mmask16 live) {
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, (const jl_bf16 *)w + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+}
+
+INLINE void float_to_float(load16_fn load16, const void *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 live = n - i < 16 ? (__mmask16)((1u << (n - i)) - 1) : 0xffff;
+        _mm512_mask_storeu_ps(dst + i, live, load16(src, i, live));
+    }
+}
+
+/* one row (nc == 1) keeps four FMA chains busy, more rows two each */
+INLINE void float_dot(load16_fn load16, size_t elem_size, int64_t k, const uint8_t *w, const uint8_t *x,
+                      size_t x_stride, const int nc, float *s) {
+    enum { UNROLL_MAX = 4 };
+    const int unroll = nc == 1 ? 4 : 2;
+    __m512 acc[JL_NC_MAX][UNROLL_MAX];
+    UNROLL for (int c = 0; c < nc; c++)
+        UNROLL for (int u = 0; u < unroll; u++) acc[c][u] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 * unroll <= k; i += 16 * unroll) {
+        prefetch_ahead(w + i * elem_size, 16 * unroll * elem_size);
+        UNROLL for (int u = 0; u < unroll; u++) {
+            const __m512 wv = load16(w, i + 16 * u, 0xffff);
+            UNROLL for (int c = 0; c < nc; c++)
+                acc[c][u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps((const float *)(x + c * x_stride) + i + 16 * u), acc[c][u]);
+        }
+    }
+    for (; i < k; i += 16) {
+        const __mmask16 live = k - i < 16 ? (__mmask16)((1u << (k - i)) - 1) : 0xffff;
+        const __m512 wv = load16(w, i, live);
+        UNROLL for (int c = 0; c < nc; c++)
+            acc[c][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(live, (const float *)(x + c * x_stride) + i), acc[c][0]);
+    }
+    UNROLL for (int c = 0; c < nc; c++) {
+        UNROLL for (int u = 1; u < unroll; u++) acc[c][0] = _mm512_add_ps(acc[c][0], acc[c][u]);
+        s[c] = hsum512_ps(acc[c][0]);
+    }
+}
+
+#define FLOAT_DOT(NAME, ELEM)                                                                           \
+    INLINE void NAME##_dot(int64_t k, const void *w, const void *x, size_t x_stride, const int nc, float *s) { \
+        float_dot(load16_##NAME, sizeof(ELEM), k, w, x, x_stride, nc, s);                               \
+    }                                                                                                   \
+    VEC_DOT_NC(NAME##_vec_dot, NAME##_dot)
+#define FLOAT(NAME, ELEM)                                                                               \
+    static void NAME##_to_float(const void *restrict src, float *restrict dst, int64_t n) {             \
+        float_to_float(load16_##NAME, src, dst, n);                                                     \
+    }                                                                                                   \
+    FLOAT_DOT(NAME, ELEM)
+
+FLOAT_DOT(f32, float)  /* F32 to_float stays the reference's memcpy */
+FLOAT(f16, jl_half)
+FLOAT(bf16, jl_bf16)
+
+/* ---- activation quantization ---------------------------------------------------------- */
+
+/* int8 with d = max|x| / 127 over n values (a multiple of 16), rounded half to even by the
+ * conversion under the default rounding mode; returns d */
+INLINE float quantize_int8(const float *x, int n, int8_t *q) {
+    __m512 amax = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 16)  /* max_ps returns its second operand for NaN, as fmaxf skips it */
+        amax = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + j)), amax);
+    const float d = _mm512_reduce_max_ps(amax) / 127.0f;
+    const __m512 id = _mm512_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+    for (int j = 0; j < n; j += 16)
+        _mm_storeu_si128((__m128i *)(q + j), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + j), id))));
+    return d;
+}
+
+INLINE int sum16_i8(const int8_t *q) {
+    return _mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+}
+
+static void q8_0_from_float(const float *restrict src, void *restrict dst, int64_t n) {
+    block_q8_0 *b = dst;
+    for (int64_t i = 0; i < n / QK; i++) b[i].d = f32_to_half(quantize_int8(src + i * QK, QK, b[i].qs));
+}
+
+static void q8_1_from_float(const float *restrict src, void *restrict dst, int64_t n) {
+    block_q8_1 *b = dst;
+    for (int64_t i = 0; i < n / QK; i++) {
+        const float d = quantize_int8(src + i * QK, QK, b[i].qs);
+        b[i].d = f32_to_half(d);
+        b[i].s = f32_to_half(d * (float)(sum16_i8(b[i].qs) + sum16_i8(b[i].qs + 16)));
+    }
+}
+
+static void q8_K_from_float(const float *restrict src, void *restrict dst, int64_t n) {
+    block_q8_K *b = dst;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        b[i].d = quantize_int8(src + i * QK_K, QK_K, b[i].qs);
+        for (int g = 0; g < QK_K / 16; g++) b[i].bsums[g] = (int16_t)sum16_i8(b[i].qs + 16 * g);
+    }
+}
+
+/* ---- the table -------------------------------------------------------------------------- */
+
+void jl_avx512_register(jl_type_traits *t) {
+#define SET(TYPE, NAME)                           \
+    t[TYPE].to_float = NAME##_to_float;           \
+    t[TYPE].vec_dot = NAME##_vec_dot;
+    SET(JL_TYPE_Q4_0, q4_0)
+    SET(JL_TYPE_Q4_1, q4_1)
+    SET(JL_TYPE_Q5_0, q5_0)
+    SET(JL_TYPE_Q5_1, q5_1)
+    SET(JL_TYPE_Q8_0, q8_0)
+    SET(JL_TYPE_Q2_K, q2_K)
+    SET(JL_TYPE_Q3_K, q3_K)
+    SET(JL_TYPE_Q4_K, q4_K)
+    SET(JL_TYPE_Q5_K, q5_K)
+    SET(JL_TYPE_Q6_K, q6_K)
+    SET(JL_TYPE_F16, f16)
+    SET(JL_TYPE_BF16, bf16)
+#undef SET
+    t[JL_TYPE_F32].vec_dot = f32_vec_dot;
+    t[JL_TYPE_Q8_0].from_float = q8_0_from_float;
+    t[JL_TYPE_Q8_1].from_float = q8_1_from_float;
+    t[JL_TYPE_Q8_K].from_float = q8_K_from_float;
+}
