@@ -30,3 +30,74 @@ cdef extern from "janlib.h" nogil:
                         const float *x, int64_t n, float *y, int n_threads)
     jl_status jl_quantize_rows(int act_type, const float *x, int64_t n, int64_t k, void *dst,
                                size_t dst_bytes)
+
+
+# The forward pass (csrc/model.c).
+from libc.stdint cimport int32_t
+
+cdef extern from "janlib.h" nogil:
+    int JL_TYPE_F16
+    int JL_TYPE_F32
+    int JL_ROPE_ADJACENT
+    int JL_ROPE_NEOX
+    int JL_FFN_SILU
+    int JL_FFN_GELU_TANH
+
+    ctypedef struct jl_tensor:
+        const void *data
+        size_t nbytes
+        int type
+        int64_t ne0
+        int64_t ne1
+
+    ctypedef struct jl_layer_desc:
+        jl_tensor attn_norm
+        jl_tensor attn_q
+        jl_tensor attn_k
+        jl_tensor attn_v
+        jl_tensor attn_q_bias
+        jl_tensor attn_k_bias
+        jl_tensor attn_v_bias
+        jl_tensor attn_q_norm
+        jl_tensor attn_k_norm
+        jl_tensor attn_output
+        jl_tensor post_attention_norm
+        jl_tensor ffn_norm
+        jl_tensor ffn_gate
+        jl_tensor ffn_up
+        jl_tensor ffn_down
+        jl_tensor post_ffw_norm
+        float rope_base
+        float rope_freq_scale
+        int32_t sliding_window
+
+    ctypedef struct jl_model_desc:
+        int32_t n_layer, n_embd, n_head, n_head_kv, head_dim_k, head_dim_v, n_ff, n_vocab
+        int32_t rope_layout
+        int32_t ffn_activation
+        float norm_eps
+        float embedding_scale
+        float attention_scale
+        float final_logit_softcap
+        jl_tensor token_embd
+        jl_tensor output_norm
+        jl_tensor output
+        jl_tensor rope_freqs
+        const jl_layer_desc *layers
+
+    ctypedef struct jl_model:
+        pass
+    ctypedef struct jl_context:
+        pass
+
+    jl_status jl_model_create(const jl_model_desc *desc, jl_model **model)
+    void jl_model_free(jl_model *model)
+    jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int kv_type, int64_t n_batch,
+                                jl_context **ctx)
+    void jl_context_free(jl_context *ctx)
+    int64_t jl_context_n_ctx(const jl_context *ctx)
+    int64_t jl_context_n_past(const jl_context *ctx)
+    jl_status jl_context_eval(jl_context *ctx, const int32_t *tokens, int64_t n_tokens, int64_t pos0,
+                              const int64_t *output_rows, int64_t n_outputs, float *logits,
+                              int n_threads)
+    jl_status jl_context_seq_rm(jl_context *ctx, int64_t from_pos)

@@ -102,3 +102,135 @@ def quantize_rows(int act_type, const float[:, ::1] x, uint8_t[::1] dst):
 
 
 include "_sampling.pxi"
+
+
+# ---- the forward pass ----------------------------------------------------------------------
+from libc.stdint cimport int32_t
+from libc.stdlib cimport calloc, free
+import threading
+
+ROPE_LAYOUTS = {"adjacent": JL_ROPE_ADJACENT, "neox": JL_ROPE_NEOX}
+FFN_ACTIVATIONS = {"silu": JL_FFN_SILU, "gelu_tanh": JL_FFN_GELU_TANH}
+KV_TYPES = {"f16": JL_TYPE_F16, "f32": JL_TYPE_F32}
+
+
+cdef jl_tensor _tensor(object tensor, list keep) except *:
+    """The C view of a GGUFTensor (or an absent one for None); keep holds the mapped bytes alive."""
+    cdef jl_tensor out
+    out.data = NULL
+    out.nbytes = 0
+    out.type = 0
+    out.ne0 = 0
+    out.ne1 = 0
+    if tensor is None:
+        return out
+    raw = tensor.raw
+    keep.append(raw)
+    cdef const uint8_t[::1] view = raw
+    out.data = &view[0]
+    out.nbytes = view.shape[0]
+    out.type = tensor.type_id
+    out.ne0 = tensor.ne[0]
+    out.ne1 = tensor.ne[1] if len(tensor.ne) > 1 else 1
+    return out
+
+
+cdef class ForwardContext:
+    """A C model (weights pointing into the mapped file) and one context with its KV cache.
+
+    hparams and weights are janlib.models.base.HParams and ModelWeights."""
+    cdef jl_model *model
+    cdef jl_context *ctx
+    cdef list _keep        # the tensors' byte views: the mapping cannot close under the C pointers
+    cdef object _lock      # eval runs without the GIL; one call at a time per context
+    cdef int64_t n_vocab
+
+    def __cinit__(self, hparams, weights, int64_t n_ctx, str kv_type, int64_t n_batch):
+        self._keep = []
+        self._lock = threading.Lock()
+        cdef int n_layer = hparams.n_layer
+        cdef jl_layer_desc *layers = <jl_layer_desc *>calloc(n_layer, sizeof(jl_layer_desc))
+        if layers == NULL:
+            raise MemoryError("no memory for the layer descriptions")
+        cdef jl_model_desc d
+        cdef jl_layer_desc *L
+        try:
+            d.n_layer = n_layer
+            d.n_embd = hparams.n_embd
+            d.n_head = hparams.n_head
+            d.n_head_kv = hparams.n_head_kv
+            d.head_dim_k = hparams.head_dim_k
+            d.head_dim_v = hparams.head_dim_v
+            d.n_ff = hparams.n_ff
+            d.n_vocab = hparams.n_vocab
+            d.rope_layout = ROPE_LAYOUTS[hparams.rope_layout]
+            d.ffn_activation = FFN_ACTIVATIONS[hparams.ffn_activation]
+            d.norm_eps = hparams.norm_eps
+            d.embedding_scale = hparams.embedding_scale
+            d.attention_scale = hparams.attention_scale
+            d.final_logit_softcap = hparams.final_logit_softcap
+            d.token_embd = _tensor(weights.token_embd, self._keep)
+            d.output_norm = _tensor(weights.output_norm, self._keep)
+            d.output = _tensor(weights.output, self._keep)
+            d.rope_freqs = _tensor(weights.rope_freqs, self._keep)
+            for il in range(n_layer):
+                w = weights.layers[il]
+                L = &layers[il]
+                L.attn_norm = _tensor(w.attn_norm, self._keep)
+                L.attn_q = _tensor(w.attn_q, self._keep)
+                L.attn_k = _tensor(w.attn_k, self._keep)
+                L.attn_v = _tensor(w.attn_v, self._keep)
+                L.attn_q_bias = _tensor(w.attn_q_bias, self._keep)
+                L.attn_k_bias = _tensor(w.attn_k_bias, self._keep)
+                L.attn_v_bias = _tensor(w.attn_v_bias, self._keep)
+                L.attn_q_norm = _tensor(w.attn_q_norm, self._keep)
+                L.attn_k_norm = _tensor(w.attn_k_norm, self._keep)
+                L.attn_output = _tensor(w.attn_output, self._keep)
+                L.post_attention_norm = _tensor(w.post_attention_norm, self._keep)
+                L.ffn_norm = _tensor(w.ffn_norm, self._keep)
+                L.ffn_gate = _tensor(w.ffn_gate, self._keep)
+                L.ffn_up = _tensor(w.ffn_up, self._keep)
+                L.ffn_down = _tensor(w.ffn_down, self._keep)
+                L.post_ffw_norm = _tensor(w.post_ffw_norm, self._keep)
+                L.rope_base = hparams.rope_base[il]
+                L.rope_freq_scale = hparams.rope_freq_scale[il]
+                L.sliding_window = hparams.sliding_window[il]
+            d.layers = layers
+            check(jl_model_create(&d, &self.model))
+        finally:
+            free(layers)  # the model keeps its own copy
+        check(jl_context_create(self.model, n_ctx, KV_TYPES[kv_type], n_batch, &self.ctx))
+        self.n_vocab = d.n_vocab
+
+    def __dealloc__(self):
+        jl_context_free(self.ctx)
+        jl_model_free(self.model)
+
+    @property
+    def n_ctx(self):
+        return jl_context_n_ctx(self.ctx)
+
+    @property
+    def n_past(self):
+        return jl_context_n_past(self.ctx)
+
+    def eval(self, const int32_t[::1] tokens, int64_t pos0, const int64_t[::1] output_rows,
+             float[:, ::1] logits, int n_threads=0):
+        """logits (len(output_rows), n_vocab) <- the batch rows output_rows of tokens at pos0.."""
+        cdef jl_status status = JL_OK
+        cdef const int64_t *rows = &output_rows[0] if output_rows.shape[0] > 0 else NULL
+        cdef float *out = &logits[0, 0] if logits.shape[0] > 0 else NULL
+        if logits.shape[0] != output_rows.shape[0] or logits.shape[1] != self.n_vocab:
+            raise ValueError(f"eval: logits shape {(logits.shape[0], logits.shape[1])} != "
+                             f"{(output_rows.shape[0], self.n_vocab)} (output rows, n_vocab)")
+        if tokens.shape[0] == 0:
+            raise ValueError("eval: no tokens")
+        with self._lock:
+            with nogil:
+                status = jl_context_eval(self.ctx, &tokens[0], tokens.shape[0], pos0, rows,
+                                         output_rows.shape[0], out, n_threads)
+        check(status)
+
+    def seq_rm(self, int64_t from_pos):
+        with self._lock:
+            check(jl_context_seq_rm(self.ctx, from_pos))

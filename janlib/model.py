@@ -1,9 +1,10 @@
 """Model: load a GGUF, tokenize, run the forward pass, generate and chat.
 
-Decoding here is greedy; the sampler chain plugs into `generate` through `next_token`."""
+Tokens are chosen by the C sampler chain (janlib.sampling); without SamplingParams, greedily."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -14,14 +15,20 @@ from janlib.fetch import fetch_model
 from janlib.gguf import load_gguf
 from janlib.models import load_runtime
 from janlib.registry import DEFAULT_MODEL
+from janlib.sampling import Sampler, SamplingParams, TokenProbs
 from janlib.stop import StopStringFilter
 from janlib.tokenizer import Tokenizer
+
+
+# greedy and nothing else: no repetition penalty
+GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0)
 
 
 @dataclass(frozen=True)
 class GeneratedToken:
     id: int | None  # None for the text still held back when generation ends
     text: str  # the text this token releases: "" while a UTF-8 character or stop string is pending
+    probs: TokenProbs | None = None  # the top n_probs of this draw, when SamplingParams.n_probs > 0
 
 
 class Generation(Iterator[GeneratedToken]):
@@ -47,6 +54,7 @@ class Model:
         self.template = ChatTemplate.from_metadata(self.metadata, self.tokenizer)
         self._runtime = load_runtime(self._file, n_ctx=n_ctx, kv_type=kv_type, n_threads=n_threads)
         self._cached: list[int] = []  # the tokens whose keys and values the context holds
+        self._token_bytes: list[bytes] | None = None  # every token's text, built once for DRY
 
     @property
     def n_ctx(self) -> int:
@@ -69,6 +77,23 @@ class Model:
 
     def detokenize(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids))
+
+    def reset(self) -> None:
+        """Forget the cached context: the next prompt is evaluated from its first token."""
+        self._runtime.seq_rm(0)
+        self._cached = []
+
+    def sampler(self, sampling: SamplingParams | None = None, ignore_eos: bool = False) -> Sampler:
+        """The sampler chain for one generation (validated against this vocabulary)."""
+        params = sampling or GREEDY
+        if ignore_eos and not params.ignore_eos:
+            params = dataclasses.replace(params, ignore_eos=True)
+        token_bytes = None
+        if params.dry_multiplier != 0:
+            if self._token_bytes is None:
+                self._token_bytes = [self.tokenizer.token_bytes(i) for i in range(self.n_vocab)]
+            token_bytes = self._token_bytes
+        return Sampler(params, self.n_vocab, self.eos_token_ids, token_bytes, n_ctx=self.n_ctx)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 (n_vocab,) next-token logits after ids, from a fresh context."""
@@ -100,24 +125,27 @@ class Model:
         return logits, reuse
 
     def generate(self, ids: Sequence[int], max_tokens: int = 256, stop: str | Sequence[str] | None = None,
-                 ignore_eos: bool = False) -> Generation:
-        """Greedy continuation of ids: an iterator of GeneratedToken ending at an end-of-generation
-        token, a stop string (whose text is never released), max_tokens or the end of the context."""
+                 ignore_eos: bool = False, sampling: SamplingParams | None = None) -> Generation:
+        """Continuation of ids, greedy unless sampling is given: an iterator of GeneratedToken ending
+        at an end-of-generation token, a stop string (whose text is never released), max_tokens or
+        the end of the context."""
         ids = [int(i) for i in ids]
         self._check_prompt(ids)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
             raise ValueError(f"max_tokens must be a non-negative int, got {max_tokens!r}")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
+        sampler = self.sampler(sampling, ignore_eos)
+        sampler.accept_prompt(ids)
         logits, reused = self._prefill(ids)
         generation = Generation(iter(()), len(ids), reused)
-        generation._tokens = self._decode_loop(generation, logits, max_tokens, StopStringFilter(stops), ignore_eos)
+        generation._tokens = self._decode_loop(generation, logits, max_tokens, StopStringFilter(stops), sampler)
         return generation
 
     def _decode_loop(self, generation: Generation, logits: np.ndarray, max_tokens: int,
-                     stops: StopStringFilter, ignore_eos: bool) -> Iterator[GeneratedToken]:
+                     stops: StopStringFilter, sampler: Sampler) -> Iterator[GeneratedToken]:
         decoder = self.tokenizer.decoder()
         eos = self.eos_token_ids
-        banned = np.fromiter(eos, dtype=np.int64) if ignore_eos else None
+        with_probs = sampler.params.n_probs > 0
         token = None
         for _ in range(max_tokens):
             if token is not None:  # evaluate the previous token only when another one is wanted
@@ -125,13 +153,12 @@ class Model:
                     break
                 logits = self._runtime.eval([token], len(self._cached), "last")[0]
                 self._cached.append(token)
-            if banned is not None:
-                logits[banned] = -np.inf
-            token = int(np.argmax(logits))
+            token = sampler.sample(logits)
             if token in eos:
                 generation.finish_reason = "stop"
                 break
-            yield GeneratedToken(token, stops.feed(decoder.feed(token)))
+            probs = sampler.last_probs() if with_probs else None
+            yield GeneratedToken(token, stops.feed(decoder.feed(token)), probs)
             if stops.stopped:
                 generation.finish_reason = "stop"
                 return
@@ -140,14 +167,20 @@ class Model:
         if tail:
             yield GeneratedToken(None, tail)
 
-    def chat(self, messages: list[dict], max_tokens: int = 256, stream: bool = False,
-             stop: str | Sequence[str] | None = None, ignore_eos: bool = False):
-        """The assistant's answer to messages (rendered with the model's chat template), or with
-        stream=True an iterator of its text pieces."""
+    def chat_prompt(self, messages: list[dict]) -> tuple[str, list[int]]:
+        """The rendered chat prompt for messages, ready for the assistant's turn, and its tokens."""
         prompt = self.template.render(messages, add_generation_prompt=True)
         # templates that write the BOS text themselves (Gemma's) must not get a second one
         bos_text = self.tokenizer.token_text(self.tokenizer.bos_id) if self.tokenizer.bos_id is not None else None
         add_special = not (bos_text and prompt.startswith(bos_text))
-        ids = self.tokenize(prompt, add_special=add_special, parse_special=True)
-        pieces = (t.text for t in self.generate(ids, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos) if t.text)
+        return prompt, self.tokenize(prompt, add_special=add_special, parse_special=True)
+
+    def chat(self, messages: list[dict], max_tokens: int = 256, stream: bool = False,
+             stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
+             sampling: SamplingParams | None = None):
+        """The assistant's answer to messages (rendered with the model's chat template), or with
+        stream=True an iterator of its text pieces."""
+        _, ids = self.chat_prompt(messages)
+        generation = self.generate(ids, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, sampling=sampling)
+        pieces = (t.text for t in generation if t.text)
         return pieces if stream else "".join(pieces)

@@ -28,7 +28,6 @@ from janlib.__main__ import main
 from janlib.fetch import FetchError, UnknownModelError, fetch_model, sha256_file
 from janlib.registry import HubSource, ModelEntry, WheelMember, WheelSource
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bytes(n: int, seed: int) -> bytes:
@@ -393,7 +392,6 @@ def test_cli_info_summarizes_gguf(tmp_path, monkeypatch, capsys):
 
 def _run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "JANLIB_CACHE": str(tmp_path / "cli-cache")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "janlib", *args], capture_output=True, text=True, env=env)
 
 

@@ -80,6 +80,111 @@ jl_status jl_matmul(int type, const void *w, size_t w_bytes, int64_t rows, int64
 jl_status jl_quantize_rows(int act_type, const float *x, int64_t n, int64_t k, void *dst,
                            size_t dst_bytes);
 
+/* ---- the forward pass (model.c) ----------------------------------------------------------
+ *
+ * A model is a description of where each weight lies in the mapped GGUF file plus its
+ * hyperparameters; the architectures (llama, qwen2, gemma3) differ only in the flags and
+ * optional tensors set here. A context holds the KV cache and every scratch buffer, allocated
+ * once; jl_context_eval runs all layers for a batch of tokens in one call. */
+
+/* One weight, a pointer into the mapped file (never copied); data == NULL when absent.
+ * ne0 is the contiguous dimension: a matrix (rows, k) has ne0 = k, ne1 = rows; a vector ne1 = 1. */
+typedef struct {
+    const void *data;
+    size_t nbytes;
+    int type;
+    int64_t ne0, ne1;
+} jl_tensor;
+
+typedef enum {
+    JL_ROPE_ADJACENT = 0,  /* rotate pairs (x[2i], x[2i+1]): llama as GGUF conversion stores it */
+    JL_ROPE_NEOX = 1,      /* rotate pairs (x[i], x[i + d/2]): qwen2, gemma3 */
+} jl_rope_layout;
+
+typedef enum {
+    JL_FFN_SILU = 0,       /* down(silu(gate(x)) * up(x)) */
+    JL_FFN_GELU_TANH = 1,  /* down(gelu_tanh(gate(x)) * up(x)) */
+} jl_ffn_activation;
+
+/* Per layer. Shapes are (rows, k); "optional" tensors are skipped when data == NULL. */
+typedef struct {
+    jl_tensor attn_norm;            /* (n_embd,) */
+    jl_tensor attn_q;               /* (n_head * head_dim_k, n_embd) */
+    jl_tensor attn_k;               /* (n_head_kv * head_dim_k, n_embd) */
+    jl_tensor attn_v;               /* (n_head_kv * head_dim_v, n_embd) */
+    jl_tensor attn_q_bias;          /* optional (n_head * head_dim_k,) */
+    jl_tensor attn_k_bias;          /* optional (n_head_kv * head_dim_k,) */
+    jl_tensor attn_v_bias;          /* optional (n_head_kv * head_dim_v,) */
+    jl_tensor attn_q_norm;          /* optional (head_dim_k,): RMSNorm of each query head before RoPE */
+    jl_tensor attn_k_norm;          /* optional (head_dim_k,): likewise for keys */
+    jl_tensor attn_output;          /* (n_embd, n_head * head_dim_v) */
+    jl_tensor post_attention_norm;  /* optional (n_embd,): RMSNorm of the attention output */
+    jl_tensor ffn_norm;             /* (n_embd,) */
+    jl_tensor ffn_gate;             /* (n_ff, n_embd) */
+    jl_tensor ffn_up;               /* (n_ff, n_embd) */
+    jl_tensor ffn_down;             /* (n_embd, n_ff) */
+    jl_tensor post_ffw_norm;        /* optional (n_embd,): RMSNorm of the FFN output */
+    float rope_base;                /* rotation angle of pair i at pos: pos * freq_scale * base^(-2i/head_dim_k) */
+    float rope_freq_scale;
+    int32_t sliding_window;         /* > 0: a token at pos p sees positions > p - sliding_window; 0: all before it */
+} jl_layer_desc;
+
+typedef struct {
+    int32_t n_layer, n_embd, n_head, n_head_kv, head_dim_k, head_dim_v, n_ff, n_vocab;
+    int32_t rope_layout;            /* jl_rope_layout; RoPE rotates all head_dim_k dimensions */
+    int32_t ffn_activation;         /* jl_ffn_activation */
+    float norm_eps;                 /* every RMSNorm: x / sqrt(mean(x^2) + eps) * w */
+    float embedding_scale;          /* token embeddings are multiplied by this (gemma3: sqrt(n_embd)) */
+    float attention_scale;          /* scores = attention_scale * q.k */
+    float final_logit_softcap;      /* > 0: logits = cap * tanh(logits / cap); 0: none */
+    jl_tensor token_embd;           /* (n_vocab, n_embd): rows are looked up, any type with a to_float */
+    jl_tensor output_norm;          /* (n_embd,) */
+    jl_tensor output;               /* (n_vocab, n_embd); the same tensor as token_embd when tied */
+    jl_tensor rope_freqs;           /* optional (head_dim_k / 2,): pair i's frequency is divided by it (llama3) */
+    const jl_layer_desc *layers;    /* (n_layer,) */
+} jl_model_desc;
+
+typedef struct jl_model jl_model;
+typedef struct jl_context jl_context;
+
+/* Validates every shape, type and byte count and keeps a copy of the description (not of the
+ * weights: they must stay mapped until jl_model_free). Vectors (norms, biases) must be F32. */
+jl_status jl_model_create(const jl_model_desc *desc, jl_model **model);
+void jl_model_free(jl_model *model);  /* after every context made from it */
+
+/* KV cache of n_ctx positions in kv_type (JL_TYPE_F16 or JL_TYPE_F32); scratch for batches of
+ * n_batch tokens (longer evals run in chunks of n_batch). */
+jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int kv_type, int64_t n_batch,
+                            jl_context **ctx);
+void jl_context_free(jl_context *ctx);
+int64_t jl_context_n_ctx(const jl_context *ctx);
+int64_t jl_context_n_past(const jl_context *ctx);  /* the cache holds positions [0, n_past) */
+
+/* Run tokens (n_tokens,) at positions pos0 .. pos0 + n_tokens - 1, pos0 <= n_past (an earlier
+ * pos0 overwrites the cache from there), pos0 + n_tokens <= n_ctx. Writes logits (n_outputs,
+ * n_vocab) for the batch rows output_rows (n_outputs,), strictly increasing; n_outputs may be 0.
+ * On failure the cache keeps only positions before pos0. */
+jl_status jl_context_eval(jl_context *ctx, const int32_t *tokens, int64_t n_tokens, int64_t pos0,
+                          const int64_t *output_rows, int64_t n_outputs, float *logits, int n_threads);
+/* Forget positions >= from_pos (0 clears the cache). */
+jl_status jl_context_seq_rm(jl_context *ctx, int64_t from_pos);
+
+/* ---- forward-pass building blocks (ops.c): float32 rows, no checks, cannot fail ------------ */
+
+/* y (n_rows, n) = x / sqrt(mean(x^2) + eps) * w row by row; y may be x. */
+void jl_rmsnorm(float *y, const float *x, const float *w, int64_t n_rows, int64_t n, float eps);
+/* cos/sin (n_pairs,) of the rotation angles pos * inv_freq[i] */
+void jl_rope_angles(int64_t pos, const double *inv_freq, int n_pairs, float *cos, float *sin);
+/* Rotate each of the n_heads heads (head_dim values each) of x in place by the angles of
+ * jl_rope_angles (head_dim / 2 pairs), pairing dimensions as `layout` says. */
+void jl_rope(float *x, int n_heads, int head_dim, int layout, const float *cos, const float *sin);
+/* gate (n,) <- act(gate) * up, act a jl_ffn_activation */
+void jl_glu(float *gate, const float *up, int64_t n, int activation);
+/* x (n,) <- softmax(x), computed with the max subtracted */
+void jl_softmax(float *x, int64_t n);
+/* x (n,) <- cap * tanh(x / cap) */
+void jl_softcap(float *x, int64_t n, float cap);
+
 #ifdef __cplusplus
 }
 #endif

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
+from janlib.chat import ChatTemplateError
+
 from . import completion as c
 from . import schema, sse
 from .errors import APIError, invalid
@@ -13,19 +15,11 @@ bp = Blueprint("inference", __name__)
 
 
 def _render(st, messages: list[dict]) -> tuple[str, list[int]]:
-    model = st.model
     try:
-        prompt = model.template.render(messages, add_generation_prompt=True)
-    except Exception as error:  # janlib.chat.ChatTemplateError and friends: the messages don't fit the template
-        if type(error).__name__ == "ChatTemplateError" or isinstance(error, ValueError):
-            raise invalid(f"the messages cannot be rendered with the model's chat template: {error}",
-                          "messages") from None
-        raise
-    tokenizer = model.tokenizer
-    bos = getattr(tokenizer, "bos_id", None)
-    bos_text = tokenizer.token_text(bos) if bos is not None else None
-    add_special = not (bos_text and prompt.startswith(bos_text))  # templates that write BOS themselves
-    return prompt, model.tokenize(prompt, add_special=add_special, parse_special=True)
+        return st.model.chat_prompt(messages)
+    except ChatTemplateError as error:  # the messages don't fit the template
+        raise invalid(f"the messages cannot be rendered with the model's chat template: {error}",
+                      "messages") from None
 
 
 @bp.post("/v1/chat/completions")
@@ -48,12 +42,12 @@ def chat_completions():
     if fields["stream"]:
         start = c.first_event(job)
         return c.stream_response(_chat_chunks(st, job, fields, start, cid, created), job)
-    out = c.collect(job)
+    out = c.collect(job, c.TokenLogprobs.for_request(st, fields))
     response = {
         "id": cid, "object": "chat.completion", "created": created, "model": st.model_id,
         "system_fingerprint": c.system_fingerprint(st),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
-                     "finish_reason": out.done["finish_reason"], "logprobs": None}],
+                     "finish_reason": out.done["finish_reason"], "logprobs": out.logprobs}],
         "usage": c.usage(out.start, out.done["n_predicted"]),
         "generation_settings": c.generation_settings(st, fields, max_tokens),
         "prompt": prompt,
@@ -72,9 +66,11 @@ def _chat_chunks(st, job, fields, start, cid, created):
             "system_fingerprint": c.system_fingerprint(st)}
     include_usage = bool((fields["stream_options"] or {}).get("include_usage"))
     per_token = fields["timings_per_token"]
+    probs = c.TokenLogprobs.for_request(st, fields)
 
-    def chunk(delta=None, finish=None, **extra):
-        payload = dict(base, choices=[{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}])
+    def chunk(delta=None, finish=None, logprobs=None, **extra):
+        payload = dict(base, choices=[{"index": 0, "delta": delta or {}, "logprobs": logprobs,
+                                       "finish_reason": finish}])
         if include_usage:
             payload["usage"] = None
         payload.update(extra)
@@ -95,8 +91,10 @@ def _chat_chunks(st, job, fields, start, cid, created):
                 extra["tokens"] = [payload.id]
             if per_token:
                 extra["timings"] = c.timings(start, None, n_predicted)
+            entries = probs.feed(payload) if probs is not None else None  # of the tokens whose text it brings
             if payload.text or extra:
-                yield chunk({"content": payload.text} if payload.text else {}, **extra)
+                yield chunk({"content": payload.text} if payload.text else {},
+                            logprobs=None if entries is None else {"content": entries}, **extra)
         elif kind == "done":
             extra = {"timings": c.timings(start, payload, payload["n_predicted"])} if per_token else {}
             yield chunk({}, payload["finish_reason"], **extra)
@@ -144,11 +142,12 @@ def completions():
     if fields["stream"]:
         start = c.first_event(job)
         return c.stream_response(_text_chunks(st, job, fields, start, cid, created), job)
-    out = c.collect(job)
+    out = c.collect(job, c.TokenLogprobs.for_request(st, fields))
     response = {
         "id": cid, "object": "text_completion", "created": created, "model": st.model_id,
         "system_fingerprint": c.system_fingerprint(st),
-        "choices": [{"index": 0, "text": out.text, "finish_reason": out.done["finish_reason"], "logprobs": None}],
+        "choices": [{"index": 0, "text": out.text, "finish_reason": out.done["finish_reason"],
+                     "logprobs": out.logprobs}],
         "usage": c.usage(out.start, out.done["n_predicted"]),
         "generation_settings": c.generation_settings(st, fields, max_tokens),
         "prompt": prompt_text,
@@ -166,10 +165,11 @@ def _text_chunks(st, job, fields, start, cid, created):
     base = {"id": cid, "object": "text_completion", "created": created, "model": st.model_id,
             "system_fingerprint": c.system_fingerprint(st)}
     include_usage = bool((fields["stream_options"] or {}).get("include_usage"))
+    probs = c.TokenLogprobs.for_request(st, fields)
 
-    def chunk(text, finish=None, **extra):
-        return sse.event(dict(base, choices=[{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-                              **extra))
+    def chunk(text, finish=None, logprobs=None, **extra):
+        return sse.event(dict(base, choices=[{"index": 0, "text": text, "logprobs": logprobs,
+                                              "finish_reason": finish}], **extra))
 
     n_predicted = 0
     for kind, payload in job.results():
@@ -179,8 +179,9 @@ def _text_chunks(st, job, fields, start, cid, created):
             extra = {"tokens": [payload.id]} if fields["return_tokens"] and payload.id is not None else {}
             if fields["timings_per_token"]:
                 extra["timings"] = c.timings(start, None, n_predicted)
+            entries = probs.feed(payload) if probs is not None else None  # of the tokens whose text it brings
             if payload.text or extra:
-                yield chunk(payload.text, **extra)
+                yield chunk(payload.text, logprobs=None if entries is None else {"content": entries}, **extra)
         elif kind == "done":
             yield chunk("", payload["finish_reason"])
             if include_usage:

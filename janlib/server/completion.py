@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import time
 import uuid
 from typing import Any, Iterator
 
+import numpy as np
 from flask import Response, request
 
 from . import schema, sse
@@ -14,10 +17,7 @@ from .engine import Job, QueueFull
 from .errors import APIError, invalid
 from .state import ServerState
 
-try:  # the sampler chain, once it lands
-    from janlib.sampling import SamplingParams, SamplingParamsError
-except ImportError:  # pragma: no cover - depends on the build
-    SamplingParams = SamplingParamsError = None
+from janlib.sampling import SamplingParams, SamplingParamsError
 
 RETRY_AFTER_S = 1
 FINGERPRINT_PREFIX = "janlib"
@@ -37,12 +37,10 @@ def check_model_name(st: ServerState, body: dict) -> None:
 
 def build_sampling(fields: dict, n_vocab: int):
     bias = schema.check_logit_bias(fields["logit_bias"], n_vocab)
-    if SamplingParams is None:
-        return None, bias
     names = {f.name for f in dataclasses.fields(SamplingParams)}
     values = {k: v for k, v in fields.items() if k in names and not k.startswith("_")}
-    if "logit_bias" in names:  # JSON keys as they came; true (no change, as llama.cpp) left out
-        values["logit_bias"] = {k: v for k, v in (fields["logit_bias"] or {}).items() if v is not True}
+    # JSON keys as they came; true (no change, as llama.cpp) left out
+    values["logit_bias"] = {k: v for k, v in (fields["logit_bias"] or {}).items() if v is not True}
     try:
         params = SamplingParams(**values)
         params.validate(n_vocab)
@@ -60,11 +58,6 @@ def check_request_options(st: ServerState, fields: dict) -> None:
                       "id_slot")
     if fields["n_probs"] > n_vocab:
         raise invalid(f"'n_probs' must be at most the vocabulary size {n_vocab}", "n_probs")
-    # per-token probabilities come with the sampler chain; until then a request for them is refused
-    for name, wanted in (("logprobs", fields["logprobs"]), ("n_probs", fields["n_probs"] > 0)):
-        if wanted:
-            raise APIError(400, f"'{name}': per-token probabilities are not available in this build yet",
-                           param=name, code="unsupported_parameter")
 
 
 def make_job(st: ServerState, ids: list[int], fields: dict) -> tuple[Job, int]:
@@ -78,6 +71,8 @@ def make_job(st: ServerState, ids: list[int], fields: dict) -> tuple[Job, int]:
                        param="messages" if request.path.endswith("chat/completions") else "prompt",
                        code="context_length_exceeded")
     sampling, _bias = build_sampling(fields, st.model.n_vocab)
+    if wants_probs(fields):  # the sampler reports the top max(top_logprobs, n_probs, 1) of each draw
+        sampling = dataclasses.replace(sampling, n_probs=max(n_top_probs(fields), 1))
     limit, _source = schema.effective_max_tokens(fields)
     room = n_ctx - len(ids)
     max_tokens = room if limit == -1 else limit
@@ -104,7 +99,6 @@ def generation_settings(st: ServerState, fields: dict, max_tokens: int) -> dict:
     out["n_predict"] = max_tokens
     out["model"] = st.model_id
     out["n_ctx"] = st.model.n_ctx
-    out["decoding"] = "sampling" if st.engine.supports_sampling else "greedy"
     return out
 
 
@@ -132,17 +126,102 @@ def _raise_for(kind: str, payload: Any) -> None:
         raise APIError(503, "the request was cancelled", code="cancelled", type="server_error")
 
 
+# Per-token probabilities (logprobs: true, top_logprobs, and llama.cpp's n_probs), in llama.cpp's
+# OpenAI-compatible shape: choice.logprobs = {"content": [entry per generated token]}, an entry being
+# {id, token, bytes, logprob, top_logprobs: [{id, token, bytes, logprob}...]}; with post_sampling_probs
+# the entries carry prob / top_probs (probabilities after the sampler chain) instead, as llama.cpp does.
+
+# log(0) is -inf, which JSON cannot carry: such a logprob is reported as this floor instead (OpenAI's
+# own "practically impossible" value; far below any float32 probability's log, which is > -104).
+LOGPROB_FLOOR = -9999.0
+
+
+def wants_probs(fields: dict) -> bool:
+    return bool(fields["logprobs"]) or fields["n_probs"] > 0
+
+
+def n_top_probs(fields: dict) -> int:
+    """How many alternatives each entry lists: top_logprobs (absent: 0, as OpenAI) or n_probs, the larger."""
+    return max((fields["top_logprobs"] or 0) if fields["logprobs"] else 0, fields["n_probs"])
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _piece(tokenizer: Any, token_id: int) -> tuple[str, list[int]]:
+    """A token's text (its bytes' longest valid UTF-8 prefix, as llama.cpp) and its bytes."""
+    raw = tokenizer.token_bytes(token_id)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        text = raw[:error.start].decode("utf-8")
+    return text, list(raw)
+
+
+def _logs(probs: np.ndarray) -> list[float]:
+    with np.errstate(divide="ignore"):
+        out = np.log(probs.astype(np.float64))
+    return np.maximum(out, LOGPROB_FLOOR).tolist()
+
+
+class TokenLogprobs:
+    """GeneratedToken → the response's per-token entries, each released together with its token's text.
+
+    A token whose text is held back (an unfinished UTF-8 character, a possible stop string) keeps its
+    entry pending; the next token (or the closing tail) that releases text carries the pending entries
+    with its own, so that a stream chunk lists exactly the tokens whose text it brings. Entries still
+    pending when generation ends were swallowed by a stop string (their text never went out): they
+    are not reported, as llama.cpp leaves the stop word's tokens out. The end-of-generation token is
+    not a generated token here and has no entry either."""
+
+    def __init__(self, tokenizer: Any, n_top: int, post_sampling: bool):
+        self.tokenizer = tokenizer
+        self.n_top = n_top
+        self.key, self.top_key = ("prob", "top_probs") if post_sampling else ("logprob", "top_logprobs")
+        self.post_sampling = post_sampling
+        self._pending: list[dict] = []
+
+    @classmethod
+    def for_request(cls, st: ServerState, fields: dict) -> "TokenLogprobs | None":
+        if not wants_probs(fields):
+            return None
+        return cls(st.model.tokenizer, n_top_probs(fields), bool(fields["post_sampling_probs"]))
+
+    def entry(self, token_id: int, probs: Any) -> dict:
+        key, tokenizer = self.key, self.tokenizer
+        top = probs.probs[:self.n_top]
+        values = top.tolist() if self.post_sampling else _logs(top)
+        alternatives = []
+        for alt, value in zip(probs.ids[:self.n_top].tolist(), values):
+            text, raw = _piece(tokenizer, alt)
+            alternatives.append({"id": alt, "token": text, "bytes": raw, key: value})
+        chosen = float(probs.token_prob)
+        if not self.post_sampling:
+            chosen = math.log(chosen) if chosen > 0 else LOGPROB_FLOOR
+            chosen = max(chosen, LOGPROB_FLOOR)
+        text, raw = _piece(tokenizer, token_id)
+        return {"id": token_id, "token": text, "bytes": raw, key: chosen, self.top_key: alternatives}
+
+    def feed(self, token: Any) -> list[dict]:
+        """The entries whose text this token releases (none while its text is held back)."""
+        if token.id is not None and token.probs is not None:
+            self._pending.append(self.entry(token.id, token.probs))
+        if not token.text:
+            return []
+        out, self._pending = self._pending, []
+        return out
+
+
 @dataclasses.dataclass
 class Outcome:
     text: str
     tokens: list[int]
     start: dict
     done: dict
+    logprobs: dict | None = None  # {"content": [entries]} when requested
 
 
-def collect(job: Job) -> Outcome:
+def collect(job: Job, probs: TokenLogprobs | None = None) -> Outcome:
     """Wait for a whole generation (non-stream)."""
-    pieces, tokens, start = [], [], {}
+    pieces, tokens, start, entries = [], [], {}, []
     try:
         for kind, payload in job.results():
             if kind == "start":
@@ -151,8 +230,11 @@ def collect(job: Job) -> Outcome:
                 pieces.append(payload.text)
                 if payload.id is not None:
                     tokens.append(payload.id)
+                if probs is not None:
+                    entries.extend(probs.feed(payload))
             elif kind == "done":
-                return Outcome("".join(pieces), tokens, start, payload)
+                return Outcome("".join(pieces), tokens, start, payload,
+                               {"content": entries} if probs is not None else None)
             else:
                 _raise_for(kind, payload)
     finally:

@@ -7,7 +7,6 @@ in a bounded queue; submit raises QueueFull past it."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import queue
 import threading
@@ -95,8 +94,6 @@ class Engine:
         self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        params = inspect.signature(self.model.generate).parameters
-        self.supports_sampling = "sampling" in params
         self.metrics = {"requests_total": 0, "prompt_tokens_total": 0, "predicted_tokens_total": 0,
                         "prompt_seconds_total": 0.0, "predicted_seconds_total": 0.0, "rejected_total": 0,
                         "cancelled_total": 0}
@@ -196,14 +193,12 @@ class Engine:
         job, model = slot.job, slot.model
         self.metrics["requests_total"] += 1
         if not job.cache_prompt:
-            _forget(model)
+            model.reset()
             slot.tokens = []
         slot.generated = []
         slot.t_start = time.perf_counter()
-        kwargs: dict[str, Any] = {"max_tokens": job.max_tokens, "stop": job.stop, "ignore_eos": job.ignore_eos}
-        if self.supports_sampling and job.sampling is not None:
-            kwargs["sampling"] = job.sampling
-        slot.generation = model.generate(job.ids, **kwargs)  # evaluates the prompt
+        slot.generation = model.generate(job.ids, max_tokens=job.max_tokens, stop=job.stop,  # evaluates the prompt
+                                         ignore_eos=job.ignore_eos, sampling=job.sampling)
         slot.t_first = time.perf_counter()
         slot.t_prompt_ms = (slot.t_first - slot.t_start) * 1000
         n_cached = int(getattr(slot.generation, "n_cached_tokens", 0))
@@ -238,12 +233,3 @@ class Engine:
             slot.job = None
             self._cond.notify()
         job.events.put((kind, payload))
-
-
-def _forget(model: Any) -> None:
-    """Drop what a model's context holds, so the next prompt is evaluated in full (cache_prompt=false)."""
-    reset = getattr(model, "reset", None)
-    if callable(reset):
-        reset()
-    elif isinstance(getattr(model, "_cached", None), list):
-        model._cached = []

@@ -78,7 +78,6 @@ def props():
         "chat_template": st.model.chat_template or "",
         "n_vocab": st.model.n_vocab,
         "modalities": {"vision": False, "audio": False},
-        "decoding": "sampling" if st.engine.supports_sampling else "greedy",
         "build_info": f"janlib {__import__('janlib').__version__}",
     })
 

@@ -101,8 +101,6 @@ def test_bad_values_name_the_field(api, body, param, validate):
     ({"lora": [{"id": 0, "scale": 1.0}]}, "lora"),
     ({"multimodal_data": ["aGVsbG8="]}, "multimodal_data"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"logprobs": True}, "logprobs"),
-    ({"n_probs": 3}, "n_probs"),
 ])
 def test_unsupported_features_are_refused_not_ignored(api, extra, param):
     envelope(post(api, json={"model": MODEL_ID, "messages": MSGS, **extra}), 400, param=param,

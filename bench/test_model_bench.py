@@ -1,0 +1,117 @@
+"""Prompt processing (pp512) and generation (tg128) tokens/s per model and thread count, beside
+llama.cpp (llama-cpp-python) measured in the same run when it is importable, and the share of
+decode time spent outside C."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import janlib
+from janlib.model import Model
+
+MODELS = {"smollm2": "smollm2-135m-instruct", "gemma3": "gemma3-270m"}
+THREADS = [1, 2]
+PP, TG = 512, 128
+ROUNDS = 3
+
+
+def prompt_ids(n_vocab: int) -> list[int]:
+    return [int(i) for i in np.random.default_rng(0).integers(100, min(n_vocab, 30000), PP)]
+
+
+class JanlibRunner:
+    def __init__(self, path, n_threads):
+        self.model = Model(str(path), n_ctx=PP + TG + 8, n_threads=n_threads)
+        self.runtime = self.model._runtime
+
+    def pp(self, ids):
+        self.runtime.seq_rm(0)
+        self.runtime.eval(ids, 0, "last")
+
+    def tg(self, ids):
+        self.runtime.seq_rm(0)
+        self.runtime.eval(ids[:1], 0, "last")
+        for pos in range(1, TG + 1):
+            self.runtime.eval(ids[pos:pos + 1], pos, "last")
+
+
+class LlamaCppRunner:
+    def __init__(self, path, n_threads):
+        llama_cpp = pytest.importorskip("llama_cpp")
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=PP + TG + 8, n_batch=PP, n_ubatch=PP,
+                                   n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
+
+    def pp(self, ids):
+        self.llm.reset()
+        self.llm.eval(ids)
+
+    def tg(self, ids):
+        self.llm.reset()
+        for pos in range(TG + 1):
+            self.llm.eval(ids[pos:pos + 1])
+
+
+def best_rate(fn, ids, n_tokens):
+    fn(ids)  # warm-up
+    best = min(_timed(fn, ids) for _ in range(ROUNDS))
+    return n_tokens / best
+
+
+def _timed(fn, ids):
+    start = time.perf_counter()
+    fn(ids)
+    return time.perf_counter() - start
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def model_path(request):
+    return request.param, janlib.fetch_model(MODELS[request.param], progress=False)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_pp512_tg128(benchmark, model_path, n_threads, report):
+    name, path = model_path
+    ours = JanlibRunner(path, n_threads)
+    ids = prompt_ids(ours.model.n_vocab)
+    rates = {"pp512": best_rate(ours.pp, ids, PP), "tg128": best_rate(ours.tg, ids, TG)}
+    benchmark.pedantic(ours.tg, args=(ids,), rounds=1, iterations=1)
+    benchmark.extra_info.update(rates)
+    try:
+        peer = LlamaCppRunner(path, n_threads)
+    except pytest.skip.Exception:
+        peer = None
+    for what, rate in rates.items():
+        line = f"{name:8s} {what} {n_threads}T: janlib {rate:7.1f} t/s"
+        if peer is not None:
+            peer_rate = best_rate(getattr(peer, what[:2]), ids, PP if what == "pp512" else TG)
+            benchmark.extra_info[f"llama_cpp_{what}"] = peer_rate
+            line += f"   llama.cpp {peer_rate:7.1f} t/s   ratio {rate / peer_rate:5.2f}"
+        report(line)
+
+
+@pytest.mark.parametrize("n_threads", [2])
+def test_decode_time_outside_c(model_path, n_threads, report):
+    """Share of Model.generate's wall time not spent inside the C forward pass."""
+    name, path = model_path
+    model = Model(str(path), n_ctx=PP + TG + 8, n_threads=n_threads)
+    runtime, inside = model._runtime, [0.0]
+    timed_eval = runtime.eval
+
+    def eval_timed(*args):
+        start = time.perf_counter()
+        try:
+            return timed_eval(*args)
+        finally:
+            inside[0] += time.perf_counter() - start
+
+    runtime.eval = eval_timed
+    ids = model.tokenize("Once upon a time")
+    list(model.generate(ids, max_tokens=8, ignore_eos=True))
+    inside[0] = 0.0
+    start = time.perf_counter()
+    n = sum(1 for _ in model.generate(ids, max_tokens=TG, ignore_eos=True))
+    total = time.perf_counter() - start
+    report(f"{name:8s} decode outside C: {1 - inside[0] / total:6.1%} of {total / n * 1e3:.2f} ms/token")

@@ -1,0 +1,125 @@
+"""The forward pass of the supported architectures: GGUF metadata and tensor names in, a
+Runtime that evaluates tokens over a KV cache out (the work is one C call per eval)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from janlib import _core
+from janlib.errors import UnsupportedError
+from janlib.gguf import GGUFFile, load_gguf
+from janlib.models import gemma3, llama, qwen2
+from janlib.models.base import Architecture, HParams
+
+__all__ = ["ARCHITECTURES", "Architecture", "HParams", "Runtime", "load_runtime"]
+
+ARCHITECTURES: dict[str, Architecture] = {m.ARCH.name: m.ARCH for m in (llama, qwen2, gemma3)}
+
+DEFAULT_MAX_CTX = 4096
+DEFAULT_BATCH = 512  # tokens per internal chunk: the C context's scratch is sized for this many rows
+
+
+def _check_threads(n_threads: int | None) -> int | None:
+    if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1):
+        raise ValueError(f"n_threads must be a positive int or None, got {n_threads!r}")
+    return n_threads
+
+
+class Runtime:
+    """One model and one KV cache of n_ctx positions. Not for concurrent use from several threads
+    (calls are serialized)."""
+
+    def __init__(self, gguf_file: GGUFFile, arch: Architecture, n_ctx: int | None, kv_type: str,
+                 n_threads: int | None, n_batch: int = DEFAULT_BATCH) -> None:
+        if kv_type not in _core.KV_TYPES:
+            raise ValueError(f"kv_type must be one of {', '.join(_core.KV_TYPES)}, got {kv_type!r}")
+        self.gguf = gguf_file  # the mapping the C pointers point into
+        self.hparams, weights = arch.describe(gguf_file)
+        if n_ctx is None:
+            n_ctx = min(self.hparams.context_length, DEFAULT_MAX_CTX)
+        if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
+            raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
+        if isinstance(n_batch, bool) or not isinstance(n_batch, int) or n_batch < 1:
+            raise ValueError(f"n_batch must be a positive int, got {n_batch!r}")
+        self._forward = _core.ForwardContext(self.hparams, weights, n_ctx, kv_type, n_batch)
+        self.kv_type = kv_type
+        self.n_threads = n_threads
+
+    @property
+    def n_threads(self) -> int | None:
+        """Threads per eval; None: janlib's default (janlib.set_n_threads)."""
+        return self._n_threads
+
+    @n_threads.setter
+    def n_threads(self, value: int | None) -> None:
+        self._n_threads = _check_threads(value)
+
+    @property
+    def n_ctx(self) -> int:
+        return self._forward.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self.hparams.n_vocab
+
+    @property
+    def n_past(self) -> int:
+        """The cache holds positions [0, n_past)."""
+        return self._forward.n_past
+
+    def eval(self, tokens: Sequence[int] | np.ndarray, pos0: int,
+             logits: str | Sequence[int] | np.ndarray = "last") -> np.ndarray:
+        """Run tokens at positions pos0, pos0 + 1, ... (pos0 <= n_past; an earlier pos0 overwrites
+        the cache from there) and return float32 logits (n_outputs, n_vocab) for the rows `logits`
+        names: "last", "all", or strictly increasing row indices into tokens."""
+        ids = np.asarray(tokens)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(f"tokens must be a non-empty 1-D sequence of ids, got shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"tokens must be integers, got dtype {ids.dtype}")
+        bad = (ids < 0) | (ids >= self.n_vocab)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"token {int(ids[i])} at row {i} is outside the vocabulary [0, {self.n_vocab})")
+        if isinstance(pos0, bool) or not isinstance(pos0, (int, np.integer)):
+            raise ValueError(f"pos0 must be an int, got {pos0!r}")
+        rows = self._output_rows(logits, ids.size)
+        out = np.empty((rows.size, self.n_vocab), dtype=np.float32)
+        self._forward.eval(np.ascontiguousarray(ids, dtype=np.int32), int(pos0), rows, out, self._n_threads or 0)
+        return out
+
+    @staticmethod
+    def _output_rows(logits: str | Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+        if isinstance(logits, str):
+            if logits == "last":
+                return np.array([n - 1], dtype=np.int64)
+            if logits == "all":
+                return np.arange(n, dtype=np.int64)
+            raise ValueError(f"logits must be 'last', 'all' or row indices, got {logits!r}")
+        rows = np.asarray(logits)
+        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+            raise ValueError(f"logits row indices must be a 1-D sequence of ints, got {logits!r}")
+        rows = rows.astype(np.int64)
+        if rows.size and (rows[0] < 0 or rows[-1] >= n or np.any(np.diff(rows) <= 0)):
+            raise ValueError(f"logits rows must be strictly increasing in [0, {n}), got {rows.tolist()}")
+        return rows
+
+    def seq_rm(self, from_pos: int) -> None:
+        """Forget cached positions >= from_pos (0 clears the cache), to reuse a prompt's prefix."""
+        self._forward.seq_rm(int(from_pos))
+
+
+def load_runtime(gguf_file: GGUFFile | str | os.PathLike[str], n_ctx: int | None = None, kv_type: str = "f16",
+                 n_threads: int | None = None, n_batch: int = DEFAULT_BATCH) -> Runtime:
+    """A Runtime for a GGUF file (or its path). n_ctx defaults to min(the model's context length,
+    4096); kv_type is "f16" or "f32"; evals longer than n_batch tokens run in chunks of n_batch."""
+    if not isinstance(gguf_file, GGUFFile):
+        gguf_file = load_gguf(gguf_file)
+    arch = gguf_file.metadata.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise UnsupportedError(
+            f"architecture {arch!r} is not supported; janlib runs {', '.join(sorted(ARCHITECTURES))}")
+    return Runtime(gguf_file, ARCHITECTURES[arch], n_ctx, kv_type, _check_threads(n_threads), n_batch)
