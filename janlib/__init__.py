@@ -4,6 +4,8 @@ from janlib.errors import JanlibError, UnsupportedError
 from janlib.gguf import GGUFError, GGUFFile, GGUFTensor, load_gguf
 from janlib.kernels import cpu_features, dequantize, matmul, set_isa, set_n_threads, use_isa
 from janlib.fetch import fetch_model
+from janlib.model import GeneratedToken, Generation, Model
+from janlib.sampling import Sampler, SamplingParams, SamplingParamsError
 
 __version__ = "0.1.0"
 
@@ -11,7 +13,13 @@ __all__ = [
     "GGUFError",
     "GGUFFile",
     "GGUFTensor",
+    "GeneratedToken",
+    "Generation",
     "JanlibError",
+    "Model",
+    "Sampler",
+    "SamplingParams",
+    "SamplingParamsError",
     "UnsupportedError",
     "cpu_features",
     "dequantize",
