@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "ops.h"
 #include "quant/fp16.h"
 #include "quant/traits.h"
 

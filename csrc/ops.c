@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "janlib.h"
+#include "ops.h"
 
 #define LANES 8
 

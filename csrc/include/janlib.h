@@ -169,22 +169,6 @@ jl_status jl_context_eval(jl_context *ctx, const int32_t *tokens, int64_t n_toke
 /* Forget positions >= from_pos (0 clears the cache). */
 jl_status jl_context_seq_rm(jl_context *ctx, int64_t from_pos);
 
-/* ---- forward-pass building blocks (ops.c): float32 rows, no checks, cannot fail ------------ */
-
-/* y (n_rows, n) = x / sqrt(mean(x^2) + eps) * w row by row; y may be x. */
-void jl_rmsnorm(float *y, const float *x, const float *w, int64_t n_rows, int64_t n, float eps);
-/* cos/sin (n_pairs,) of the rotation angles pos * inv_freq[i] */
-void jl_rope_angles(int64_t pos, const double *inv_freq, int n_pairs, float *cos, float *sin);
-/* Rotate each of the n_heads heads (head_dim values each) of x in place by the angles of
- * jl_rope_angles (head_dim / 2 pairs), pairing dimensions as `layout` says. */
-void jl_rope(float *x, int n_heads, int head_dim, int layout, const float *cos, const float *sin);
-/* gate (n,) <- act(gate) * up, act a jl_ffn_activation */
-void jl_glu(float *gate, const float *up, int64_t n, int activation);
-/* x (n,) <- softmax(x), computed with the max subtracted */
-void jl_softmax(float *x, int64_t n);
-/* x (n,) <- cap * tanh(x / cap) */
-void jl_softcap(float *x, int64_t n, float cap);
-
 #ifdef __cplusplus
 }
 #endif
