@@ -107,11 +107,11 @@ def build(spec: dict) -> dict:
             "created": {"type": "integer"}, "model": {"type": "string"},
             "choices": {"type": "array", "items": {"type": "object", "properties": {
                 "index": {"type": "integer"}, "text": {"type": "string"}, "finish_reason": {"type": "string"},
-                "logprobs": {"type": "array", "nullable": True, "items": {"$ref": "#/components/schemas/ChatChoiceLogprobs"}}},
-                "required": ["index", "text", "finish_reason"]}},
+                "logprobs": LOGPROBS}, "required": ["index", "text", "finish_reason"]}},
             "usage": {"$ref": "#/components/schemas/UsageDto"}, "timings": TIMINGS},
         "required": ["id", "object", "created", "model", "choices", "usage"]}
     schemas["ChatCompletionResponseDto"]["properties"]["timings"] = TIMINGS
+    schemas["ChoiceDto"]["properties"]["logprobs"] = LOGPROBS
     schemas["ChatCompletionChunk"] = {
         "type": "object", "description": "One Server-Sent Event of a streamed chat completion (`data: {...}`), "
         "ending with `data: [DONE]`.", "properties": {
@@ -121,7 +121,7 @@ def build(spec: dict) -> dict:
                 "index": {"type": "integer"}, "delta": {"type": "object", "properties": {
                     "role": {"type": "string"}, "content": {"type": "string"}}},
                 "finish_reason": {"type": "string", "nullable": True},
-                "logprobs": {"type": "object", "nullable": True}}, "required": ["index", "delta"]}},
+                "logprobs": LOGPROBS}, "required": ["index", "delta"]}},
             "usage": {"allOf": [{"$ref": "#/components/schemas/UsageDto"}], "nullable": True}},
         "required": ["id", "object", "created", "model", "choices"]}
     schemas["ErrorResponse"] = ERROR_SCHEMA
@@ -173,6 +173,12 @@ def build(spec: dict) -> dict:
        content_type="text/plain")
     op("get", "/openapi.json", "This document", "openapi", {"type": "object"}, errors=("401",))
     return doc
+
+
+# What OpenAI clients read (choice.logprobs.content), as llama.cpp's server answers too; the Jan
+# spec's ChoiceDto has the array of ChatChoiceLogprobs bare, which those clients cannot parse.
+LOGPROBS = {"type": "object", "nullable": True, "description": "Per-token log probabilities, when requested.",
+            "properties": {"content": {"type": "array", "items": {"$ref": "#/components/schemas/ChatChoiceLogprobs"}}}}
 
 
 def main() -> None:

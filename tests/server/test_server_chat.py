@@ -16,6 +16,7 @@ HI = [{"role": "user", "content": "What is the capital of France? Answer in one 
 def chat(api, **body):
     body.setdefault("model", MODEL_ID)
     body.setdefault("messages", HI)
+    body.setdefault("temperature", 0)  # greedy: answers the tests can compare
     return api.post(api.url("/v1/chat/completions"), json=body, timeout=120)
 
 
@@ -48,7 +49,7 @@ def test_openai_client_models(client):
 
 
 def test_chat_non_stream(client, api, validate):
-    answer = client.chat.completions.create(model=MODEL_ID, messages=HI, max_tokens=24)
+    answer = client.chat.completions.create(temperature=0, model=MODEL_ID, messages=HI, max_tokens=24)
     choice = answer.choices[0]
     assert choice.message.role == "assistant" and "Paris" in choice.message.content
     assert choice.finish_reason in ("stop", "length")
@@ -64,8 +65,8 @@ def test_chat_non_stream(client, api, validate):
 
 
 def test_chat_stream_matches_non_stream(client):
-    whole = client.chat.completions.create(model=MODEL_ID, messages=HI, max_tokens=24).choices[0].message.content
-    chunks = list(client.chat.completions.create(model=MODEL_ID, messages=HI, max_tokens=24, stream=True,
+    whole = client.chat.completions.create(temperature=0, model=MODEL_ID, messages=HI, max_tokens=24).choices[0].message.content
+    chunks = list(client.chat.completions.create(temperature=0, model=MODEL_ID, messages=HI, max_tokens=24, stream=True,
                                                  stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -88,17 +89,17 @@ def test_raw_stream_frames(api):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_stop_string_never_leaks(client, stream):
-    full = client.chat.completions.create(model=MODEL_ID, messages=HI, max_tokens=24).choices[0].message.content
+    full = client.chat.completions.create(temperature=0, model=MODEL_ID, messages=HI, max_tokens=24).choices[0].message.content
     stop = full[len(full) // 2: len(full) // 2 + 3]
     assert stop.strip() and stop in full
     kwargs = dict(model=MODEL_ID, messages=HI, max_tokens=24, stop=[stop, "zzzz"])
     if stream:
-        pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs)
+        pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(temperature=0, stream=True, **kwargs)
                   if c.choices]
         assert all(stop not in p for p in pieces)
         text, reason = "".join(pieces), "stop"
     else:
-        answer = client.chat.completions.create(**kwargs)
+        answer = client.chat.completions.create(temperature=0, **kwargs)
         text, reason = answer.choices[0].message.content, answer.choices[0].finish_reason
     assert text == full[:full.index(stop)]
     assert reason == "stop"
@@ -168,13 +169,13 @@ def test_sampler_fields_are_accepted(api):
 
 
 def test_completions_text_and_ids(api, client):
-    r = api.post(api.url("/v1/completions"), json={"model": MODEL_ID, "prompt": "The capital of France is",
+    r = api.post(api.url("/v1/completions"), json={"model": MODEL_ID, "temperature": 0, "prompt": "The capital of France is",
                                                    "max_tokens": 6}).json()
     assert r["object"] == "text_completion" and r["choices"][0]["text"]
     ids = api.post(api.url("/tokenize"), json={"content": "The capital of France is"}).json()["tokens"]
-    r2 = api.post(api.url("/v1/completions"), json={"model": MODEL_ID, "prompt": ids, "max_tokens": 6}).json()
+    r2 = api.post(api.url("/v1/completions"), json={"model": MODEL_ID, "temperature": 0, "prompt": ids, "max_tokens": 6}).json()
     assert r2["choices"][0]["text"] == r["choices"][0]["text"]
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
+    streamed = "".join(c.choices[0].text for c in client.completions.create(temperature=0, 
         model=MODEL_ID, prompt="The capital of France is", max_tokens=6, stream=True) if c.choices)
     assert streamed == r["choices"][0]["text"]
 

@@ -18,7 +18,9 @@ PROMPTS = ["Name a fruit.", "What is 2 + 2?", "Say hello in French.", "Name a co
 
 
 def _body(prompt, **extra):
-    return {"model": MODEL_ID, "messages": [{"role": "user", "content": prompt}], "max_tokens": 24, **extra}
+    # greedy, so that answers under load can be compared with answers alone
+    return {"model": MODEL_ID, "messages": [{"role": "user", "content": prompt}], "max_tokens": 24,
+            "temperature": 0, **extra}
 
 
 def _stream_text(base, prompt, **extra) -> tuple[str, str]:
