@@ -8,36 +8,20 @@
 #include <string.h>
 
 #include "janlib.h"
+#include "fast_exp.h"
 #include "ops.h"
 
 #define LANES 8
 
-/* x (n,) <- e^x: x = k ln2 + r with |r| <= ln2/2, e^r from the Cephes expf polynomial (about
- * 1 ulp), 2^k written straight into the exponent bits. x is first clamped to where e^x is a
- * normal float, which every caller tolerates (a sigmoid of -88 is 0 to float precision either
- * way). The clamp is its own loop: GCC will not if-convert a compare feeding arithmetic while
+/* x (n,) <- e^x. x is first clamped to where e^x is a normal float, which every caller
+ * tolerates (a sigmoid of -88 is 0 to float precision either way). The clamp is its own loop: GCC will not if-convert a compare feeding arithmetic while
  * float compares may trap, but it does vectorize a clamp whose result is stored. */
 static void exp_inplace(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         float v = x[i] < -87.0f ? -87.0f : x[i];
         x[i] = v > 88.0f ? 88.0f : v;
     }
-    const float round_shift = 12582912.0f;  /* 1.5 * 2^23: adding it rounds to an integer */
-    for (int64_t i = 0; i < n; i++) {
-        float k = (x[i] * 1.44269504088896341f + round_shift) - round_shift;
-        float r = x[i] - k * 0.693359375f + k * 2.12194440e-4f;  /* ln2 in two parts: k * 0.693359375 is exact */
-        float p = 1.9875691500e-4f;
-        p = p * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        p = p * r * r + r + 1.0f;
-        int32_t bits = ((int32_t)k + 127) << 23;
-        float two_k;
-        memcpy(&two_k, &bits, sizeof two_k);
-        x[i] = p * two_k;
-    }
+    for (int64_t i = 0; i < n; i++) x[i] = jl_exp_normal_range(x[i]);
 }
 
 /* Elementwise functions of e^(something) go through a stack block of this many values. */

@@ -8,6 +8,8 @@
 #include "internal.h"
 #include "janlib_sampling.h"
 
+#include "fast_exp.h"
+
 #define HEAP_SELECT_MAX 512   /* beyond this, quickselect's O(n) beats the heap's log k per insert */
 #define INSERTION_SORT_MAX 16
 #define SCAN_BLOCK 64          /* logits tested at once against the heap's worst entry */
@@ -21,20 +23,7 @@ static inline float exp_nonpositive(float x) {
     const int32_t underflow = -(int32_t)((uint32_t)(bits & 0x7fffffff) >= 0x42ae0000u); /* |x| >= 87 */
     bits = (bits & ~underflow) | ((int32_t)0xc2ae0000 & underflow);                      /* x = -87 */
     memcpy(&x, &bits, sizeof x);
-    /* x = n ln2 + r, |r| <= ln2 / 2 (Cephes expf) */
-    const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
-    const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float e = p * r * r + r + 1.0f;
-    const int32_t scale_bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &scale_bits, sizeof scale);
-    e *= scale;
+    float e = jl_exp_normal_range(x);
     memcpy(&bits, &e, sizeof bits);
     bits &= ~underflow;
     memcpy(&e, &bits, sizeof e);

@@ -43,11 +43,17 @@ def chat_completions():
         start = c.first_event(job)
         return c.stream_response(_chat_chunks(st, job, fields, start, cid, created), job)
     out = c.collect(job, c.TokenLogprobs.for_request(st, fields))
+    choice = {"index": 0, "message": {"role": "assistant", "content": out.text},
+              "finish_reason": out.done["finish_reason"], "logprobs": out.logprobs}
+    return _response(st, out, fields, max_tokens, prompt, cid, created, "chat.completion", choice)
+
+
+def _response(st, out, fields, max_tokens, prompt, cid, created, kind, choice):
+    """The non-stream answer of either endpoint around its one choice."""
     response = {
-        "id": cid, "object": "chat.completion", "created": created, "model": st.model_id,
+        "id": cid, "object": kind, "created": created, "model": st.model_id,
         "system_fingerprint": c.system_fingerprint(st),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
-                     "finish_reason": out.done["finish_reason"], "logprobs": out.logprobs}],
+        "choices": [choice],
         "usage": c.usage(out.start, out.done["n_predicted"]),
         "generation_settings": c.generation_settings(st, fields, max_tokens),
         "prompt": prompt,
@@ -143,22 +149,8 @@ def completions():
         start = c.first_event(job)
         return c.stream_response(_text_chunks(st, job, fields, start, cid, created), job)
     out = c.collect(job, c.TokenLogprobs.for_request(st, fields))
-    response = {
-        "id": cid, "object": "text_completion", "created": created, "model": st.model_id,
-        "system_fingerprint": c.system_fingerprint(st),
-        "choices": [{"index": 0, "text": out.text, "finish_reason": out.done["finish_reason"],
-                     "logprobs": out.logprobs}],
-        "usage": c.usage(out.start, out.done["n_predicted"]),
-        "generation_settings": c.generation_settings(st, fields, max_tokens),
-        "prompt": prompt_text,
-        "truncated": bool(out.done["context_full"]),
-        "tokens_cached": out.start.get("n_cached", 0),
-        "tokens_evaluated": out.start.get("n_prompt", 0),
-        "timings": c.timings(out.start, out.done, out.done["n_predicted"]),
-    }
-    if fields["return_tokens"]:
-        response["tokens"] = out.tokens
-    return jsonify(c.select_fields(response, fields["response_fields"]))
+    choice = {"index": 0, "text": out.text, "finish_reason": out.done["finish_reason"], "logprobs": out.logprobs}
+    return _response(st, out, fields, max_tokens, prompt_text, cid, created, "text_completion", choice)
 
 
 def _text_chunks(st, job, fields, start, cid, created):
