@@ -292,6 +292,60 @@ jl_status jl_context_seq_rm(jl_context *ctx, int64_t from_pos) {
     return JL_OK;
 }
 
+/* n values src[i * src_stride] -> consecutive cache values at dst */
+static void store_kv_values(const jl_context *ctx, const float *src, int64_t src_stride, int64_t n, uint8_t *dst) {
+    if (ctx->kv_type == JL_TYPE_F16)
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = jl_f32_to_half(src[i * src_stride]);
+    else
+        for (int64_t i = 0; i < n; i++) ((float *)dst)[i] = src[i * src_stride];
+}
+
+/* n consecutive cache values at src -> dst (n,) */
+static void load_kv_values(const jl_context *ctx, const uint8_t *src, int64_t n, float *dst) {
+    if (ctx->kv_type == JL_TYPE_F16)
+        for (int64_t i = 0; i < n; i++) dst[i] = jl_half_to_f32(((const uint16_t *)src)[i]);
+    else
+        memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
+jl_status jl_context_shift(jl_context *ctx, int64_t n_keep, int64_t n_discard) {
+    if (!ctx) return jl_fail(JL_ERR_INVALID_ARG, "shift: NULL context");
+    if (n_keep < 0 || n_discard <= 0 || n_keep + n_discard > ctx->n_past)
+        return jl_fail(JL_ERR_INVALID_ARG, "shift: cannot keep %lld and discard %lld of %lld cached positions",
+                       (long long)n_keep, (long long)n_discard, (long long)ctx->n_past);
+    const jl_model *m = ctx->model;
+    const jl_model_desc *d = &m->desc;
+    const int Dk = d->head_dim_k, Dv = d->head_dim_v, half = Dk / 2;
+    const int64_t first_moved = n_keep + n_discard, n_moved = ctx->n_past - first_moved;
+    float *angles = malloc(((size_t)m->n_rope * 2 * half + (size_t)Dk) * sizeof(float));
+    if (!angles) return jl_fail(JL_ERR_NOMEM, "shift: out of memory");
+    float *cos_a = angles, *sin_a = angles + (size_t)m->n_rope * half, *key = sin_a + (size_t)m->n_rope * half;
+    for (int r = 0; r < m->n_rope; r++)  /* a rotation by -n_discard positions, per rope config */
+        jl_rope_angles(-n_discard, m->rope_inv_freq + (size_t)r * half, half, cos_a + (size_t)r * half,
+                       sin_a + (size_t)r * half);
+    const size_t k_row = (size_t)Dk * ctx->kv_elem;
+    for (int layer = 0; layer < d->n_layer; layer++) {
+        const size_t rope = (size_t)m->layer_rope[layer] * half;
+        for (int g = 0; g < d->n_head_kv; g++) {
+            const size_t head = (size_t)layer * d->n_head_kv + (size_t)g;
+            uint8_t *k_head = ctx->k_cache + head * ctx->n_ctx * k_row;  /* (n_ctx, Dk) */
+            for (int64_t p = first_moved; p < ctx->n_past; p++) {
+                load_kv_values(ctx, k_head + (size_t)p * k_row, Dk, key);
+                jl_rope(key, 1, Dk, d->rope_layout, cos_a + rope, sin_a + rope);
+                store_kv_values(ctx, key, 1, Dk, k_head + (size_t)(p - n_discard) * k_row);
+            }
+            for (int dim = 0; dim < Dv; dim++) {  /* Vᵀ rows: (n_ctx,) per dimension */
+                uint8_t *vt = ctx->vt_cache + ((head * Dv + (size_t)dim) * ctx->n_ctx) * ctx->kv_elem;
+                memmove(vt + (size_t)n_keep * ctx->kv_elem, vt + (size_t)first_moved * ctx->kv_elem,
+                        (size_t)n_moved * ctx->kv_elem);
+            }
+        }
+    }
+    free(angles);
+    ctx->n_past -= n_discard;
+    return JL_OK;
+}
+
 /* Per-thread attention scratch grows with the thread count, which changes rarely. */
 static jl_status reserve_attention_scratch(jl_context *ctx, int n_threads) {
     if (n_threads <= ctx->attn_scratch_threads) return JL_OK;
@@ -334,14 +388,6 @@ typedef struct {
     int64_t chunk_pos0;  /* the rope tables hold positions chunk_pos0 + i */
     int do_q, do_kv;
 } prepare_job;
-
-/* n values src[i * src_stride] -> consecutive cache values at dst */
-static void store_kv_values(const jl_context *ctx, const float *src, int64_t src_stride, int64_t n, uint8_t *dst) {
-    if (ctx->kv_type == JL_TYPE_F16)
-        for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = jl_f32_to_half(src[i * src_stride]);
-    else
-        for (int64_t i = 0; i < n; i++) ((float *)dst)[i] = src[i * src_stride];
-}
 
 /* Biases, per-head norms and RoPE on q and/or k rows; k and v then go into the cache (whose
  * rows are consecutive positions whenever do_kv is set: no rows were dropped yet). */

@@ -101,3 +101,4 @@ cdef extern from "janlib.h" nogil:
                               const int64_t *output_rows, int64_t n_outputs, float *logits,
                               int n_threads)
     jl_status jl_context_seq_rm(jl_context *ctx, int64_t from_pos)
+    jl_status jl_context_shift(jl_context *ctx, int64_t n_keep, int64_t n_discard)

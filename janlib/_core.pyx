@@ -234,3 +234,7 @@ cdef class ForwardContext:
     def seq_rm(self, int64_t from_pos):
         with self._lock:
             check(jl_context_seq_rm(self.ctx, from_pos))
+
+    def shift(self, int64_t n_keep, int64_t n_discard):
+        with self._lock:
+            check(jl_context_shift(self.ctx, n_keep, n_discard))

@@ -39,6 +39,7 @@ class Generation(Iterator[GeneratedToken]):
         self.n_prompt_tokens = n_prompt
         self.n_cached_tokens = n_cached
         self.finish_reason: str | None = None
+        self.truncated = False  # a context shift dropped tokens from the middle of the context
 
     def __next__(self) -> GeneratedToken:
         return next(self._tokens)
@@ -67,6 +68,11 @@ class Model:
     @property
     def chat_template(self) -> str | None:
         return None if self.template.is_fallback else self.template.source
+
+    @property
+    def cached_tokens(self) -> tuple[int, ...]:
+        """The tokens the context holds, which the next prompt's common prefix reuses."""
+        return tuple(self._cached)
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
@@ -125,24 +131,44 @@ class Model:
         return logits, reuse
 
     def generate(self, ids: Sequence[int], max_tokens: int = 256, stop: str | Sequence[str] | None = None,
-                 ignore_eos: bool = False, sampling: SamplingParams | None = None) -> Generation:
+                 ignore_eos: bool = False, sampling: SamplingParams | None = None,
+                 context_shift: bool = False, n_keep: int = 0) -> Generation:
         """Continuation of ids, greedy unless sampling is given: an iterator of GeneratedToken ending
         at an end-of-generation token, a stop string (whose text is never released), max_tokens or
-        the end of the context."""
+        the end of the context. With context_shift, a full context instead drops half of what
+        follows the first n_keep tokens (-1: the whole prompt; a leading BOS is always kept), as
+        llama.cpp does, and generation goes on."""
         ids = [int(i) for i in ids]
         self._check_prompt(ids)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
             raise ValueError(f"max_tokens must be a non-negative int, got {max_tokens!r}")
+        if isinstance(n_keep, bool) or not isinstance(n_keep, int) or n_keep < -1:
+            raise ValueError(f"n_keep must be an int >= -1, got {n_keep!r}")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         sampler = self.sampler(sampling, ignore_eos)
         sampler.accept_prompt(ids)
         logits, reused = self._prefill(ids)
         generation = Generation(iter(()), len(ids), reused)
-        generation._tokens = self._decode_loop(generation, logits, max_tokens, StopStringFilter(stops), sampler)
+        keep = None
+        if context_shift:
+            keep = len(ids) if n_keep == -1 else n_keep
+            if n_keep != -1 and ids[0] == self.tokenizer.bos_id:
+                keep += 1  # the BOS token is never shifted out (llama.cpp adds it to n_keep)
+        generation._tokens = self._decode_loop(generation, logits, max_tokens, StopStringFilter(stops), sampler, keep)
         return generation
 
+    def _shift_context(self, keep: int) -> bool:
+        """Drop half of the cached tokens after the first keep; False when nothing can go."""
+        keep = min(keep, len(self._cached))
+        n_discard = (len(self._cached) - keep) // 2
+        if n_discard <= 0:
+            return False
+        self._runtime.shift(keep, n_discard)
+        del self._cached[keep:keep + n_discard]
+        return True
+
     def _decode_loop(self, generation: Generation, logits: np.ndarray, max_tokens: int,
-                     stops: StopStringFilter, sampler: Sampler) -> Iterator[GeneratedToken]:
+                     stops: StopStringFilter, sampler: Sampler, keep: int | None) -> Iterator[GeneratedToken]:
         decoder = self.tokenizer.decoder()
         eos = self.eos_token_ids
         with_probs = sampler.params.n_probs > 0
@@ -150,7 +176,9 @@ class Model:
         for _ in range(max_tokens):
             if token is not None:  # evaluate the previous token only when another one is wanted
                 if len(self._cached) >= self.n_ctx:
-                    break
+                    if keep is None or not self._shift_context(keep):
+                        break
+                    generation.truncated = True
                 logits = self._runtime.eval([token], len(self._cached), "last")[0]
                 self._cached.append(token)
             token = sampler.sample(logits)

@@ -154,7 +154,11 @@ class Reference:
     def norm(self, x: np.ndarray, name: str) -> np.ndarray:
         return rmsnorm(x, self.weight(name), self.eps)
 
-    def attention(self, il: int, h: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    def attention(self, il: int, h: np.ndarray, pos: np.ndarray, key_pos: np.ndarray | None = None,
+                  visible: np.ndarray | None = None) -> np.ndarray:
+        """Causal self-attention of the rows h at positions pos. For a shifted cache, key_pos
+        (n, n) gives the position row j's key is rotated to as row i sees it, and visible (n, n)
+        which rows row i attends to."""
         n, H, Hkv, Dk, Dv = h.shape[0], self.n_head, self.n_head_kv, self.head_dim_k, self.head_dim_v
         blk = f"blk.{il}"
         q = self.matmul(h, f"{blk}.attn_q.weight").reshape(n, H, Dk)
@@ -164,29 +168,38 @@ class Reference:
             q = self.norm(q, f"{blk}.attn_q_norm.weight")
             k = self.norm(k, f"{blk}.attn_k_norm.weight")
         q = rope(q, pos, self.inv_freq[il], self.neox)
-        k = rope(k, pos, self.inv_freq[il], self.neox)
-        if self.kv_float16:
-            k, v = (a.astype(np.float16).astype(np.float64) for a in (k, v))
         group = H // Hkv
-        k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)  # query head j reads KV head j // group
-        scores = np.einsum("ihd,jhd->hij", q, k) * self.attention_scale
-        visible = pos[None, :] <= pos[:, None]
-        if self.sliding[il]:
-            visible &= pos[None, :] > pos[:, None] - self.window
+        v = np.repeat(v, group, axis=1)  # query head j reads KV head j // group
+        if key_pos is None:
+            k = rope(k, pos, self.inv_freq[il], self.neox)
+            if self.kv_float16:
+                k, v = (a.astype(np.float16).astype(np.float64) for a in (k, v))
+            scores = np.einsum("ihd,jhd->hij", q, np.repeat(k, group, axis=1))
+        else:  # each query row sees every key rotated to its own key_pos
+            scores = np.stack([np.einsum("hd,jhd->hj", q[i], np.repeat(rope(k, key_pos[i], self.inv_freq[il], self.neox),
+                                                                       group, axis=1)) for i in range(n)], axis=1)
+        scores = scores * self.attention_scale
+        if visible is None:
+            visible = pos[None, :] <= pos[:, None]
+            if self.sliding[il]:
+                visible &= pos[None, :] > pos[:, None] - self.window
+        elif self.sliding[il]:  # the window counts the positions the keys sit at
+            visible = visible & (key_pos > pos[:, None] - self.window)
         scores = np.where(visible[None], scores, -np.inf)
         p = np.exp(scores - scores.max(axis=-1, keepdims=True))
         p /= p.sum(axis=-1, keepdims=True)
         out = np.einsum("hij,jhd->ihd", p, v).reshape(n, H * Dv)
         return self.matmul(out, f"{blk}.attn_output.weight")
 
-    def logits(self, tokens) -> np.ndarray:
-        """float64 logits (n, n_vocab) for every position of the sequence tokens (positions 0..n-1)."""
+    def logits(self, tokens, key_pos=None, visible=None, pos=None) -> np.ndarray:
+        """float64 logits (n, n_vocab) for every position of the sequence tokens (positions 0..n-1,
+        unless pos, key_pos and visible describe a shifted cache as in attention())."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        pos = np.arange(tokens.size, dtype=np.float64)
+        pos = np.arange(tokens.size, dtype=np.float64) if pos is None else pos
         x = self.weight("token_embd.weight", tokens) * self.embedding_scale
         for il in range(self.n_layer):
             blk = f"blk.{il}"
-            a = self.attention(il, self.norm(x, f"{blk}.attn_norm.weight"), pos)
+            a = self.attention(il, self.norm(x, f"{blk}.attn_norm.weight"), pos, key_pos, visible)
             if self.has(f"{blk}.post_attention_norm.weight"):
                 a = self.norm(a, f"{blk}.post_attention_norm.weight")
             x = x + a

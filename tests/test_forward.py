@@ -235,6 +235,31 @@ def test_seq_rm_then_reeval(tiny):
     assert_close(runtime.eval(PROMPT, 0, "all"), load_runtime(path).eval(PROMPT, 0, "all"), FLOAT_RTOL)
 
 
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_context_shift_rotates_the_moved_keys(arch, tmp_path):
+    """After shift(n_keep, d) the next token sees the kept rows and the moved ones, whose keys now
+    sit d positions lower: the reference attends with exactly those positions and that mask."""
+    path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, weights="float")
+    n, n_keep, d, token = len(PROMPT), 2, 3, PROMPT[1]
+    runtime = load_runtime(path, kv_type="f32")
+    runtime.eval(PROMPT, 0, "last")
+    runtime.shift(n_keep, d)
+    assert runtime.n_past == n - d
+    got = runtime.eval([token], n - d, "last")
+    # rows 0..n-1: the original pass; row n: the new token at cache position n - d
+    cache_pos = np.array([j if j < n_keep else j - d for j in range(n)] + [n - d], dtype=np.float64)
+    pos = np.append(np.arange(n, dtype=np.float64), n - d)
+    key_pos = np.tile(np.append(np.arange(n, dtype=np.float64), n - d), (n + 1, 1))
+    key_pos[n] = cache_pos
+    visible = np.tril(np.ones((n + 1, n + 1), dtype=bool))
+    visible[n, n_keep:n_keep + d] = False
+    visible[:n, n] = False
+    expected = Reference(path).logits(list(PROMPT) + [token], key_pos=key_pos, visible=visible, pos=pos)[-1:]
+    assert_close(got, expected, FLOAT_RTOL)
+    with pytest.raises(ValueError, match="shift"):
+        runtime.shift(0, n)
+
+
 def test_threads_are_bit_identical(tiny):
     path, _, _ = tiny
     results = []

@@ -118,3 +118,14 @@ def test_resident_memory_is_file_plus_cache(smollm2_path):
     file_size = os.path.getsize(smollm2_path)
     print(f"resident growth {grown / 2**20:.1f} MiB; file {file_size / 2**20:.1f} MiB, KV cache {kv / 2**20:.1f} MiB")
     assert grown < file_size + kv + 64 * 2**20
+
+
+def test_context_shift_goes_on_past_the_context(smollm2_path):
+    m = Model(str(smollm2_path), n_ctx=48)
+    ids = m.tokenize("Count: one, two, three,")
+    generation = m.generate(ids, max_tokens=100, ignore_eos=True, context_shift=True, n_keep=-1)
+    tokens = [t.id for t in generation if t.id is not None]
+    assert len(tokens) == 100 and generation.finish_reason == "length" and generation.truncated
+    assert m._cached[:len(ids)] == ids  # n_keep = -1 keeps the whole prompt
+    generation = m.generate(ids, max_tokens=100, ignore_eos=True)
+    assert sum(1 for t in generation if t.id is not None) == 48 - len(ids) + 1 and not generation.truncated

@@ -603,3 +603,12 @@ def test_accepting_a_token_outside_the_vocabulary_is_an_error():
         s.accept_prompt([1, 10])
     with pytest.raises(ValueError):
         s.accept(-1)
+
+
+def test_a_penalty_that_overflows_the_logits_still_draws():
+    """repeat_penalty 1e-39 divides repeated positive logits to +inf: they share the draw."""
+    logits = np.array([1.0, 2.0, 0.5, 3.0], np.float32)
+    s = Sampler(SamplingParams(repeat_penalty=1e-39, top_k=0, top_p=1.0, min_p=0.0, seed=3), 4)
+    s.accept_prompt([0, 2])
+    draws = {s.sample(logits) for _ in range(200)}
+    assert draws == {0, 2}  # the two repeated tokens now dominate, equally; no failure

@@ -168,6 +168,9 @@ jl_status jl_context_eval(jl_context *ctx, const int32_t *tokens, int64_t n_toke
                           const int64_t *output_rows, int64_t n_outputs, float *logits, int n_threads);
 /* Forget positions >= from_pos (0 clears the cache). */
 jl_status jl_context_seq_rm(jl_context *ctx, int64_t from_pos);
+/* Context shift: drop cached positions [n_keep, n_keep + n_discard) and move the later ones
+ * down by n_discard, their keys rotated back by as many positions (RoPE is relative). */
+jl_status jl_context_shift(jl_context *ctx, int64_t n_keep, int64_t n_discard);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,7 @@
  *
  * Nothing sorts the whole vocabulary unless asked to: the best k come from one pass with a heap
  * of k (small k) or a quickselect (large k), and only those k get sorted. */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -235,6 +236,17 @@ static float max_logit(const jl_candidates *c) {
     return m[2] > m[0] ? m[2] : m[0];
 }
 
+/* The largest logit, after bringing +inf ones (a tiny penalty divisor or temperature can push a
+ * logit there) down to FLT_MAX: they then share the probability, as in the limit, instead of
+ * turning inf - inf into NaN. */
+static float finite_max_logit(jl_candidates *c) {
+    const float max_l = max_logit(c);
+    if (max_l != INFINITY) return max_l;
+    for (size_t i = 0; i < c->size; i++)
+        if (c->data[i].logit == INFINITY) c->data[i].logit = FLT_MAX;
+    return FLT_MAX;
+}
+
 /* p = e^(logit - max_l) for every candidate; returns their sum, in lanes as jl_sum_exp */
 static double exponentiate(jl_candidates *c, float max_l) {
     double sum = 0.0;
@@ -259,7 +271,7 @@ static double exponentiate(jl_candidates *c, float max_l) {
 
 float jl_candidates_softmax(jl_candidates *c) {
     jl_candidates_materialize(c);
-    const float max_l = max_logit(c);
+    const float max_l = finite_max_logit(c);
     if (max_l == -INFINITY) {  /* nothing left: no probabilities rather than NaNs */
         for (size_t i = 0; i < c->size; i++) c->data[i].p = 0.0f;
         return max_l;
@@ -278,7 +290,7 @@ void jl_candidates_truncate(jl_candidates *c, size_t n) {
 
 jl_status jl_candidates_draw(jl_candidates *c, jl_rng *rng) {
     jl_candidates_materialize(c);
-    const float max_l = c->size ? max_logit(c) : -INFINITY;
+    const float max_l = c->size ? finite_max_logit(c) : -INFINITY;
     if (max_l == -INFINITY)
         return jl_fail(JL_ERR_INVALID_ARG, "no token can be sampled: every candidate is banned or masked");
     const double sum = exponentiate(c, max_l);

@@ -111,6 +111,10 @@ class Runtime:
         """Forget cached positions >= from_pos (0 clears the cache), to reuse a prompt's prefix."""
         self._forward.seq_rm(int(from_pos))
 
+    def shift(self, n_keep: int, n_discard: int) -> None:
+        """Drop cached positions [n_keep, n_keep + n_discard); later ones move down (context shift)."""
+        self._forward.shift(int(n_keep), int(n_discard))
+
 
 def load_runtime(gguf_file: GGUFFile | str | os.PathLike[str], n_ctx: int | None = None, kv_type: str = "f16",
                  n_threads: int | None = None, n_batch: int = DEFAULT_BATCH) -> Runtime:

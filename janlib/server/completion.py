@@ -82,7 +82,8 @@ def make_job(st: ServerState, ids: list[int], fields: dict) -> tuple[Job, int]:
     probe = request.environ.get("waitress.client_disconnected")
     job = Job(ids=ids, max_tokens=max_tokens, stop=fields["stop"], ignore_eos=fields["ignore_eos"],
               sampling=sampling, id_slot=fields["id_slot"], cache_prompt=fields["cache_prompt"],
-              t_max_predict_ms=fields["t_max_predict_ms"], disconnected=probe)
+              t_max_predict_ms=fields["t_max_predict_ms"], context_shift=st.config.context_shift,
+              n_keep=fields["n_keep"], disconnected=probe)
     return job, max_tokens
 
 

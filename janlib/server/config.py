@@ -29,6 +29,7 @@ class ServerConfig:
     queue_size: int = 16  # requests that may wait for a slot before 503
     alias: str | None = None  # the model id served; None = the file name
     n_predict: int = -1  # server-wide cap on generated tokens per request; -1 = none
+    context_shift: bool = True  # False: a full context ends generation with finish_reason "length"
     max_body: int = DEFAULT_MAX_BODY
     log_level: str = "info"
 

@@ -32,6 +32,8 @@ class Job:
     id_slot: int = -1
     cache_prompt: bool = True
     t_max_predict_ms: int = 0
+    context_shift: bool = True  # a full context drops half of what follows n_keep, then goes on
+    n_keep: int = 0
     disconnected: Callable[[], bool] | None = None  # the server's client-gone probe
     events: queue.Queue = field(default_factory=queue.Queue)
     _cancel: threading.Event = field(default_factory=threading.Event)
@@ -198,7 +200,8 @@ class Engine:
         slot.generated = []
         slot.t_start = time.perf_counter()
         slot.generation = model.generate(job.ids, max_tokens=job.max_tokens, stop=job.stop,  # evaluates the prompt
-                                         ignore_eos=job.ignore_eos, sampling=job.sampling)
+                                         ignore_eos=job.ignore_eos, sampling=job.sampling,
+                                         context_shift=job.context_shift, n_keep=job.n_keep)
         slot.t_first = time.perf_counter()
         slot.t_prompt_ms = (slot.t_first - slot.t_start) * 1000
         n_cached = int(getattr(slot.generation, "n_cached_tokens", 0))
@@ -213,7 +216,8 @@ class Engine:
         n_gen = len(slot.generated)
         return {"finish_reason": reason, "n_predicted": n_gen, "prompt_ms": slot.t_prompt_ms,
                 "predicted_ms": (now - slot.t_first) * 1000, "slot": slot.index, "timed_out": timed_out,
-                "context_full": reason == "length" and len(slot.job.ids) + n_gen >= n_ctx}
+                "context_full": slot.generation is not None and slot.generation.truncated
+                or (reason == "length" and len(slot.job.ids) + n_gen >= n_ctx)}
 
     def _finish(self, slot: Slot, kind: str, payload: Any) -> None:
         job = slot.job
@@ -226,7 +230,7 @@ class Engine:
                 except Exception:
                     pass
             self.metrics["predicted_seconds_total"] += (time.perf_counter() - slot.t_first)
-        slot.tokens = job.ids + slot.generated[:-1] if slot.generation is not None else slot.tokens
+        slot.tokens = list(slot.model.cached_tokens)
         slot.generation = None
         slot.last_used = time.monotonic()
         with self._cond:
