@@ -16,7 +16,7 @@ from janlib.gguf import load_gguf
 from janlib.models import load_runtime
 from janlib.registry import DEFAULT_MODEL
 from janlib.sampling import Sampler, SamplingParams, TokenProbs
-from janlib.stop import StopStringFilter
+from janlib.stop import IndentLimit, StopStringFilter
 from janlib.tokenizer import Tokenizer
 
 
@@ -132,10 +132,11 @@ class Model:
 
     def generate(self, ids: Sequence[int], max_tokens: int = 256, stop: str | Sequence[str] | None = None,
                  ignore_eos: bool = False, sampling: SamplingParams | None = None,
-                 context_shift: bool = False, n_keep: int = 0) -> Generation:
+                 context_shift: bool = False, n_keep: int = 0, n_indent: int = 0) -> Generation:
         """Continuation of ids, greedy unless sampling is given: an iterator of GeneratedToken ending
         at an end-of-generation token, a stop string (whose text is never released), max_tokens or
-        the end of the context. With context_shift, a full context instead drops half of what
+        the end of the context, or (n_indent > 0) a line indented by fewer than n_indent
+        spaces or tabs after the first newline, as llama.cpp does. With context_shift, a full context instead drops half of what
         follows the first n_keep tokens (-1: the whole prompt; a leading BOS is always kept), as
         llama.cpp does, and generation goes on."""
         ids = [int(i) for i in ids]
@@ -154,7 +155,8 @@ class Model:
             keep = len(ids) if n_keep == -1 else n_keep
             if n_keep != -1 and ids[0] == self.tokenizer.bos_id:
                 keep += 1  # the BOS token is never shifted out (llama.cpp adds it to n_keep)
-        generation._tokens = self._decode_loop(generation, logits, max_tokens, StopStringFilter(stops), sampler, keep)
+        filters = (StopStringFilter(stops), IndentLimit(n_indent))
+        generation._tokens = self._decode_loop(generation, logits, max_tokens, filters, sampler, keep)
         return generation
 
     def _shift_context(self, keep: int) -> bool:
@@ -168,8 +170,10 @@ class Model:
         return True
 
     def _decode_loop(self, generation: Generation, logits: np.ndarray, max_tokens: int,
-                     stops: StopStringFilter, sampler: Sampler, keep: int | None) -> Iterator[GeneratedToken]:
+                     filters: tuple[StopStringFilter, IndentLimit], sampler: Sampler,
+                     keep: int | None) -> Iterator[GeneratedToken]:
         decoder = self.tokenizer.decoder()
+        stops, indent = filters
         eos = self.eos_token_ids
         with_probs = sampler.params.n_probs > 0
         token = None
@@ -186,12 +190,12 @@ class Model:
                 generation.finish_reason = "stop"
                 break
             probs = sampler.last_probs() if with_probs else None
-            yield GeneratedToken(token, stops.feed(decoder.feed(token)), probs)
-            if stops.stopped:
-                generation.finish_reason = "stop"
+            yield GeneratedToken(token, indent.feed(stops.feed(decoder.feed(token))), probs)
+            if stops.stopped or indent.stopped:
+                generation.finish_reason = "stop" if stops.stopped else "length"
                 return
         generation.finish_reason = generation.finish_reason or "length"
-        tail = stops.feed(decoder.flush()) + stops.flush()
+        tail = indent.feed(stops.feed(decoder.flush()) + stops.flush()) + indent.flush()
         if tail:
             yield GeneratedToken(None, tail)
 

@@ -41,3 +41,51 @@ class StopStringFilter:
                     best = n
                     break
         return best
+
+
+class IndentLimit:
+    """llama.cpp's n_indent: generation ends at the first line indented by fewer than n_indent
+    spaces or tabs (useful for code completion); that line's text after its indentation is cut.
+
+    feed(piece) returns the text safe to emit: a line's start is held until its first other
+    character shows its indentation."""
+
+    def __init__(self, n_indent: int):
+        self.n_indent = n_indent
+        self.stopped = False
+        self._held = ""
+        self._seen_newline = False
+
+    def feed(self, piece: str) -> str:
+        if self.n_indent <= 0:
+            return piece
+        if self.stopped:
+            return ""
+        text, out = self._held + piece, []
+        self._held = ""
+        while text:
+            if not self._seen_newline:
+                cut = text.find("\n")
+                if cut < 0:
+                    out.append(text)
+                    break
+                out.append(text[:cut + 1])
+                text = text[cut + 1:]
+                self._seen_newline = True
+                continue
+            indent = len(text) - len(text.lstrip(" \t"))
+            if indent == len(text):  # only indentation so far: wait for the rest of the line
+                self._held = text
+                break
+            if indent < self.n_indent:  # an empty line counts as unindented, as in llama.cpp
+                self.stopped = True
+                out.append(text[:indent])
+                break
+            out.append(text[:indent])
+            text = text[indent:]
+            self._seen_newline = False
+        return "".join(out)
+
+    def flush(self) -> str:
+        text, self._held = self._held, ""
+        return "" if self.stopped else text

@@ -12,10 +12,9 @@ import janlib
 from janlib import Model, SamplingParams
 
 pytestmark = pytest.mark.slow
-# with this system prompt the first answer tokens are clearly apart at every ISA level (without it
-# "The" and "L" are a near-tie that int8 activation rounding may flip)
-QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is the capital of France?"}]
+# an answer whose tokens are clearly ahead at every ISA level (capital-of-France chats start on a
+# near-tie between "The" and "La" that int8 activation rounding flips)
+QUESTION = [{"role": "user", "content": "What is 2+2?"}]
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +51,13 @@ def test_greedy_generation_is_deterministic_and_reuses_the_prompt(model):
 
 def test_chat_stream_equals_chat(model):
     answer = model.chat(QUESTION, max_tokens=24)
-    assert answer == "The capital of France is Paris."
+    assert answer == "The answer to this classic math problem is 4."
     assert "".join(model.chat(QUESTION, max_tokens=24, stream=True)) == answer
 
 
 def test_stop_string_never_released(model):
     answer = model.chat(QUESTION, max_tokens=24)
-    stop = answer[answer.index("Paris"):][:4]
+    stop = answer[answer.index("classic"):][:4]
     generation = model.generate(model.chat_prompt(QUESTION)[1], max_tokens=24, stop=stop)
     text = "".join(t.text for t in generation)
     assert text == answer[:answer.index(stop)] and generation.finish_reason == "stop"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from janlib.stop import StopStringFilter
+from janlib.stop import IndentLimit, StopStringFilter
 
 
 def run(pieces, stop):
@@ -45,3 +45,28 @@ def test_matches_cutting_the_whole_text(text, cuts, stop):
     hits = [i for i in (text.find(s) for s in stop) if i >= 0]
     expected = text[:min(hits)] if hits else text
     assert run(pieces, stop) == (expected, bool(hits))
+
+
+def indent_run(pieces, n_indent):
+    f = IndentLimit(n_indent)
+    out = "".join(f.feed(p) for p in pieces)
+    return out + f.flush(), f.stopped
+
+
+def test_indent_limit_cuts_the_first_shallow_line():
+    code = "    x = 1\n    y = 2\nprint(x)\n"
+    assert indent_run([code], 4) == ("    x = 1\n    y = 2\n", True)
+    assert indent_run(list(code), 4) == ("    x = 1\n    y = 2\n", True)  # one character at a time
+    assert indent_run([code], 0) == (code, False)
+
+
+def test_indent_limit_ignores_the_first_line_and_holds_whitespace():
+    f = IndentLimit(2)
+    assert f.feed("a\n") == "a\n"
+    assert f.feed("  ") == ""          # indentation alone does not decide yet
+    assert f.feed(" b\nc") == "   b\n"
+    assert f.stopped and f.flush() == ""
+
+
+def test_indent_limit_stops_on_an_empty_line_as_llama_cpp():
+    assert indent_run(["  a\n\n  b"], 2) == ("  a\n", True)

@@ -83,7 +83,7 @@ def make_job(st: ServerState, ids: list[int], fields: dict) -> tuple[Job, int]:
     job = Job(ids=ids, max_tokens=max_tokens, stop=fields["stop"], ignore_eos=fields["ignore_eos"],
               sampling=sampling, id_slot=fields["id_slot"], cache_prompt=fields["cache_prompt"],
               t_max_predict_ms=fields["t_max_predict_ms"], context_shift=st.config.context_shift,
-              n_keep=fields["n_keep"], disconnected=probe)
+              n_keep=fields["n_keep"], n_indent=fields["n_indent"], disconnected=probe)
     return job, max_tokens
 
 

@@ -34,6 +34,7 @@ class Job:
     t_max_predict_ms: int = 0
     context_shift: bool = True  # a full context drops half of what follows n_keep, then goes on
     n_keep: int = 0
+    n_indent: int = 0
     disconnected: Callable[[], bool] | None = None  # the server's client-gone probe
     events: queue.Queue = field(default_factory=queue.Queue)
     _cancel: threading.Event = field(default_factory=threading.Event)
@@ -201,7 +202,8 @@ class Engine:
         slot.t_start = time.perf_counter()
         slot.generation = model.generate(job.ids, max_tokens=job.max_tokens, stop=job.stop,  # evaluates the prompt
                                          ignore_eos=job.ignore_eos, sampling=job.sampling,
-                                         context_shift=job.context_shift, n_keep=job.n_keep)
+                                         context_shift=job.context_shift, n_keep=job.n_keep,
+                                         n_indent=job.n_indent)
         slot.t_first = time.perf_counter()
         slot.t_prompt_ms = (slot.t_first - slot.t_start) * 1000
         n_cached = int(getattr(slot.generation, "n_cached_tokens", 0))

@@ -30,3 +30,14 @@ def test_end_of_context(small_context):
         assert n_gen == 120  # past the 64-token context, the older half after the prompt is dropped
     else:
         assert n_prompt + n_gen == CTX + 1  # the last token is sampled but never evaluated
+
+
+def test_n_indent_ends_at_a_shallow_line(small_context):
+    _, server = small_context
+    body = {"model": MODEL_ID, "prompt": "def f(x):\n    y = x + 1\n", "max_tokens": 40, "temperature": 0,
+            "n_indent": 4}
+    r = requests.post(server.base + "/v1/completions", json=body, timeout=120).json()
+    text = r["choices"][0]["text"]
+    lines = text.split("\n")
+    # every line after the first newline of the answer keeps the indentation, or the answer ended there
+    assert all(line.startswith(("    ", "\t")) or line.strip() == "" for line in lines[1:])
