@@ -135,6 +135,12 @@ INLINE __m512i fives_2x32(const uint8_t *a, const uint8_t *b) {
     return _mm512_mask_add_epi8(lo, high_bits_2x32(a, b), lo, _mm512_set1_epi8(16));
 }
 
+/* the signed Q5_0 values q = u - 16 of blocks a and b: the nibbles, less 16 where the fifth bit is clear */
+INLINE __m512i signed_q5_0(const uint8_t *a, const uint8_t *b) {
+    const __m512i lo = unpack_nibbles_2x16(a + 6, b + 6);
+    return _mm512_mask_sub_epi8(lo, _knot_mask64(high_bits_2x32(a + 2, b + 2)), lo, _mm512_set1_epi8(16));
+}
+
 INLINE __m512i pair_q4_0(const uint8_t *a, const uint8_t *b) { return unpack_nibbles_2x16(a + 2, b + 2); }
 INLINE __m512i pair_q4_1(const uint8_t *a, const uint8_t *b) { return unpack_nibbles_2x16(a + 4, b + 4); }
 INLINE __m512i pair_q5_0(const uint8_t *a, const uint8_t *b) { return fives_2x32(a + 2, b + 2); }
@@ -198,16 +204,16 @@ INLINE void legacy_pair_sums(__m512i u, int offset, int has_min, const uint8_t *
     }
 }
 
-/* n <= 16 blocks from wg against the same blocks of nc rows at xg (their qs), into acc.
+/* n <= 16 blocks from wg against the same blocks of nc rows at xg (their qs).
  *
- * p[c] holds the 16 scale products d * dx (0 for missing blocks), lanes in tree_order when
- * `narrow`, else in block order. With
- * `narrow` (every sum of 8 products fits in int16) the eight pair vectors of a row go through
- * a tree of combines to one int32 lane per block and one FMA by p; otherwise (Q8_0) each pair
- * takes its two scales from p with a permute. */
+ * With `narrow` (every sum of 8 products fits in int16) the eight pair vectors of a row go
+ * through a tree of combines to one int32 lane per block, lanes in tree_order, stored to
+ * out[c]; combines of vectors wholly past block n are skipped. Otherwise (Q8_0) each pair
+ * takes its two scales from p[c], the 16 scale products d * dx in block order (0 for missing
+ * blocks), with a permute and is accumulated into acc. */
 INLINE void legacy_group(legacy_pair_fn pair, size_t type_size, int offset, int has_min, int narrow,
                          const uint8_t *wg, const uint8_t *xg, size_t x_size, size_t x_stride, const int n,
-                         const int nc, const __m512 *p, __m512 *acc) {
+                         const int nc, const __m512 *p, __m512 *acc, __m512i *out) {
     __m512i half[2][JL_NC_MAX];
     UNROLL for (int h = 0; h < 2; h++) {
         __m512i quad[2][JL_NC_MAX];
@@ -222,7 +228,9 @@ INLINE void legacy_group(legacy_pair_fn pair, size_t type_size, int offset, int 
                 const int b = j + 1 < n;  /* an odd last block pairs with itself; its copy scales by 0 */
                 const uint8_t *wa = wg + j * type_size, *xa = xg + j * x_size;
                 prefetch_ahead(wa, 2 * type_size);
-                legacy_pair_sums(pair(wa, wa + b * type_size), offset, has_min, xa, xa + b * x_size, x_stride, nc, pairs[e]);
+                if (pair == pair_q5_0 && nc > 2) /* Q5_0: q itself, one masked subtract from the nibbles */
+                    legacy_pair_sums(signed_q5_0(wa, wa + b * type_size), 0, 0, xa, xa + b * x_size, x_stride, nc, pairs[e]);
+                else legacy_pair_sums(pair(wa, wa + b * type_size), offset, has_min, xa, xa + b * x_size, x_stride, nc, pairs[e]);
                 if (!narrow) {
                     const __m512i lanes = _mm512_set_epi32(j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1,
                                                            j, j, j, j, j, j, j, j);
@@ -230,16 +238,37 @@ INLINE void legacy_group(legacy_pair_fn pair, size_t type_size, int offset, int 
                         acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pairs[e][c]), _mm512_permutexvar_ps(lanes, p[c]), acc[c]);
                 }
             }
-            if (narrow) UNROLL for (int c = 0; c < nc; c++) quad[qd][c] = combine_i16(pairs[0][c], pairs[1][c]);
+            /* all-zero vectors (past the last block) skip their combines */
+            if (narrow)
+                UNROLL for (int c = 0; c < nc; c++)
+                    quad[qd][c] = 8 * h + 4 * qd >= n ? _mm512_setzero_si512() : combine_i16(pairs[0][c], pairs[1][c]);
         }
-        if (narrow) UNROLL for (int c = 0; c < nc; c++) half[h][c] = combine_i16(quad[0][c], quad[1][c]);
+        if (narrow)
+            UNROLL for (int c = 0; c < nc; c++)
+                half[h][c] = 8 * h >= n ? _mm512_setzero_si512() : combine_i16(quad[0][c], quad[1][c]);
     }
     if (narrow)
         UNROLL for (int c = 0; c < nc; c++) {
             const __m512i sums = _mm512_add_epi32(_mm512_shuffle_i64x2(half[0][c], half[1][c], _MM_SHUFFLE(2, 0, 2, 0)),
                                                   _mm512_shuffle_i64x2(half[0][c], half[1][c], _MM_SHUFFLE(3, 1, 3, 1)));
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), p[c], acc[c]);
+            out[c] = sums;
         }
+}
+
+/* one group's scales applied to its block sums (narrow types): acc += d * dx * sums, plus
+ * m * s; d (and m) of the weight blocks and d (and s) of each row's, one gather each, the
+ * minimum terms needing no order */
+INLINE void legacy_scale_group(size_t type_size, int has_min, const uint8_t *wg, const uint8_t *xg, size_t x_stride,
+                               const int n, const int nc, __m512i order, __m512i w_index, __m512i x_index,
+                               const __m512i *sums, __m512 *acc) {
+    const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(n));
+    const __m512i wh = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, w_index, wg, 1);
+    const __m512 dw = halves_to_ps(wh, 0);
+    UNROLL for (int c = 0; c < nc; c++) {
+        const __m512i xh = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, x_index, xg + c * x_stride, 1);
+        acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[c]), _mm512_mul_ps(dw, halves_to_ps(xh, 0)), acc[c]);
+        if (has_min) acc[c] = _mm512_fmadd_ps(halves_to_ps(wh, 1), halves_to_ps(xh, 1), acc[c]);
+    }
 }
 
 /* sum over blocks of d * dx * sum(q * qx), plus m * s against Q8_1 (has_min) */
@@ -257,8 +286,23 @@ INLINE void legacy_dot(legacy_pair_fn pair, size_t type_size, int offset, int ha
     for (int64_t g = 0; g < nb; g += 16) {
         const int n = nb - g < 16 ? (int)(nb - g) : 16;
         const uint8_t *wg = w + g * type_size, *xg = x + g * x_size;
-        /* d (and m) of the weight blocks and d (and s) of each row's, one gather each; the
-         * minimum terms m * s need no order */
+        if (narrow) {
+            /* the integer sums first, then the scales, so that these need no registers
+             * during the group */
+            __m512i sums[JL_NC_MAX];
+            if (n == 16) {
+                legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, 16, nc, NULL, acc, sums);
+                legacy_scale_group(type_size, has_min, wg, xg, x_stride, 16, nc, order, w_index, x_index, sums, acc);
+            } else if (n == 4) { /* k = 640, Gemma-3-270M */
+                legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, 4, nc, NULL, acc, sums);
+                legacy_scale_group(type_size, has_min, wg, xg, x_stride, 4, nc, order, w_index, x_index, sums, acc);
+            } else {
+                legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, n, nc, NULL, acc, sums);
+                legacy_scale_group(type_size, has_min, wg, xg, x_stride, n, nc, order, w_index, x_index, sums, acc);
+            }
+            continue;
+        }
+        /* Q8_0: d of the weight blocks and of each row's, one gather each */
         const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(n));
         const __m512i wh = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, w_index, wg, 1);
         const __m512 dw = halves_to_ps(wh, 0);
@@ -266,10 +310,9 @@ INLINE void legacy_dot(legacy_pair_fn pair, size_t type_size, int offset, int ha
         UNROLL for (int c = 0; c < nc; c++) {
             const __m512i xh = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, x_index, xg + c * x_stride, 1);
             p[c] = _mm512_mul_ps(dw, halves_to_ps(xh, 0));
-            if (has_min) acc[c] = _mm512_fmadd_ps(halves_to_ps(wh, 1), halves_to_ps(xh, 1), acc[c]);
         }
-        if (n == 16) legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, 16, nc, p, acc);
-        else legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, n, nc, p, acc);
+        if (n == 16) legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, 16, nc, p, acc, NULL);
+        else legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, n, nc, p, acc, NULL);
     }
     UNROLL for (int c = 0; c < nc; c++) s[c] = hsum512_ps(acc[c]);
 }
