@@ -71,11 +71,10 @@ def _chat_chunks(st, job, fields, start, cid, created):
     base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": st.model_id,
             "system_fingerprint": c.system_fingerprint(st)}
     include_usage = bool((fields["stream_options"] or {}).get("include_usage"))
-    per_token = fields["timings_per_token"]
-    probs = c.TokenLogprobs.for_request(st, fields)
 
-    def chunk(delta=None, finish=None, logprobs=None, **extra):
-        payload = dict(base, choices=[{"index": 0, "delta": delta or {}, "logprobs": logprobs,
+    def chunk(text=None, finish=None, logprobs=None, delta=None, **extra):
+        content = {"content": text} if text else {}
+        payload = dict(base, choices=[{"index": 0, "delta": delta or content, "logprobs": logprobs,
                                        "finish_reason": finish}])
         if include_usage:
             payload["usage"] = None
@@ -86,7 +85,16 @@ def _chat_chunks(st, job, fields, start, cid, created):
         yield sse.event(dict(base, choices=[], prompt_progress={
             "total": start["n_prompt"], "cache": start["n_cached"], "processed": start["n_prompt"],
             "time_ms": start["prompt_ms"]}))
-    yield chunk({"role": "assistant", "content": ""})
+    yield chunk(delta={"role": "assistant", "content": ""})
+    yield from _stream_tokens(st, job, fields, start, base, chunk)
+
+
+def _stream_tokens(st, job, fields, start, base, chunk):
+    """The token, finish, usage and [DONE] events of either endpoint; chunk(text, finish, logprobs,
+    **extra) makes the endpoint's own chunk."""
+    include_usage = bool((fields["stream_options"] or {}).get("include_usage"))
+    per_token = fields["timings_per_token"]
+    probs = c.TokenLogprobs.for_request(st, fields)
     n_predicted = 0
     for kind, payload in job.results():
         if kind == "token":
@@ -99,11 +107,10 @@ def _chat_chunks(st, job, fields, start, cid, created):
                 extra["timings"] = c.timings(start, None, n_predicted)
             entries = probs.feed(payload) if probs is not None else None  # of the tokens whose text it brings
             if payload.text or extra:
-                yield chunk({"content": payload.text} if payload.text else {},
-                            logprobs=None if entries is None else {"content": entries}, **extra)
+                yield chunk(payload.text, logprobs=None if entries is None else {"content": entries}, **extra)
         elif kind == "done":
             extra = {"timings": c.timings(start, payload, payload["n_predicted"])} if per_token else {}
-            yield chunk({}, payload["finish_reason"], **extra)
+            yield chunk("", payload["finish_reason"], **extra)
             if include_usage:
                 yield sse.event(dict(base, choices=[], usage=c.usage(start, payload["n_predicted"]),
                                      timings=c.timings(start, payload, payload["n_predicted"])))
@@ -156,31 +163,9 @@ def completions():
 def _text_chunks(st, job, fields, start, cid, created):
     base = {"id": cid, "object": "text_completion", "created": created, "model": st.model_id,
             "system_fingerprint": c.system_fingerprint(st)}
-    include_usage = bool((fields["stream_options"] or {}).get("include_usage"))
-    probs = c.TokenLogprobs.for_request(st, fields)
 
     def chunk(text, finish=None, logprobs=None, **extra):
         return sse.event(dict(base, choices=[{"index": 0, "text": text, "logprobs": logprobs,
                                               "finish_reason": finish}], **extra))
 
-    n_predicted = 0
-    for kind, payload in job.results():
-        if kind == "token":
-            if payload.id is not None:
-                n_predicted += 1
-            extra = {"tokens": [payload.id]} if fields["return_tokens"] and payload.id is not None else {}
-            if fields["timings_per_token"]:
-                extra["timings"] = c.timings(start, None, n_predicted)
-            entries = probs.feed(payload) if probs is not None else None  # of the tokens whose text it brings
-            if payload.text or extra:
-                yield chunk(payload.text, logprobs=None if entries is None else {"content": entries}, **extra)
-        elif kind == "done":
-            yield chunk("", payload["finish_reason"])
-            if include_usage:
-                yield sse.event(dict(base, choices=[], usage=c.usage(start, payload["n_predicted"]),
-                                     timings=c.timings(start, payload, payload["n_predicted"])))
-            yield sse.DONE
-            return
-        else:
-            yield _stream_error(kind, payload)
-            return
+    yield from _stream_tokens(st, job, fields, start, base, chunk)
