@@ -17,6 +17,7 @@ from janlib.models import load_runtime
 from janlib.registry import DEFAULT_MODEL
 from janlib.sampling import Sampler, SamplingParams, TokenProbs
 from janlib.stop import IndentLimit, StopStringFilter
+from janlib.structured import Constraint
 from janlib.tokenizer import Tokenizer
 
 
@@ -132,13 +133,18 @@ class Model:
 
     def generate(self, ids: Sequence[int], max_tokens: int = 256, stop: str | Sequence[str] | None = None,
                  ignore_eos: bool = False, sampling: SamplingParams | None = None,
-                 context_shift: bool = False, n_keep: int = 0, n_indent: int = 0) -> Generation:
+                 context_shift: bool = False, n_keep: int = 0, n_indent: int = 0,
+                 grammar: str | None = None, json_schema: dict | str | None = None,
+                 constraint: Constraint | None = None) -> Generation:
         """Continuation of ids, greedy unless sampling is given: an iterator of GeneratedToken ending
         at an end-of-generation token, a stop string (whose text is never released), max_tokens or
         the end of the context, or (n_indent > 0) a line indented by fewer than n_indent
         spaces or tabs after the first newline, as llama.cpp does. With context_shift, a full context instead drops half of what
         follows the first n_keep tokens (-1: the whole prompt; a leading BOS is always kept), as
-        llama.cpp does, and generation goes on."""
+        llama.cpp does, and generation goes on. grammar (llama.cpp GBNF), json_schema or a ready
+        constraint (janlib.structured.Constraint, used for this one generation) restricts every token
+        to the grammar; generation then stops (finish_reason "stop") when the grammar is complete,
+        and a grammar that cannot be compiled raises GrammarError."""
         ids = [int(i) for i in ids]
         self._check_prompt(ids)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
@@ -146,6 +152,7 @@ class Model:
         if isinstance(n_keep, bool) or not isinstance(n_keep, int) or n_keep < -1:
             raise ValueError(f"n_keep must be an int >= -1, got {n_keep!r}")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
+        constraint = self._constraint(grammar, json_schema, constraint)
         sampler = self.sampler(sampling, ignore_eos)
         sampler.accept_prompt(ids)
         logits, reused = self._prefill(ids)
@@ -156,8 +163,19 @@ class Model:
             if n_keep != -1 and ids[0] == self.tokenizer.bos_id:
                 keep += 1  # the BOS token is never shifted out (llama.cpp adds it to n_keep)
         filters = (StopStringFilter(stops), IndentLimit(n_indent))
-        generation._tokens = self._decode_loop(generation, logits, max_tokens, filters, sampler, keep)
+        generation._tokens = self._decode_loop(generation, logits, max_tokens, filters, sampler, keep, constraint)
         return generation
+
+    def _constraint(self, grammar, json_schema, constraint) -> Constraint | None:
+        given = [name for name, v in (("grammar", grammar), ("json_schema", json_schema),
+                                      ("constraint", constraint)) if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of grammar, json_schema and constraint, got {', '.join(given)}")
+        if grammar is not None:
+            return Constraint.from_gbnf(grammar, self)
+        if json_schema is not None:
+            return Constraint.from_json_schema(json_schema, self)
+        return constraint
 
     def _shift_context(self, keep: int) -> bool:
         """Drop half of the cached tokens after the first keep; False when nothing can go."""
@@ -171,7 +189,7 @@ class Model:
 
     def _decode_loop(self, generation: Generation, logits: np.ndarray, max_tokens: int,
                      filters: tuple[StopStringFilter, IndentLimit], sampler: Sampler,
-                     keep: int | None) -> Iterator[GeneratedToken]:
+                     keep: int | None, constraint: Constraint | None = None) -> Iterator[GeneratedToken]:
         decoder = self.tokenizer.decoder()
         stops, indent = filters
         eos = self.eos_token_ids
@@ -185,7 +203,12 @@ class Model:
                     generation.truncated = True
                 logits = self._runtime.eval([token], len(self._cached), "last")[0]
                 self._cached.append(token)
-            token = sampler.sample(logits)
+            if constraint is not None:
+                sampler.set_allowed_tokens(constraint.allowed_mask())
+                token = sampler.sample(logits)
+                constraint.accept(token)
+            else:
+                token = sampler.sample(logits)
             if token in eos:
                 generation.finish_reason = "stop"
                 break
@@ -194,6 +217,9 @@ class Model:
             if stops.stopped or indent.stopped:
                 generation.finish_reason = "stop" if stops.stopped else "length"
                 return
+            if constraint is not None and constraint.is_stopped():
+                generation.finish_reason = "stop"  # the grammar is complete: nothing more can follow
+                break
         generation.finish_reason = generation.finish_reason or "length"
         tail = indent.feed(stops.feed(decoder.flush()) + stops.flush()) + indent.flush()
         if tail:
@@ -209,10 +235,12 @@ class Model:
 
     def chat(self, messages: list[dict], max_tokens: int = 256, stream: bool = False,
              stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
-             sampling: SamplingParams | None = None):
+             sampling: SamplingParams | None = None, grammar: str | None = None,
+             json_schema: dict | str | None = None, constraint: Constraint | None = None):
         """The assistant's answer to messages (rendered with the model's chat template), or with
         stream=True an iterator of its text pieces."""
         _, ids = self.chat_prompt(messages)
-        generation = self.generate(ids, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, sampling=sampling)
+        generation = self.generate(ids, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, sampling=sampling,
+                                   grammar=grammar, json_schema=json_schema, constraint=constraint)
         pieces = (t.text for t in generation if t.text)
         return pieces if stream else "".join(pieces)
