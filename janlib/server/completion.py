@@ -18,6 +18,7 @@ from .errors import APIError, invalid
 from .state import ServerState
 
 from janlib.sampling import SamplingParams, SamplingParamsError
+from janlib.structured import Constraint, GrammarError
 
 RETRY_AFTER_S = 1
 FINGERPRINT_PREFIX = "janlib"
@@ -51,6 +52,20 @@ def build_sampling(fields: dict, n_vocab: int):
     return params, bias
 
 
+def build_constraint(st: ServerState, fields: dict) -> Constraint | None:
+    """The request's grammar, json_schema or response_format compiled for the model (at most one)."""
+    try:
+        if fields["grammar"]:
+            return Constraint.from_gbnf(fields["grammar"], st.model)
+        if fields["json_schema"] is not None:
+            return Constraint.from_json_schema(fields["json_schema"], st.model)
+        if fields["response_format"] is not None:
+            return Constraint.from_response_format(fields["response_format"], st.model)
+    except GrammarError as error:
+        raise invalid(str(error), error.field) from None
+    return None
+
+
 def check_request_options(st: ServerState, fields: dict) -> None:
     n_vocab = st.model.n_vocab
     if fields["id_slot"] >= len(st.engine.slots):
@@ -73,6 +88,7 @@ def make_job(st: ServerState, ids: list[int], fields: dict) -> tuple[Job, int]:
     sampling, _bias = build_sampling(fields, st.model.n_vocab)
     if wants_probs(fields):  # the sampler reports the top max(top_logprobs, n_probs, 1) of each draw
         sampling = dataclasses.replace(sampling, n_probs=max(n_top_probs(fields), 1))
+    constraint = build_constraint(st, fields)
     limit, _source = schema.effective_max_tokens(fields)
     room = n_ctx - len(ids)
     max_tokens = room if limit == -1 else limit
@@ -83,7 +99,7 @@ def make_job(st: ServerState, ids: list[int], fields: dict) -> tuple[Job, int]:
     job = Job(ids=ids, max_tokens=max_tokens, stop=fields["stop"], ignore_eos=fields["ignore_eos"],
               sampling=sampling, id_slot=fields["id_slot"], cache_prompt=fields["cache_prompt"],
               t_max_predict_ms=fields["t_max_predict_ms"], context_shift=st.config.context_shift,
-              n_keep=fields["n_keep"], n_indent=fields["n_indent"], disconnected=probe)
+              n_keep=fields["n_keep"], n_indent=fields["n_indent"], constraint=constraint, disconnected=probe)
     return job, max_tokens
 
 

@@ -35,6 +35,7 @@ class Job:
     context_shift: bool = True  # a full context drops half of what follows n_keep, then goes on
     n_keep: int = 0
     n_indent: int = 0
+    constraint: Any = None  # janlib.structured.Constraint: grammar, json_schema or response_format
     disconnected: Callable[[], bool] | None = None  # the server's client-gone probe
     events: queue.Queue = field(default_factory=queue.Queue)
     _cancel: threading.Event = field(default_factory=threading.Event)
@@ -203,7 +204,7 @@ class Engine:
         slot.generation = model.generate(job.ids, max_tokens=job.max_tokens, stop=job.stop,  # evaluates the prompt
                                          ignore_eos=job.ignore_eos, sampling=job.sampling,
                                          context_shift=job.context_shift, n_keep=job.n_keep,
-                                         n_indent=job.n_indent)
+                                         n_indent=job.n_indent, constraint=job.constraint)
         slot.t_first = time.perf_counter()
         slot.t_prompt_ms = (slot.t_first - slot.t_start) * 1000
         n_cached = int(getattr(slot.generation, "n_cached_tokens", 0))

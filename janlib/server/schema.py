@@ -206,12 +206,7 @@ def _parse_stop(value: Any) -> list[str]:
 
 
 def _check_semantics(out: dict) -> None:
-    if out["grammar"]:
-        raise APIError(400, "'grammar' is not supported yet: constrained decoding is not available in this "
-                       "server", param="grammar", code="unsupported_parameter")
-    if out["json_schema"] is not None:
-        raise APIError(400, "'json_schema' is not supported yet: constrained decoding is not available in this "
-                       "server", param="json_schema", code="unsupported_parameter")
+    constraints = [name for name in ("grammar", "json_schema") if out[name] not in (None, "")]
     fmt = out["response_format"]
     if fmt is not None:
         kind = fmt.get("type")
@@ -219,8 +214,10 @@ def _check_semantics(out: dict) -> None:
             raise invalid("'response_format.type' must be one of text, json_object, json_schema",
                           "response_format.type")
         if kind != "text":
-            raise APIError(400, f"'response_format' of type {kind} is not supported yet: constrained decoding "
-                           "is not available in this server", param="response_format", code="unsupported_parameter")
+            constraints.append("response_format")
+    if len(constraints) > 1:  # as llama.cpp: one constraint per request
+        raise invalid(f"only one of grammar, json_schema and response_format may constrain the output, got "
+                      f"{' and '.join(constraints)}", constraints[1])
     if out["lora"]:
         for i, item in enumerate(out["lora"]):
             if not isinstance(item, dict):

@@ -95,9 +95,6 @@ def test_bad_values_name_the_field(api, body, param, validate):
 
 
 @pytest.mark.parametrize("extra, param", [
-    ({"grammar": "root ::= \"a\""}, "grammar"),
-    ({"json_schema": {"type": "object"}}, "json_schema"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"lora": [{"id": 0, "scale": 1.0}]}, "lora"),
     ({"multimodal_data": ["aGVsbG8="]}, "multimodal_data"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
