@@ -225,12 +225,15 @@ GENERATIONS = [
 @pytest.mark.slow
 @pytest.mark.parametrize("prompt, grammar, check", GENERATIONS)
 def test_generations_follow_the_grammar(model, prompt, grammar, check):
+    checked = 0
     for sampling in SAMPLINGS:
         _, ids = model.chat_prompt([{"role": "user", "content": prompt}])
         gen = model.generate(ids, max_tokens=120, grammar=grammar, sampling=sampling)
         out = "".join(t.text for t in gen)
         if gen.finish_reason == "stop":  # an unbounded grammar may run out of tokens first
             assert check(out), (grammar, out)
+            checked += 1
+    assert checked, f"no generation under {grammar!r} finished within 120 tokens"
 
 
 _PROP = st.sampled_from([
@@ -248,8 +251,29 @@ _SCHEMAS = st.dictionaries(st.sampled_from(["name", "age", "ok", "color", "items
                      "additionalProperties": False}))
 
 
+REF_AND_ANY_OF = [
+    {"$defs": {"point": {"type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
+                         "required": ["x", "y"], "additionalProperties": False}},
+     "type": "object", "properties": {"a": {"$ref": "#/$defs/point"}, "b": {"$ref": "#/$defs/point"}},
+     "required": ["a", "b"], "additionalProperties": False},
+    {"type": "object", "properties": {"v": {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 8}]},
+                                      "w": {"oneOf": [{"const": "on"}, {"const": "off"}]}},
+     "required": ["v", "w"], "additionalProperties": False},
+    {"type": "object", "properties": {"date": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"}},
+     "required": ["date"], "additionalProperties": False},
+]
+
+
 @pytest.mark.slow
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.parametrize("schema", REF_AND_ANY_OF)
+def test_refs_alternatives_and_patterns_validate(model, schema):
+    out = model.chat([{"role": "user", "content": "Reply with a JSON object."}], max_tokens=150,
+                     json_schema=schema, sampling=SamplingParams(temperature=0.8, seed=5))
+    jsonschema.validate(json.loads(out), schema)
+
+
+@pytest.mark.slow
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(_SCHEMAS, st.integers(0, 1000))
 def test_json_schema_outputs_validate(model, schema, seed):
     out = model.chat([{"role": "user", "content": "Reply with a JSON object."}], max_tokens=150,
