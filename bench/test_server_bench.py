@@ -25,50 +25,44 @@ THREADS = 1
 CTX = 512
 
 
-def _engine_alone(model):
-    from janlib.server.engine import _forget
-
-    prompt = model.template.render(PROMPT, add_generation_prompt=True)
-    ids = model.tokenize(prompt, add_special=True, parse_special=True)
+def _latencies(runs):
+    """Median time to the first item and between items, over runs of (start time, item times)."""
     ttft, gaps = [], []
-    for _ in range(ROUNDS):
-        _forget(model)
-        t0 = time.perf_counter()
-        last = None
-        for token in model.generate(ids, max_tokens=TG, ignore_eos=True):
-            now = time.perf_counter()
-            if last is None:
-                ttft.append(now - t0)
-            else:
-                gaps.append(now - last)
-            last = now
+    for start, times in runs:
+        ttft.append(times[0] - start)
+        gaps.extend(b - a for a, b in zip(times, times[1:]))
     return statistics.median(ttft), statistics.median(gaps)
+
+
+def _engine_alone(model):
+    ids = model.chat_prompt(PROMPT)[1]
+    runs = []
+    for _ in range(ROUNDS):
+        model.reset()
+        start = time.perf_counter()
+        runs.append((start, [time.perf_counter() for _ in model.generate(ids, max_tokens=TG, ignore_eos=True)]))
+    return _latencies(runs)
+
+
+def _content_events(response):
+    """Each SSE chunk that carries generated text (not the role chunk)."""
+    for line in response.iter_lines(chunk_size=1):
+        if line.startswith(b"data: {"):
+            choices = json.loads(line[6:])["choices"]
+            if choices and choices[0]["delta"].get("content") is not None and not choices[0]["delta"].get("role"):
+                yield
 
 
 def _through_server(base):
     body = {"model": "bench", "messages": PROMPT, "max_tokens": TG, "ignore_eos": True, "stream": True,
             "cache_prompt": False}
-    ttft, gaps = [], []
     session = requests.Session()
+    runs = []
     for _ in range(ROUNDS):
-        t0 = time.perf_counter()
-        last = None
+        start = time.perf_counter()
         with session.post(base + "/v1/chat/completions", json=body, stream=True, timeout=300) as r:
-            for line in r.iter_lines(chunk_size=1):
-                if not line.startswith(b"data: {"):
-                    continue
-                event = json.loads(line[6:])
-                if not event["choices"] or event["choices"][0]["delta"].get("content") is None:
-                    continue
-                if event["choices"][0]["delta"].get("role"):
-                    continue
-                now = time.perf_counter()
-                if last is None:
-                    ttft.append(now - t0)
-                else:
-                    gaps.append(now - last)
-                last = now
-    return statistics.median(ttft), statistics.median(gaps)
+            runs.append((start, [time.perf_counter() for _ in _content_events(r)]))
+    return _latencies(runs)
 
 
 def test_server_streaming_overhead(report):

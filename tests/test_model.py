@@ -125,6 +125,6 @@ def test_context_shift_goes_on_past_the_context(smollm2_path):
     generation = m.generate(ids, max_tokens=100, ignore_eos=True, context_shift=True, n_keep=-1)
     tokens = [t.id for t in generation if t.id is not None]
     assert len(tokens) == 100 and generation.finish_reason == "length" and generation.truncated
-    assert m._cached[:len(ids)] == ids  # n_keep = -1 keeps the whole prompt
+    assert list(m.cached_tokens[:len(ids)]) == ids  # n_keep = -1 keeps the whole prompt
     generation = m.generate(ids, max_tokens=100, ignore_eos=True)
     assert sum(1 for t in generation if t.id is not None) == 48 - len(ids) + 1 and not generation.truncated
