@@ -1,4 +1,4 @@
-"""Writes janlib/server/openapi.json: the Jan spec (../shared/spec/jan-openapi.json) kept whole, with
+"""Writes src/janlib/server/openapi.json: the Jan spec (../shared/spec/jan-openapi.json) kept whole, with
 the server's ranges (janlib.server.schema.FIELDS), the OpenAI names it also accepts, its error
 responses and the endpoints beside the spec.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT.parent / "shared" / "spec" / "jan-openapi.json"
-OUT = ROOT / "janlib" / "server" / "openapi.json"
+OUT = ROOT / "src" / "janlib" / "server" / "openapi.json"
 
 ERR = {"$ref": "#/components/schemas/ErrorResponse"}
 
