@@ -14,7 +14,7 @@ from flask import Response, request
 
 from . import schema, sse
 from .engine import Job, QueueFull
-from .errors import APIError, invalid
+from .errors import APIError, context_length_exceeded, invalid
 from .state import ServerState
 
 from janlib.sampling import SamplingParams, SamplingParamsError
@@ -81,10 +81,8 @@ def make_job(st: ServerState, ids: list[int], fields: dict) -> tuple[Job, int]:
         raise invalid("the prompt is empty: at least one token is needed", "messages" if "messages" in
                       request.path else "prompt")
     if len(ids) >= n_ctx:
-        raise APIError(400, f"This model's maximum context length is {n_ctx} tokens. However, your prompt "
-                       f"resulted in {len(ids)} tokens, leaving no room for a completion.",
-                       param="messages" if request.path.endswith("chat/completions") else "prompt",
-                       code="context_length_exceeded")
+        raise context_length_exceeded(len(ids), n_ctx,
+                                      "messages" if request.path.endswith("chat/completions") else "prompt")
     sampling, _bias = build_sampling(fields, st.model.n_vocab)
     if wants_probs(fields):  # the sampler reports the top max(top_logprobs, n_probs, 1) of each draw
         sampling = dataclasses.replace(sampling, n_probs=max(n_top_probs(fields), 1))

@@ -22,10 +22,11 @@ _HTTP_CODES = {
 
 
 class APIError(Exception):
-    """A failure answered with status and the envelope; param names the offending field (a path)."""
+    """A failure answered with status and the envelope; param names the offending field (a path);
+    details are further members of the error object (llama.cpp's n_prompt_tokens, n_ctx)."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str | None = None, headers: dict | None = None):
+                 type: str | None = None, headers: dict | None = None, details: dict | None = None):
         super().__init__(message)
         default_type, default_code = _HTTP_CODES.get(status, ("server_error", "internal_error"))
         self.status = status
@@ -34,13 +35,23 @@ class APIError(Exception):
         self.code = code or default_code
         self.type = type or default_type
         self.headers = headers or {}
+        self.details = details or {}
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
+                          **self.details}}
 
 
 def invalid(message: str, param: str | None, code: str = "invalid_value") -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+def context_length_exceeded(n_prompt_tokens: int, n_ctx: int, param: str) -> APIError:
+    """OpenAI's message and code, with the two numbers llama.cpp's server adds so that a client can
+    trim its prompt by the right amount."""
+    return APIError(400, f"This model's maximum context length is {n_ctx} tokens. However, your prompt resulted in "
+                    f"{n_prompt_tokens} tokens, leaving no room for a completion.", param=param,
+                    code="context_length_exceeded", details={"n_prompt_tokens": n_prompt_tokens, "n_ctx": n_ctx})
 
 
 def error_response(error: APIError):
