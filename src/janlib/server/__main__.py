@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--no-context-shift", dest="context_shift", action="store_false",
                    help="end generation at a full context (finish_reason length) instead of dropping the "
                    "older half of what follows n_keep")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. http://localhost:3000, or *) call the API from a browser "
+                   "(repeatable; default: none, same origin only)")
     p.add_argument("--alias", help="the model id to serve (default: the model's file name)")
     p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes (8 MiB)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log level (default info)")
@@ -37,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     return ServerConfig(model=a.model, host=a.host, port=a.port, api_keys=a.api_key + keys_from_env(),
                         threads=a.threads, ctx_size=a.ctx_size, parallel=a.parallel, queue_size=a.queue_size,
                         alias=a.alias, n_predict=a.n_predict, context_shift=a.context_shift, max_body=a.max_body,
-                        log_level=a.log_level)
+                        log_level=a.log_level, cors_origins=a.cors_origin)
 
 
 def main(argv: list[str] | None = None) -> int:

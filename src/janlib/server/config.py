@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1337
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 API_KEY_ENV = "JANLIB_API_KEY"
+ORIGIN_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+", re.IGNORECASE)  # what a browser sends as Origin
 
 
 class ConfigError(ValueError):
@@ -31,6 +33,7 @@ class ServerConfig:
     n_predict: int = -1  # server-wide cap on generated tokens per request; -1 = none
     context_shift: bool = True  # False: a full context ends generation with finish_reason "length"
     max_body: int = DEFAULT_MAX_BODY
+    cors_origins: list[str] = field(default_factory=list)  # browser origins allowed, "*" any; empty = same origin
     log_level: str = "info"
 
     def validate(self) -> None:
@@ -50,6 +53,10 @@ class ServerConfig:
             raise ConfigError(f"--max-body must be positive, got {self.max_body}")
         if any(not k for k in self.api_keys):
             raise ConfigError("an API key must not be empty")
+        for origin in self.cors_origins:
+            if origin != "*" and not ORIGIN_RE.fullmatch(origin):
+                raise ConfigError(f"--cors-origin must be * or an origin such as https://example.com:8080 "
+                                  f"(scheme://host[:port], no path), got {origin!r}")
         if self.alias is not None and not self.alias:
             raise ConfigError("--alias must not be empty")
         if not self.api_keys and not is_loopback(self.host):
