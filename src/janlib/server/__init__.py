@@ -2,7 +2,7 @@
 
     python -m janlib.server --model smollm2-135m-instruct --port 1337
 
-`create_app(config)` builds the Flask application (blueprints: models, inference, misc) around
+`create_app(config)` builds the Flask application (blueprints: models, inference, misc, the chat page) around
 one Engine; `serve(config)` runs it under Waitress."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from flask import Flask, request
 
+from . import cors, webui
 from .config import ConfigError, ServerConfig
 from .engine import Engine
 from .errors import APIError, error_response, register_error_handlers
@@ -52,19 +53,24 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None,
     app.extensions["janlib"] = st
     keys = [k.encode() for k in config.api_keys]
 
+    cors.install(app, config.cors_origins)
+
     @app.before_request
     def _authenticate():
-        if not keys or request.path in PUBLIC_PATHS:
+        if not keys or request.path in PUBLIC_PATHS or webui.is_page(request.path) or cors.is_preflight():
             return None
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        bearer = token.strip().encode() if scheme.lower() == "bearer" else b""
+        given = (bearer, request.headers.get("X-Api-Key", "").strip().encode())
         ok = False
-        for key in keys:  # every key compared, each in constant time
-            ok |= hmac.compare_digest(given, key)
+        for key in keys:  # every key and header compared, each in constant time
+            for candidate in given:
+                ok |= hmac.compare_digest(candidate, key)
         if ok:
             return None
-        message = "missing API key: send Authorization: Bearer <key>" if not header else "invalid API key"
+        message = ("invalid API key" if header or "X-Api-Key" in request.headers else
+                   "missing API key: send Authorization: Bearer <key> or X-Api-Key: <key>")
         return error_response(APIError(401, message, code="invalid_api_key", type="authentication_error",
                                        headers={"WWW-Authenticate": 'Bearer realm="janlib"'}))
 
@@ -80,6 +86,7 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None,
     app.register_blueprint(models_bp.bp)
     app.register_blueprint(chat.bp)
     app.register_blueprint(misc.bp)
+    app.register_blueprint(webui.bp)
     register_error_handlers(app)
     return app
 
