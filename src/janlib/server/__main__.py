@@ -12,8 +12,8 @@ from .config import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, ConfigError, Server
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-def parse_args(argv: list[str] | None = None) -> ServerConfig:
-    p = argparse.ArgumentParser(prog="python -m janlib.server", description=__doc__)
+def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.server") -> ServerConfig:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--model", "-m", help="path of a .gguf file or a registry name (default: the default model)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}; any other "
                    "than loopback needs an API key)")
@@ -43,8 +43,9 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                         log_level=a.log_level, cors_origins=a.cors_origin)
 
 
-def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m janlib.server") -> int:
+    """Serve until interrupted; prog names the command in usage and help (`janlib serve` reuses this)."""
+    config = parse_args(argv, prog)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("janlib.server")
     warnings.simplefilter("ignore", DeprecationWarning)
