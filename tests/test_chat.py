@@ -171,3 +171,26 @@ def test_raise_exception_and_runtime_failures():
 
 def test_errors_are_janlib_value_errors():
     assert issubclass(ChatTemplateError, JanlibError) and issubclass(ChatTemplateError, ValueError)
+
+
+@slow
+def test_developer_role_is_system_for_smollm2(smollm2_metadata):
+    # SmolLM2's template predates the role: a developer message must give the system message's exact text
+    template = ChatTemplate.from_metadata(smollm2_metadata)
+    assert not template.knows_developer
+    system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]
+    developer = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]
+    expected = _reference_render(smollm2_metadata["tokenizer.chat_template"], system, True, "<|im_start|>",
+                                 "<|im_end|>")
+    assert template.render(developer) == expected
+
+
+def test_developer_role_reaches_templates_that_name_it():
+    source = ("{% for m in messages %}{% if m['role'] == 'developer' %}[dev]{% else %}[{{ m['role'] }}]{% endif %}"
+              "{{ m['content'] }}{% endfor %}")
+    template = ChatTemplate(source)
+    assert template.knows_developer
+    messages = [{"role": "developer", "content": "a"}, {"role": "system", "content": "b"}]
+    assert template.render(messages) == "[dev]a[system]b"
+    assert ChatTemplate(None).render([{"role": "developer", "content": "a"}], add_generation_prompt=False) == (
+        "<|im_start|>system\na<|im_end|>\n")

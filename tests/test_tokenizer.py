@@ -261,6 +261,14 @@ def test_invalid_utf8_is_replaced(built):
 
 
 @slow
+def test_lone_surrogates_encode_as_replacement_character(built, name):
+    # a Python str (and JSON's "\\ud800") can hold a lone surrogate; UTF-8 text cannot
+    tokenizer = built(name)[0]
+    assert tokenizer.encode("\ud800 hi \udfff", add_special=False) == tokenizer.encode("\ufffd hi \ufffd",
+                                                                                      add_special=False)
+
+
+@slow
 def test_special_tokens(built):
     smollm2 = built("smollm2")[0]
     ids = smollm2.encode("<|im_start|>user\nHi<|im_end|>", parse_special=True)

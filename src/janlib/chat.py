@@ -84,8 +84,9 @@ def _message_content(content: Any, index: int) -> str:
                             f"got {type(content).__name__}")
 
 
-def _checked_messages(messages: Any) -> list[dict]:
-    """Copies of the messages with string content; a message without content needs tool_calls."""
+def _checked_messages(messages: Any, developer_as: str) -> list[dict]:
+    """Copies of the messages with string content, role "developer" renamed developer_as; a message
+    without content needs tool_calls."""
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
         raise ChatTemplateError(f"messages must be a list of dicts, got {type(messages).__name__}")
     checked = []
@@ -95,6 +96,8 @@ def _checked_messages(messages: Any) -> list[dict]:
         if not isinstance(message.get("role"), str):
             raise ChatTemplateError(f"messages[{index}] needs a 'role' string")
         message = dict(message)
+        if message["role"] == "developer":
+            message["role"] = developer_as
         if message.get("content") is not None:
             message["content"] = _message_content(message["content"], index)
         elif not message.get("tool_calls"):
@@ -105,13 +108,17 @@ def _checked_messages(messages: Any) -> list[dict]:
 
 class ChatTemplate:
     """A compiled chat template; source None (or "") means the model has none and
-    `CHATML_TEMPLATE` is used, with is_fallback True."""
+    `CHATML_TEMPLATE` is used, with is_fallback True.
+
+    Role "developer" (OpenAI's successor to system) reaches the template as it is only when the
+    template names that role; others were trained before it existed and get it as "system"."""
 
     def __init__(self, source: str | None, bos_token: str = "", eos_token: str = ""):
         self.is_fallback = not source
         self.source = CHATML_TEMPLATE if self.is_fallback else source
         self.bos_token = bos_token
         self.eos_token = eos_token
+        self.knows_developer = "'developer'" in self.source or '"developer"' in self.source
         try:
             self._template = _ENV.from_string(self.source)
         except TemplateSyntaxError as e:
@@ -137,7 +144,8 @@ class ChatTemplate:
                **extra: Any) -> str:
         """The prompt text for messages; extra keyword arguments become template variables."""
         variables = {"bos_token": self.bos_token, "eos_token": self.eos_token, **extra,
-                     "messages": _checked_messages(messages), "add_generation_prompt": add_generation_prompt,
+                     "messages": _checked_messages(messages, "developer" if self.knows_developer else "system"),
+                     "add_generation_prompt": add_generation_prompt,
                      "tools": tools}
         try:
             return self._template.render(**variables)

@@ -14,12 +14,14 @@ user-defined tokens (Gemma's whitespace runs, HTML tags) are always matched, as 
 Decoding keeps every character (llama.cpp's optional clean-up of spaces before punctuation is
 not applied), so ``decode(encode(text, add_special=False)) == text`` for any text the vocabulary
 can spell: a byte-level vocabulary may lack a few bytes, which are dropped (as llama.cpp drops
-them), and a literal ``▁`` reads back as a space from a SentencePiece vocabulary.
+them), and a literal ``▁`` reads back as a space from a SentencePiece vocabulary. A lone UTF-16
+surrogate (a Python str may hold one, UTF-8 cannot) is encoded as U+FFFD.
 """
 
 from __future__ import annotations
 
 import codecs
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,7 +34,15 @@ from tokenizers import models, normalizers, pre_tokenizers
 
 from janlib.errors import JanlibError, UnsupportedError
 
-__all__ = ["IncrementalDecoder", "Tokenizer", "TokenizerError"]
+__all__ = ["IncrementalDecoder", "Tokenizer", "TokenizerError", "replace_lone_surrogates"]
+
+# Paired surrogates are already one code point in a str: any surrogate left is a lone one.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """text with every lone UTF-16 surrogate (JSON's "\\ud800" is one) replaced by U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -277,6 +287,7 @@ class Tokenizer:
         parse_special makes control-token texts such as ``<|im_start|>`` their tokens."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        text = replace_lone_surrogates(text)
         with self._backend_lock:
             self._backend.encode_special_tokens = not parse_special
             ids = self._backend.encode(text, add_special_tokens=False).ids
