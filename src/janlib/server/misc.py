@@ -59,7 +59,7 @@ def tokenize():
 def detokenize():
     st = state()
     body = schema.parse_json_body(request.get_data(cache=False))
-    ids = schema.check_token_ids(body.get("tokens", []), st.model.n_vocab, "tokens")
+    ids = schema.check_token_ids(schema.get_typed(body, "tokens", "array", []), st.model.n_vocab, "tokens")
     return jsonify({"content": st.model.detokenize(ids)})
 
 

@@ -1,6 +1,11 @@
 """Request validation: every field of the spec's CreateChatCompletionDto (and the OpenAI and llama.cpp
 names clients send) checked for type and range, with the spec's stated defaults.
 
+Two rules hold for every endpoint: null for an optional field means "not given" (clients send null
+for the options they leave unset), and a lone UTF-16 surrogate in any string of the body (valid JSON,
+but no UTF-8 text can carry it) is replaced by U+FFFD when the body is parsed, as a browser's
+TextEncoder does, so every string reaching the tokenizer, stop filter or grammar compiler is text.
+
 The table FIELDS is the one source: the validator reads it, and the ranges in the shipped
 openapi.json were written from it (tests/server check that they agree)."""
 
@@ -8,8 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
+
+from janlib.tokenizer import replace_lone_surrogates
 
 from .errors import APIError, invalid
 
@@ -89,9 +97,14 @@ FIELDS: dict[str, Field] = {
 
 LOGIT_BIAS_LIMIT = 100.0
 
+# Strict UTF-8 refuses encoded surrogates, so one can only arrive as a \uD800-\uDFFF escape: bodies
+# without such an escape (nearly all) skip the walk over their strings.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
 
 def parse_json_body(raw: bytes) -> dict:
-    """The request body as a JSON object; 400 for anything else (NaN and Infinity included)."""
+    """The request body as a JSON object, lone surrogates replaced by U+FFFD in every string and key;
+    400 for anything else (NaN and Infinity included)."""
     if not raw:
         raise invalid("the request body is empty: a JSON object is expected", None, "invalid_json")
 
@@ -100,6 +113,8 @@ def parse_json_body(raw: bytes) -> dict:
 
     try:
         body = json.loads(raw, parse_constant=_no_constants)
+        if _SURROGATE_ESCAPE.search(raw):
+            body = _without_lone_surrogates(body)
     except UnicodeDecodeError:
         raise invalid("the request body is not UTF-8", None, "invalid_json") from None
     except (ValueError, RecursionError) as error:
@@ -107,6 +122,16 @@ def parse_json_body(raw: bytes) -> dict:
     if not isinstance(body, dict):
         raise invalid(f"the request body must be a JSON object, not {_json_type(body)}", None, "invalid_json")
     return body
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return replace_lone_surrogates(value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {replace_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _json_type(value: Any) -> str:
@@ -167,32 +192,23 @@ def check_value(name: str, value: Any, spec: Field) -> Any:
 
 
 def parse_fields(body: dict) -> dict:
-    """Every FIELDS entry: the checked value from body, or the default. null counts as absent for
-    OpenAI-only names (clients send them so), never for the spec's typed fields."""
+    """Every FIELDS entry: the checked value from body, or the default when absent or null."""
     out: dict[str, Any] = {}
     for name, spec in FIELDS.items():
-        value = body.get(name, _MISSING)
-        if value is None and name in _NULLABLE:
-            value = _MISSING
-        if value is _MISSING:
+        value = body.get(name)
+        if value is None:
             default = spec.default
             out[name] = list(default) if isinstance(default, tuple) else default
             continue
         out[name] = check_value(name, value, spec)
-    out["stop"] = _parse_stop(body.get("stop", _MISSING))
+    out["stop"] = _parse_stop(body.get("stop"))
     out["_given"] = {name for name in FIELDS if body.get(name) is not None}
     _check_semantics(out)
     return out
 
 
-# OpenAI clients send null for unset options; the spec's llama.cpp fields must be typed.
-_NULLABLE = {"max_tokens", "max_completion_tokens", "logprobs", "top_logprobs", "stream_options",
-             "response_format", "n", "user", "seed", "stop", "temperature", "top_p", "presence_penalty",
-             "frequency_penalty", "logit_bias", "stream"}
-
-
 def _parse_stop(value: Any) -> list[str]:
-    if value is _MISSING or value is None:
+    if value is None:
         return []
     if isinstance(value, str):
         return [value] if value else []
@@ -229,8 +245,8 @@ def _check_semantics(out: dict) -> None:
                        code="unsupported_parameter")
     options = out["stream_options"]
     if options is not None:
-        include = options.get("include_usage", False)
-        if not isinstance(include, bool):
+        include = options.get("include_usage")
+        if include is not None and not isinstance(include, bool):
             raise invalid("'stream_options.include_usage' must be a boolean", "stream_options.include_usage",
                           "invalid_type")
     for name in ("samplers",):
@@ -304,7 +320,8 @@ def _text_of(content: Any, param: str) -> str:
                   "invalid_type")
 
 
-ROLES = ("system", "user", "assistant")
+# developer: OpenAI's successor to system (janlib.chat renders it as system for templates without it)
+ROLES = ("system", "developer", "user", "assistant")
 
 
 def parse_messages(value: Any) -> list[dict]:
@@ -372,7 +389,8 @@ def check_token_ids(value: Any, n_vocab: int, name: str) -> list[int]:
 
 
 def get_typed(body: dict, name: str, kind: str, default: Any) -> Any:
-    value = body.get(name, _MISSING)
-    if value is _MISSING:
+    """An optional field of kind: default when absent or null."""
+    value = body.get(name)
+    if value is None:
         return default
     return check_value(name, value, Field(kind))
