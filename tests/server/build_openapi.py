@@ -54,7 +54,10 @@ ERROR_SCHEMA = {
     "description": "The OpenAI error envelope.",
     "properties": {"error": {"type": "object", "properties": {
         "message": {"type": "string"}, "type": {"type": "string"},
-        "param": {"type": "string", "nullable": True}, "code": {"type": "string", "nullable": True}},
+        "param": {"type": "string", "nullable": True}, "code": {"type": "string", "nullable": True},
+        "n_prompt_tokens": {"type": "integer", "description": "With code context_length_exceeded: the prompt's "
+                            "length in tokens (as llama.cpp's server reports it)."},
+        "n_ctx": {"type": "integer", "description": "With code context_length_exceeded: the context size."}},
         "required": ["message", "type", "param", "code"]}},
     "required": ["error"],
 }
@@ -92,6 +95,10 @@ def build(spec: dict) -> dict:
     props["n_predict"]["description"] += " Wins over max_tokens and max_completion_tokens when given."
     schemas["ChatCompletionMessage"]["properties"]["content"]["description"] += (
         " In requests, an array of OpenAI text parts ({type: text, text}) is accepted too.")
+    role = schemas["ChatCompletionMessage"]["properties"]["role"]
+    role["enum"].append("developer")
+    role["description"] += (" developer is OpenAI's successor to system: a chat template that does not name it gets "
+                            "it as a system message.")
 
     completion = copy.deepcopy(chat)
     completion["description"] = "Request body for `POST /v1/completions`: the chat fields, with prompt for messages."
@@ -172,7 +179,23 @@ def build(spec: dict) -> dict:
     op("get", "/metrics", "Prometheus metrics", "metrics", {"type": "string"}, errors=("401",),
        content_type="text/plain")
     op("get", "/openapi.json", "This document", "openapi", {"type": "object"}, errors=("401",))
+    for item in paths.values():
+        for operation in item.values():
+            if "requestBody" in operation:
+                _optional_properties_nullable(operation["requestBody"]["content"]["application/json"]["schema"],
+                                              schemas)
     return doc
+
+
+def _optional_properties_nullable(schema: dict, schemas: dict) -> None:
+    """Every optional property of a request body may be null, meaning "not given" (what OpenAI clients
+    send for the options they leave unset)."""
+    if "$ref" in schema:
+        schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+    required = set(schema.get("required", []))
+    for name, prop in schema.get("properties", {}).items():
+        if name not in required:
+            prop["nullable"] = True
 
 
 # What OpenAI clients read (choice.logprobs.content), as llama.cpp's server answers too; the Jan

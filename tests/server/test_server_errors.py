@@ -16,10 +16,10 @@ def post(api, path="/v1/chat/completions", **kwargs):
     return api.post(api.url(path), timeout=60, **kwargs)
 
 
-def envelope(r, status, param=None, code=None, validate=None):
+def envelope(r, status, param=None, code=None, validate=None, details=()):
     assert r.status_code == status, r.text
     body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code", *details}
     assert body["error"]["message"]
     if param is not None:
         assert body["error"]["param"] == param, body
@@ -133,15 +133,28 @@ def test_wrong_method_is_405_and_unknown_path_404(api):
     envelope(post(api, "/v2/chat", json={}), 404)
 
 
+CONTEXT_DETAILS = ("n_prompt_tokens", "n_ctx")  # llama.cpp's server reports both
+
+
 @pytest.mark.parametrize("stream", [False, True])
-def test_context_length_exceeded_before_any_stream(api, stream):
+def test_context_length_exceeded_before_any_stream(api, stream, validate):
     long = "hello " * (CTX + 100)
     r = post(api, json={"model": MODEL_ID, "messages": [{"role": "user", "content": long}], "stream": stream})
-    err = envelope(r, 400, code="context_length_exceeded")
-    assert str(CTX) in err["message"]
+    err = envelope(r, 400, param="messages", code="context_length_exceeded", validate=validate,
+                   details=CONTEXT_DETAILS)
     assert r.headers["Content-Type"].startswith("application/json")
+    assert err["n_ctx"] == CTX and err["n_prompt_tokens"] > CTX + 100  # every "hello" at least one token
+    assert str(CTX) in err["message"] and str(err["n_prompt_tokens"]) in err["message"]
     r = post(api, "/v1/completions", json={"model": MODEL_ID, "prompt": long, "stream": stream})
-    envelope(r, 400, code="context_length_exceeded")
+    envelope(r, 400, param="prompt", code="context_length_exceeded", details=CONTEXT_DETAILS)
+
+
+def test_context_length_exceeded_counts_the_prompt_tokens(api):
+    # token ids as the prompt: the count is known without any tokenizer
+    for n_tokens in (CTX, CTX + 37):
+        r = post(api, "/v1/completions", json={"model": MODEL_ID, "prompt": [1] * n_tokens})
+        err = envelope(r, 400, code="context_length_exceeded", details=CONTEXT_DETAILS)
+        assert (err["n_prompt_tokens"], err["n_ctx"]) == (n_tokens, CTX)
 
 
 def test_completions_and_tokenize_errors(api):

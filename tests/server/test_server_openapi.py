@@ -13,8 +13,10 @@ from janlib.server.misc import openapi_document
 from janlib.server.schema import FIELDS
 
 HERE = Path(__file__).parent
-# the one deliberate departure: choice.logprobs is {"content": [...]}, what OpenAI clients parse
-DEPARTURES = {"$.components.schemas.ChoiceDto.properties.logprobs"}
+# the deliberate departures: choice.logprobs is {"content": [...]}, what OpenAI clients parse; the
+# message role may be developer too (OpenAI's successor to system)
+DEPARTURES = {"$.components.schemas.ChoiceDto.properties.logprobs",
+              "$.components.schemas.ChatCompletionMessage.properties.role.enum"}
 
 
 def contains(ours, theirs, path="$"):
