@@ -4,19 +4,25 @@ from janlib.errors import JanlibError, UnsupportedError
 from janlib.gguf import GGUFError, GGUFFile, GGUFTensor, load_gguf
 from janlib.kernels import cpu_features, dequantize, matmul, set_isa, set_n_threads, use_isa
 from janlib.fetch import fetch_model
+from janlib.engine import Engine, Event, Handle, Request, Result
 from janlib.model import GeneratedToken, Generation, Model
 from janlib.sampling import Sampler, SamplingParams, SamplingParamsError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Engine",
+    "Event",
     "GGUFError",
     "GGUFFile",
     "GGUFTensor",
     "GeneratedToken",
+    "Handle",
     "Generation",
     "JanlibError",
     "Model",
+    "Request",
+    "Result",
     "Sampler",
     "SamplingParams",
     "SamplingParamsError",

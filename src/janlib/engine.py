@@ -1,0 +1,820 @@
+"""Engine: many sequences over one model — continuous batching with chunked prefill.
+
+One Model (weights, tokenizer, chat template: loaded once) and one multi-sequence context
+(janlib.BatchContext) serve up to n_seq_max sequences at once. A thread owns the context; each step it
+packs one batch: the next token of every generating sequence, then chunks of prompts still being
+evaluated, up to n_batch tokens in all. Running streams thus get a token every step while a long prompt
+is processed a chunk at a time.
+
+    engine = janlib.Engine("smollm2-135m-instruct", n_seq_max=4, n_ctx=2048)
+    handle = engine.submit(janlib.Request("Once upon a time", max_tokens=64))
+    for event in handle:                   # progress, start, token..., done (per choice)
+        if event.kind == "token":
+            print(event.token.text, end="")
+    results = engine.generate(["The sky is", "Water is"], max_tokens=32)   # batched: list[Result]
+    engine.close()
+
+Per sequence it keeps its own sampler chain (so a seeded request draws the same tokens whatever runs
+beside it: the context's logits rows are batch-invariant), constraint, stop strings, n_indent,
+incremental detokenizer, cancellation, context shift and time limit.
+
+Prompt cache: a finished sequence keeps its cells. A new request goes to the idle sequence whose cached
+tokens share the longest prefix with its prompt (id_slot pins one), and when another sequence holds a
+longer computed prefix, that prefix is copied (seq_cp: shared cells, no recomputation). A request with n
+choices evaluates its prompt once on its first sequence; the others copy it and sample from the same
+logits. Choice i of a request seeded s draws with seed s + i (mod 2**64), so choice 0 repeats the
+same request with n = 1; unseeded choices each draw a random seed.
+
+Supervision: an exception while serving one request fails that request only (its handle gets an
+"error" event; the traceback is logged). If the engine thread itself dies, every waiting and later
+request fails at once with EngineDead and `healthy` is False."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from janlib.errors import JanlibError
+from janlib.model import GREEDY, GeneratedToken, Model
+from janlib.sampling import SamplingParams, TokenProbs
+from janlib.stop import IndentLimit, StopStringFilter
+from janlib.structured import Constraint
+
+log = logging.getLogger("janlib.engine")
+
+MAX_CHOICES = 8
+DEFAULT_BATCH = 256  # tokens per step: a prompt chunk of this size keeps running streams' gaps short
+_POLL_S = 0.5  # a handle's reader re-checks the engine's health this often while it waits
+
+
+class EngineError(JanlibError, RuntimeError):
+    """The engine cannot take or finish a request."""
+
+
+class EngineDead(EngineError):
+    """The engine thread has died: no request can be served."""
+
+
+class EngineClosed(EngineError):
+    """The engine is shutting down or closed: it takes no new request."""
+
+
+class QueueFull(EngineError):
+    """Every sequence is busy and the waiting queue is full."""
+
+
+class RequestCancelled(EngineError):
+    """The request was cancelled (by its handle, its consumer going away, or shutdown) before it ended."""
+
+
+class RequestFailed(EngineError):
+    """Serving one request raised; the cause is chained."""
+
+
+@dataclass
+class Request:
+    """One completion request: the prompt (text, tokenized with special tokens added, or token ids)
+    and how to continue it. The fields mean what Model.generate's arguments mean; beside them:
+    n (1..8) choices sharing the prompt, id_slot (a sequence id to run on; -1: the engine's choice),
+    cache_prompt (reuse cached prefixes), t_max_predict_ms (stop generating after this long, 0: never)
+    and disconnected (a probe: True once the consumer has gone, which cancels the request)."""
+
+    prompt: str | Sequence[int]
+    max_tokens: int = 256
+    sampling: SamplingParams | None = None  # None: greedy
+    stop: str | Sequence[str] | None = None
+    ignore_eos: bool = False
+    n: int = 1
+    grammar: str | None = None
+    json_schema: dict | str | None = None
+    constraint: Constraint | None = None  # compiled; each further choice gets a copy
+    id_slot: int = -1
+    cache_prompt: bool = True
+    context_shift: bool = False
+    n_keep: int = 0
+    n_indent: int = 0
+    t_max_predict_ms: int = 0
+    disconnected: Callable[[], bool] | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a handle yields. kind:
+    "progress" — a chunk of the prompt was evaluated: info {total, cache, processed, time_ms};
+    "start"    — the prompt is done: info {slot, n_prompt, n_cached, prompt_ms};
+    "token"    — choice `index` released token (a GeneratedToken);
+    "done"     — choice `index` ended: info {finish_reason, n_predicted, prompt_ms, predicted_ms, slot,
+                 timed_out, context_full, truncated};
+    "error"    — the request failed (error holds the exception); nothing follows;
+    "cancelled"— the request was cancelled or the engine shut down before it started; nothing follows."""
+
+    kind: str
+    index: int = 0
+    token: GeneratedToken | None = None
+    info: dict | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class Choice:
+    text: str
+    tokens: list[int]
+    finish_reason: str
+    probs: list[TokenProbs | None]  # per generated token, when sampling.n_probs > 0
+    info: dict
+
+
+@dataclass
+class Result:
+    """A whole request: its choices (choices[0] alone unless n > 1) and its prompt's accounting."""
+
+    choices: list[Choice]
+    n_prompt_tokens: int
+    n_cached_tokens: int
+    prompt_ms: float
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+    @property
+    def finish_reason(self) -> str:
+        return self.choices[0].finish_reason
+
+
+_END = object()  # closes a handle's event queue
+
+
+class Handle:
+    """A submitted request: iterate its events (blocking), cancel it, or wait for its Result."""
+
+    def __init__(self, engine: Engine, request: Request, prompt: list[int]):
+        self.request = request
+        self.prompt = prompt
+        self.id = next(engine._ids)
+        self._engine = engine
+        self._events: queue.Queue = queue.Queue()
+        self._cancel = threading.Event()
+        self._n_done = 0
+        self._closed = False  # engine side: no further event
+        self.t_submit = time.perf_counter()
+
+    def cancel(self) -> None:
+        """Stop the request: the engine frees its sequences within a step."""
+        self._cancel.set()
+
+    def cancelled(self) -> bool:
+        if self._cancel.is_set():
+            return True
+        probe = self.request.disconnected
+        if probe is not None:
+            try:
+                if probe():
+                    self._cancel.set()
+                    return True
+            except Exception:  # a probe that fails must not take the engine down
+                return False
+        return False
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            try:
+                event = self._events.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not self._engine.healthy:  # the thread died without reaching this handle
+                    yield Event("error", error=self._engine._dead_error())
+                    return
+                continue
+            if event is _END:
+                return
+            yield event
+
+    def result(self) -> Result:
+        """Wait for every choice; raises the request's error (RequestFailed, EngineDead, ...) or EngineClosed
+        when it was cancelled."""
+        n = self.request.n
+        pieces: list[list[str]] = [[] for _ in range(n)]
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        probs: list[list] = [[] for _ in range(n)]
+        done: list[dict | None] = [None] * n
+        start: dict = {}
+        for event in self:
+            if event.kind == "start":
+                start = event.info
+            elif event.kind == "token":
+                pieces[event.index].append(event.token.text)
+                if event.token.id is not None:
+                    tokens[event.index].append(event.token.id)
+                    probs[event.index].append(event.token.probs)
+            elif event.kind == "done":
+                done[event.index] = event.info
+            elif event.kind == "error":
+                raise event.error
+            elif event.kind == "cancelled":
+                raise RequestCancelled("the request was cancelled")
+        choices = [Choice("".join(p), t, d["finish_reason"], pr, d) for p, t, pr, d in zip(pieces, tokens, probs, done)]
+        return Result(choices, start.get("n_prompt", len(self.prompt)), start.get("n_cached", 0),
+                      start.get("prompt_ms", 0.0))
+
+    # engine side
+    def _put(self, event: Event) -> None:
+        if self._closed:
+            return
+        self._events.put(event)
+        if event.kind in ("error", "cancelled"):
+            self._close()
+        elif event.kind == "done":
+            self._n_done += 1
+            if self._n_done == self.request.n:
+                self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._events.put(_END)
+
+
+class _Slot:
+    """One sequence id of the context and what its cells hold."""
+
+    def __init__(self, index: int):
+        self.index = index
+        self.cached: list[int] = []  # the tokens whose cells the context holds, positions 0..
+        self.seq: _Sequence | None = None
+        self.last_used = 0.0
+        self.n_requests = 0
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One choice of one request, in flight on one slot."""
+
+    handle: Handle
+    index: int  # the choice
+    slot: _Slot
+    sampler: Any
+    constraint: Constraint | None
+    keep: int | None  # context shift keeps this many first tokens; None: no shift
+    leader: _Sequence | None = None  # a further choice copies the leader's evaluated prompt
+    n_done: int = 0  # prompt tokens in the cells
+    n_cached: int = 0  # of which reused
+    pending: int | None = None  # the sampled token to evaluate next step
+    n_generated: int = 0
+    truncated: bool = False
+    timed_out: bool = False
+    decoder: Any = None
+    stops: StopStringFilter | None = None
+    indent: IndentLimit | None = None
+    t_first: float = 0.0
+    t_prompt_ms: float = 0.0
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.handle.prompt
+
+    @property
+    def in_prompt(self) -> bool:
+        return self.n_done < len(self.prompt)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n], np.int64) != np.asarray(b[:n], np.int64))
+    return int(diff[0]) if diff.size else n
+
+
+class _Fault:
+    """Test hook: JANLIB_ENGINE_FAULT="finish:<word>" makes finishing a request whose prompt contains
+    <word> raise; "thread:<word>" kills the engine thread when such a request arrives."""
+
+    def __init__(self, spec: str | None):
+        self.where, _, self.word = (spec or "").partition(":")
+
+    def check(self, where: str, engine: Engine, prompt: list[int]) -> None:
+        if self.word and self.where == where and self.word in engine.model.detokenize(prompt):
+            if where == "thread":
+                raise SystemExit("injected engine fault")
+            raise RuntimeError(f"injected fault while finishing a request ({where})")
+
+
+class Engine:
+    """Many sequences over one model. model: a Model, or a path / registry name to load.
+    n_seq_max: sequences served at once; n_ctx: positions per sequence (None: the model's);
+    n_batch: tokens per step (decode tokens first, then prompt chunks); queue_size: requests that may
+    wait for a sequence beyond the idle ones (None: no limit; past it submit raises QueueFull);
+    context: a ready multi-sequence context (default: model.create_context(...))."""
+
+    def __init__(self, model: Model | str | None = None, n_seq_max: int = 4, n_ctx: int | None = None,
+                 n_threads: int | None = None, n_batch: int = DEFAULT_BATCH, queue_size: int | None = None,
+                 kv_type: str = "f16", n_cells: int | None = None, context: Any = None):
+        for name, value, low in (("n_seq_max", n_seq_max, 1), ("n_batch", n_batch, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if queue_size is not None and (not isinstance(queue_size, int) or queue_size < 0):
+            raise ValueError(f"queue_size must be None or an int >= 0, got {queue_size!r}")
+        self.model = model if isinstance(model, Model) else \
+            Model(model, n_ctx=n_ctx, n_threads=n_threads, kv_type=kv_type)
+        if context is None:
+            context = self.model.create_context(n_ctx=n_ctx or self.model.n_ctx, n_seq_max=n_seq_max,
+                                                n_cells=n_cells, kv_type=kv_type, n_batch=n_batch)
+        self.context = context
+        self.n_seq_max = context.n_seq_max
+        self.n_ctx = context.n_ctx
+        self.n_threads = n_threads
+        self.n_batch = n_batch
+        self.queue_size = queue_size
+        self.metrics = {"requests_total": 0, "prompt_tokens_total": 0, "predicted_tokens_total": 0,
+                        "prompt_seconds_total": 0.0, "predicted_seconds_total": 0.0, "rejected_total": 0,
+                        "cancelled_total": 0, "failed_total": 0, "steps_total": 0}
+        self._slots = [_Slot(i) for i in range(self.n_seq_max)]
+        self._waiting: deque[Handle] = deque()
+        self._active: list[Handle] = []  # admitted, in admission order
+        self._seqs: dict[int, list[_Sequence]] = {}  # handle id -> its sequences still running
+        self._cond = threading.Condition()
+        self._ids = iter(range(1, 1 << 62))
+        self._accepting = True
+        self._drain_deadline: float | None = None  # closing: in-flight requests end by then
+        self._death: BaseException | None = None
+        self._fault = _Fault(os.environ.get("JANLIB_ENGINE_FAULT"))
+        self._thread = threading.Thread(target=self._run, name="janlib-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ caller side
+    @property
+    def healthy(self) -> bool:
+        """False once the engine thread has died (closing normally keeps it True until closed)."""
+        return self._death is None and (self._thread.is_alive() or not self._accepting)
+
+    def submit(self, request: Request) -> Handle:
+        """Queue request; returns its Handle at once. Raises ValueError for a bad request, QueueFull,
+        EngineClosed while shutting down, EngineDead when the engine thread has died."""
+        prompt = self._check(request)
+        handle = Handle(self, request, prompt)
+        with self._cond:
+            if not self.healthy:
+                raise self._dead_error()
+            if not self._accepting:
+                raise EngineClosed("the engine is shutting down")
+            if self.queue_size is not None:
+                idle = sum(1 for s in self._slots if s.seq is None)
+                if sum(h.request.n for h in self._waiting) + request.n - idle > self.queue_size:
+                    self.metrics["rejected_total"] += 1
+                    raise QueueFull("every sequence is busy and the queue is full")
+            self._waiting.append(handle)
+            self._cond.notify()
+        return handle
+
+    def generate(self, prompts: Sequence[str | Sequence[int]], max_tokens: int = 256, **options) -> list[Result]:
+        """Every prompt as one request (options: Request's fields), run together; the Results in order."""
+        handles = [self.submit(Request(p, max_tokens=max_tokens, **options)) for p in prompts]
+        try:
+            return [h.result() for h in handles]
+        finally:
+            for h in handles:
+                h.cancel()  # no-op for finished ones; frees the rest if one failed
+
+    def status(self) -> dict:
+        with self._cond:
+            return {"busy": sum(1 for s in self._slots if s.seq is not None),
+                    "waiting": sum(h.request.n for h in self._waiting), "healthy": self.healthy}
+
+    def slots(self) -> list[dict]:
+        """Each sequence's state, as llama.cpp's GET /slots."""
+        with self._cond:
+            out = []
+            for s in self._slots:
+                seq = s.seq
+                entry = {"id": s.index, "id_task": seq.handle.id if seq else -1, "n_ctx": self.n_ctx,
+                         "is_processing": seq is not None, "n_past": len(s.cached), "n_requests": s.n_requests}
+                if seq is not None:
+                    request = seq.handle.request
+                    entry["state"] = "prompt" if seq.in_prompt else "generating"
+                    entry["index"] = seq.index
+                    entry["n_prompt_tokens"] = len(seq.prompt)
+                    entry["n_prompt_tokens_processed"] = seq.n_done
+                    entry["next_token"] = {"has_next_token": True, "n_decoded": seq.n_generated,
+                                           "n_remain": request.max_tokens - seq.n_generated}
+                else:
+                    entry["state"] = "idle"
+                out.append(entry)
+            return out
+
+    def close(self, timeout: float = 0.0) -> None:
+        """Stop taking requests; let in-flight ones run for up to timeout seconds, then end those still
+        generating with finish_reason "length" (and cancel those that never started); stop the thread."""
+        with self._cond:
+            self._accepting = False
+            self._drain_deadline = time.monotonic() + max(0.0, timeout)
+            self._cond.notify()
+        self._thread.join()
+
+    def _dead_error(self) -> EngineDead:
+        cause = self._death
+        error = EngineDead(f"the engine has stopped: {type(cause).__name__}: {cause}" if cause is not None
+                           else "the engine has stopped")
+        error.__cause__ = cause
+        return error
+
+    def _check(self, request: Request) -> list[int]:
+        if not isinstance(request, Request):
+            raise TypeError(f"submit takes a janlib.Request, got {type(request).__name__}")
+        if isinstance(request.prompt, str):
+            prompt = self.model.tokenize(request.prompt)
+        else:
+            prompt = [int(t) for t in request.prompt]
+        if not prompt:
+            raise ValueError("the prompt is empty: at least one token is needed")
+        if len(prompt) > self.n_ctx:
+            raise ValueError(f"the prompt has {len(prompt)} tokens but a sequence holds {self.n_ctx}")
+        bad = [t for t in prompt if not 0 <= t < self.model.n_vocab]
+        if bad:
+            raise ValueError(f"token {bad[0]} is outside the vocabulary [0, {self.model.n_vocab})")
+        for name, value, low in (("max_tokens", request.max_tokens, 0), ("n_keep", request.n_keep, -1),
+                                 ("n_indent", request.n_indent, 0), ("t_max_predict_ms", request.t_max_predict_ms, 0),
+                                 ("id_slot", request.id_slot, -1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if isinstance(request.n, bool) or not isinstance(request.n, int) or not 1 <= request.n <= MAX_CHOICES:
+            raise ValueError(f"n must be an int in 1..{MAX_CHOICES}, got {request.n!r}")
+        if request.n > self.n_seq_max:
+            raise ValueError(f"n = {request.n} choices need as many sequences; this engine has {self.n_seq_max}")
+        if request.id_slot >= self.n_seq_max:
+            raise ValueError(f"id_slot must be -1 or a sequence id in 0..{self.n_seq_max - 1}, got {request.id_slot}")
+        return prompt
+
+    # ------------------------------------------------------------------ engine thread
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not (self._waiting or self._active or self._drain_deadline is not None):
+                        self._cond.wait()
+                    if self._drain_deadline is not None and (
+                            time.monotonic() >= self._drain_deadline or not (self._waiting or self._active)):
+                        self._end_all()
+                        return
+                    self._admit()
+                    if not self._active:  # requests wait for a pinned sequence: let time pass
+                        self._cond.wait(0.05)
+                        continue
+                self._step()
+        except BaseException as error:  # noqa: B036 — whatever kills the thread must fail every request
+            log.exception("the engine thread died")
+            self._death = error
+            with self._cond:
+                for handle in list(self._waiting) + list(self._active):
+                    handle._put(Event("error", error=self._dead_error()))
+                self._waiting.clear()
+                self._active.clear()
+
+    def _end_all(self) -> None:
+        """Shutdown: generating sequences end with "length"; requests not started are cancelled."""
+        for handle in list(self._active):
+            for seq in list(self._seqs.get(handle.id, ())):
+                if seq.in_prompt or seq.leader is not None and seq.leader.in_prompt:
+                    self._cancel(handle)
+                    break
+                self._guarded(handle, self._finish, seq, "length")
+        for handle in self._waiting:
+            handle._put(Event("cancelled"))
+        self._waiting.clear()
+
+    def _guarded(self, handle: Handle, fn: Callable, *args) -> bool:
+        """Run fn for one request; an exception fails that request only. False when it failed."""
+        try:
+            fn(*args)
+            return True
+        except Exception as error:
+            self._fail(handle, error)
+            return False
+
+    def _fail(self, handle: Handle, error: Exception) -> None:
+        log.error("request %d failed", handle.id, exc_info=error)
+        self.metrics["failed_total"] += 1
+        for seq in self._seqs.pop(handle.id, ()):
+            self._forget(seq.slot)  # its cells may hold half-evaluated state
+            self._release(seq)
+        if handle in self._active:
+            self._active.remove(handle)
+        if handle in self._waiting:
+            self._waiting.remove(handle)
+        failure = error if isinstance(error, (ValueError, EngineError)) else RequestFailed(f"{type(error).__name__}: {error}")
+        if failure is not error:
+            failure.__cause__ = error
+        handle._put(Event("error", error=failure))
+
+    def _cancel(self, handle: Handle) -> None:
+        self.metrics["cancelled_total"] += 1
+        for seq in self._seqs.pop(handle.id, ()):
+            self._release(seq)
+        if handle in self._active:
+            self._active.remove(handle)
+        handle._put(Event("cancelled"))
+
+    def _release(self, seq: _Sequence) -> None:
+        with self._cond:
+            seq.slot.seq = None
+            seq.slot.last_used = time.monotonic()
+            self._cond.notify()
+
+    def _forget(self, slot: _Slot) -> None:
+        self.context.seq_rm(slot.index, 0, -1)
+        slot.cached = []
+
+    # admission: waiting requests (in order) get sequences ---------------------------
+    def _admit(self) -> None:
+        for handle in list(self._waiting):
+            if handle.cancelled():
+                self._waiting.remove(handle)
+                self.metrics["cancelled_total"] += 1
+                handle._put(Event("cancelled"))
+                continue
+            slots = self._choose_slots(handle)
+            if slots is None:
+                if handle.request.id_slot >= 0:
+                    continue  # its pinned sequence is busy: later requests may still fit
+                return  # first come, first served
+            self._waiting.remove(handle)
+            self._fault.check("thread", self, handle.prompt)
+            if self._guarded(handle, self._start, handle, slots):
+                self._active.append(handle)
+
+    def _choose_slots(self, handle: Handle) -> list[_Slot] | None:
+        request, prompt = handle.request, handle.prompt
+        free = [s for s in self._slots if s.seq is None]
+        if len(free) < request.n:
+            return None
+        if request.id_slot >= 0:
+            first = self._slots[request.id_slot]
+            if first.seq is not None:
+                return None
+        else:
+            first = max(free, key=lambda s: (_common_prefix(s.cached, prompt) if request.cache_prompt else 0,
+                                             -s.last_used))
+        # further choices overwrite their cells: take those whose cache is least useful
+        rest = sorted((s for s in free if s is not first), key=lambda s: (len(s.cached) > 0, s.last_used))
+        return [first] + rest[:request.n - 1]
+
+    def _start(self, handle: Handle, slots: list[_Slot]) -> None:
+        request, prompt = handle.request, handle.prompt
+        model = self.model
+        constraint = request.constraint if request.constraint is not None else \
+            model._constraint(request.grammar, request.json_schema, None)
+        keep = None
+        if request.context_shift:
+            keep = len(prompt) if request.n_keep == -1 else request.n_keep
+            if request.n_keep != -1 and prompt[0] == model.tokenizer.bos_id:
+                keep += 1  # the BOS token is never shifted out (llama.cpp adds it to n_keep)
+        stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        params = request.sampling or GREEDY
+        seqs = []
+        for i, slot in enumerate(slots):
+            choice_params = params
+            if i and params.seed != -1:
+                choice_params = dataclasses.replace(params, seed=(params.seed + i) % (1 << 64))
+            sampler = model.sampler(choice_params, request.ignore_eos)
+            sampler.accept_prompt(prompt)
+            choice_constraint = constraint
+            if i and constraint is not None:
+                choice_constraint = _copy_constraint(constraint)
+            seq = _Sequence(handle, i, slot, sampler, choice_constraint, keep,
+                            decoder=model.tokenizer.decoder(), stops=StopStringFilter(stops),
+                            indent=IndentLimit(request.n_indent))
+            seq.leader = seqs[0] if i else None
+            seqs.append(seq)
+        leader = seqs[0]
+        self._reuse_prefix(leader, request.cache_prompt)
+        self.metrics["requests_total"] += 1
+        for seq in seqs:
+            seq.slot.seq = seq
+            seq.slot.n_requests += 1
+        self._seqs[handle.id] = seqs
+        handle.t_start = time.perf_counter()
+
+    def _reuse_prefix(self, seq: _Sequence, cache_prompt: bool) -> None:
+        """Keep the slot's cells that match the prompt, or copy a longer computed prefix from another
+        sequence; the last prompt token is always evaluated, for its logits."""
+        slot, prompt = seq.slot, seq.prompt
+        limit = len(prompt) - 1
+        reuse = min(_common_prefix(slot.cached, prompt), limit) if cache_prompt else 0
+        source = None
+        if cache_prompt:
+            for other in self._slots:
+                if other is not slot:
+                    n = min(_common_prefix(other.cached, prompt), limit)
+                    if n > reuse:
+                        reuse, source = n, other
+        if source is not None:
+            self.context.seq_rm(slot.index, 0, -1)
+            self.context.seq_cp(source.index, slot.index, 0, reuse)
+        else:
+            self.context.seq_rm(slot.index, reuse, -1)
+        slot.cached = list(prompt[:reuse])
+        seq.n_done = seq.n_cached = reuse
+
+    # one step -----------------------------------------------------------------
+    def _step(self) -> None:
+        for handle in list(self._active):
+            if handle.cancelled():
+                self._cancel(handle)
+        entries = self._plan()
+        if not entries:
+            return
+        logits = self._decode(entries)
+        if logits is None:
+            return
+        self.metrics["steps_total"] += 1
+        row = 0
+        now = time.perf_counter()
+        for seq, tokens in entries:
+            if seq.handle.id not in self._seqs:  # failed earlier in this step (a sibling choice)
+                row += self._wants_logits(seq, tokens)
+                continue
+            seq.slot.cached.extend(tokens)
+            if seq.in_prompt:
+                seq.n_done += len(tokens)
+                done = not seq.in_prompt
+                self._guarded(seq.handle, self._progress, seq, now)
+                if done:
+                    self._guarded(seq.handle, self._prompt_done, seq, logits[row], now)
+                    row += 1
+            else:
+                self._guarded(seq.handle, self._after_token, seq, logits[row])
+                row += 1
+
+    @staticmethod
+    def _wants_logits(seq: _Sequence, tokens: list[int]) -> int:
+        return 1 if not seq.in_prompt or seq.n_done + len(tokens) == len(seq.prompt) else 0
+
+    def _plan(self) -> list[tuple[_Sequence, list[int]]]:
+        """This step's batch: every generating sequence's pending token, then prompt chunks (oldest
+        request first) while the budget lasts."""
+        entries: list[tuple[_Sequence, list[int]]] = []
+        budget = self.n_batch
+        prompts = []
+        for handle in list(self._active):
+            for seq in list(self._seqs.get(handle.id, ())):
+                if seq.leader is not None and seq.leader.in_prompt:
+                    continue
+                if seq.in_prompt:
+                    prompts.append(seq)
+                elif seq.pending is not None and self._guarded(handle, self._make_room, seq):
+                    if seq.pending is not None:
+                        entries.append((seq, [seq.pending]))
+                        budget -= 1
+        budget = max(budget, 1)  # a prompt always advances, so a full batch of streams cannot starve it
+        for seq in prompts:
+            if budget <= 0:
+                break
+            chunk = seq.prompt[seq.n_done:seq.n_done + budget]
+            entries.append((seq, chunk))
+            budget -= len(chunk)
+        return entries
+
+    def _make_room(self, seq: _Sequence) -> None:
+        """Before a generated token is evaluated: the time limit, then a full context (shift or end)."""
+        request = seq.handle.request
+        if request.t_max_predict_ms and (time.perf_counter() - seq.t_first) * 1000 > request.t_max_predict_ms:
+            seq.timed_out = True
+            self._finish(seq, "length")
+            return
+        slot = seq.slot
+        if len(slot.cached) < self.n_ctx:
+            return
+        keep = min(seq.keep, len(slot.cached)) if seq.keep is not None else 0
+        n_discard = (len(slot.cached) - keep) // 2
+        if seq.keep is None or n_discard <= 0:
+            self._finish(seq, "length")
+            return
+        self.context.seq_shift(slot.index, keep, n_discard)
+        del slot.cached[keep:keep + n_discard]
+        seq.truncated = True
+
+    def _decode(self, entries: list[tuple[_Sequence, list[int]]]) -> np.ndarray | None:
+        tokens, positions, seq_ids, want = [], [], [], []
+        for seq, chunk in entries:
+            n0 = len(seq.slot.cached)
+            tokens.extend(chunk)
+            positions.extend(range(n0, n0 + len(chunk)))
+            seq_ids.extend([seq.slot.index] * len(chunk))
+            want.extend([False] * (len(chunk) - 1) + [bool(self._wants_logits(seq, chunk))])
+        arrays = (np.array(tokens, np.int32), np.array(positions, np.int64), np.array(seq_ids, np.int32),
+                  np.array(want, np.bool_))
+        while True:
+            try:
+                return self.context.decode(*arrays, n_threads=self.n_threads)
+            except Exception as error:
+                if type(error).__name__ == "KVCacheFull" and self._evict_idle():
+                    continue
+                # the batch cannot run: fail every request in it (the cells are unchanged)
+                log.exception("decode failed")
+                for handle in {seq.handle for seq, _ in entries}:
+                    if handle.id in self._seqs:
+                        self._fail(handle, error)
+                return None
+
+    def _evict_idle(self) -> bool:
+        """Free the least recently used idle sequence's cached cells; False when none holds any."""
+        idle = [s for s in self._slots if s.seq is None and s.cached]
+        if not idle:
+            return False
+        self._forget(min(idle, key=lambda s: s.last_used))
+        return True
+
+    # per-sequence outcomes -------------------------------------------------------
+    def _progress(self, seq: _Sequence, now: float) -> None:
+        seq.handle._put(Event("progress", info={"total": len(seq.prompt), "cache": seq.n_cached,
+                                                "processed": seq.n_done,
+                                                "time_ms": (now - seq.handle.t_start) * 1000}))
+
+    def _prompt_done(self, seq: _Sequence, logits: np.ndarray, now: float) -> None:
+        handle = seq.handle
+        seq.t_first = now
+        seq.t_prompt_ms = (now - handle.t_start) * 1000
+        self.metrics["prompt_tokens_total"] += len(seq.prompt) - seq.n_cached
+        self.metrics["prompt_seconds_total"] += seq.t_prompt_ms / 1000
+        handle._put(Event("start", info={"slot": seq.slot.index, "n_prompt": len(seq.prompt),
+                                         "n_cached": seq.n_cached, "prompt_ms": seq.t_prompt_ms}))
+        choices = list(self._seqs[handle.id])
+        for other in choices[1:]:  # further choices share the evaluated prompt's cells
+            self.context.seq_rm(other.slot.index, 0, -1)
+            self.context.seq_cp(seq.slot.index, other.slot.index, 0, len(seq.prompt))
+            other.slot.cached = list(seq.prompt)
+            other.n_done, other.n_cached = len(seq.prompt), len(seq.prompt)
+            other.t_first, other.t_prompt_ms = now, seq.t_prompt_ms
+        for choice in choices:
+            if handle.request.max_tokens == 0:
+                self._finish(choice, "length")
+            else:
+                self._after_token(choice, logits)
+
+    def _after_token(self, seq: _Sequence, logits: np.ndarray) -> None:
+        """Draw the next token of seq from its logits row and release what it completes."""
+        seq.pending = None
+        sampler, constraint = seq.sampler, seq.constraint
+        if constraint is not None:
+            sampler.set_allowed_tokens(constraint.allowed_mask())
+            token = sampler.sample(logits)
+            constraint.accept(token)
+        else:
+            token = sampler.sample(logits)
+        if token in self.model.eos_token_ids:
+            self._finish(seq, "stop")
+            return
+        probs = sampler.last_probs() if sampler.params.n_probs > 0 else None
+        text = seq.indent.feed(seq.stops.feed(seq.decoder.feed(token)))
+        seq.n_generated += 1
+        self.metrics["predicted_tokens_total"] += 1
+        seq.handle._put(Event("token", seq.index, GeneratedToken(token, text, probs)))
+        if seq.stops.stopped or seq.indent.stopped:
+            self._finish(seq, "stop" if seq.stops.stopped else "length")
+        elif constraint is not None and constraint.is_stopped():
+            self._finish(seq, "stop")  # the grammar is complete: nothing more can follow
+        elif seq.n_generated >= seq.handle.request.max_tokens:
+            self._finish(seq, "length")
+        else:
+            seq.pending = token
+
+    def _finish(self, seq: _Sequence, reason: str) -> None:
+        handle = seq.handle
+        self._fault.check("finish", self, seq.prompt)
+        if not (seq.stops.stopped or seq.indent.stopped):  # the text still held back
+            tail = seq.indent.feed(seq.stops.feed(seq.decoder.flush()) + seq.stops.flush()) + seq.indent.flush()
+            if tail:
+                handle._put(Event("token", seq.index, GeneratedToken(None, tail)))
+        seq.pending = None
+        now = time.perf_counter()
+        self.metrics["predicted_seconds_total"] += now - seq.t_first
+        n_gen = seq.n_generated
+        info = {"finish_reason": reason, "n_predicted": n_gen, "prompt_ms": seq.t_prompt_ms,
+                "predicted_ms": (now - seq.t_first) * 1000, "slot": seq.slot.index, "timed_out": seq.timed_out,
+                "truncated": seq.truncated,
+                "context_full": seq.truncated or (reason == "length" and len(seq.prompt) + n_gen >= self.n_ctx)}
+        running = self._seqs.get(handle.id, [])
+        if seq in running:
+            running.remove(seq)
+        if not running:
+            self._seqs.pop(handle.id, None)
+            if handle in self._active:
+                self._active.remove(handle)
+        self._release(seq)
+        handle._put(Event("done", seq.index, info=info))
+
+
+def _copy_constraint(constraint: Constraint) -> Constraint:
+    """An independent constraint in the same state (one per choice)."""
+    copy = object.__new__(Constraint)
+    copy.__dict__.update(constraint.__dict__)
+    copy._matcher = constraint._matcher.deep_copy()
+    copy._bitmask = np.zeros_like(constraint._bitmask)
+    return copy
