@@ -20,7 +20,8 @@ const INLINE = new RegExp([
   /\*(?=[^\s*])([\s\S]*?[^\s*])\*/.source,              // 6: italic
   /(?<!\w)_(?=[^\s_])([\s\S]*?[^\s_])_(?!\w)/.source,   // 7: italic
   /~~(?=\S)([\s\S]*?\S)~~/.source,                      // 8: strikethrough
-  /!?\[([^\]\n]+)\]\(\s*<?([^\s)>]+)>?(?:\s+"[^"\n]*")?\s*\)/.source,  // 9,10: link (an image becomes a link)
+  // 9,10: link, its URL may hold balanced parentheses; an image becomes a link
+  /!?\[([^\]\n]+)\]\(\s*<?((?:[^\s()<>]|\([^\s()<>]*\))+)>?(?:\s+"[^"\n]*")?\s*\)/.source,
   /(https?:\/\/[^\s<>()]*[^\s<>().,;:!?'"*_~])/.source, // 11: bare URL
 ].join("|"), "g");
 
@@ -30,8 +31,9 @@ function element(tag, ...children) {
   return node;
 }
 
-function link(label, url) {
-  if (!SAFE_LINK.test(url)) return document.createTextNode(label);
+/** A link to url, or source as plain text where url is not http(s) or mailto (javascript:, data:, ...). */
+function link(label, url, source) {
+  if (!SAFE_LINK.test(url)) return document.createTextNode(source);
   const a = document.createElement("a");
   a.href = url;
   a.target = "_blank";
@@ -51,8 +53,8 @@ function appendInline(parent, text) {
     else if (m[4] !== undefined || m[5] !== undefined) parent.append(inlineElement("strong", m[4] ?? m[5]));
     else if (m[6] !== undefined || m[7] !== undefined) parent.append(inlineElement("em", m[6] ?? m[7]));
     else if (m[8] !== undefined) parent.append(inlineElement("del", m[8]));
-    else if (m[9] !== undefined) parent.append(link(m[9], m[10]));
-    else parent.append(link(m[11], m[11]));
+    else if (m[9] !== undefined) parent.append(link(m[9], m[10], m[0]));
+    else parent.append(link(m[11], m[11], m[0]));
   }
   if (last < text.length) parent.append(text.slice(last));
 }
