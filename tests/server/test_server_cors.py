@@ -1,0 +1,128 @@
+"""CORS (--cors-origin) and the X-Api-Key header, over plain HTTP on the real server process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from server_util import API_KEY, _env, free_port, start
+
+ALLOWED = "http://app.example:3000"
+OTHER_ALLOWED = "https://chat.example"
+STRANGER = "http://evil.example"
+
+
+def preflight(server, origin, method="POST", headers="authorization, content-type"):
+    """What a browser sends before a cross-origin POST with a key: no key of its own."""
+    return requests.options(server.base + "/v1/chat/completions", timeout=10, headers={
+        "Origin": origin, "Access-Control-Request-Method": method, "Access-Control-Request-Headers": headers})
+
+
+def header_list(value: str) -> set[str]:
+    return {part.strip().lower() for part in value.split(",")}
+
+
+@pytest.fixture(scope="module")
+def cors_server():
+    s = start("--api-key", API_KEY, "--cors-origin", ALLOWED, "--cors-origin", OTHER_ALLOWED,
+              "--ctx-size", "256", "--threads", "1", "--log-level", "warning")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def any_origin_server():
+    s = start("--api-key", API_KEY, "--cors-origin", "*", "--ctx-size", "256", "--threads", "1",
+              "--log-level", "warning")
+    yield s
+    s.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("origin", [ALLOWED, OTHER_ALLOWED])
+def test_preflight_of_an_allowed_origin_needs_no_key(cors_server, origin):
+    r = preflight(cors_server, origin)
+    assert r.status_code in (200, 204)
+    assert r.headers["Access-Control-Allow-Origin"] == origin
+    assert {"authorization", "content-type", "x-api-key"} <= header_list(r.headers["Access-Control-Allow-Headers"])
+    assert {"get", "post", "options"} <= header_list(r.headers["Access-Control-Allow-Methods"])
+    assert "origin" in header_list(r.headers["Vary"])
+
+
+@pytest.mark.slow
+def test_preflight_of_another_origin_gets_no_cors_headers(cors_server):
+    r = preflight(cors_server, STRANGER)
+    assert not any(name.lower().startswith("access-control-") for name in r.headers)
+
+
+@pytest.mark.slow
+def test_cross_origin_requests_carry_the_origin_errors_included(cors_server):
+    keyed = requests.get(cors_server.base + "/v1/models", timeout=10,
+                         headers={"Origin": ALLOWED, "Authorization": f"Bearer {API_KEY}"})
+    assert keyed.status_code == 200 and keyed.headers["Access-Control-Allow-Origin"] == ALLOWED
+    # a browser app must be able to read the 401 to ask for a key
+    missing = requests.get(cors_server.base + "/v1/models", timeout=10, headers={"Origin": ALLOWED})
+    assert missing.status_code == 401 and missing.headers["Access-Control-Allow-Origin"] == ALLOWED
+    stranger = requests.get(cors_server.base + "/v1/models", timeout=10,
+                            headers={"Origin": STRANGER, "Authorization": f"Bearer {API_KEY}"})
+    assert stranger.status_code == 200 and "Access-Control-Allow-Origin" not in stranger.headers
+
+
+@pytest.mark.slow
+def test_cross_origin_stream(cors_server):
+    keyed = {"Authorization": f"Bearer {API_KEY}"}
+    model = requests.get(cors_server.base + "/v1/models", timeout=10, headers=keyed).json()["data"][0]["id"]
+    r = requests.post(cors_server.base + "/v1/chat/completions", timeout=60, headers={"Origin": OTHER_ALLOWED, **keyed},
+                      json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3,
+                            "stream": True})
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+    assert r.headers["Access-Control-Allow-Origin"] == OTHER_ALLOWED
+    assert r.text.rstrip().endswith("data: [DONE]")
+
+
+@pytest.mark.slow
+def test_star_allows_every_origin(any_origin_server):
+    r = preflight(any_origin_server, STRANGER, method="GET", headers="x-api-key")
+    assert r.status_code in (200, 204) and r.headers["Access-Control-Allow-Origin"] == "*"
+    r = requests.get(any_origin_server.base + "/v1/models", timeout=10,
+                     headers={"Origin": STRANGER, "X-Api-Key": API_KEY})
+    assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+@pytest.mark.slow
+def test_no_cors_by_default(server):
+    """Without --cors-origin: no CORS header anywhere, so browsers keep other origins out."""
+    answers = [preflight(server, ALLOWED),
+               requests.get(server.base + "/v1/models", timeout=10,
+                            headers={"Origin": ALLOWED, "Authorization": f"Bearer {API_KEY}"}),
+               requests.get(server.base + "/", timeout=10, headers={"Origin": ALLOWED})]
+    for r in answers:
+        assert not any(name.lower().startswith("access-control-") for name in r.headers), r.request.method
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("headers, status", [
+    ({"X-Api-Key": API_KEY}, 200),
+    ({"x-api-key": API_KEY}, 200),  # header names are case-insensitive
+    ({"X-Api-Key": API_KEY + "x"}, 401),
+    ({"X-Api-Key": ""}, 401),
+    ({"X-Api-Key": "wrong", "Authorization": f"Bearer {API_KEY}"}, 200),  # either header may carry it
+    ({"X-Api-Key": API_KEY, "Authorization": "Bearer wrong"}, 200),
+])
+def test_x_api_key(server, headers, status):
+    r = requests.get(server.base + "/v1/models", headers=headers, timeout=10)
+    assert r.status_code == status
+    if status == 401:
+        error = r.json()["error"]
+        assert error["code"] == "invalid_api_key" and error["type"] == "authentication_error"
+
+
+@pytest.mark.parametrize("origin", ["http://app.example/", "app.example", "http://app.example/path", ""])
+def test_a_bad_origin_stops_the_start(origin):
+    result = subprocess.run([sys.executable, "-m", "janlib.server", "--port", str(free_port()), "--cors-origin", origin],
+                            capture_output=True, text=True, timeout=60, env=_env(), stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert result.stderr.startswith("janlib.server: error: --cors-origin") and repr(origin) in result.stderr
