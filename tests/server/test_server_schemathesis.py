@@ -4,6 +4,7 @@ the document, in positive and negative modes."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -31,10 +32,14 @@ def test_schemathesis(capped_server, tmp_path, mode):
         pytest.skip("schemathesis is not installed")
     import requests
 
-    doc = requests.get(capped_server.base + "/openapi.json", headers={"Authorization": f"Bearer {API_KEY}"}).json()
-    # let generated requests name the served model, so that positive cases reach the engine
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    doc = requests.get(capped_server.base + "/openapi.json", headers=headers).json()
+    # let generated requests name the served model, so that positive cases reach the engine (optional
+    # fields may be null: the served document says so)
     doc["components"]["schemas"]["CreateChatCompletionDto"]["properties"]["model"]["enum"] = [MODEL_ID]
     doc["components"]["schemas"]["CreateCompletionDto"]["properties"]["model"]["enum"] = [MODEL_ID]
+    assert doc["components"]["schemas"]["CreateChatCompletionDto"]["properties"]["top_k"]["nullable"]
+    started = generations_started(capped_server.base, headers)
     path = tmp_path / "openapi.json"
     path.write_text(json.dumps(doc))
     result = subprocess.run(
@@ -45,6 +50,15 @@ def test_schemathesis(capped_server, tmp_path, mode):
         capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
+    if mode == "positive":
+        assert generations_started(capped_server.base, headers) > started, "no generated request reached the engine"
+
+
+def generations_started(base: str, headers: dict) -> int:
+    import requests
+
+    metrics = requests.get(base + "/metrics", headers=headers, timeout=30).text
+    return int(re.search(r"^janlib_requests_total (\d+)$", metrics, re.M).group(1))
 
 
 def test_no_internal_errors_logged(capped_server):
