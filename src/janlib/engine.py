@@ -324,9 +324,11 @@ class Engine:
             raise ValueError(f"queue_size must be None or an int >= 0, got {queue_size!r}")
         self.model = model if isinstance(model, Model) else \
             Model(model, n_ctx=n_ctx, n_threads=n_threads, kv_type=kv_type)
-        if context is None:
+        if context is None and hasattr(self.model, "create_context"):
             context = self.model.create_context(n_ctx=n_ctx or self.model.n_ctx, n_seq_max=n_seq_max,
                                                 n_cells=n_cells, kv_type=kv_type, n_batch=n_batch)
+        elif context is None:
+            context = _SerialContext(self.model, n_ctx or self.model.n_ctx, n_seq_max, kv_type)
         self.context = context
         self.n_seq_max = context.n_seq_max
         self.n_ctx = context.n_ctx
@@ -818,3 +820,48 @@ def _copy_constraint(constraint: Constraint) -> Constraint:
     copy._matcher = constraint._matcher.deep_copy()
     copy._bitmask = np.zeros_like(constraint._bitmask)
     return copy
+
+
+class _SerialContext:
+    """Stand-in for the multi-sequence context until janlib.BatchContext exists: one single-sequence
+    runtime per sequence, evaluated one after another (same contract, no batching, no shared cells)."""
+
+    def __init__(self, model: Model, n_ctx: int, n_seq_max: int, kv_type: str):
+        from janlib.models import load_runtime
+
+        self._runtimes = [load_runtime(model._file, n_ctx=n_ctx, kv_type=kv_type) for _ in range(n_seq_max)]
+        self._tokens: list[list[int]] = [[] for _ in range(n_seq_max)]
+        self.n_ctx, self.n_seq_max = n_ctx, n_seq_max
+
+    def seq_len(self, seq: int) -> int:
+        return len(self._tokens[seq])
+
+    def decode(self, tokens, positions, seq_ids, want_logits, n_threads=None):
+        out = np.empty((int(want_logits.sum()), self._runtimes[0].n_vocab), np.float32)
+        row_of = np.cumsum(want_logits) - 1
+        for seq in dict.fromkeys(seq_ids.tolist()):
+            mine = np.flatnonzero(seq_ids == seq)
+            runtime = self._runtimes[seq]
+            runtime.n_threads = n_threads
+            rows = np.flatnonzero(want_logits[mine])
+            logits = runtime.eval(tokens[mine], int(positions[mine[0]]), rows) if rows.size else None
+            if rows.size == 0:
+                runtime.eval(tokens[mine], int(positions[mine[0]]), [])
+            else:
+                out[row_of[mine[rows]]] = logits
+            self._tokens[seq] += tokens[mine].tolist()
+        return out
+
+    def seq_rm(self, seq: int, p0: int = 0, p1: int = -1) -> None:
+        self._runtimes[seq].seq_rm(p0)
+        del self._tokens[seq][p0:]
+
+    def seq_cp(self, src: int, dst: int, p0: int = 0, p1: int = -1) -> None:
+        copied = self._tokens[src][p0:None if p1 == -1 else p1]
+        if copied:  # recomputed: separate runtimes share no cells
+            self._runtimes[dst].eval(copied, p0, [])
+            self._tokens[dst] += copied
+
+    def seq_shift(self, seq: int, n_keep: int, n_discard: int) -> None:
+        self._runtimes[seq].shift(n_keep, n_discard)
+        del self._tokens[seq][n_keep:n_keep + n_discard]

@@ -45,7 +45,8 @@ EXTRA_CHAT_PROPERTIES = {
     "response_format": {"type": "object", "properties": {"type": {"type": "string",
                         "enum": ["text", "json_object", "json_schema"]}},
                         "description": "Only type text is served yet; the others are refused with 400."},
-    "n": {"type": "integer", "default": 1, "description": "Number of choices: only 1 is supported."},
+    "n": {"type": "integer", "default": 1, "description": "Number of choices, at most the server's --parallel; the "
+          "prompt is evaluated once and the choices share it. With a seed s, choice i samples with seed s + i."},
     "user": {"type": "string", "description": "End-user id (accepted, ignored)."},
 }
 

@@ -1,5 +1,5 @@
 """Slots and the queue: --parallel 2 serves four streams correctly; the queue answers 503 when
-full; a client that disconnects frees its slot."""
+full; a client that disconnects frees its slot; id_slot pins; GET /slots shows each sequence."""
 
 from __future__ import annotations
 
@@ -118,8 +118,27 @@ def test_queue_full_is_503_and_disconnect_frees_the_slot(one_slot):
 
 def test_id_slot_pins_and_caches(two_slots):
     msgs = _body("Tell me about cats.", max_tokens=2, id_slot=1)
-    requests.post(two_slots.base + "/v1/chat/completions", json=msgs, timeout=60)
+    first = requests.post(two_slots.base + "/v1/chat/completions", json=msgs, timeout=60).json()
+    assert first["id_slot"] == 1
     again = requests.post(two_slots.base + "/v1/chat/completions", json=msgs, timeout=60).json()
-    assert again["tokens_cached"] > 5
+    assert again["id_slot"] == 1 and again["tokens_cached"] > 5
+    slots = requests.get(two_slots.base + "/slots", timeout=10).json()
+    assert [s["id"] for s in slots] == [0, 1]
+    assert slots[1]["n_past"] >= again["tokens_evaluated"] and not any(s["is_processing"] for s in slots)
+    # the other sequence copies the computed prefix instead of evaluating it again
     other = requests.post(two_slots.base + "/v1/chat/completions", json=dict(msgs, id_slot=0), timeout=60).json()
-    assert other["tokens_cached"] < again["tokens_cached"]
+    assert other["id_slot"] == 0
+    assert other["tokens_cached"] == again["tokens_cached"]
+    assert other["choices"][0]["message"] == again["choices"][0]["message"]
+
+
+def test_slots_show_a_running_sequence(two_slots):
+    body = _body("Count from one to a thousand.", max_tokens=200, ignore_eos=True, stream=True, id_slot=0)
+    with requests.post(two_slots.base + "/v1/chat/completions", json=body, stream=True, timeout=120) as r:
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith(b"data: ") and b'"content":"' in line and b'"content":""' not in line)
+        slots = requests.get(two_slots.base + "/slots", timeout=10).json()
+    assert slots[0]["is_processing"] and slots[0]["state"] == "generating"
+    assert slots[0]["id_task"] > 0 and slots[0]["next_token"]["n_decoded"] >= 1
+    assert slots[0]["next_token"]["n_remain"] == 200 - slots[0]["next_token"]["n_decoded"]
+    assert slots[0]["n_ctx"] == 512

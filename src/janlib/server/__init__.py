@@ -16,32 +16,33 @@ from flask import Flask, request
 
 from . import cors, webui
 from .config import ConfigError, ServerConfig
-from .engine import Engine
 from .errors import APIError, error_response, register_error_handlers
 from .state import ServerState
 
-__all__ = ["ConfigError", "Engine", "ServerConfig", "create_app", "load_models", "serve"]
+from janlib.engine import Engine
+
+__all__ = ["ConfigError", "Engine", "ServerConfig", "create_app", "load_engine", "serve"]
 
 log = logging.getLogger("janlib.server")
 
 PUBLIC_PATHS = ("/health", "/v1/health")
 
 
-def load_models(config: ServerConfig) -> list:
-    """One Model per slot: each has its own context (KV cache); the weights are one read-only map."""
+def load_engine(config: ServerConfig) -> Engine:
+    """One Model (weights, tokenizer, template, loaded once) served by one Engine: --parallel sequences of
+    --ctx-size positions each over one shared KV cache."""
     from janlib.model import Model
 
-    return [Model(config.model, n_ctx=config.ctx_size, n_threads=config.threads) for _ in range(config.parallel)]
+    model = Model(config.model, n_ctx=config.ctx_size, n_threads=config.threads)
+    return Engine(model, n_seq_max=config.parallel, n_ctx=model.n_ctx, n_threads=config.threads,
+                  queue_size=config.queue_size)
 
 
-def create_app(config: ServerConfig | None = None, engine: Engine | None = None,
-               models: Sequence | None = None, model_loader: Callable[[ServerConfig], list] | None = None) -> Flask:
-    """The application. Without engine or models, the slots' models are loaded from config.model."""
+def create_app(config: ServerConfig | None = None, engine: Engine | None = None) -> Flask:
+    """The application around engine (default: loaded from config)."""
     config = config or ServerConfig()
     config.validate()
-    if engine is None:
-        models = list(models) if models is not None else (model_loader or load_models)(config)
-        engine = Engine(models, queue_size=config.queue_size)
+    engine = engine or load_engine(config)
     model_path = str(getattr(engine.model, "path", config.model or "model"))
     model_id = config.alias or os.path.basename(model_path)
 
@@ -54,6 +55,13 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None,
     keys = [k.encode() for k in config.api_keys]
 
     cors.install(app, config.cors_origins)
+
+    @app.before_request
+    def _refuse_while_draining():
+        if st.draining:
+            return error_response(APIError(503, "the server is shutting down", code="shutting_down",
+                                           type="server_error", headers={"Retry-After": "1"}))
+        return None
 
     @app.before_request
     def _authenticate():

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import _thread
 import logging
+import signal
 import sys
+import threading
+import time
 import warnings
 
 from .config import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, ConfigError, ServerConfig, keys_from_env
@@ -20,7 +24,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.serv
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY",
                    help=f"accept this Bearer key (repeatable; also ${API_KEY_ENV}, comma-separated)")
-    p.add_argument("--threads", "-t", type=int, help="compute threads per slot (default: the engine's choice)")
+    p.add_argument("--threads", "-t", type=int, help="compute threads of the engine (default: the engine's choice)")
     p.add_argument("--ctx-size", "-c", type=int, help="context size per slot in tokens (default: the model's)")
     p.add_argument("--parallel", "-np", type=int, default=1, help="slots: requests generated at once (default 1)")
     p.add_argument("--queue-size", type=int, default=16,
@@ -33,6 +37,9 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.serv
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. http://localhost:3000, or *) call the API from a browser "
                    "(repeatable; default: none, same origin only)")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, requests in flight may finish for this long; those still generating "
+                   "then end with finish_reason length (default 10)")
     p.add_argument("--alias", help="the model id to serve (default: the model's file name)")
     p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes (8 MiB)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log level (default info)")
@@ -40,7 +47,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.serv
     return ServerConfig(model=a.model, host=a.host, port=a.port, api_keys=a.api_key + keys_from_env(),
                         threads=a.threads, ctx_size=a.ctx_size, parallel=a.parallel, queue_size=a.queue_size,
                         alias=a.alias, n_predict=a.n_predict, context_shift=a.context_shift, max_body=a.max_body,
-                        log_level=a.log_level, cors_origins=a.cors_origin)
+                        log_level=a.log_level, cors_origins=a.cors_origin,
+                        shutdown_timeout=a.shutdown_timeout)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m janlib.server") -> int:
@@ -78,13 +86,42 @@ def main(argv: list[str] | None = None, prog: str = "python -m janlib.server") -
     auth = f"{len(config.api_keys)} API key(s) required" if config.api_keys else "no API key: loopback only"
     print(f"janlib.server: serving '{st.model_id}' (ctx {st.model.n_ctx}, {config.parallel} slot(s), {auth}) "
           f"on http://{host}:{port}/v1", file=sys.stderr, flush=True)
+    _drain_on_signals(server, st, config.shutdown_timeout, log)
     try:
-        server.run()
+        server.run()  # returns when the drain (or a second signal) interrupts the main thread
     except KeyboardInterrupt:
         pass
     finally:
         server.close()
     return 0
+
+
+def _drain_on_signals(server, st, timeout: float, log) -> None:
+    """SIGTERM or SIGINT: refuse new requests (503 + Retry-After), let those in flight run for up to
+    timeout seconds (then the engine ends them with finish_reason length), wait until their responses
+    have gone out, and stop the server. A second signal stops it at once."""
+
+    def drain():
+        st.engine.close(timeout)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and any(_unfinished(channel) for channel in list(server._map.values())):
+            time.sleep(0.05)
+        _thread.interrupt_main()
+
+    def on_signal(signum, frame):
+        if st.draining:
+            raise KeyboardInterrupt
+        log.warning("%s: shutting down (in-flight requests have %.0f s)", signal.Signals(signum).name, timeout)
+        st.draining = True
+        threading.Thread(target=drain, name="janlib-drain", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def _unfinished(channel) -> bool:
+    """A client connection with a request being served or a response not yet sent."""
+    return bool(getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from flask import Blueprint, jsonify, request
 
 from janlib.chat import ChatTemplateError
@@ -36,94 +38,111 @@ def chat_completions():
                            code="unsupported_parameter")
     c.check_request_options(st, fields)
     prompt, ids = _render(st, messages)
-    job, max_tokens = c.make_job(st, ids, fields)
-    c.submit(st, job)
+    job, max_tokens = c.make_request(st, ids, fields)
+    handle = c.submit(st, job)
     cid, created = c.new_id("chatcmpl"), c.now()
     if fields["stream"]:
-        start = c.first_event(job)
-        return c.stream_response(_chat_chunks(st, job, fields, start, cid, created), job)
-    out = c.collect(job, c.TokenLogprobs.for_request(st, fields))
-    choice = {"index": 0, "message": {"role": "assistant", "content": out.text},
-              "finish_reason": out.done["finish_reason"], "logprobs": out.logprobs}
-    return _response(st, out, fields, max_tokens, prompt, cid, created, "chat.completion", choice)
+        events = iter(handle)
+        first = c.first_events(events, fields["return_progress"])
+        return c.stream_response(_chat_chunks(st, events, first, handle, fields, cid, created), handle)
+    out = c.collect(handle, lambda: c.TokenLogprobs.for_request(st, fields))
+    choices = [{"index": i, "message": {"role": "assistant", "content": choice.text},
+                "finish_reason": choice.done["finish_reason"], "logprobs": choice.logprobs}
+               for i, choice in enumerate(out.choices)]
+    return _response(st, out, fields, max_tokens, prompt, cid, created, "chat.completion", choices)
 
 
-def _response(st, out, fields, max_tokens, prompt, cid, created, kind, choice):
-    """The non-stream answer of either endpoint around its one choice."""
+def _response(st, out, fields, max_tokens, prompt, cid, created, kind, choices):
+    """The non-stream answer of either endpoint around its choices."""
+    done = [choice.done for choice in out.choices]
     response = {
         "id": cid, "object": kind, "created": created, "model": st.model_id,
         "system_fingerprint": c.system_fingerprint(st),
-        "choices": [choice],
-        "usage": c.usage(out.start, out.done["n_predicted"]),
+        "choices": choices,
+        "usage": c.usage(out.start, out.n_predicted),
         "generation_settings": c.generation_settings(st, fields, max_tokens),
         "prompt": prompt,
-        "truncated": bool(out.done["context_full"]),
+        "truncated": any(d["context_full"] for d in done),
         "tokens_cached": out.start.get("n_cached", 0),
         "tokens_evaluated": out.start.get("n_prompt", 0),
-        "timings": c.timings(out.start, out.done, out.done["n_predicted"]),
+        "id_slot": out.start.get("slot", -1),
+        "timings": c.timings(out.start, max(done, key=lambda d: d["predicted_ms"]), out.n_predicted),
     }
     if fields["return_tokens"]:
-        response["tokens"] = out.tokens
+        response["tokens"] = out.choices[0].tokens
     return jsonify(c.select_fields(response, fields["response_fields"]))
 
 
-def _chat_chunks(st, job, fields, start, cid, created):
+def _chat_chunks(st, events, first, handle, fields, cid, created):
     base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": st.model_id,
             "system_fingerprint": c.system_fingerprint(st)}
     include_usage = bool((fields["stream_options"] or {}).get("include_usage"))
 
-    def chunk(text=None, finish=None, logprobs=None, delta=None, **extra):
+    def chunk(index, text=None, finish=None, logprobs=None, delta=None, **extra):
         content = {"content": text} if text else {}
-        payload = dict(base, choices=[{"index": 0, "delta": delta or content, "logprobs": logprobs,
+        payload = dict(base, choices=[{"index": index, "delta": delta or content, "logprobs": logprobs,
                                        "finish_reason": finish}])
         if include_usage:
             payload["usage"] = None
         payload.update(extra)
         return sse.event(payload)
 
-    if fields["return_progress"]:
-        yield sse.event(dict(base, choices=[], prompt_progress={
-            "total": start["n_prompt"], "cache": start["n_cached"], "processed": start["n_prompt"],
-            "time_ms": start["prompt_ms"]}))
-    yield chunk(delta={"role": "assistant", "content": ""})
-    yield from _stream_tokens(st, job, fields, start, base, chunk)
+    def opening():
+        return [chunk(i, delta={"role": "assistant", "content": ""}) for i in range(handle.request.n)]
+
+    yield from _stream_tokens(st, events, first, handle, fields, base, chunk, opening)
 
 
-def _stream_tokens(st, job, fields, start, base, chunk):
-    """The token, finish, usage and [DONE] events of either endpoint; chunk(text, finish, logprobs,
-    **extra) makes the endpoint's own chunk."""
+def _stream_tokens(st, events, first, handle, fields, base, chunk, opening=lambda: []):
+    """The progress, token, finish, usage and [DONE] events of either endpoint; chunk(index, text, finish,
+    logprobs, **extra) makes the endpoint's own chunk, opening() the chunks sent once the prompt is done."""
     include_usage = bool((fields["stream_options"] or {}).get("include_usage"))
     per_token = fields["timings_per_token"]
-    probs = c.TokenLogprobs.for_request(st, fields)
-    n_predicted = 0
-    for kind, payload in job.results():
-        if kind == "token":
-            if payload.id is not None:
-                n_predicted += 1
+    n = handle.request.n
+    probs = [c.TokenLogprobs.for_request(st, fields) for _ in range(n)]
+    n_predicted = [0] * n
+    done: list[dict | None] = [None] * n
+    start: dict = {}
+    for event in itertools.chain(first, events):
+        if event.kind == "progress":
+            if fields["return_progress"]:
+                yield sse.event(dict(base, choices=[], prompt_progress=event.info))
+        elif event.kind == "start":
+            start = event.info
+            yield from opening()
+        elif event.kind == "token":
+            i, token = event.index, event.token
+            if token.id is not None:
+                n_predicted[i] += 1
             extra = {}
-            if fields["return_tokens"] and payload.id is not None:
-                extra["tokens"] = [payload.id]
+            if fields["return_tokens"] and token.id is not None:
+                extra["tokens"] = [token.id]
             if per_token:
-                extra["timings"] = c.timings(start, None, n_predicted)
-            entries = probs.feed(payload) if probs is not None else None  # of the tokens whose text it brings
-            if payload.text or extra:
-                yield chunk(payload.text, logprobs=None if entries is None else {"content": entries}, **extra)
-        elif kind == "done":
-            extra = {"timings": c.timings(start, payload, payload["n_predicted"])} if per_token else {}
-            yield chunk("", payload["finish_reason"], **extra)
-            if include_usage:
-                yield sse.event(dict(base, choices=[], usage=c.usage(start, payload["n_predicted"]),
-                                     timings=c.timings(start, payload, payload["n_predicted"])))
-            yield sse.DONE
-            return
+                extra["timings"] = c.timings(start, None, n_predicted[i])
+            entries = probs[i].feed(token) if probs[i] is not None else None  # of the tokens whose text it brings
+            if token.text or extra:
+                yield chunk(i, token.text, logprobs=None if entries is None else {"content": entries}, **extra)
+        elif event.kind == "done":
+            i, info = event.index, event.info
+            done[i] = info
+            extra = {"timings": c.timings(start, info, info["n_predicted"])} if per_token else {}
+            yield chunk(i, "", info["finish_reason"], **extra)
+            if all(d is not None for d in done):
+                total = sum(d["n_predicted"] for d in done)
+                if include_usage:
+                    slowest = max(done, key=lambda d: d["predicted_ms"])
+                    yield sse.event(dict(base, choices=[], usage=c.usage(start, total),
+                                         timings=c.timings(start, slowest, total)))
+                yield sse.DONE
+                return
         else:
-            yield _stream_error(kind, payload)
+            yield _stream_error(event)
             return
 
 
-def _stream_error(kind, payload) -> bytes:
+def _stream_error(event) -> bytes:
     try:
-        c._raise_for(kind, payload)
+        c.raise_for(event)
     except APIError as error:
         return sse.event(error.body())
     return sse.event(APIError(500, "generation failed").body())
@@ -149,23 +168,25 @@ def completions():
     else:
         ids = prompt_value
         prompt_text = st.model.detokenize(ids)
-    job, max_tokens = c.make_job(st, ids, fields)
-    c.submit(st, job)
+    job, max_tokens = c.make_request(st, ids, fields)
+    handle = c.submit(st, job)
     cid, created = c.new_id("cmpl"), c.now()
     if fields["stream"]:
-        start = c.first_event(job)
-        return c.stream_response(_text_chunks(st, job, fields, start, cid, created), job)
-    out = c.collect(job, c.TokenLogprobs.for_request(st, fields))
-    choice = {"index": 0, "text": out.text, "finish_reason": out.done["finish_reason"], "logprobs": out.logprobs}
-    return _response(st, out, fields, max_tokens, prompt_text, cid, created, "text_completion", choice)
+        events = iter(handle)
+        first = c.first_events(events, fields["return_progress"])
+        return c.stream_response(_text_chunks(st, events, first, handle, fields, cid, created), handle)
+    out = c.collect(handle, lambda: c.TokenLogprobs.for_request(st, fields))
+    choices = [{"index": i, "text": choice.text, "finish_reason": choice.done["finish_reason"],
+                "logprobs": choice.logprobs} for i, choice in enumerate(out.choices)]
+    return _response(st, out, fields, max_tokens, prompt_text, cid, created, "text_completion", choices)
 
 
-def _text_chunks(st, job, fields, start, cid, created):
+def _text_chunks(st, events, first, handle, fields, cid, created):
     base = {"id": cid, "object": "text_completion", "created": created, "model": st.model_id,
             "system_fingerprint": c.system_fingerprint(st)}
 
-    def chunk(text, finish=None, logprobs=None, **extra):
-        return sse.event(dict(base, choices=[{"index": 0, "text": text, "logprobs": logprobs,
+    def chunk(index, text, finish=None, logprobs=None, **extra):
+        return sse.event(dict(base, choices=[{"index": index, "text": text, "logprobs": logprobs,
                                               "finish_reason": finish}], **extra))
 
-    yield from _stream_tokens(st, job, fields, start, base, chunk)
+    yield from _stream_tokens(st, events, first, handle, fields, base, chunk)

@@ -1,4 +1,4 @@
-"""Shared by /v1/chat/completions and /v1/completions: request → Job, Job → response or SSE stream."""
+"""Shared by /v1/chat/completions and /v1/completions: request → janlib.Request, its Handle → response or SSE stream."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import functools
 import math
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from flask import Response, request
 
 from . import schema, sse
-from .engine import Job, QueueFull
 from .errors import APIError, context_length_exceeded, invalid
 from .state import ServerState
 
+from janlib.engine import EngineClosed, EngineDead, Event, Handle, QueueFull, Request
 from janlib.sampling import SamplingParams, SamplingParamsError
 from janlib.structured import Constraint, GrammarError
 
@@ -26,7 +26,7 @@ FINGERPRINT_PREFIX = "janlib"
 
 def system_fingerprint(st: ServerState) -> str:
     from janlib import __version__
-    return f"{FINGERPRINT_PREFIX}-{__version__}-{st.engine.model.n_ctx}"
+    return f"{FINGERPRINT_PREFIX}-{__version__}-{st.engine.n_ctx}"
 
 
 def check_model_name(st: ServerState, body: dict) -> None:
@@ -68,15 +68,17 @@ def build_constraint(st: ServerState, fields: dict) -> Constraint | None:
 
 def check_request_options(st: ServerState, fields: dict) -> None:
     n_vocab = st.model.n_vocab
-    if fields["id_slot"] >= len(st.engine.slots):
-        raise invalid(f"'id_slot' must be -1 or a slot id in 0..{len(st.engine.slots) - 1}, got {fields['id_slot']}",
-                      "id_slot")
+    n_seq = st.engine.n_seq_max
+    if fields["id_slot"] >= n_seq:
+        raise invalid(f"'id_slot' must be -1 or a slot id in 0..{n_seq - 1}, got {fields['id_slot']}", "id_slot")
+    if fields["n"] > n_seq:
+        raise invalid(f"'n' = {fields['n']} choices need as many slots; this server runs {n_seq} (--parallel)", "n")
     if fields["n_probs"] > n_vocab:
         raise invalid(f"'n_probs' must be at most the vocabulary size {n_vocab}", "n_probs")
 
 
-def make_job(st: ServerState, ids: list[int], fields: dict) -> tuple[Job, int]:
-    n_ctx = st.model.n_ctx
+def make_request(st: ServerState, ids: list[int], fields: dict) -> tuple[Request, int]:
+    n_ctx = st.engine.n_ctx
     if not ids:
         raise invalid("the prompt is empty: at least one token is needed", "messages" if "messages" in
                       request.path else "prompt")
@@ -94,19 +96,35 @@ def make_job(st: ServerState, ids: list[int], fields: dict) -> tuple[Job, int]:
     if cap >= 0:
         max_tokens = min(max_tokens, cap)
     probe = request.environ.get("waitress.client_disconnected")
-    job = Job(ids=ids, max_tokens=max_tokens, stop=fields["stop"], ignore_eos=fields["ignore_eos"],
-              sampling=sampling, id_slot=fields["id_slot"], cache_prompt=fields["cache_prompt"],
-              t_max_predict_ms=fields["t_max_predict_ms"], context_shift=st.config.context_shift,
-              n_keep=fields["n_keep"], n_indent=fields["n_indent"], constraint=constraint, disconnected=probe)
+    job = Request(ids, max_tokens=max_tokens, stop=fields["stop"], ignore_eos=fields["ignore_eos"],
+                  sampling=sampling, n=fields["n"], id_slot=fields["id_slot"], cache_prompt=fields["cache_prompt"],
+                  t_max_predict_ms=fields["t_max_predict_ms"], context_shift=st.config.context_shift,
+                  n_keep=fields["n_keep"], n_indent=fields["n_indent"], constraint=constraint, disconnected=probe)
     return job, max_tokens
 
 
-def submit(st: ServerState, job: Job) -> None:
+def submit(st: ServerState, job: Request) -> Handle:
     try:
-        st.engine.submit(job)
+        return st.engine.submit(job)
     except QueueFull:
         raise APIError(503, "the server is busy: every slot is in use and the queue is full; retry shortly",
                        code="server_busy", type="server_error", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    except EngineClosed:
+        raise shutting_down() from None
+    except EngineDead as error:
+        raise engine_dead(error) from None
+    except ValueError as error:
+        raise invalid(str(error), None) from None
+
+
+def shutting_down() -> APIError:
+    return APIError(503, "the server is shutting down", code="shutting_down", type="server_error",
+                    headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def engine_dead(error: Exception) -> APIError:
+    return APIError(503, f"the inference engine has stopped and cannot serve requests: {error}",
+                    code="engine_unavailable", type="server_error")
 
 
 def generation_settings(st: ServerState, fields: dict, max_tokens: int) -> dict:
@@ -131,14 +149,17 @@ def timings(start: dict | None, done: dict | None, n_predicted: int) -> dict:
     }
 
 
-def _raise_for(kind: str, payload: Any) -> None:
-    if kind == "error":
-        if isinstance(payload, ValueError):
-            raise invalid(str(payload), None)
-        raise APIError(500, f"generation failed: {type(payload).__name__}: {payload}", code="internal_error",
-                       type="server_error")
-    if kind == "cancelled":
-        raise APIError(503, "the request was cancelled", code="cancelled", type="server_error")
+def raise_for(event: Event) -> None:
+    """An error or cancelled event as the HTTP error it means."""
+    if event.kind == "error":
+        error = event.error
+        if isinstance(error, EngineDead):
+            raise engine_dead(error)
+        if isinstance(error, ValueError):
+            raise invalid(str(error), None)
+        raise APIError(500, f"generation failed: {error}", code="internal_error", type="server_error")
+    if event.kind == "cancelled":  # a reader still there sees this only when shutdown came first
+        raise shutting_down()
 
 
 # Per-token probabilities (logprobs: true, top_logprobs, and llama.cpp's n_probs), in llama.cpp's
@@ -226,38 +247,54 @@ class TokenLogprobs:
 
 
 @dataclasses.dataclass
-class Outcome:
+class ChoiceOutcome:
     text: str
     tokens: list[int]
-    start: dict
     done: dict
     logprobs: dict | None = None  # {"content": [entries]} when requested
 
 
-def collect(job: Job, probs: TokenLogprobs | None = None) -> Outcome:
-    """Wait for a whole generation (non-stream)."""
-    pieces, tokens, start, entries = [], [], {}, []
+@dataclasses.dataclass
+class Outcome:
+    choices: list[ChoiceOutcome]
+    start: dict
+
+    @property
+    def n_predicted(self) -> int:
+        return sum(c.done["n_predicted"] for c in self.choices)
+
+
+def collect(handle: Handle, probs: Callable[[], "TokenLogprobs | None"]) -> Outcome:
+    """Wait for a whole generation, every choice (non-stream)."""
+    n = handle.request.n
+    pieces, tokens = [[] for _ in range(n)], [[] for _ in range(n)]
+    entries, done, start = [[] for _ in range(n)], [None] * n, {}
+    feeds = [probs() for _ in range(n)]
     try:
-        for kind, payload in job.results():
-            if kind == "start":
-                start = payload
-            elif kind == "token":
-                pieces.append(payload.text)
-                if payload.id is not None:
-                    tokens.append(payload.id)
-                if probs is not None:
-                    entries.extend(probs.feed(payload))
-            elif kind == "done":
-                return Outcome("".join(pieces), tokens, start, payload,
-                               {"content": entries} if probs is not None else None)
-            else:
-                _raise_for(kind, payload)
+        for event in handle:
+            if event.kind == "start":
+                start = event.info
+            elif event.kind == "token":
+                i, token = event.index, event.token
+                pieces[i].append(token.text)
+                if token.id is not None:
+                    tokens[i].append(token.id)
+                if feeds[i] is not None:
+                    entries[i].extend(feeds[i].feed(token))
+            elif event.kind == "done":
+                done[event.index] = event.info
+            elif event.kind != "progress":
+                raise_for(event)
     finally:
-        job.cancel()  # no-op once done; frees the slot if this thread is torn down early
-    raise APIError(500, "generation ended without a result", code="internal_error", type="server_error")
+        handle.cancel()  # no-op once done; frees the slots if this thread is torn down early
+    if any(d is None for d in done):
+        raise APIError(500, "generation ended without a result", code="internal_error", type="server_error")
+    return Outcome([ChoiceOutcome("".join(p), t, d, {"content": e} if f is not None else None)
+                    for p, t, d, e, f in zip(pieces, tokens, done, entries, feeds)], start)
 
 
 def usage(start: dict, n_predicted: int) -> dict:
+    """n_predicted: over every choice; the prompt counts once."""
     n_prompt = start.get("n_prompt", 0)
     return {"prompt_tokens": n_prompt, "completion_tokens": n_predicted, "total_tokens": n_prompt + n_predicted}
 
@@ -291,22 +328,26 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def stream_response(chunks: Iterator[bytes], job: Job) -> Response:
+def stream_response(chunks: Iterator[bytes], handle: Handle) -> Response:
     def body():
         try:
             yield from chunks
         finally:
-            job.cancel()  # the client went away (or we are done): the engine frees the slot
+            handle.cancel()  # the client went away (or we are done): the engine frees the slots
 
     return Response(body(), mimetype=sse.MIMETYPE, headers=sse.HEADERS, direct_passthrough=True)
 
 
-def first_event(job: Job) -> dict:
-    """Block until the engine has evaluated the prompt, so that failures are still plain HTTP errors."""
-    for kind, payload in job.results():
-        if kind == "start":
-            return payload
-        _raise_for(kind, payload)
+def first_events(events: Iterator[Event], progress: bool) -> list[Event]:
+    """Block until the engine has evaluated the prompt (or, with progress, its first chunk), so that
+    failures before it are still plain HTTP errors; the events read so far, in order."""
+    seen = []
+    for event in events:
+        if event.kind in ("error", "cancelled"):
+            raise_for(event)
+        seen.append(event)
+        if event.kind == "start" or progress and event.kind == "progress":
+            return seen
     raise APIError(500, "generation ended before it started", code="internal_error", type="server_error")
 
 

@@ -35,6 +35,7 @@ class ServerConfig:
     max_body: int = DEFAULT_MAX_BODY
     cors_origins: list[str] = field(default_factory=list)  # browser origins allowed, "*" any; empty = same origin
     log_level: str = "info"
+    shutdown_timeout: float = 10.0  # seconds in-flight requests may run on after SIGTERM/SIGINT
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -49,6 +50,8 @@ class ServerConfig:
             raise ConfigError(f"--ctx-size must be at least 1, got {self.ctx_size}")
         if self.n_predict < -1:
             raise ConfigError(f"--n-predict must be -1 (no cap) or more, got {self.n_predict}")
+        if not self.shutdown_timeout >= 0:
+            raise ConfigError(f"--shutdown-timeout must be 0 or more seconds, got {self.shutdown_timeout}")
         if self.max_body < 1:
             raise ConfigError(f"--max-body must be positive, got {self.max_body}")
         if any(not k for k in self.api_keys):

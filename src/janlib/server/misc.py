@@ -1,4 +1,4 @@
-"""Beside the spec: /health, /tokenize, /detokenize, /props, /metrics, /openapi.json."""
+"""Beside the spec: /health, /slots, /tokenize, /detokenize, /props, /metrics, /openapi.json."""
 
 from __future__ import annotations
 
@@ -25,8 +25,20 @@ def _route(path: str, method: str):
 def health():
     st = state()
     status = st.engine.status()
-    return jsonify({"status": "ok", "slots_idle": len(st.engine.slots) - status["busy"],
-                    "slots_processing": status["busy"]})
+    body = {"status": "ok", "slots_idle": st.engine.n_seq_max - status["busy"], "slots_processing": status["busy"]}
+    if not status["healthy"]:
+        body.update(status="error", error="the inference engine has stopped")
+        return jsonify(body), 503
+    if st.draining:
+        body["status"] = "shutting down"
+        return jsonify(body), 503, {"Retry-After": "1"}
+    return jsonify(body)
+
+
+@_route("/slots", "GET")
+def slots():
+    """Each sequence's state, as llama.cpp's GET /slots."""
+    return jsonify(state().engine.slots())
 
 
 @_route("/tokenize", "POST")
@@ -71,8 +83,8 @@ def props():
     defaults["n_predict"] = st.config.n_predict
     defaults["stop"] = []
     return jsonify({
-        "default_generation_settings": {"n_ctx": st.model.n_ctx, "model": st.model_id, "params": defaults},
-        "total_slots": len(st.engine.slots),
+        "default_generation_settings": {"n_ctx": st.engine.n_ctx, "model": st.model_id, "params": defaults},
+        "total_slots": st.engine.n_seq_max,
         "model_path": st.model_path,
         "model_alias": st.model_id,
         "chat_template": st.model.chat_template or "",
@@ -105,9 +117,10 @@ def metrics():
     metric("tokens_predicted_total", "counter", "Tokens generated.", m["predicted_tokens_total"])
     metric("tokens_predicted_seconds_total", "counter", "Time spent generating.",
            f"{m['predicted_seconds_total']:.6f}")
+    metric("requests_failed_total", "counter", "Requests that failed while being served.", m["failed_total"])
     metric("requests_processing", "gauge", "Slots busy now.", status["busy"])
     metric("requests_deferred", "gauge", "Requests waiting in the queue.", status["waiting"])
-    metric("slots_total", "gauge", "Slots configured (--parallel).", len(st.engine.slots))
+    metric("slots_total", "gauge", "Slots configured (--parallel).", st.engine.n_seq_max)
     lines.append("# HELP janlib_http_requests_total HTTP responses by endpoint and status.")
     lines.append("# TYPE janlib_http_requests_total counter")
     for (endpoint, code), count in sorted(st.http_requests.items()):

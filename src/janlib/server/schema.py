@@ -90,7 +90,7 @@ FIELDS: dict[str, Field] = {
     "top_logprobs": Field("integer", None, 0, 20),
     "stream_options": Field("object", None),
     "response_format": Field("object", None),
-    "n": Field("integer", 1, 1, 1),
+    "n": Field("integer", 1, 1, 8),  # choices; at most --parallel (checked per request)
     "user": Field("string", None),
     "model": Field("string", None),
 }

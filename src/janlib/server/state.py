@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from flask import current_app
 
 from .config import ServerConfig
-from .engine import Engine
+from janlib.engine import Engine
 
 
 @dataclass
@@ -20,6 +20,7 @@ class ServerState:
     model_path: str
     started: int = field(default_factory=lambda: int(time.time()))
     http_requests: dict = field(default_factory=dict)  # (endpoint, status) -> count
+    draining: bool = False  # shutting down: new requests get 503, in-flight ones finish
 
     @property
     def model(self):
