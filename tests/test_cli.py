@@ -287,7 +287,7 @@ def test_chat_commands_and_answers(chat):
     chat.type("/reset\n")
     chat.expect(r"\(conversation cleared\)")
     chat.type('"""\nWhat is the capital\nof France?\n"""\n')  # one message over three lines
-    chat.expect(r"\.\.\. .*\.\.\. .*\.\.\. ", timeout=10)
+    chat.expect(r"(?s)>>> \"\"\"\n\.\.\. What.*\n\.\.\. of.*\n\.\.\. \"\"\"\n", timeout=10)
     chat.expect(">>> ")
     chat.type("/nonsense\n")
     chat.expect(r"unknown command /nonsense")
@@ -304,7 +304,8 @@ def test_chat_ctrl_c_stops_an_answer_and_the_prompt_comes_back(chat):
     chat.expect(r"\(max_tokens = -1\)")
     chat.type("/set temperature 1.5\n")
     chat.type("Write a very long story about a dragon and a knight.\n")
-    chat.expect(r"\w+ \w+ \w+ \w+")  # text is arriving
+    chat.expect(r">>> Write a very long story about a dragon and a knight\.\n")  # readline's echo
+    chat.expect(r"\w+ \w+ \w+ \w+")  # the answer is arriving
     chat.type("\x03")
     chat.expect(r"\(stopped\)", timeout=30)
     chat.expect(">>> ")

@@ -163,14 +163,14 @@ class Answer:
 
 def stream_answer(model, messages: list[dict], settings: Settings, out: TextIO) -> Answer:
     """Write the assistant's answer to messages onto out as it is generated; Ctrl-C ends it early."""
-    _, ids = model.chat_prompt(messages)
     status = _Status()
-    n_new = len(ids) - _common_prefix(model.cached_tokens, ids)
     max_tokens = model.n_ctx if settings.max_tokens == -1 else settings.max_tokens
     pieces: list[str] = []
     n_generated = 0
     with _ctrl_c_sets_flag() as stop:
         started = time.perf_counter()
+        _, ids = model.chat_prompt(messages)
+        n_new = len(ids) - _common_prefix(model.cached_tokens, ids)
         try:
             _prefill_in_chunks(model, ids, stop, status.prompt_progress)
         finally:
@@ -357,11 +357,14 @@ class ChatSession:
             except KeyboardInterrupt:
                 self.say("\n(Ctrl-D or /exit to leave)")
                 continue
-            if text.startswith("/"):
-                if not self.command(text):
-                    break
-            elif text.strip():
-                self.ask(text)
+            try:
+                if text.startswith("/"):
+                    if not self.command(text):
+                        break
+                elif text.strip():
+                    self.ask(text)
+            except KeyboardInterrupt:  # outside an answer's generation, e.g. while the model is reset
+                self.say("\n(stopped)")
 
 
 def _chat(args: argparse.Namespace) -> int:
