@@ -546,8 +546,8 @@ class Engine:
                 if handle.request.id_slot >= 0:
                     continue  # its pinned sequence is busy: later requests may still fit
                 return  # first come, first served
-            self._waiting.remove(handle)
             self._fault.check("thread", self, handle.prompt)
+            self._waiting.remove(handle)
             if self._guarded(handle, self._start, handle, slots):
                 self._active.append(handle)
 
