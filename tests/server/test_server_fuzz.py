@@ -222,8 +222,8 @@ def string_fields(schema: dict) -> dict:
 
 
 ENDPOINTS = {  # path: (fields always sent valid, examples)
-    "/chat/completions": ({"model": MODEL_ID}, 50),
-    "/completions": ({"model": MODEL_ID}, 35),
+    "/chat/completions": ({"model": MODEL_ID}, 40),
+    "/completions": ({"model": MODEL_ID}, 30),
     "/tokenize": ({}, 20),
     "/detokenize": ({"tokens": [1, 2]}, 10),
 }
