@@ -70,7 +70,7 @@ def _fresh_venv_env(venv: Path, cache: Path) -> dict[str, str]:
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["JANLIB_CACHE"] = str(cache)
     # pip reads a configuration file in the interpreter's prefix; a venv has its own prefix.
-    site_config = Path(sys.base_prefix) / "pip.conf"
+    site_config = Path(sys.prefix) / "pip.conf"
     if site_config.is_file():
         shutil.copy(site_config, venv / "pip.conf")
     return env
