@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import threading
 import sys
 import time
 from pathlib import Path
@@ -83,3 +84,109 @@ def test_server_streaming_overhead(report):
            f"added {(s_ttft - e_ttft) * 1000:+.1f} ms (target <= 10 ms)")
     report(f"server per token: engine {e_tok * 1000:.2f} ms, server {s_tok * 1000:.2f} ms, "
            f"added {(s_tok / e_tok - 1) * 100:+.1f}% (target <= 5%)")
+
+
+def _stream_times(base, body, session=None):
+    """(request start, time of each content chunk) of one streamed chat completion."""
+    session = session or requests
+    start = time.perf_counter()
+    with session.post(base + "/v1/chat/completions", json=body, stream=True, timeout=600) as r:
+        return start, [time.perf_counter() for _ in _content_events(r)]
+
+
+def _concurrent(base, bodies):
+    """Run the bodies at once; (wall seconds, [(start, times)] per stream)."""
+    out = [None] * len(bodies)
+
+    def run(i):
+        out[i] = _stream_times(base, bodies[i], requests.Session())
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(bodies))]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, out
+
+
+def _story(i, max_tokens=128):
+    return {"model": "bench", "messages": [{"role": "user", "content": f"Write story number {i} about the sea."}],
+            "max_tokens": max_tokens, "ignore_eos": True, "stream": True, "cache_prompt": False}
+
+
+def _rss_mb(pid) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_server_concurrent_streams_and_memory(report):
+    """Aggregate tokens/s of 4 and 8 concurrent streams beside one stream (one --parallel 8 server),
+    then resident memory of a --parallel 4 --ctx-size 2048 server after 4 streams."""
+    from janlib.model import Model
+    from server_util import Server
+
+    server = Server("--alias", "bench", "--parallel", "8", "--ctx-size", "2048", "--threads", "2",
+                    "--log-level", "warning").wait_ready()
+    try:
+        _concurrent(server.base, [_story(0, 16)])  # warm
+        rates = {}
+        for n in (1, 4, 8):
+            wall, runs = _concurrent(server.base, [_story(i) for i in range(n)])
+            rates[n] = sum(len(times) for _, times in runs) / wall
+    finally:
+        server.stop()
+    report(f"server streams (2 threads, 128 tokens each): 1 stream {rates[1]:.0f} t/s, 4 streams {rates[4]:.0f} t/s "
+           f"({rates[4] / rates[1]:.2f}x, target >= 2.5x), 8 streams {rates[8]:.0f} t/s "
+           f"({rates[8] / rates[1]:.2f}x, target >= 3.5x)")
+
+    server = Server("--alias", "bench", "--parallel", "4", "--ctx-size", "2048", "--threads", "2",
+                    "--log-level", "warning").wait_ready()
+    try:
+        _concurrent(server.base, [_story(i) for i in range(4)])
+        rss = _rss_mb(server.proc.pid)
+    finally:
+        server.stop()
+    model = Model("smollm2-135m-instruct", n_ctx=16)
+    h = model._runtime.hparams
+    kv_mb = h.n_layer * h.n_head_kv * (h.head_dim_k + h.head_dim_v) * 2 * 2048 * 4 / 2**20  # f16 K and V, 4 x 2048 cells
+    weights_mb = model.path.stat().st_size / 2**20
+    report(f"server --parallel 4 --ctx-size 2048 RSS after 4 streams: {rss:.0f} MB; weights {weights_mb:.0f} MB + "
+           f"full KV {kv_mb:.0f} MB + 150 MB = {weights_mb + kv_mb + 150:.0f} MB (target: RSS at most that)")
+
+
+def test_server_long_prompt_beside_streams(report):
+    """While 3 streams decode, a 1,500-token prompt arrives: the worst gap between two tokens of the
+    running streams, and that prompt's time to first token beside its time alone."""
+    from server_util import Server
+
+    long_text = " ".join(f"item {i}," for i in range(520))  # about 1,500 tokens with the template
+    long_body = {"model": "bench", "messages": [{"role": "user", "content": long_text}], "max_tokens": 1,
+                 "stream": True, "cache_prompt": False}
+    server = Server("--alias", "bench", "--parallel", "4", "--ctx-size", "2048", "--threads", "2",
+                    "--log-level", "warning").wait_ready()
+    try:
+        n_prompt = len(requests.post(server.base + "/tokenize", json={"content": long_text}).json()["tokens"])
+        _stream_times(server.base, long_body)  # warm
+        start, times = _stream_times(server.base, long_body)
+        alone = times[0] - start
+        out = {}
+
+        def streams():
+            out["runs"] = _concurrent(server.base, [_story(i, 300) for i in range(3)])[1]
+
+        runner = threading.Thread(target=streams)
+        runner.start()
+        time.sleep(1.0)  # the three are decoding
+        start, times = _stream_times(server.base, long_body)
+        beside = times[0] - start
+        runner.join()
+    finally:
+        server.stop()
+    worst = max(b - a for _, ts in out["runs"] for a, b in zip(ts, ts[1:]))
+    report(f"server: {n_prompt}-token prompt beside 3 decoding streams: worst gap {worst * 1000:.0f} ms "
+           f"(target <= 250), its ttft {beside * 1000:.0f} ms vs {alone * 1000:.0f} ms alone, "
+           f"{beside / alone:.2f}x (target <= 1.3x)")

@@ -318,3 +318,50 @@ def test_context_shift_keeps_generating_past_n_ctx(make_engine):
     assert ctx.seqs[0][:4] == ids(4)
     ended = engine.submit(Request(ids(10), max_tokens=60, ignore_eos=True)).result()
     assert ended.choices[0].finish_reason == "length" and len(ended.choices[0].tokens) == 32 - 10 + 1
+
+
+# ---------------------------------------------------------------- the real model
+
+@pytest.fixture(scope="module")
+def real_model(smollm2_path):
+    return janlib.Model(smollm2_path, n_ctx=512, n_threads=2)
+
+
+@pytest.mark.slow
+def test_real_greedy_answers_match_model_generate(real_model):
+    prompts = [real_model.chat_prompt([{"role": "user", "content": q}])[1]
+               for q in ("What is the capital of France?", "Name three colours.", "Say hello.")]
+    expected = []
+    for p in prompts:
+        real_model.reset()
+        expected.append([t.id for t in real_model.generate(p, max_tokens=24) if t.id is not None])
+    engine = Engine(real_model, n_seq_max=3, n_ctx=512, n_threads=2)
+    try:
+        results = engine.generate(prompts, max_tokens=24)
+    finally:
+        engine.close()
+    assert [r.choices[0].tokens for r in results] == expected
+
+
+@pytest.mark.slow
+def test_real_seeded_requests_are_bit_identical_alone_and_beside_others(real_model):
+    rng = random.Random(11)
+    words = "sea sky tree stone river cloud bird light song road".split()
+    prompts = [real_model.tokenize(" ".join(rng.choice(words) for _ in range(rng.randint(2, 60))))
+               for _ in range(6)]
+    params = [SamplingParams(temperature=0.9, seed=rng.randrange(1 << 32), n_probs=4) for _ in prompts]
+    engine = Engine(real_model, n_seq_max=4, n_ctx=512, n_threads=2, n_batch=16)
+    try:
+        alone = [engine.submit(Request(p, max_tokens=16, sampling=s, ignore_eos=True, cache_prompt=False)).result()
+                 for p, s in zip(prompts, params)]
+        handles = []
+        for p, s in zip(prompts, params):  # joining at random steps while others run and leave
+            handles.append(engine.submit(Request(p, max_tokens=16, sampling=s, ignore_eos=True, cache_prompt=False)))
+            time.sleep(rng.uniform(0, 0.15))
+        beside = [h.result() for h in handles]
+    finally:
+        engine.close()
+    for a, b in zip(alone, beside):
+        assert a.choices[0].tokens == b.choices[0].tokens
+        for x, y in zip(a.choices[0].probs, b.choices[0].probs):
+            assert np.array_equal(x.ids, y.ids) and np.array_equal(x.probs, y.probs) and x.token_prob == y.token_prob
