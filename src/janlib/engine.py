@@ -155,7 +155,8 @@ _END = object()  # closes a handle's event queue
 
 
 class Handle:
-    """A submitted request: iterate its events (blocking), cancel it, or wait for its Result."""
+    """A submitted request: iterate its events (blocking; each event is delivered once), cancel it, or
+    wait for its Result."""
 
     def __init__(self, engine: Engine, request: Request, prompt: list[int]):
         self.request = request
@@ -195,6 +196,7 @@ class Handle:
                     return
                 continue
             if event is _END:
+                self._events.put(_END)  # a later iteration ends at once too
                 return
             yield event
 
