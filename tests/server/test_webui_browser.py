@@ -211,6 +211,11 @@ def test_streams_keeps_and_fits_a_phone(page, open_server, artifacts):
     page.wait_for_timeout(300)
     assert page.locator("#conversations li").first.bounding_box()["x"] >= 0
     page.screenshot(path=artifacts / "chat-phone-conversations.png")
+    page.click("#backdrop", position={"x": PHONE["width"] - 20, "y": PHONE["height"] // 2})  # beside the list
+    page.click("#settings-button")
+    dialog = page.locator("#settings").bounding_box()
+    assert dialog["x"] >= 0 and dialog["x"] + dialog["width"] <= PHONE["width"]
+    page.screenshot(path=artifacts / "settings-phone.png")
 
 
 @pytest.mark.slow
