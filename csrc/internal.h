@@ -8,8 +8,8 @@
  * `return jl_fail(JL_ERR_INVALID_ARG, "k=%lld ...", ...);` */
 jl_status jl_fail(jl_status status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* The persistent pool runs fn(ctx, ith, nth) for ith in [0, nth) and returns when all are done.
- * The caller's thread takes ith = 0. */
+/* The persistent pool runs fn(ctx, ith, nth) once for each ith in [0, nth), on whichever of its
+ * threads (the caller's included) claims the share, and returns when all are done. */
 typedef void (*jl_task_fn)(void *ctx, int ith, int nth);
 jl_status jl_parallel(int n_threads, jl_task_fn fn, void *ctx);
 int jl_resolve_threads(int n_threads);

@@ -66,6 +66,9 @@ int jl_type_activation(int type);
 int jl_default_threads(void);          /* initially the physical core count */
 jl_status jl_set_default_threads(int n_threads);
 int jl_physical_cores(void);
+/* Self-check of the pool: n_jobs jobs with thread counts drawn (seeded) from {1, 2, 3, 5, 8, 16}, each share
+ * counting its runs. Returns in *n_bad the jobs where a share ran other than once or after jl_parallel returned. */
+jl_status jl_pool_stress(int64_t n_jobs, uint64_t seed, int64_t *n_bad);
 
 /* dst (n,) float32 <- src, n elements of type `type` (n a multiple of its block size). */
 jl_status jl_dequantize(int type, const void *src, size_t src_bytes, float *dst, int64_t n,

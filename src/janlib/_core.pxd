@@ -1,5 +1,5 @@
 # C declarations of csrc/include/janlib.h for the binding.
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 
 cdef extern from "janlib.h" nogil:
     ctypedef int jl_status
@@ -23,6 +23,7 @@ cdef extern from "janlib.h" nogil:
     int jl_default_threads()
     jl_status jl_set_default_threads(int n_threads)
     int jl_physical_cores()
+    jl_status jl_pool_stress(int64_t n_jobs, uint64_t seed, int64_t *n_bad)
 
     jl_status jl_dequantize(int type, const void *src, size_t src_bytes, float *dst, int64_t n,
                             int n_threads)

@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The binding: typed memoryviews in, the GIL released, one C call per whole-tensor op."""
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 from janlib.errors import UnsupportedError
 
@@ -63,6 +63,16 @@ def default_threads():
 
 def set_default_threads(int n_threads):
     check(jl_set_default_threads(n_threads))
+
+
+def pool_stress(int64_t n_jobs, uint64_t seed):
+    """Jobs (of n_jobs) in which some share of the pool ran other than exactly once."""
+    cdef int64_t n_bad = 0
+    cdef jl_status st
+    with nogil:
+        st = jl_pool_stress(n_jobs, seed, &n_bad)
+    check(st)
+    return n_bad
 
 
 def dequantize(int type_id, const uint8_t[::1] src, float[::1] dst, int n_threads=0):
