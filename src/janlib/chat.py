@@ -141,10 +141,37 @@ class ChatTemplate:
                    eos_token="" if eos_id is None else text_of(eos_id))
 
     def render(self, messages: Sequence[Mapping], add_generation_prompt: bool = True, tools: list | None = None,
-               **extra: Any) -> str:
-        """The prompt text for messages; extra keyword arguments become template variables."""
+               continue_final_message: bool = False, **extra: Any) -> str:
+        """The prompt text for messages; extra keyword arguments become template variables. tools are
+        passed as transformers passes them ([{"type": "function", "function": {...}}]).
+
+        continue_final_message: the text ends inside the last message (prefill), which the model
+        continues instead of starting a new turn; the message is rendered in full, its closing cut off."""
+        checked = _checked_messages(messages, "developer" if self.knows_developer else "system")
+        if continue_final_message:
+            return self._render_continued(checked, tools, extra)
+        return self._render(checked, add_generation_prompt, tools, extra)
+
+    def _render_continued(self, checked: list[dict], tools: list | None, extra: dict) -> str:
+        if not checked:
+            raise ChatTemplateError("continue_final_message needs a message to continue")
+        final = checked[-1]
+        if final.get("tool_calls"):
+            raise ChatTemplateError("the final message has tool_calls: a call cannot be continued")
+        content = final.get("content") or ""
+        # a placeholder without spaces survives templates that trim content; what the message said (its
+        # trailing spaces included: they are part of the prefill) goes where the placeholder was
+        placeholder = "\ue000janlib-continue\ue000"
+        text = self._render(checked[:-1] + [dict(final, content=placeholder)], False, tools, extra)
+        at = text.rfind(placeholder)
+        if at < 0:
+            raise ChatTemplateError("the chat template does not write the final message's content, so it cannot "
+                                    "be continued")
+        return text[:at] + content
+
+    def _render(self, checked: list[dict], add_generation_prompt: bool, tools: list | None, extra: dict) -> str:
         variables = {"bos_token": self.bos_token, "eos_token": self.eos_token, **extra,
-                     "messages": _checked_messages(messages, "developer" if self.knows_developer else "system"),
+                     "messages": checked,
                      "add_generation_prompt": add_generation_prompt,
                      "tools": tools}
         try:

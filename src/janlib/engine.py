@@ -817,11 +817,7 @@ class Engine:
 
 def _copy_constraint(constraint: Constraint) -> Constraint:
     """An independent constraint in the same state (one per choice)."""
-    copy = object.__new__(Constraint)
-    copy.__dict__.update(constraint.__dict__)
-    copy._matcher = constraint._matcher.deep_copy()
-    copy._bitmask = np.zeros_like(constraint._bitmask)
-    return copy
+    return constraint.copy()
 
 
 class _SerialContext:

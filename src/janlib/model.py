@@ -225,9 +225,10 @@ class Model:
         if tail:
             yield GeneratedToken(None, tail)
 
-    def chat_prompt(self, messages: list[dict]) -> tuple[str, list[int]]:
-        """The rendered chat prompt for messages, ready for the assistant's turn, and its tokens."""
-        prompt = self.template.render(messages, add_generation_prompt=True)
+    def chat_prompt(self, messages: list[dict], **render_options) -> tuple[str, list[int]]:
+        """The rendered chat prompt for messages, ready for the assistant's turn, and its tokens;
+        render_options go to ChatTemplate.render (tools, continue_final_message, template variables)."""
+        prompt = self.template.render(messages, **{"add_generation_prompt": True, **render_options})
         # templates that write the BOS text themselves (Gemma's) must not get a second one
         bos_text = self.tokenizer.token_text(self.tokenizer.bos_id) if self.tokenizer.bos_id is not None else None
         add_special = not (bos_text and prompt.startswith(bos_text))

@@ -424,5 +424,13 @@ class Constraint:
         """True when the grammar is complete: nothing more can follow."""
         return self._matcher.is_stopped()
 
+    def copy(self) -> Constraint:
+        """An independent constraint in the same state."""
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin._matcher = self._matcher.deep_copy()
+        twin._bitmask = np.zeros_like(self._bitmask)
+        return twin
+
     def reset(self) -> None:
         self._matcher.reset()

@@ -6,7 +6,9 @@ import itertools
 
 from flask import Blueprint, jsonify, request
 
+from janlib import tools
 from janlib.chat import ChatTemplateError
+from janlib.structured import GrammarError
 
 from . import completion as c
 from . import schema, sse
@@ -16,12 +18,36 @@ from .state import state
 bp = Blueprint("inference", __name__)
 
 
-def _render(st, messages: list[dict]) -> tuple[str, list[int]]:
+def prepare(st, messages: list[dict], options: dict, fields: dict):
+    """The rendered prompt and the tool-call constraint and parsers (janlib.tools.ChatSetup) for a chat
+    request; prefill as llama.cpp: a final assistant message is continued unless add_generation_prompt
+    says otherwise."""
+    final = messages[-1]
+    continue_final = options["continue_final_message"]
+    add_prompt = options["add_generation_prompt"]
+    if not continue_final and add_prompt is None and final["role"] == "assistant" and not final.get("tool_calls"):
+        if len(messages) > 1 and messages[-2]["role"] == "assistant":
+            raise invalid("two assistant messages end the conversation: the last one would be continued "
+                          "(prefill), which needs one", "messages")
+        continue_final = True
+    active = options["tools"] and options["tool_choice"] != "none"
+    if active:
+        for name in ("json_schema", "response_format"):
+            if name in fields["_given"] and (name != "response_format" or fields[name].get("type") != "text"):
+                raise invalid(f"'{name}' cannot constrain the output together with tools (the calls are "
+                              "constrained); give tool_choice 'none' or leave the tools out", name)
     try:
-        return st.model.chat_prompt(messages)
+        return tools.prepare_chat(
+            st.model, messages, tools=options["tools"], tool_choice=options["tool_choice"],
+            parallel_tool_calls=options["parallel_tool_calls"],
+            add_generation_prompt=not continue_final if add_prompt is None else add_prompt,
+            continue_final_message=continue_final, reasoning_format=options["reasoning_format"],
+            template_kwargs=options["chat_template_kwargs"])
     except ChatTemplateError as error:  # the messages don't fit the template
         raise invalid(f"the messages cannot be rendered with the model's chat template: {error}",
                       "messages") from None
+    except GrammarError as error:
+        raise invalid(f"the tools cannot constrain the output: {error.reason}", "tools") from None
 
 
 @bp.post("/v1/chat/completions")
@@ -32,24 +58,64 @@ def chat_completions():
     c.check_model_name(st, body)
     messages = schema.parse_messages(body.get("messages", schema._MISSING))
     fields = schema.parse_fields(body)
-    for name in ("tools", "tool_choice", "functions", "function_call"):
-        if body.get(name):
-            raise APIError(400, f"'{name}': tool calls are not supported yet", param=name,
-                           code="unsupported_parameter")
+    options = schema.parse_chat_options(body)
     c.check_request_options(st, fields)
-    prompt, ids = _render(st, messages)
-    job, max_tokens = c.make_request(st, ids, fields)
+    setup = prepare(st, messages, options, fields)
+    job, max_tokens = c.make_request(st, setup.ids, fields)
+    if setup.constraint is not None:
+        job.constraint = setup.constraint
     handle = c.submit(st, job)
     cid, created = c.new_id("chatcmpl"), c.now()
+    legacy = options["legacy_functions"]
     if fields["stream"]:
         events = iter(handle)
         first = c.first_events(events, fields["return_progress"])
-        return c.stream_response(_chat_chunks(st, events, first, handle, fields, cid, created), handle)
+        return c.stream_response(_chat_chunks(st, events, first, handle, fields, cid, created, setup, legacy),
+                                 handle)
     out = c.collect(handle, lambda: c.TokenLogprobs.for_request(st, fields))
-    choices = [{"index": i, "message": {"role": "assistant", "content": choice.text},
-                "finish_reason": choice.done["finish_reason"], "logprobs": choice.logprobs}
-               for i, choice in enumerate(out.choices)]
-    return _response(st, out, fields, max_tokens, prompt, cid, created, "chat.completion", choices)
+    choices = []
+    for i, choice in enumerate(out.choices):
+        message, finish = assistant_message(setup.parser(), choice.text, choice.done["finish_reason"], legacy)
+        choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": choice.logprobs})
+    return _response(st, out, fields, max_tokens, setup.prompt, cid, created, "chat.completion", choices)
+
+
+def assistant_message(parser, text: str, finish_reason: str, legacy: bool = False) -> tuple[dict, str]:
+    """The OpenAI message for a whole output and its finish_reason: content null when there are only
+    calls, finish_reason tool_calls (function_call for the legacy functions) when the model called."""
+    delta = parser.feed(text)
+    tail, calls = parser.finish()
+    for key, value in tail.items():
+        delta[key] = delta.get(key, "") + value
+    message = {"role": "assistant", "content": delta.get("content", None if calls else "")}
+    if "reasoning_content" in delta:
+        message["reasoning_content"] = delta["reasoning_content"]
+    if calls and legacy:
+        message["function_call"] = calls[0]["function"]
+    elif calls:
+        message["tool_calls"] = calls
+    return message, _finish_reason(finish_reason, calls, legacy)
+
+
+def _finish_reason(reason: str, calls: list, legacy: bool) -> str:
+    if calls and reason == "stop":
+        return "function_call" if legacy else "tool_calls"
+    return reason
+
+
+def call_deltas(calls: list[dict], legacy: bool) -> list[dict]:
+    """The streamed form of calls: per call a delta with its index, id, type and name, then one with its
+    arguments (the legacy function_call: name, then arguments)."""
+    if legacy:
+        function = calls[0]["function"]
+        return [{"function_call": {"name": function["name"], "arguments": ""}},
+                {"function_call": {"arguments": function["arguments"]}}]
+    out = []
+    for i, call in enumerate(calls):
+        out.append({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                    "function": {"name": call["function"]["name"], "arguments": ""}}]})
+        out.append({"tool_calls": [{"index": i, "function": {"arguments": call["function"]["arguments"]}}]})
+    return out
 
 
 def _response(st, out, fields, max_tokens, prompt, cid, created, kind, choices):
@@ -73,22 +139,36 @@ def _response(st, out, fields, max_tokens, prompt, cid, created, kind, choices):
     return jsonify(c.select_fields(response, fields["response_fields"]))
 
 
-def _chat_chunks(st, events, first, handle, fields, cid, created):
+def _chat_chunks(st, events, first, handle, fields, cid, created, setup, legacy):
     base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": st.model_id,
             "system_fingerprint": c.system_fingerprint(st)}
     include_usage = bool((fields["stream_options"] or {}).get("include_usage"))
+    parsers = [setup.parser() for _ in range(handle.request.n)]
 
-    def chunk(index, text=None, finish=None, logprobs=None, delta=None, **extra):
-        content = {"content": text} if text else {}
-        payload = dict(base, choices=[{"index": index, "delta": delta or content, "logprobs": logprobs,
+    def event(index, delta, finish=None, logprobs=None, **extra):
+        payload = dict(base, choices=[{"index": index, "delta": delta, "logprobs": logprobs,
                                        "finish_reason": finish}])
         if include_usage:
             payload["usage"] = None
         payload.update(extra)
         return sse.event(payload)
 
-    def opening():
-        return [chunk(i, delta={"role": "assistant", "content": ""}) for i in range(handle.request.n)]
+    def chunk(index, text=None, finish=None, logprobs=None, **extra):
+        """The text's reasoning and content deltas; at the finish, what the parser held back and the calls."""
+        delta = parsers[index].feed(text) if text else {}
+        if finish is None:
+            return event(index, delta, None, logprobs, **extra) if delta or logprobs or extra else b""
+        tail, calls = parsers[index].finish()
+        for key, value in tail.items():
+            delta[key] = delta.get(key, "") + value
+        out = [event(index, delta, None, logprobs)] if delta or logprobs else []
+        out += [event(index, d) for d in call_deltas(calls, legacy)] if calls else []
+        out.append(event(index, {}, _finish_reason(finish, calls, legacy), **extra))
+        return b"".join(out)
+
+    def opening():  # content null, as the non-stream message when the model only calls
+        first_content = None if setup.tool_format is not None else ""
+        return [event(i, {"role": "assistant", "content": first_content}) for i in range(handle.request.n)]
 
     yield from _stream_tokens(st, events, first, handle, fields, base, chunk, opening)
 

@@ -320,32 +320,199 @@ def _text_of(content: Any, param: str) -> str:
                   "invalid_type")
 
 
-# developer: OpenAI's successor to system (janlib.chat renders it as system for templates without it)
-ROLES = ("system", "developer", "user", "assistant")
+# developer: OpenAI's successor to system (janlib.chat renders it as system for templates without it);
+# tool: a tool's result; function: the legacy name of a tool result (mapped to tool)
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def parse_messages(value: Any) -> list[dict]:
+    """Chat messages as the template gets them: role and content text, and for tool use the assistant's
+    tool_calls (content may then be null or absent), a tool result's tool_call_id, and a name."""
     if value is _MISSING or value is None:
         raise invalid("'messages' is required", "messages", "missing_required_parameter")
     if not isinstance(value, list):
         raise invalid(f"'messages' must be an array, got {_json_type(value)}", "messages", "invalid_type")
     if not value:
         raise invalid("'messages' must contain at least one message", "messages")
-    out = []
-    for i, message in enumerate(value):
-        p = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise invalid(f"'{p}' must be an object, got {_json_type(message)}", p, "invalid_type")
-        role = message.get("role", _MISSING)
-        if role is _MISSING:
-            raise invalid(f"'{p}.role' is required", f"{p}.role", "missing_required_parameter")
-        if role not in ROLES:
-            raise invalid(f"'{p}.role' must be one of {', '.join(ROLES)}, got {role!r}", f"{p}.role")
-        content = message.get("content", _MISSING)
-        if content is _MISSING:
+    return [_parse_message(message, f"messages[{i}]") for i, message in enumerate(value)]
+
+
+def _parse_message(message: Any, p: str) -> dict:
+    if not isinstance(message, dict):
+        raise invalid(f"'{p}' must be an object, got {_json_type(message)}", p, "invalid_type")
+    role = message.get("role", _MISSING)
+    if role is _MISSING:
+        raise invalid(f"'{p}.role' is required", f"{p}.role", "missing_required_parameter")
+    if role not in ROLES:
+        raise invalid(f"'{p}.role' must be one of {', '.join(ROLES)}, got {role!r}", f"{p}.role")
+    out: dict[str, Any] = {"role": role}
+    calls = message.get("tool_calls")
+    legacy_call = message.get("function_call")
+    if role == "assistant" and (calls is not None or legacy_call is not None):
+        out["tool_calls"] = (_parse_tool_calls(calls, f"{p}.tool_calls") if calls is not None else
+                             [_parse_call_function(legacy_call, f"{p}.function_call", "call_0")])
+    content = message.get("content", _MISSING)
+    if content is _MISSING or content is None:
+        if not out.get("tool_calls"):
             raise invalid(f"'{p}.content' is required", f"{p}.content", "missing_required_parameter")
-        out.append({"role": role, "content": _text_of(content, f"{p}.content")})
+        out["content"] = None
+    elif role == "assistant" and isinstance(content, list) and not content and out.get("tool_calls"):
+        out["content"] = None
+    else:
+        out["content"] = _text_of(content, f"{p}.content")
+    name = message.get("name")
+    if name is not None:
+        out["name"] = check_value(f"{p}.name", name, Field("string"))
+    if role == "function":  # legacy: the result of function_call, named by the function
+        out["role"] = "tool"
+        out["tool_call_id"] = "call_0"
+    elif role == "tool":
+        call_id = message.get("tool_call_id")
+        if call_id is None:
+            raise invalid(f"'{p}.tool_call_id' is required for a tool message", f"{p}.tool_call_id",
+                          "missing_required_parameter")
+        out["tool_call_id"] = check_value(f"{p}.tool_call_id", call_id, Field("string"))
+    reasoning = message.get("reasoning_content")
+    if role == "assistant" and reasoning is not None:  # templates of thinking models render it (Qwen3)
+        out["reasoning_content"] = check_value(f"{p}.reasoning_content", reasoning, Field("string"))
     return out
+
+
+def _parse_tool_calls(value: Any, p: str) -> list[dict]:
+    if not isinstance(value, list):
+        raise invalid(f"'{p}' must be an array, got {_json_type(value)}", p, "invalid_type")
+    calls = []
+    for i, call in enumerate(value):
+        q = f"{p}[{i}]"
+        if not isinstance(call, dict):
+            raise invalid(f"'{q}' must be an object, got {_json_type(call)}", q, "invalid_type")
+        if call.get("type") not in (None, "function"):
+            raise invalid(f"'{q}.type' must be 'function', got {call.get('type')!r}", f"{q}.type")
+        call_id = call.get("id")
+        call_id = f"call_{i}" if call_id is None else check_value(f"{q}.id", call_id, Field("string"))
+        calls.append(_parse_call_function(call.get("function", _MISSING), f"{q}.function", call_id))
+    return calls
+
+
+def _parse_call_function(function: Any, p: str, call_id: str) -> dict:
+    if function is _MISSING or function is None:
+        raise invalid(f"'{p}' is required", p, "missing_required_parameter")
+    if not isinstance(function, dict):
+        raise invalid(f"'{p}' must be an object, got {_json_type(function)}", p, "invalid_type")
+    name = function.get("name")
+    if not isinstance(name, str) or not name:
+        raise invalid(f"'{p}.name' must be a non-empty string", f"{p}.name", "invalid_type")
+    arguments = function.get("arguments")
+    if arguments is None:
+        arguments = "{}"
+    elif isinstance(arguments, dict):  # an object where OpenAI has its JSON text: accepted
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    elif not isinstance(arguments, str):
+        raise invalid(f"'{p}.arguments' must be a JSON string, got {_json_type(arguments)}", f"{p}.arguments",
+                      "invalid_type")
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+REASONING_FORMATS = ("none", "deepseek", "auto")
+
+
+def parse_chat_options(body: dict) -> dict:
+    """The chat-only fields: tools (or the legacy functions), tool_choice, parallel_tool_calls, prefill
+    (add_generation_prompt, continue_final_message), reasoning_format and chat_template_kwargs.
+
+    tool_choice is "none" | "auto" | "required" | a function's name; without tools it is ignored (some
+    clients always send it). parallel_tool_calls defaults to false, as llama.cpp: small models asked
+    for "one or more" calls tend to repeat a call until max_tokens."""
+    tools, legacy = _parse_tools(body)
+    choice = "auto" if tools else "none"
+    choice_field = "function_call" if legacy else "tool_choice"
+    raw_choice = body.get(choice_field)
+    if tools and raw_choice is not None:
+        choice = _parse_tool_choice(raw_choice, choice_field, {t["function"]["name"] for t in tools})
+    add_prompt = get_typed(body, "add_generation_prompt", "boolean", None)
+    continue_final = get_typed(body, "continue_final_message", "boolean", False)
+    if continue_final and add_prompt:
+        raise invalid("'continue_final_message' and 'add_generation_prompt' cannot both be true: the first "
+                      "continues the last message, the second starts a new one", "continue_final_message")
+    kwargs = get_typed(body, "chat_template_kwargs", "object", {})
+    reasoning_format = get_typed(body, "reasoning_format", "string", "deepseek")
+    if reasoning_format not in REASONING_FORMATS:
+        raise invalid(f"'reasoning_format' must be one of {', '.join(REASONING_FORMATS)}, got {reasoning_format!r}",
+                      "reasoning_format")
+    if tools and choice != "none" and body.get("grammar"):
+        raise invalid("'grammar' cannot constrain the output together with tools (the calls are constrained)",
+                      "grammar")
+    return {"tools": tools, "tool_choice": choice,
+            "parallel_tool_calls": get_typed(body, "parallel_tool_calls", "boolean", False),
+            "legacy_functions": legacy, "add_generation_prompt": add_prompt,
+            "continue_final_message": continue_final, "chat_template_kwargs": kwargs,
+            "reasoning_format": reasoning_format}
+
+
+def _parse_tools(body: dict) -> tuple[list[dict], bool]:
+    """[{"type": "function", "function": {name, description, parameters}}], and whether they came as the
+    legacy functions."""
+    tools, functions = body.get("tools"), body.get("functions")
+    if tools is not None and functions is not None:
+        raise invalid("give 'tools' or the legacy 'functions', not both", "functions")
+    legacy = tools is None and functions is not None
+    name = "functions" if legacy else "tools"
+    value = functions if legacy else tools
+    if value is None:
+        return [], False
+    if not isinstance(value, list):
+        raise invalid(f"'{name}' must be an array, got {_json_type(value)}", name, "invalid_type")
+    out, seen = [], set()
+    for i, tool in enumerate(value):
+        p = f"{name}[{i}]"
+        if not isinstance(tool, dict):
+            raise invalid(f"'{p}' must be an object, got {_json_type(tool)}", p, "invalid_type")
+        if not legacy:
+            if tool.get("type") != "function":
+                raise invalid(f"'{p}.type' must be 'function', got {tool.get('type')!r}", f"{p}.type")
+            function = tool.get("function")
+            p = f"{p}.function"
+            if not isinstance(function, dict):
+                raise invalid(f"'{p}' must be an object", p, "missing_required_parameter" if function is None
+                              else "invalid_type")
+        else:
+            function = tool
+        fname = function.get("name")
+        if not isinstance(fname, str) or not _TOOL_NAME.fullmatch(fname):
+            raise invalid(f"'{p}.name' must be 1-64 letters, digits, _ . or -, got {fname!r}", f"{p}.name")
+        if fname in seen:
+            raise invalid(f"'{p}.name': two tools are named {fname!r}", f"{p}.name")
+        seen.add(fname)
+        entry = {"name": fname}
+        description = function.get("description")
+        if description is not None:
+            entry["description"] = check_value(f"{p}.description", description, Field("string"))
+        parameters = function.get("parameters")
+        if parameters is not None:
+            entry["parameters"] = check_value(f"{p}.parameters", parameters, Field("object"))
+        out.append({"type": "function", "function": entry})
+    return out, legacy
+
+
+def _parse_tool_choice(value: Any, name: str, names: set[str]) -> str:
+    if isinstance(value, str):
+        if value not in ("none", "auto", "required"):
+            raise invalid(f"'{name}' must be none, auto, required or an object naming a function, got {value!r}",
+                          name)
+        return value
+    if not isinstance(value, dict):
+        raise invalid(f"'{name}' must be a string or an object, got {_json_type(value)}", name, "invalid_type")
+    function = value.get("function") if name == "tool_choice" else value
+    if name == "tool_choice" and value.get("type") != "function":
+        raise invalid("'tool_choice.type' must be 'function'", "tool_choice.type")
+    param = f"{name}.function.name" if name == "tool_choice" else f"{name}.name"
+    chosen = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(chosen, str):
+        raise invalid(f"'{param}' must be a string", param, "invalid_type")
+    if chosen not in names:
+        raise invalid(f"'{param}' names {chosen!r}, which is not among the tools", param)
+    return chosen
 
 
 def require_model(body: dict) -> str:
