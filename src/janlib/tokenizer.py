@@ -1,6 +1,6 @@
 """GGUF vocabularies as Hugging Face `tokenizers` pipelines that give llama.cpp's token ids.
 
-Two vocabulary kinds are supported (`tokenizer.ggml.model`):
+Four vocabulary kinds are supported (`tokenizer.ggml.model`):
 
 * ``gpt2``: byte-level BPE with the file's merges; the pre-tokenizer regexes are chosen by
   `tokenizer.ggml.pre`, copied from llama.cpp's ``src/llama-vocab.cpp``.
@@ -8,6 +8,9 @@ Two vocabulary kinds are supported (`tokenizer.ggml.model`):
   is a token are merged highest score first, spaces become ``▁``, characters without a token
   fall back to ``<0xNN>`` byte tokens, and with `add_space_prefix` a space is put in front of
   the text and of every fragment that follows a special token.
+* ``gemma4``: BPE with the file's merges over UTF-8 text whose spaces are ``▁``, line by line.
+* ``bert``: WordPiece (BERT's lowercasing, accent stripping and punctuation splits); add_special
+  wraps the text in the CLS (BOS) and SEP tokens.
 
 Control and unknown tokens are matched in the text only with ``parse_special=True``;
 user-defined tokens (Gemma's whitespace runs, HTML tags) are always matched, as in llama.cpp.
@@ -48,6 +51,10 @@ def replace_lone_surrogates(text: str) -> str:
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
+# tokenizer.ggml.model values this module reads
+_VOCABULARY_KINDS = ("gpt2", "llama", "gemma4", "bert")
+
+
 class TokenizerError(JanlibError, ValueError):
     """The GGUF metadata does not describe a usable vocabulary, or a token id is out of range."""
 
@@ -58,6 +65,7 @@ _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)
 _LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
            r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2 = _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+_QWEN35 = _QWEN2.replace(r"\p{L}+", r"[\p{L}\p{M}]+").replace(r" ?[^\s\p{L}\p{N}]+", r" ?[^\s\p{L}\p{M}\p{N}]+")
 
 
 @dataclass(frozen=True)
@@ -72,14 +80,31 @@ _GPT2_PRE = _PreTokenizer((_GPT2,))
 _STARCODER = _PreTokenizer((r"\p{N}", _GPT2))  # SmolLM: every digit on its own
 _LLAMA3_PRE = _PreTokenizer((_LLAMA3,), ignore_merges=True, add_bos=True)
 _QWEN2_PRE = _PreTokenizer((_QWEN2,))
+_CJK = "[一-龥ࠀ-一가-\ud7ff]+"
+_DEEPSEEK_LLM = _PreTokenizer((
+    r"[\r\n]",
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-Ჺ"
+    "Ჽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌῐ-\u1fd3ῖ-\u1fdbῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝ"
+    "ℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀"
+    "-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",  # letters; escapes where NFC would change one (U+1F7D is not U+03CE)
+    "\\s?[!-/:-~！-／：-～‘-‟\u3000-。]+",  # \u3000: the ideographic space itself
+    r"\s+$",
+    _CJK,
+    r"\p{N}+",
+))
 
 _PRE_TOKENIZERS: dict[str, _PreTokenizer] = {
     "default": _DEFAULT,
     "gpt2": _GPT2_PRE, "gpt-2": _GPT2_PRE, "phi-2": _GPT2_PRE, "mpt": _GPT2_PRE, "olmo": _GPT2_PRE,
     "smollm": _STARCODER, "starcoder": _STARCODER, "refact": _STARCODER, "codeshell": _STARCODER,
+    "command-r": _STARCODER,
     "llama3": _LLAMA3_PRE, "llama-v3": _LLAMA3_PRE, "llama-bpe": _LLAMA3_PRE,
     "dbrx": _PreTokenizer((_LLAMA3,)), "smaug-bpe": _PreTokenizer((_LLAMA3,)),
     "qwen2": _QWEN2_PRE, "deepseek-r1-qwen": _QWEN2_PRE, "stablelm2": _QWEN2_PRE, "megrez": _QWEN2_PRE,
+    "qwen35": _PreTokenizer((_QWEN35,)),
+    "falcon": _PreTokenizer((r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, "[0-9][0-9][0-9]")),
+    "deepseek-llm": _DEEPSEEK_LLM,
+    "deepseek-coder": _PreTokenizer((r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}")),
 }
 
 # Token texts that end generation (llama.cpp's special_eog_ids, found by text).
@@ -174,6 +199,7 @@ class _Backend(NamedTuple):
     default_bos: int | None  # llama.cpp's defaults when the metadata has no id / flag
     default_eos: int | None
     default_add_bos: bool
+    add_sep: bool = False  # add_special ends the text with the separator token (WPM)
 
 
 def _byte_level_backend(metadata: dict, tokens: list[str], vocab: dict[str, int]) -> _Backend:
@@ -189,6 +215,14 @@ def _byte_level_backend(metadata: dict, tokens: list[str], vocab: dict[str, int]
     return _Backend(backend, [_byte_level_bytes(t) for t in tokens], False, None, None, pre.add_bos)
 
 
+def _spm_pieces(tokens: list[str], types: np.ndarray) -> list[bytes]:
+    """Bytes of SentencePiece-spelled tokens: ``▁`` is a space, ``<0xNN>`` byte tokens one byte."""
+    pieces = [t.replace("▁", " ").encode() for t in tokens]
+    for i in np.flatnonzero(types == BYTE).tolist():
+        pieces[i] = bytes([int(tokens[i][3:5], 16)])
+    return pieces
+
+
 def _sentencepiece_backend(metadata: dict, tokens: list[str], vocab: dict[str, int], types: np.ndarray) -> _Backend:
     n = len(tokens)
     scores = _numeric_array(metadata, "tokenizer.ggml.scores", n, 0.0, np.float32)
@@ -198,10 +232,37 @@ def _sentencepiece_backend(metadata: dict, tokens: list[str], vocab: dict[str, i
     add_space_prefix = _bool(metadata, "tokenizer.ggml.add_space_prefix", True)
     prefix = [normalizers.Prepend("▁")] if add_space_prefix else []
     backend.normalizer = normalizers.Sequence([*prefix, normalizers.Replace(" ", "▁")])
+    return _Backend(backend, _spm_pieces(tokens, types), add_space_prefix, 1, 2, True)
+
+
+def _gemma4_backend(metadata: dict, tokens: list[str], vocab: dict[str, int], types: np.ndarray) -> _Backend:
+    """Gemma 4's BPE: the file's merges over raw UTF-8 with spaces spelled ``▁``, applied to each
+    line and each run of newlines (a run that is a token is kept whole), bytes without a token as
+    ``<0xNN>``; llama.cpp always adds BOS."""
+    backend = HFTokenizer(models.BPE(vocab, _gpt2_merges(metadata, vocab), byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[^\n]+|\n+"), behavior="isolated")
+    return _Backend(backend, _spm_pieces(tokens, types), False, None, None, True)
+
+
+def _wordpiece_backend(metadata: dict, tokens: list[str], vocab: dict[str, int]) -> _Backend:
+    """BERT's WordPiece as llama.cpp runs it: the GGUF spells word-initial pieces ``▁word`` and
+    continuations bare (the converter turned ``##ing`` into ``ing``); each word, split off at
+    whitespace, punctuation and CJK characters, takes the longest matching piece first, and a word
+    with an unmatched rest becomes the unknown token."""
+    n = len(tokens)
+    unk_id = _optional_id(metadata, "tokenizer.ggml.unknown_token_id", n, 100)
+    wordpiece_vocab = {(t[1:] if t.startswith("▁") else "##" + t): i for i, t in enumerate(tokens)}
+    wordpiece_vocab[tokens[unk_id]] = unk_id  # the unknown token keeps its own spelling
+    backend = HFTokenizer(models.WordPiece(wordpiece_vocab, unk_token=tokens[unk_id],
+                                           max_input_chars_per_word=2**31 - 1))
+    lowercase = _bool(metadata, "tokenizer.ggml.normalizer.lowercase", True)
+    strip_accents = _bool(metadata, "tokenizer.ggml.normalizer.strip_accents", lowercase)
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=strip_accents, lowercase=lowercase)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     pieces = [t.replace("▁", " ").encode() for t in tokens]
-    for i in np.flatnonzero(types == BYTE).tolist():
-        pieces[i] = bytes([int(tokens[i][3:5], 16)])
-    return _Backend(backend, pieces, add_space_prefix, 1, 2, True)
+    return _Backend(backend, pieces, False, 101, None, True, add_sep=True)
 
 
 class Tokenizer:
@@ -209,7 +270,7 @@ class Tokenizer:
 
     def __init__(self, *, backend: HFTokenizer, tokens: list[str], types: np.ndarray, pieces: list[bytes],
                  bos_id: int | None, eos_id: int | None, eos_token_ids: frozenset[int],
-                 add_bos: bool, add_eos: bool, strip_space_prefix: bool):
+                 add_bos: bool, add_eos: bool, strip_space_prefix: bool, sep_id: int | None = None):
         self._backend = backend
         self._backend_lock = threading.Lock()  # encode_special_tokens is a switch on the shared backend
         self._tokens = tokens
@@ -221,13 +282,15 @@ class Tokenizer:
         self.eos_token_ids = eos_token_ids
         self.add_bos = add_bos
         self.add_eos = add_eos
+        self.sep_id = sep_id  # a WordPiece vocabulary ends each text encoded with add_special with it
         self._strip_space_prefix = strip_space_prefix
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> Tokenizer:
         kind = metadata.get("tokenizer.ggml.model")
-        if kind not in ("gpt2", "llama"):
-            raise UnsupportedError(f"tokenizer.ggml.model {kind!r} is not supported; supported: 'gpt2', 'llama'")
+        if kind not in _VOCABULARY_KINDS:
+            raise UnsupportedError(f"tokenizer.ggml.model {kind!r} is not supported; supported: "
+                                   + ", ".join(map(repr, _VOCABULARY_KINDS)))
         tokens = _string_list(metadata, "tokenizer.ggml.tokens")
         n = len(tokens)
         vocab = {text: i for i, text in enumerate(tokens)}
@@ -237,8 +300,12 @@ class Tokenizer:
         eos_token_ids = _mark_end_tokens(metadata, tokens, vocab, types)
         if kind == "gpt2":
             built = _byte_level_backend(metadata, tokens, vocab)
-        else:
+        elif kind == "llama":
             built = _sentencepiece_backend(metadata, tokens, vocab, types)
+        elif kind == "gemma4":
+            built = _gemma4_backend(metadata, tokens, vocab, types)
+        else:
+            built = _wordpiece_backend(metadata, tokens, vocab)
 
         # special and user-defined tokens are split out of the text before the model runs and
         # decode to their own text; unused and undefined ones decode to nothing (as in llama.cpp)
@@ -255,14 +322,19 @@ class Tokenizer:
         eos_id = _optional_id(metadata, "tokenizer.ggml.eos_token_id", n, built.default_eos)
         add_bos = _bool(metadata, "tokenizer.ggml.add_bos_token", built.default_add_bos)
         add_eos = _bool(metadata, "tokenizer.ggml.add_eos_token", False)
+        if kind == "gemma4":  # llama.cpp overrides a false add_bos_token for Gemma 4
+            add_bos = True
+        sep_id = _optional_id(metadata, "tokenizer.ggml.seperator_token_id", n, 102) if built.add_sep else None
         if add_bos and bos_id is None:
             raise TokenizerError("tokenizer.ggml.add_bos_token is true, but tokenizer.ggml.bos_token_id is not set")
         if add_eos and eos_id is None:
             raise TokenizerError("tokenizer.ggml.add_eos_token is true, but tokenizer.ggml.eos_token_id is not set")
+        if built.add_sep and sep_id is None:
+            raise TokenizerError("a WordPiece vocabulary needs tokenizer.ggml.seperator_token_id")
         if eos_id is not None:
             eos_token_ids.add(eos_id)
         return cls(backend=built.tokenizer, tokens=tokens, types=types, pieces=pieces, bos_id=bos_id, eos_id=eos_id,
-                   eos_token_ids=frozenset(eos_token_ids), add_bos=add_bos, add_eos=add_eos,
+                   eos_token_ids=frozenset(eos_token_ids), add_bos=add_bos, add_eos=add_eos, sep_id=sep_id,
                    strip_space_prefix=built.add_space_prefix)
 
     def token_text(self, token_id: int) -> str:
@@ -293,6 +365,8 @@ class Tokenizer:
             ids = self._backend.encode(text, add_special_tokens=False).ids
         if add_special:
             ids = [self.bos_id] * self.add_bos + ids + [self.eos_id] * self.add_eos
+            if self.sep_id is not None:
+                ids.append(self.sep_id)
         return ids
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
