@@ -97,7 +97,6 @@ def test_bad_values_name_the_field(api, body, param, validate):
 @pytest.mark.parametrize("extra, param", [
     ({"lora": [{"id": 0, "scale": 1.0}]}, "lora"),
     ({"multimodal_data": ["aGVsbG8="]}, "multimodal_data"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
 ])
 def test_unsupported_features_are_refused_not_ignored(api, extra, param):
     envelope(post(api, json={"model": MODEL_ID, "messages": MSGS, **extra}), 400, param=param,
