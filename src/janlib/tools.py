@@ -21,10 +21,12 @@ the model starts is finished valid, while plain text before it is free."""
 from __future__ import annotations
 
 import json
-import re
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+import numpy as np
 
 from janlib.chat import ChatTemplateError
 from janlib.reasoning import ReasoningMarkers, markers_for
@@ -144,20 +146,39 @@ def tool_grammar(fmt: ToolFormat, tools: list[dict], parallel: bool, tokenizer, 
     return "\n".join(rules) + "\n"
 
 
+_OPENERS: "weakref.WeakKeyDictionary[Any, dict[bytes, np.ndarray]]" = weakref.WeakKeyDictionary()
+
+
+def _opening_tokens(tokenizer, n_vocab: int, first: bytes) -> np.ndarray:
+    """uint8 (n_vocab,): 1 for the tokens whose first non-space byte is one of first; built once per
+    tokenizer (a pass over the vocabulary, outside any decode step)."""
+    per = _OPENERS.setdefault(tokenizer, {})
+    if first not in per:
+        flags = np.zeros(n_vocab, np.uint8)
+        for i in range(tokenizer.n_vocab):
+            flags[i] = tokenizer.token_bytes(i).lstrip()[:1] in first
+        per[first] = flags
+    return per[first]
+
+
 class LazyConstraint:
-    """A Constraint that lets every token through until the output opens a call (one of the format's
-    markers anywhere, or an at_start text as its first non-space text), then constrains the rest: the
-    text from the marker on is fed to the grammar, so the call is finished valid. The engine and
-    Model.generate see the Constraint interface (a None mask = no constraint)."""
+    """A Constraint that lets the model write freely until it opens a call, then constrains the rest,
+    so the call is finished valid. Two kinds of opening (ToolFormat): a marker anywhere in the output
+    (the text from the marker on is fed to the grammar), and a JSON call as the first thing written:
+    while only spaces have come, the tokens that would open one are masked to those the grammar allows
+    (every other token stays free). The engine and Model.generate see the Constraint interface (a None
+    mask = no constraint)."""
 
     def __init__(self, grammar: str, target, fmt: ToolFormat, field: str = "tools"):
         self._inner = Constraint(grammar, target, field)  # compiled now: a bad schema fails the request
         self._tokenizer = getattr(target, "tokenizer", target)
         self._markers = [m.encode() for m in fmt.markers]
-        self._at_start = [m.encode() for m in fmt.at_start]
+        self._opens = (_opening_tokens(self._tokenizer, self._inner.n_vocab, b"".join(m.encode()[:1] for m in
+                                                                                       fmt.at_start))
+                       if fmt.at_start else None)
         self._seen = bytearray()
         self.triggered = False
-        self._given_up = False  # the text after the marker did not fit the grammar: parse what comes
+        self._given_up = False  # the text after a marker did not fit the grammar: parse what comes
 
     def copy(self) -> "LazyConstraint":
         twin = object.__new__(LazyConstraint)
@@ -167,7 +188,11 @@ class LazyConstraint:
         return twin
 
     def allowed_mask(self):
-        return self._inner.allowed_mask() if self.triggered else None
+        if self.triggered:
+            return self._inner.allowed_mask()
+        if self._opens is not None and not self._given_up:  # nothing but spaces yet: a JSON call may open
+            return self._inner.allowed_mask() | (1 - self._opens)
+        return None
 
     def accept(self, token: int) -> None:
         if self.triggered:
@@ -177,10 +202,19 @@ class LazyConstraint:
             return
         before = len(self._seen)
         self._seen += self._tokenizer.token_bytes(int(token))
-        start = self._trigger_position(before)
-        if start is None:
-            return
-        text = bytes(self._seen[start:]).decode("utf-8", "replace")
+        if self._opens is not None and self._seen.strip():
+            opens, self._opens = self._opens[token], None  # the output has begun: no JSON opening later
+            if opens:  # allowed by the grammar's mask
+                self._inner.accept(token)
+                self.triggered = True
+                return
+        for marker in self._markers:
+            at = self._seen.find(marker, max(0, before - len(marker) + 1))
+            if at >= 0:
+                self._trigger(bytes(self._seen[at:]).decode("utf-8", "replace"))
+                return
+
+    def _trigger(self, text: str) -> None:
         try:
             for piece in self._tokenizer.encode(text, add_special=False, parse_special=True):
                 self._inner.accept(piece)
@@ -188,31 +222,12 @@ class LazyConstraint:
         except GrammarError:
             self._given_up = True
 
-    def _trigger_position(self, before: int) -> int | None:
-        seen = self._seen
-        for marker in self._markers:
-            at = seen.find(marker, max(0, before - len(marker) + 1))
-            if at >= 0:
-                return at
-        if self._at_start:
-            stripped = seen.lstrip()
-            offset = len(seen) - len(stripped)
-            if any(stripped.startswith(m) for m in self._at_start):
-                return offset
-            if stripped and not any(m.startswith(stripped[:len(m)]) for m in self._at_start):
-                self._at_start = []  # the output began otherwise: no JSON call can open it now
-        return None
-
     def is_accepting(self) -> bool:
         return not self.triggered or self._inner.is_accepting()
 
     def is_stopped(self) -> bool:
         return self.triggered and self._inner.is_stopped()
 
-    def reset(self) -> None:
-        self._inner.reset()
-        self._seen.clear()
-        self.triggered = self._given_up = False
 
 
 # ---------------------------------------------------------------- rendering

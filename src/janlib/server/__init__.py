@@ -93,6 +93,8 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
 
     app.register_blueprint(models_bp.bp)
     app.register_blueprint(chat.bp)
+    from . import responses  # noqa: E402  (the Responses API beside chat completions)
+    app.register_blueprint(responses.bp)
     app.register_blueprint(misc.bp)
     app.register_blueprint(webui.bp)
     register_error_handlers(app)

@@ -12,3 +12,8 @@ MIMETYPE = "text/event-stream"
 
 def event(payload: Any) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def named_event(name: str, payload: Any) -> bytes:
+    """An event with its type line (the Responses and Anthropic streams name every event)."""
+    return f"event: {name}\n".encode() + event(payload)
