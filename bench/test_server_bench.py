@@ -125,11 +125,11 @@ def _rss_mb(pid) -> float:
 
 def test_server_concurrent_streams_and_memory(report):
     """Aggregate tokens/s of 4 and 8 concurrent streams beside one stream (one --parallel 8 server),
-    then resident memory of a --parallel 4 --ctx-size 2048 server after 4 streams."""
+    then resident memory of a --parallel 4 --ctx-size 8192 server (2048 a slot) after 4 streams."""
     from janlib.model import Model
     from server_util import Server
 
-    server = Server("--alias", "bench", "--parallel", "8", "--ctx-size", "2048", "--threads", "2",
+    server = Server("--alias", "bench", "--parallel", "8", "--ctx-size", "16384", "--threads", "2",
                     "--log-level", "warning").wait_ready()
     try:
         _concurrent(server.base, [_story(0, 16)])  # warm
@@ -143,7 +143,7 @@ def test_server_concurrent_streams_and_memory(report):
            f"({rates[4] / rates[1]:.2f}x, target >= 2.5x), 8 streams {rates[8]:.0f} t/s "
            f"({rates[8] / rates[1]:.2f}x, target >= 3.5x)")
 
-    server = Server("--alias", "bench", "--parallel", "4", "--ctx-size", "2048", "--threads", "2",
+    server = Server("--alias", "bench", "--parallel", "4", "--ctx-size", "8192", "--threads", "2",
                     "--log-level", "warning").wait_ready()
     try:
         _concurrent(server.base, [_story(i) for i in range(4)])
@@ -154,7 +154,7 @@ def test_server_concurrent_streams_and_memory(report):
     h = model._runtime.hparams
     kv_mb = h.n_layer * h.n_head_kv * (h.head_dim_k + h.head_dim_v) * 2 * 2048 * 4 / 2**20  # f16 K and V, 4 x 2048 cells
     weights_mb = model.path.stat().st_size / 2**20
-    report(f"server --parallel 4 --ctx-size 2048 RSS after 4 streams: {rss:.0f} MB; weights {weights_mb:.0f} MB + "
+    report(f"server --parallel 4 --ctx-size 8192 RSS after 4 streams: {rss:.0f} MB; weights {weights_mb:.0f} MB + "
            f"full KV {kv_mb:.0f} MB + 150 MB = {weights_mb + kv_mb + 150:.0f} MB (target: RSS at most that)")
 
 
@@ -166,7 +166,7 @@ def test_server_long_prompt_beside_streams(report):
     long_text = " ".join(f"item {i}," for i in range(520))  # about 1,500 tokens with the template
     long_body = {"model": "bench", "messages": [{"role": "user", "content": long_text}], "max_tokens": 1,
                  "stream": True, "cache_prompt": False}
-    server = Server("--alias", "bench", "--parallel", "4", "--ctx-size", "2048", "--threads", "2",
+    server = Server("--alias", "bench", "--parallel", "4", "--ctx-size", "8192", "--threads", "2",
                     "--log-level", "warning").wait_ready()
     try:
         n_prompt = len(requests.post(server.base + "/tokenize", json={"content": long_text}).json()["tokens"])

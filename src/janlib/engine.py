@@ -339,7 +339,8 @@ class Engine:
         self.queue_size = queue_size
         self.metrics = {"requests_total": 0, "prompt_tokens_total": 0, "predicted_tokens_total": 0,
                         "prompt_seconds_total": 0.0, "predicted_seconds_total": 0.0, "rejected_total": 0,
-                        "cancelled_total": 0, "failed_total": 0, "steps_total": 0}
+                        "cancelled_total": 0, "failed_total": 0, "steps_total": 0,
+                        "prompt_tokens_cached_total": 0, "busy_slots_total": 0, "n_tokens_max": 0}
         self._slots = [_Slot(i) for i in range(self.n_seq_max)]
         self._waiting: deque[Handle] = deque()
         self._active: list[Handle] = []  # admitted, in admission order
@@ -349,6 +350,7 @@ class Engine:
         self._accepting = True
         self._drain_deadline: float | None = None  # closing: in-flight requests end by then
         self._death: BaseException | None = None
+        self._to_erase: set[int] = set()  # erased sequences whose cells the thread still has to free
         self._fault = _Fault(os.environ.get("JANLIB_ENGINE_FAULT"))
         self._thread = threading.Thread(target=self._run, name="janlib-engine", daemon=True)
         self._thread.start()
@@ -412,6 +414,22 @@ class Engine:
                     entry["state"] = "idle"
                 out.append(entry)
             return out
+
+    def slot_tokens(self, index: int) -> list[int]:
+        """The tokens whose cells sequence index holds (what a later prompt with that prefix reuses)."""
+        with self._cond:
+            return list(self._slots[index].cached)
+
+    def erase_slot(self, index: int) -> int:
+        """Forget what idle sequence index holds; the number of tokens forgotten. Its cells are freed by the
+        engine thread before the next step (the context is the thread's alone)."""
+        with self._cond:
+            slot = self._slots[index]
+            if slot.seq is not None:
+                raise EngineError(f"sequence {index} is busy")
+            n, slot.cached = len(slot.cached), []
+            self._to_erase.add(index)
+            return n
 
     def close(self, timeout: float = 0.0) -> None:
         """Stop taking requests; let in-flight ones run for up to timeout seconds, then end those still
@@ -537,6 +555,10 @@ class Engine:
 
     # admission: waiting requests (in order) get sequences ---------------------------
     def _admit(self) -> None:
+        for index in self._to_erase:
+            if not self._slots[index].cached:  # not refilled since
+                self.context.seq_rm(index, 0, -1)
+        self._to_erase.clear()
         for handle in list(self._waiting):
             if handle.cancelled():
                 self._waiting.remove(handle)
@@ -638,6 +660,8 @@ class Engine:
         if logits is None:
             return
         self.metrics["steps_total"] += 1
+        self.metrics["busy_slots_total"] += len({seq.slot.index for seq, _ in entries})
+        self.metrics["n_tokens_max"] = max(self.metrics["n_tokens_max"], sum(len(t) for _, t in entries))
         row = 0
         now = time.perf_counter()
         for seq, tokens in entries:
@@ -746,6 +770,7 @@ class Engine:
         seq.t_first = now
         seq.t_prompt_ms = (now - handle.t_start) * 1000
         self.metrics["prompt_tokens_total"] += len(seq.prompt) - seq.n_cached
+        self.metrics["prompt_tokens_cached_total"] += seq.n_cached
         self.metrics["prompt_seconds_total"] += seq.t_prompt_ms / 1000
         handle._put(Event("start", info={"slot": seq.slot.index, "n_prompt": len(seq.prompt),
                                          "n_cached": seq.n_cached, "prompt_ms": seq.t_prompt_ms}))
@@ -802,7 +827,7 @@ class Engine:
         n_gen = seq.n_generated
         info = {"finish_reason": reason, "n_predicted": n_gen, "prompt_ms": seq.t_prompt_ms,
                 "predicted_ms": (now - seq.t_first) * 1000, "slot": seq.slot.index, "timed_out": seq.timed_out,
-                "truncated": seq.truncated,
+                "truncated": seq.truncated, "stop_word": seq.stops.matched,
                 "context_full": seq.truncated or (reason == "length" and len(seq.prompt) + n_gen >= self.n_ctx)}
         running = self._seqs.get(handle.id, [])
         if seq in running:

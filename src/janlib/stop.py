@@ -12,13 +12,15 @@ class StopStringFilter:
     def __init__(self, stop: list[str]):
         self.stop = [s for s in stop if s]
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
         self._held = ""
 
     def feed(self, piece: str) -> str:
         if self.stopped:
             return ""
         text = self._held + piece
-        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        cut, self.matched = min(((i, s) for s, i in ((s, text.find(s)) for s in self.stop) if i >= 0),
+                                default=(-1, None))
         if cut >= 0:
             self.stopped = True
             self._held = ""

@@ -14,7 +14,7 @@ from server_util import API_KEY, CTX, MODEL_ID, SPEC_PATH, start  # noqa: E402
 @pytest.fixture(scope="session")
 def server():
     """The real SmolLM2 model, two slots, one API key, a small context."""
-    s = start("--api-key", API_KEY, "--alias", MODEL_ID, "--parallel", "2", "--ctx-size", str(CTX),
+    s = start("--api-key", API_KEY, "--alias", MODEL_ID, "--parallel", "2", "--ctx-size", str(2 * CTX),
                "--threads", "1", "--log-level", "warning")
     yield s
     s.stop()

@@ -15,7 +15,7 @@ from server_util import MODEL_ID, Server, _env
 
 pytestmark = pytest.mark.slow
 
-ARGS = ("--alias", MODEL_ID, "--parallel", "2", "--ctx-size", "1024", "--threads", "1", "--log-level", "warning")
+ARGS = ("--alias", MODEL_ID, "--parallel", "2", "--ctx-size", "2048", "--threads", "1", "--log-level", "warning")
 
 
 def _server(*extra: str, fault: str | None = None) -> Server:

@@ -44,7 +44,7 @@ def _stream_text(base, prompt, **extra) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def two_slots():
-    s = start("--alias", MODEL_ID, "--parallel", "2", "--ctx-size", "512", "--threads", "1")
+    s = start("--alias", MODEL_ID, "--parallel", "2", "--ctx-size", "1024", "--threads", "1")
     yield s
     s.stop()
 

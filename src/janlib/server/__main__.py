@@ -11,44 +11,110 @@ import threading
 import time
 import warnings
 
-from .config import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, ConfigError, ServerConfig, keys_from_env
+from .config import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, POOLING, ConfigError, ServerConfig, keys_from_env
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.server") -> ServerConfig:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__)
+def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentParser:
+    """The command line: janlib's own flags and llama-server's (same names, same meaning), so a script that
+    launches llama-server can launch janlib instead."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, allow_abbrev=False)
     p.add_argument("--model", "-m", help="path of a .gguf file or a registry name (default: the default model)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}; any other "
                    "than loopback needs an API key)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY",
-                   help=f"accept this Bearer key (repeatable; also ${API_KEY_ENV}, comma-separated)")
+                   help=f"accept this Bearer key (repeatable or comma-separated; also ${API_KEY_ENV})")
     p.add_argument("--threads", "-t", type=int, help="compute threads of the engine (default: the engine's choice)")
-    p.add_argument("--ctx-size", "-c", type=int, help="context size per slot in tokens (default: the model's)")
+    p.add_argument("--ctx-size", "-c", type=int,
+                   help="KV cache size in tokens, shared by the slots: each holds ctx-size / parallel "
+                   "(default 0: the model's)")
     p.add_argument("--parallel", "-np", type=int, default=1, help="slots: requests generated at once (default 1)")
+    p.add_argument("--kv-unified", "-kvu", action="store_true",
+                   help="every slot may use the whole --ctx-size instead of its share")
+    p.add_argument("--batch-size", "-b", type=int, help="tokens evaluated per engine step (default 256)")
     p.add_argument("--queue-size", type=int, default=16,
                    help="requests that may wait for a free slot; beyond it 503 (default 16)")
-    p.add_argument("--n-predict", type=int, default=-1,
-                   help="cap on tokens generated per request, whatever it asks (default -1: none)")
+    p.add_argument("--n-predict", "--predict", "-n", type=int, default=-1,
+                   help="tokens generated per request when it does not say, and the most it may ask for "
+                   "(default -1: up to the context)")
+    p.add_argument("--context-shift", dest="context_shift", action="store_true", default=True,
+                   help="at a full context drop the older half of what follows n_keep and go on (default)")
     p.add_argument("--no-context-shift", dest="context_shift", action="store_false",
-                   help="end generation at a full context (finish_reason length) instead of dropping the "
-                   "older half of what follows n_keep")
+                   help="end generation at a full context (finish_reason length)")
+    p.add_argument("--seed", "-s", type=int, default=-1,
+                   help="seed of the requests that give none (default -1: a random one each)")
+    p.add_argument("--temp", "--temperature", dest="temperature", type=float,
+                   help="temperature of the requests that give none (default 0.8)")
+    p.add_argument("--alias", "-a", help="the model id to serve (default: the model's file name); "
+                   "comma-separated: several names, the alphabetically first is the id")
+    p.add_argument("--tags", help="comma-separated tags shown in /v1/models")
+    p.add_argument("--chat-template", metavar="JINJA_TEMPLATE",
+                   help="a Jinja chat template (or the name chatml) instead of the model's")
+    p.add_argument("--chat-template-file", metavar="PATH", help="read the chat template from this file")
+    p.add_argument("--jinja", action="store_true", help="accepted: janlib always renders Jinja templates")
+    p.add_argument("--no-jinja", dest="jinja", action="store_false",
+                   help="accepted: janlib has no other template engine, so templates are still Jinja")
+    p.add_argument("--metrics", dest="metrics", action="store_true", default=True,
+                   help="serve GET /metrics (default: on)")
+    p.add_argument("--no-metrics", dest="metrics", action="store_false", help="GET /metrics answers 501")
+    p.add_argument("--slots", dest="slots", action="store_true", default=True, help="serve GET /slots (default)")
+    p.add_argument("--no-slots", dest="slots", action="store_false", help="GET /slots answers 501")
+    p.add_argument("--props", action="store_true", help="let POST /props change the request defaults")
+    p.add_argument("--slot-save-path", metavar="DIR",
+                   help="directory where POST /slots/ID?action=save and restore keep slot files")
+    p.add_argument("--embedding", "--embeddings", dest="embeddings", action="store_true",
+                   help="accepted; the embedding endpoints answer 501: janlib's models are decoders only")
+    p.add_argument("--pooling", choices=POOLING, help="accepted with --embedding (see there)")
+    p.add_argument("--no-webui", "--no-ui", dest="webui", action="store_false", help="no chat page at /")
+    p.add_argument("--cont-batching", "-cb", action="store_true",
+                   help="accepted: janlib always batches new requests into running ones")
+    p.add_argument("--n-gpu-layers", "--gpu-layers", "-ngl", metavar="N",
+                   help="accepted: janlib runs on the CPU whatever N is")
+    p.add_argument("--flash-attn", "-fa", nargs="?", const="on", metavar="on|off|auto",
+                   help="accepted: janlib has one attention kernel")
+    p.add_argument("--ubatch-size", "-ub", type=int, help="accepted: janlib has no separate physical batch")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. http://localhost:3000, or *) call the API from a browser "
                    "(repeatable; default: none, same origin only)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, requests in flight may finish for this long; those still generating "
                    "then end with finish_reason length (default 10)")
-    p.add_argument("--alias", help="the model id to serve (default: the model's file name)")
     p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body in bytes (8 MiB)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log level (default info)")
-    a = p.parse_args(argv)
-    return ServerConfig(model=a.model, host=a.host, port=a.port, api_keys=a.api_key + keys_from_env(),
-                        threads=a.threads, ctx_size=a.ctx_size, parallel=a.parallel, queue_size=a.queue_size,
-                        alias=a.alias, n_predict=a.n_predict, context_shift=a.context_shift, max_body=a.max_body,
-                        log_level=a.log_level, cors_origins=a.cors_origin,
-                        shutdown_timeout=a.shutdown_timeout)
+    p.add_argument("--verbose", "-v", dest="log_level", action="store_const", const="debug",
+                   help="log level debug")
+    return p
+
+
+def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.server") -> ServerConfig:
+    """The command line as a ServerConfig; an unknown flag, or a file that cannot be read, is an error
+    naming it (argparse exits with status 2)."""
+    p = build_parser(prog)
+    a, unknown = p.parse_known_args(argv)
+    if unknown:
+        flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+        p.error(f"unknown flag {flag!r}" if flag.startswith("-") else f"unexpected argument {flag!r}")
+    template = a.chat_template
+    if a.chat_template_file is not None:
+        try:
+            with open(a.chat_template_file, encoding="utf-8") as f:
+                template = f.read()
+        except OSError as error:
+            p.error(f"--chat-template-file: cannot read {a.chat_template_file!r}: {error.strerror or error}")
+    api_keys = [k.strip() for given in a.api_key for k in given.split(",") if k.strip()] + keys_from_env()
+    aliases = sorted({n.strip() for n in (a.alias or "").split(",") if n.strip()})
+    return ServerConfig(model=a.model, host=a.host, port=a.port, api_keys=api_keys,
+                        threads=a.threads, ctx_size=a.ctx_size, parallel=a.parallel, kv_unified=a.kv_unified,
+                        batch_size=a.batch_size, queue_size=a.queue_size,
+                        alias=aliases[0] if aliases else a.alias, aliases=aliases[1:],
+                        tags=[t.strip() for t in (a.tags or "").split(",") if t.strip()],
+                        n_predict=a.n_predict, context_shift=a.context_shift, max_body=a.max_body,
+                        log_level=a.log_level, cors_origins=a.cors_origin, shutdown_timeout=a.shutdown_timeout,
+                        seed=a.seed, temperature=a.temperature, chat_template=template, metrics=a.metrics,
+                        slots=a.slots, props=a.props, slot_save_path=a.slot_save_path, embeddings=a.embeddings,
+                        pooling=a.pooling, webui=a.webui)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m janlib.server") -> int:

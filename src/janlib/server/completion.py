@@ -66,7 +66,15 @@ def build_constraint(st: ServerState, fields: dict) -> Constraint | None:
     return None
 
 
+def apply_server_defaults(st: ServerState, fields: dict) -> None:
+    """The server's request defaults (--seed, --temp, POST /props) for the fields the request left out."""
+    for name, value in st.defaults.items():
+        if name not in fields["_given"]:
+            fields[name] = value
+
+
 def check_request_options(st: ServerState, fields: dict) -> None:
+    apply_server_defaults(st, fields)
     n_vocab = st.model.n_vocab
     n_seq = st.engine.n_seq_max
     if fields["id_slot"] >= n_seq:
@@ -137,10 +145,11 @@ def generation_settings(st: ServerState, fields: dict, max_tokens: int) -> dict:
 
 def timings(start: dict | None, done: dict | None, n_predicted: int) -> dict:
     prompt_ms = (start or {}).get("prompt_ms", 0.0)
-    prompt_n = (start or {}).get("n_prompt", 0) - (start or {}).get("n_cached", 0)
+    cache_n = (start or {}).get("n_cached", 0)
+    prompt_n = (start or {}).get("n_prompt", 0) - cache_n
     predicted_ms = (done or {}).get("predicted_ms", 0.0)
     return {
-        "prompt_n": prompt_n, "prompt_ms": prompt_ms,
+        "cache_n": cache_n, "prompt_n": prompt_n, "prompt_ms": prompt_ms,
         "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
         "prompt_per_second": prompt_n * 1000 / prompt_ms if prompt_ms else 0.0,
         "predicted_n": n_predicted, "predicted_ms": predicted_ms,
@@ -302,12 +311,13 @@ def usage(start: dict, n_predicted: int) -> dict:
 ALWAYS_KEPT = ("id", "object", "created", "model", "choices", "usage")
 
 
-def select_fields(response: dict, paths: list[str] | None) -> dict:
+def select_fields(response: dict, paths: list[str] | None, kept: tuple[str, ...] = ALWAYS_KEPT) -> dict:
     """llama.cpp's response_fields: the values at the given "/"-separated paths, keyed by path, beside
-    the fields the response schema requires (which llama.cpp drops; the spec does not allow that)."""
+    the kept fields (by default those the OpenAI response schema requires, which llama.cpp drops; the spec
+    does not allow that; llama.cpp's native /completion keeps none)."""
     if not paths:
         return response
-    out = {k: response[k] for k in ALWAYS_KEPT if k in response}  # the schema's required fields stay
+    out = {k: response[k] for k in kept if k in response}
     for path in paths:
         node: Any = response
         ok = True

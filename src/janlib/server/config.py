@@ -12,6 +12,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1337
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 API_KEY_ENV = "JANLIB_API_KEY"
+POOLING = ("none", "mean", "cls", "last", "rank")
 ORIGIN_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+", re.IGNORECASE)  # what a browser sends as Origin
 
 
@@ -26,16 +27,32 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     api_keys: list[str] = field(default_factory=list)
     threads: int | None = None  # compute threads of each slot's model; None = the engine's choice
-    ctx_size: int | None = None  # context per slot; None = the model's default
-    parallel: int = 1  # slots
+    ctx_size: int | None = None  # KV cells of all slots together (llama-server's -c); None or 0 = the model's default
+    parallel: int = 1  # slots; each holds ctx_size // parallel positions, or all ctx_size with kv_unified
+    kv_unified: bool = False
+    batch_size: int | None = None  # tokens per engine step (llama-server's -b); None = the engine's default
     queue_size: int = 16  # requests that may wait for a slot before 503
     alias: str | None = None  # the model id served; None = the file name
+    aliases: list[str] = field(default_factory=list)  # further names the model answers to
     n_predict: int = -1  # server-wide cap on generated tokens per request; -1 = none
     context_shift: bool = True  # False: a full context ends generation with finish_reason "length"
     max_body: int = DEFAULT_MAX_BODY
     cors_origins: list[str] = field(default_factory=list)  # browser origins allowed, "*" any; empty = same origin
     log_level: str = "info"
     shutdown_timeout: float = 10.0  # seconds in-flight requests may run on after SIGTERM/SIGINT
+    # request defaults where a request does not say (llama-server's --seed, --temp)
+    seed: int = -1
+    temperature: float | None = None
+    chat_template: str | None = None  # a Jinja template replacing the model's (--chat-template[-file])
+    tags: list[str] = field(default_factory=list)  # shown in /v1/models (llama-server's --tags)
+    # llama-server's endpoint switches
+    metrics: bool = True  # GET /metrics (llama-server: off unless --metrics; janlib has always served it)
+    slots: bool = True  # GET /slots
+    props: bool = False  # POST /props may change the defaults
+    webui: bool = True  # the chat page at /
+    slot_save_path: str | None = None  # POST /slots/{id}?action=save|restore reads and writes here
+    embeddings: bool = False  # --embeddings: the decoder model cannot embed; see server/native.py
+    pooling: str | None = None
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -46,8 +63,21 @@ class ServerConfig:
             raise ConfigError(f"--queue-size must be at least 0, got {self.queue_size}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
-        if self.ctx_size is not None and self.ctx_size < 1:
-            raise ConfigError(f"--ctx-size must be at least 1, got {self.ctx_size}")
+        if self.ctx_size is not None and self.ctx_size < 0:
+            raise ConfigError(f"--ctx-size must be 0 (the model's) or more, got {self.ctx_size}")
+        if self.ctx_size and not self.kv_unified and self.ctx_size < self.parallel:
+            raise ConfigError(f"--ctx-size {self.ctx_size} split over --parallel {self.parallel} slots leaves "
+                              "no room in a slot")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not -1 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be -1 (random) or in 0..{2**32 - 1}, got {self.seed}")
+        if self.temperature is not None and not 0 <= self.temperature < float("inf"):
+            raise ConfigError(f"--temp must be 0 or more, got {self.temperature}")
+        if self.pooling is not None and self.pooling not in POOLING:
+            raise ConfigError(f"--pooling must be one of {', '.join(POOLING)}, got {self.pooling!r}")
+        if self.slot_save_path is not None and not os.path.isdir(self.slot_save_path):
+            raise ConfigError(f"--slot-save-path must be an existing directory, got {self.slot_save_path!r}")
         if self.n_predict < -1:
             raise ConfigError(f"--n-predict must be -1 (no cap) or more, got {self.n_predict}")
         if not self.shutdown_timeout >= 0:

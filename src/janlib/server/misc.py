@@ -8,6 +8,7 @@ from importlib import resources
 from flask import Blueprint, Response, jsonify, request
 
 from . import schema
+from .errors import APIError
 from .state import state
 
 bp = Blueprint("misc", __name__)
@@ -37,8 +38,12 @@ def health():
 
 @_route("/slots", "GET")
 def slots():
-    """Each sequence's state, as llama.cpp's GET /slots."""
-    return jsonify(state().engine.slots())
+    """Each sequence's state, as llama.cpp's GET /slots (501 with --no-slots)."""
+    st = state()
+    if not st.config.slots:
+        raise APIError(501, "the slots endpoint is off: start the server without --no-slots",
+                       code="not_supported", type="not_supported_error")
+    return jsonify(st.engine.slots())
 
 
 @_route("/tokenize", "POST")
@@ -80,6 +85,7 @@ def props():
     st = state()
     defaults = {name: (list(f.default) if isinstance(f.default, tuple) else f.default)
                 for name, f in schema.FIELDS.items() if name not in ("model", "user", "n")}
+    defaults.update(st.defaults)
     defaults["n_predict"] = st.config.n_predict
     defaults["stop"] = []
     return jsonify({
@@ -87,45 +93,82 @@ def props():
         "total_slots": st.engine.n_seq_max,
         "model_path": st.model_path,
         "model_alias": st.model_id,
-        "chat_template": st.model.chat_template or "",
+        "chat_template": st.model.template.source if st.config.chat_template else st.model.chat_template or "",
         "n_vocab": st.model.n_vocab,
         "modalities": {"vision": False, "audio": False},
+        "endpoint_slots": st.config.slots,
+        "endpoint_props": st.config.props,
+        "endpoint_metrics": st.config.metrics,
         "build_info": f"janlib {__import__('janlib').__version__}",
     })
+
+
+# llama-server's metric names, beside janlib's own: (name, type, help, value from (metrics, status))
+LLAMACPP_METRICS = (
+    ("prompt_tokens_total", "counter", "Number of prompt tokens processed.", lambda m, s: m["prompt_tokens_total"]),
+    ("prompt_tokens_cached_total", "counter", "Number of prompt tokens reused from the cache.",
+     lambda m, s: m.get("prompt_tokens_cached_total", 0)),
+    ("prompt_seconds_total", "counter", "Prompt process time", lambda m, s: m["prompt_seconds_total"]),
+    ("tokens_predicted_total", "counter", "Number of generation tokens processed.",
+     lambda m, s: m["predicted_tokens_total"]),
+    ("tokens_predicted_seconds_total", "counter", "Predict process time", lambda m, s: m["predicted_seconds_total"]),
+    ("n_decode_total", "counter", "Total number of llama_decode() calls", lambda m, s: m["steps_total"]),
+    ("n_tokens_max", "counter", "Largest observed n_tokens.", lambda m, s: m.get("n_tokens_max", 0)),
+    ("spec_decode_num_draft_tokens_total", "counter", "Speculative draft tokens (janlib has no draft model).",
+     lambda m, s: 0),
+    ("spec_decode_num_accepted_tokens_total", "counter", "Accepted speculative tokens.", lambda m, s: 0),
+    ("spec_decode_num_drafts_total", "counter", "Speculative drafts.", lambda m, s: 0),
+    ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s.",
+     lambda m, s: m["prompt_tokens_total"] / m["prompt_seconds_total"] if m["prompt_seconds_total"] else 0.0),
+    ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s.",
+     lambda m, s: m["predicted_tokens_total"] / m["predicted_seconds_total"] if m["predicted_seconds_total"] else 0.0),
+    ("requests_processing", "gauge", "Number of requests processing.", lambda m, s: s["busy"]),
+    ("requests_deferred", "gauge", "Number of requests deferred.", lambda m, s: s["waiting"]),
+    ("n_busy_slots_per_decode", "gauge", "Average number of busy slots per llama_decode() call",
+     lambda m, s: m.get("busy_slots_total", 0) / m["steps_total"] if m["steps_total"] else 0.0),
+)
 
 
 @_route("/metrics", "GET")
 def metrics():
     st = state()
+    if not st.config.metrics:
+        raise APIError(501, "the metrics endpoint is off: start the server without --no-metrics",
+                       code="not_supported", type="not_supported_error")
     m = dict(st.engine.metrics)
     status = st.engine.status()
     lines = []
 
     def metric(name, kind, help_, value, labels=""):
-        lines.append(f"# HELP janlib_{name} {help_}")
-        lines.append(f"# TYPE janlib_{name} {kind}")
-        lines.append(f"janlib_{name}{labels} {value}")
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.append(f"{name}{labels} {value}")
 
-    metric("requests_total", "counter", "Generations started.", m["requests_total"])
-    metric("requests_rejected_total", "counter", "Requests answered 503 because the queue was full.",
-           m["rejected_total"])
-    metric("requests_cancelled_total", "counter", "Generations stopped because the client went away.",
-           m["cancelled_total"])
-    metric("prompt_tokens_total", "counter", "Prompt tokens evaluated (cached ones excluded).",
-           m["prompt_tokens_total"])
-    metric("prompt_seconds_total", "counter", "Time spent evaluating prompts.", f"{m['prompt_seconds_total']:.6f}")
-    metric("tokens_predicted_total", "counter", "Tokens generated.", m["predicted_tokens_total"])
-    metric("tokens_predicted_seconds_total", "counter", "Time spent generating.",
-           f"{m['predicted_seconds_total']:.6f}")
-    metric("requests_failed_total", "counter", "Requests that failed while being served.", m["failed_total"])
-    metric("requests_processing", "gauge", "Slots busy now.", status["busy"])
-    metric("requests_deferred", "gauge", "Requests waiting in the queue.", status["waiting"])
-    metric("slots_total", "gauge", "Slots configured (--parallel).", st.engine.n_seq_max)
+    for name, kind, help_, value in LLAMACPP_METRICS:
+        metric(f"llamacpp:{name}", kind, help_, value(m, status))
+    for name, kind, help_, value in (
+            ("requests_total", "counter", "Generations started.", m["requests_total"]),
+            ("requests_rejected_total", "counter", "Requests answered 503 because the queue was full.",
+             m["rejected_total"]),
+            ("requests_cancelled_total", "counter", "Generations stopped because the client went away.",
+             m["cancelled_total"]),
+            ("prompt_tokens_total", "counter", "Prompt tokens evaluated (cached ones excluded).",
+             m["prompt_tokens_total"]),
+            ("prompt_seconds_total", "counter", "Time spent evaluating prompts.", f"{m['prompt_seconds_total']:.6f}"),
+            ("tokens_predicted_total", "counter", "Tokens generated.", m["predicted_tokens_total"]),
+            ("tokens_predicted_seconds_total", "counter", "Time spent generating.",
+             f"{m['predicted_seconds_total']:.6f}"),
+            ("requests_failed_total", "counter", "Requests that failed while being served.", m["failed_total"]),
+            ("requests_processing", "gauge", "Slots busy now.", status["busy"]),
+            ("requests_deferred", "gauge", "Requests waiting in the queue.", status["waiting"]),
+            ("slots_total", "gauge", "Slots configured (--parallel).", st.engine.n_seq_max)):
+        metric(f"janlib_{name}", kind, help_, value)
     lines.append("# HELP janlib_http_requests_total HTTP responses by endpoint and status.")
     lines.append("# TYPE janlib_http_requests_total counter")
     for (endpoint, code), count in sorted(st.http_requests.items()):
         lines.append(f'janlib_http_requests_total{{endpoint="{endpoint}",status="{code}"}} {count}')
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4",
+                    headers={"Process-Start-Time-Unix": str(st.started)})
 
 
 _DOC: bytes | None = None
