@@ -104,6 +104,21 @@ def test_simd_matmul_agrees_with_scalar(tensors, qtype, n, isa):
         assert np.all(np.abs(got - expected) <= 2 * terms * 2.0**-23 * scale)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", ALL_TYPES)
+def test_a_row_does_not_depend_on_the_other_rows(tensors, qtype, isa):
+    """Batch invariance: row i of matmul(W, X) is bit-identical to matmul(W, X[i:i+1]) for any
+    number of rows (the kernels group rows in fours and in column blocks)."""
+    rng = np.random.default_rng(11)
+    for name in tensor_names(qtype):
+        tensor, _ = tensors[name]
+        x = rng.standard_normal((70, tensor.shape[1])).astype(np.float32)
+        with janlib.use_isa(isa):
+            alone = np.concatenate([janlib.matmul(tensor, x[i:i + 1]) for i in range(len(x))])
+            for n in (2, 3, 4, 5, 7, 16, 32, 70):
+                np.testing.assert_array_equal(janlib.matmul(tensor, x[:n]), alone[:n], err_msg=f"{name} n={n}")
+
+
 @pytest.mark.parametrize("isa", SIMD_ISAS)
 @pytest.mark.parametrize("act", ["Q8_0", "Q8_1", "Q8_K"])
 def test_simd_activation_quantization_is_bit_exact(act, isa):

@@ -503,17 +503,17 @@ INLINE void float_to_float(load8_fn load8, load1_fn load1, const void *src, floa
     for (; i < n; i++) dst[i] = load1(src, i);
 }
 
-/* one row (nc == 1) keeps four FMA chains busy, four rows two each */
-INLINE void float_dot(load8_fn load8, load1_fn load1, int64_t k, const void *w, const void *x,
-                      size_t x_stride, int nc, float *s) {
-    enum { UNROLL_MAX = 4 };
-    const int unroll = nc == 1 ? 4 : 2;
-    __m256 acc[JL_NC_MAX][UNROLL_MAX];
+/* Four FMA chains per row for at most two rows (the registers hold no more); a row's sum never
+ * depends on how many rows share the call, which batch invariance needs. */
+INLINE void float_dot_pair(load8_fn load8, load1_fn load1, int64_t k, const void *w, const void *x,
+                           size_t x_stride, int nc, float *s) {
+    enum { UNROLL = 4 };
+    __m256 acc[2][UNROLL];
     for (int c = 0; c < nc; c++)
-        for (int u = 0; u < unroll; u++) acc[c][u] = _mm256_setzero_ps();
+        for (int u = 0; u < UNROLL; u++) acc[c][u] = _mm256_setzero_ps();
     int64_t i = 0;
-    for (; i + 8 * unroll <= k; i += 8 * unroll) {
-        for (int u = 0; u < unroll; u++) {
+    for (; i + 8 * UNROLL <= k; i += 8 * UNROLL) {
+        for (int u = 0; u < UNROLL; u++) {
             const __m256 wv = load8(w, i + 8 * u);
             for (int c = 0; c < nc; c++) {
                 const float *xc = (const float *)((const uint8_t *)x + c * x_stride);
@@ -530,11 +530,18 @@ INLINE void float_dot(load8_fn load8, load1_fn load1, int64_t k, const void *w, 
     }
     for (int c = 0; c < nc; c++) {
         const float *xc = (const float *)((const uint8_t *)x + c * x_stride);
-        for (int u = 1; u < unroll; u++) acc[c][0] = _mm256_add_ps(acc[c][0], acc[c][u]);
+        for (int u = 1; u < UNROLL; u++) acc[c][0] = _mm256_add_ps(acc[c][0], acc[c][u]);
         float sum = hsum_f32x8(acc[c][0]);
         for (int64_t t = i; t < k; t++) sum += load1(w, t) * xc[t];
         s[c] = sum;
     }
+}
+
+/* rows in pairs: the second pair reads the weight row again, from L1 */
+INLINE void float_dot(load8_fn load8, load1_fn load1, int64_t k, const void *w, const void *x,
+                      size_t x_stride, int nc, float *s) {
+    for (int c = 0; c < nc; c += 2)
+        float_dot_pair(load8, load1, k, w, (const uint8_t *)x + c * x_stride, x_stride, nc - c < 2 ? nc - c : 2, s + c);
 }
 
 /* ---- the table ---------------------------------------------------------------------------- */

@@ -549,12 +549,12 @@ INLINE void float_to_float(load16_fn load16, const void *src, float *dst, int64_
     }
 }
 
-/* one row (nc == 1) keeps four FMA chains busy, more rows two each */
+/* four FMA chains per row whatever nc: a row's sum must not depend on how many rows share the
+ * call (batch invariance) */
 INLINE void float_dot(load16_fn load16, size_t elem_size, int64_t k, const uint8_t *w, const uint8_t *x,
                       size_t x_stride, const int nc, float *s) {
-    enum { UNROLL_MAX = 4 };
-    const int unroll = nc == 1 ? 4 : 2;
-    __m512 acc[JL_NC_MAX][UNROLL_MAX];
+    enum { unroll = 4 };
+    __m512 acc[JL_NC_MAX][unroll];
     UNROLL for (int c = 0; c < nc; c++)
         UNROLL for (int u = 0; u < unroll; u++) acc[c][u] = _mm512_setzero_ps();
     int64_t i = 0;
