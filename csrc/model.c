@@ -19,7 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "batch.h"
 #include "internal.h"
+#include "kv_cache.h"
 #include "ops.h"
 #include "quant/fp16.h"
 #include "quant/traits.h"
@@ -34,11 +36,9 @@ struct jl_model {
 
 struct jl_context {
     const jl_model *model;
-    int64_t n_ctx, n_batch, n_past;
-    int kv_type;               /* F16 or F32: their dot products take float32 queries */
-    size_t kv_elem;            /* bytes per cached value */
-    uint8_t *k_cache;          /* (n_layer, n_head_kv, n_ctx, head_dim_k) */
-    uint8_t *vt_cache;         /* (n_layer, n_head_kv, head_dim_v, n_ctx): V transposed */
+    int64_t n_batch;
+    jl_kv_cache kv;            /* shared by the sequences */
+    jl_chunk rows;             /* the rows of the chunk being evaluated */
     /* one chunk of at most n_batch rows */
     float *x;                  /* (n_batch, n_embd) the residual stream */
     float *xn;                 /* (n_batch, n_embd) normed input of a block */
@@ -49,13 +49,13 @@ struct jl_context {
     float *proj;               /* (n_batch, n_embd) output of attn_output and ffn_down */
     float *gate;               /* (n_batch, n_ff) */
     float *up;                 /* (n_batch, n_ff) */
-    int64_t *pos;              /* (n_batch,) position of each row */
-    int64_t *out_rows;         /* (n_batch,) the rows of the chunk that produce logits */
-    float *rope_cos;           /* (n_rope, n_batch, head_dim_k / 2) for positions chunk_pos0 + i */
-    float *rope_sin;           /* (n_rope, n_batch, head_dim_k / 2) */
+    float *rope_cos;           /* (n_batch, n_rope, head_dim_k / 2) for each row's position */
+    float *rope_sin;           /* (n_batch, n_rope, head_dim_k / 2) */
+    int64_t *seq_next;         /* (n_seq_max,) each sequence's length after the batch */
+    int64_t *seq_old_len;      /* (n_seq_max,) each sequence's length before it */
     float *attn_scratch;       /* (attn_scratch_threads, attn_scratch_floats) */
     int attn_scratch_threads;
-    size_t attn_scratch_floats;  /* JL_NC_MAX gathered queries + JL_NC_MAX rows of probabilities */
+    size_t attn_scratch_floats;  /* JL_NC_MAX gathered queries + JL_NC_MAX rows of weights */
 };
 
 /* ---- validating a description ------------------------------------------------------------- */
@@ -226,10 +226,15 @@ void jl_context_free(jl_context *ctx) {
     float *buffers[] = {ctx->x, ctx->xn, ctx->q, ctx->k, ctx->v, ctx->attn, ctx->proj, ctx->gate, ctx->up,
                         ctx->rope_cos, ctx->rope_sin, ctx->attn_scratch};
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) free(buffers[i]);
-    free(ctx->pos);
-    free(ctx->out_rows);
-    free(ctx->k_cache);
-    free(ctx->vt_cache);
+    free(ctx->rows.pos);
+    free(ctx->rows.seq);
+    free(ctx->rows.out_rows);
+    free(ctx->rows.group_rows);
+    free(ctx->rows.group_start);
+    free(ctx->rows.seq_count);
+    free(ctx->seq_next);
+    free(ctx->seq_old_len);
+    jl_kv_release(&ctx->kv);
     free(ctx);
 }
 
@@ -237,27 +242,27 @@ static float *alloc_floats(int64_t rows, int64_t cols) {
     return aligned_alloc(64, ((size_t)rows * (size_t)cols * sizeof(float) + 63) / 64 * 64);
 }
 
-jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int kv_type, int64_t n_batch,
-                            jl_context **out) {
+jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells, int kv_type,
+                            int64_t n_batch, jl_context **out) {
     if (!model || !out) return jl_fail(JL_ERR_INVALID_ARG, "context: NULL model or output pointer");
     *out = NULL;
     if (kv_type != JL_TYPE_F16 && kv_type != JL_TYPE_F32)
         return jl_fail(JL_ERR_INVALID_ARG, "context: the KV cache type must be F16 or F32, got type id %d", kv_type);
-    if (n_ctx < 1 || n_ctx > INT32_MAX || n_batch < 1)
-        return jl_fail(JL_ERR_INVALID_ARG, "context: n_ctx %lld must be in [1, 2^31) and n_batch %lld positive",
-                       (long long)n_ctx, (long long)n_batch);
+    if (n_ctx < 1 || n_ctx > INT32_MAX || n_batch < 1 || n_seq_max < 1 || n_cells < 1)
+        return jl_fail(JL_ERR_INVALID_ARG, "context: n_ctx %lld must be in [1, 2^31), n_batch %lld, n_seq_max %d and n_cells %lld positive",
+                       (long long)n_ctx, (long long)n_batch, n_seq_max, (long long)n_cells);
     const jl_model_desc *d = &model->desc;
     jl_context *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return jl_fail(JL_ERR_NOMEM, "context: out of memory");
+    jl_status st = jl_kv_init(&ctx->kv, d->n_layer, d->n_head_kv, d->head_dim_k, d->head_dim_v, kv_type, n_ctx,
+                              n_seq_max, n_cells);
+    if (st != JL_OK) {
+        free(ctx);
+        return st;
+    }
     ctx->model = model;
-    ctx->n_ctx = n_ctx;
-    ctx->n_batch = n_batch < n_ctx ? n_batch : n_ctx;
-    ctx->kv_type = kv_type;
-    ctx->kv_elem = (size_t)jl_traits(kv_type)->type_size;
-    const int64_t B = ctx->n_batch, half = d->head_dim_k / 2;
-    size_t cache_values = (size_t)d->n_layer * d->n_head_kv * (size_t)n_ctx;
-    ctx->k_cache = malloc(cache_values * d->head_dim_k * ctx->kv_elem);
-    ctx->vt_cache = malloc(cache_values * d->head_dim_v * ctx->kv_elem);
+    ctx->n_batch = n_batch;
+    const int64_t B = n_batch, half = d->head_dim_k / 2;
     ctx->x = alloc_floats(B, d->n_embd);
     ctx->xn = alloc_floats(B, d->n_embd);
     ctx->q = alloc_floats(B, (int64_t)d->n_head * d->head_dim_k);
@@ -267,90 +272,100 @@ jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int kv_type, i
     ctx->proj = alloc_floats(B, d->n_embd);
     ctx->gate = alloc_floats(B, d->n_ff);
     ctx->up = alloc_floats(B, d->n_ff);
-    ctx->pos = malloc((size_t)B * sizeof *ctx->pos);
-    ctx->out_rows = malloc((size_t)B * sizeof *ctx->out_rows);
-    ctx->rope_cos = alloc_floats((int64_t)model->n_rope * B, half);
-    ctx->rope_sin = alloc_floats((int64_t)model->n_rope * B, half);
-    ctx->attn_scratch_floats = (size_t)JL_NC_MAX * ((size_t)d->head_dim_k + (size_t)n_ctx);
-    if (!ctx->k_cache || !ctx->vt_cache || !ctx->x || !ctx->xn || !ctx->q || !ctx->k || !ctx->v || !ctx->attn ||
-        !ctx->proj || !ctx->gate || !ctx->up || !ctx->pos || !ctx->out_rows || !ctx->rope_cos || !ctx->rope_sin) {
+    ctx->rope_cos = alloc_floats(B * model->n_rope, half);
+    ctx->rope_sin = alloc_floats(B * model->n_rope, half);
+    ctx->rows.pos = malloc((size_t)B * sizeof *ctx->rows.pos);
+    ctx->rows.seq = malloc((size_t)B * sizeof *ctx->rows.seq);
+    ctx->rows.out_rows = malloc((size_t)B * sizeof *ctx->rows.out_rows);
+    ctx->rows.group_rows = malloc((size_t)B * sizeof *ctx->rows.group_rows);
+    ctx->rows.group_start = malloc((size_t)(B + 1) * sizeof *ctx->rows.group_start);
+    ctx->rows.seq_count = malloc((size_t)(n_seq_max + 1) * sizeof *ctx->rows.seq_count);
+    ctx->seq_next = malloc((size_t)n_seq_max * sizeof *ctx->seq_next);
+    ctx->seq_old_len = malloc((size_t)n_seq_max * sizeof *ctx->seq_old_len);
+    /* per thread: JL_NC_MAX gathered queries + JL_NC_MAX rows of weights over a sequence's pages */
+    ctx->attn_scratch_floats = (size_t)JL_NC_MAX * ((size_t)d->head_dim_k + (size_t)ctx->kv.max_pages * JL_KV_PAGE);
+    if (!ctx->x || !ctx->xn || !ctx->q || !ctx->k || !ctx->v || !ctx->attn || !ctx->proj || !ctx->gate || !ctx->up ||
+        !ctx->rope_cos || !ctx->rope_sin || !ctx->rows.pos || !ctx->rows.seq || !ctx->rows.out_rows ||
+        !ctx->rows.group_rows || !ctx->rows.group_start || !ctx->rows.seq_count || !ctx->seq_next || !ctx->seq_old_len) {
         jl_context_free(ctx);
-        return jl_fail(JL_ERR_NOMEM, "context: out of memory for a %lld-position KV cache and %lld-token batches",
-                       (long long)n_ctx, (long long)B);
+        return jl_fail(JL_ERR_NOMEM, "context: out of memory for %lld-token batches", (long long)B);
     }
     *out = ctx;
     return JL_OK;
 }
 
-int64_t jl_context_n_ctx(const jl_context *ctx) { return ctx ? ctx->n_ctx : 0; }
-int64_t jl_context_n_past(const jl_context *ctx) { return ctx ? ctx->n_past : 0; }
+int64_t jl_context_n_ctx(const jl_context *ctx) { return ctx ? ctx->kv.n_ctx : 0; }
+int32_t jl_context_n_seq_max(const jl_context *ctx) { return ctx ? ctx->kv.n_seq : 0; }
+int64_t jl_context_n_cells(const jl_context *ctx) { return ctx ? (int64_t)ctx->kv.n_pages * JL_KV_PAGE : 0; }
+int64_t jl_context_n_free_cells(const jl_context *ctx) { return ctx ? (int64_t)ctx->kv.n_free * JL_KV_PAGE : 0; }
+int64_t jl_context_page_size(void) { return JL_KV_PAGE; }
 
-jl_status jl_context_seq_rm(jl_context *ctx, int64_t from_pos) {
-    if (!ctx) return jl_fail(JL_ERR_INVALID_ARG, "seq_rm: NULL context");
-    if (from_pos < 0) return jl_fail(JL_ERR_INVALID_ARG, "seq_rm: from_pos %lld is negative", (long long)from_pos);
-    if (from_pos < ctx->n_past) ctx->n_past = from_pos;
+static jl_status check_seq(const jl_context *ctx, int32_t seq, const char *what) {
+    if (!ctx) return jl_fail(JL_ERR_INVALID_ARG, "%s: NULL context", what);
+    if (seq < 0 || seq >= ctx->kv.n_seq)
+        return jl_fail(JL_ERR_INVALID_ARG, "%s: sequence id %d is outside [0, n_seq_max = %d)", what, seq, ctx->kv.n_seq);
     return JL_OK;
 }
 
-/* n values src[i * src_stride] -> consecutive cache values at dst */
-static void store_kv_values(const jl_context *ctx, const float *src, int64_t src_stride, int64_t n, uint8_t *dst) {
-    if (ctx->kv_type == JL_TYPE_F16)
-        for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = jl_f32_to_half(src[i * src_stride]);
-    else
-        for (int64_t i = 0; i < n; i++) ((float *)dst)[i] = src[i * src_stride];
+jl_status jl_context_seq_len(const jl_context *ctx, int32_t seq, int64_t *len) {
+    jl_status st = check_seq(ctx, seq, "seq_len");
+    if (st == JL_OK) *len = ctx->kv.len[seq];
+    return st;
 }
 
-/* n consecutive cache values at src -> dst (n,) */
-static void load_kv_values(const jl_context *ctx, const uint8_t *src, int64_t n, float *dst) {
-    if (ctx->kv_type == JL_TYPE_F16)
-        for (int64_t i = 0; i < n; i++) dst[i] = jl_half_to_f32(((const uint16_t *)src)[i]);
-    else
-        memcpy(dst, src, (size_t)n * sizeof(float));
+jl_status jl_context_seq_rm(jl_context *ctx, int32_t seq, int64_t p0, int64_t p1) {
+    jl_status st = check_seq(ctx, seq, "seq_rm");
+    if (st != JL_OK) return st;
+    const int64_t len = ctx->kv.len[seq];
+    if (p0 < 0 || (p1 >= 0 && p1 < p0))
+        return jl_fail(JL_ERR_INVALID_ARG, "seq_rm: bad range [%lld, %lld)", (long long)p0, (long long)p1);
+    if (p1 >= 0 && p1 < len && p0 < p1)
+        return jl_fail(JL_ERR_INVALID_ARG, "seq_rm: only a suffix can be removed: [%lld, %lld) ends before the %lld cached positions of sequence %d",
+                       (long long)p0, (long long)p1, (long long)len, seq);
+    if (p0 < len) jl_kv_truncate(&ctx->kv, seq, p0);
+    return JL_OK;
 }
 
-jl_status jl_context_shift(jl_context *ctx, int64_t n_keep, int64_t n_discard) {
-    if (!ctx) return jl_fail(JL_ERR_INVALID_ARG, "shift: NULL context");
-    if (n_keep < 0 || n_discard <= 0 || n_keep + n_discard > ctx->n_past)
+jl_status jl_context_seq_cp(jl_context *ctx, int32_t src, int32_t dst, int64_t p0, int64_t p1) {
+    jl_status st;
+    if ((st = check_seq(ctx, src, "seq_cp")) != JL_OK || (st = check_seq(ctx, dst, "seq_cp")) != JL_OK) return st;
+    const int64_t src_len = ctx->kv.len[src];
+    if (p1 < 0) p1 = src_len;
+    if (p0 < 0 || p0 > p1 || p1 > src_len)
+        return jl_fail(JL_ERR_INVALID_ARG, "seq_cp: positions [%lld, %lld) are not within the %lld cached positions of sequence %d",
+                       (long long)p0, (long long)p1, (long long)src_len, src);
+    if (ctx->kv.len[dst] < p0)
+        return jl_fail(JL_ERR_INVALID_ARG, "seq_cp: sequence %d holds %lld positions, fewer than p0 = %lld",
+                       dst, (long long)ctx->kv.len[dst], (long long)p0);
+    return src == dst ? JL_OK : jl_kv_copy(&ctx->kv, src, dst, p0, p1);
+}
+
+jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard) {
+    jl_status st = check_seq(ctx, seq, "shift");
+    if (st != JL_OK) return st;
+    const int64_t len = ctx->kv.len[seq];
+    if (n_keep < 0 || n_discard <= 0 || n_keep + n_discard > len)
         return jl_fail(JL_ERR_INVALID_ARG, "shift: cannot keep %lld and discard %lld of %lld cached positions",
-                       (long long)n_keep, (long long)n_discard, (long long)ctx->n_past);
+                       (long long)n_keep, (long long)n_discard, (long long)len);
     const jl_model *m = ctx->model;
     const jl_model_desc *d = &m->desc;
-    const int Dk = d->head_dim_k, Dv = d->head_dim_v, half = Dk / 2;
-    const int64_t first_moved = n_keep + n_discard, n_moved = ctx->n_past - first_moved;
-    float *angles = malloc(((size_t)m->n_rope * 2 * half + (size_t)Dk) * sizeof(float));
+    const int half = d->head_dim_k / 2;
+    float *angles = malloc((size_t)d->n_layer * 2 * half * sizeof(float));
     if (!angles) return jl_fail(JL_ERR_NOMEM, "shift: out of memory");
-    float *cos_a = angles, *sin_a = angles + (size_t)m->n_rope * half, *key = sin_a + (size_t)m->n_rope * half;
-    for (int r = 0; r < m->n_rope; r++)  /* a rotation by -n_discard positions, per rope config */
-        jl_rope_angles(-n_discard, m->rope_inv_freq + (size_t)r * half, half, cos_a + (size_t)r * half,
-                       sin_a + (size_t)r * half);
-    const size_t k_row = (size_t)Dk * ctx->kv_elem;
-    for (int layer = 0; layer < d->n_layer; layer++) {
-        const size_t rope = (size_t)m->layer_rope[layer] * half;
-        for (int g = 0; g < d->n_head_kv; g++) {
-            const size_t head = (size_t)layer * d->n_head_kv + (size_t)g;
-            uint8_t *k_head = ctx->k_cache + head * ctx->n_ctx * k_row;  /* (n_ctx, Dk) */
-            for (int64_t p = first_moved; p < ctx->n_past; p++) {
-                load_kv_values(ctx, k_head + (size_t)p * k_row, Dk, key);
-                jl_rope(key, 1, Dk, d->rope_layout, cos_a + rope, sin_a + rope);
-                store_kv_values(ctx, key, 1, Dk, k_head + (size_t)(p - n_discard) * k_row);
-            }
-            for (int dim = 0; dim < Dv; dim++) {  /* Vᵀ rows: (n_ctx,) per dimension */
-                uint8_t *vt = ctx->vt_cache + ((head * Dv + (size_t)dim) * ctx->n_ctx) * ctx->kv_elem;
-                memmove(vt + (size_t)n_keep * ctx->kv_elem, vt + (size_t)first_moved * ctx->kv_elem,
-                        (size_t)n_moved * ctx->kv_elem);
-            }
-        }
-    }
+    float *cos_a = angles, *sin_a = angles + (size_t)d->n_layer * half;
+    for (int il = 0; il < d->n_layer; il++)  /* a rotation by -n_discard positions */
+        jl_rope_angles(-n_discard, m->rope_inv_freq + (size_t)m->layer_rope[il] * half, half,
+                       cos_a + (size_t)il * half, sin_a + (size_t)il * half);
+    st = jl_kv_shift(&ctx->kv, seq, n_keep, n_discard, cos_a, sin_a, d->rope_layout);
     free(angles);
-    ctx->n_past -= n_discard;
-    return JL_OK;
+    return st;
 }
 
 /* Per-thread attention scratch grows with the thread count, which changes rarely. */
 static jl_status reserve_attention_scratch(jl_context *ctx, int n_threads) {
     if (n_threads <= ctx->attn_scratch_threads) return JL_OK;
     float *scratch = alloc_floats(n_threads, (int64_t)ctx->attn_scratch_floats);
-    if (!scratch) return jl_fail(JL_ERR_NOMEM, "eval: out of memory for attention scratch of %d threads", n_threads);
+    if (!scratch) return jl_fail(JL_ERR_NOMEM, "decode: out of memory for attention scratch of %d threads", n_threads);
     free(ctx->attn_scratch);
     ctx->attn_scratch = scratch;
     ctx->attn_scratch_threads = n_threads;
@@ -381,30 +396,36 @@ static int threads_for(int64_t work, int n_threads) {
     return useful < 1 ? 1 : useful < n_threads ? (int)useful : n_threads;
 }
 
+/* n values src[i * src_stride] -> cache values dst[i * dst_stride] */
+static void store_kv_values(const jl_kv_cache *kv, const float *src, int64_t src_stride, int64_t n, uint8_t *dst,
+                            int64_t dst_stride) {
+    if (kv->kv_type == JL_TYPE_F16)
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[i * dst_stride] = jl_f32_to_half(src[i * src_stride]);
+    else
+        for (int64_t i = 0; i < n; i++) ((float *)dst)[i * dst_stride] = src[i * src_stride];
+}
+
 typedef struct {
     jl_context *ctx;
     int layer;
-    int64_t n_rows;
-    int64_t chunk_pos0;  /* the rope tables hold positions chunk_pos0 + i */
     int do_q, do_kv;
 } prepare_job;
 
-/* Biases, per-head norms and RoPE on q and/or k rows; k and v then go into the cache (whose
- * rows are consecutive positions whenever do_kv is set: no rows were dropped yet). */
+/* Biases, per-head norms and RoPE on q and/or k rows; k and v then go into their sequence's page. */
 static void prepare_task(void *arg, int ith, int nth) {
     const prepare_job *job = arg;
     jl_context *ctx = job->ctx;
     const jl_model *m = ctx->model;
     const jl_model_desc *d = &m->desc;
     const jl_layer_desc *L = &d->layers[job->layer];
+    const jl_kv_cache *kv = &ctx->kv;
     const int Dk = d->head_dim_k, Dv = d->head_dim_v, half = Dk / 2;
     const int64_t q_width = (int64_t)d->n_head * Dk, k_width = (int64_t)d->n_head_kv * Dk,
                   v_width = (int64_t)d->n_head_kv * Dv;
     int64_t lo, hi;
-    jl_split(job->n_rows, ith, nth, 1, &lo, &hi);
+    jl_split(ctx->rows.n_rows, ith, nth, 1, &lo, &hi);
     for (int64_t r = lo; r < hi; r++) {
-        const int64_t pos = ctx->pos[r];
-        const size_t angles = ((size_t)m->layer_rope[job->layer] * ctx->n_batch + (size_t)(pos - job->chunk_pos0)) * half;
+        const size_t angles = ((size_t)r * m->n_rope + (size_t)m->layer_rope[job->layer]) * half;
         const float *cos_a = ctx->rope_cos + angles, *sin_a = ctx->rope_sin + angles;
         if (job->do_q) {
             float *q = ctx->q + r * q_width;
@@ -413,116 +434,135 @@ static void prepare_task(void *arg, int ith, int nth) {
             jl_rope(q, d->n_head, Dk, d->rope_layout, cos_a, sin_a);
         }
         if (job->do_kv) {
-            float *k = ctx->k + r * k_width;
+            float *k = ctx->k + r * k_width, *v = ctx->v + r * v_width;
             add_bias(k, &L->attn_k_bias, k_width);
-            add_bias(ctx->v + r * v_width, &L->attn_v_bias, v_width);
+            add_bias(v, &L->attn_v_bias, v_width);
             if (L->attn_k_norm.data) jl_rmsnorm(k, k, L->attn_k_norm.data, d->n_head_kv, Dk, d->norm_eps);
             jl_rope(k, d->n_head_kv, Dk, d->rope_layout, cos_a, sin_a);
+            const int64_t pos = ctx->rows.pos[r], slot = pos % JL_KV_PAGE;
+            const int32_t page = jl_kv_page(kv, ctx->rows.seq[r], pos);
             for (int g = 0; g < d->n_head_kv; g++) {
-                const size_t head = (size_t)job->layer * d->n_head_kv + (size_t)g;
-                store_kv_values(ctx, k + (int64_t)g * Dk, 1, Dk,
-                                ctx->k_cache + (head * ctx->n_ctx + (size_t)pos) * Dk * ctx->kv_elem);
+                store_kv_values(kv, k + (int64_t)g * Dk, 1, Dk, jl_kv_k(kv, page, job->layer, g) + (size_t)slot * Dk * kv->elem, 1);
+                /* V transposed: this row is column `slot` of the page's (Dv, JL_KV_PAGE) block */
+                store_kv_values(kv, v + (int64_t)g * Dv, 1, Dv, jl_kv_vt(kv, page, job->layer, g) + (size_t)slot * kv->elem,
+                                JL_KV_PAGE);
             }
         }
     }
-    /* V transposed: per dimension, this share's positions are one contiguous run */
-    if (job->do_kv && hi > lo)
-        for (int g = 0; g < d->n_head_kv; g++)
-            for (int dim = 0; dim < Dv; dim++) {
-                const size_t vt_row = ((size_t)job->layer * d->n_head_kv + (size_t)g) * Dv + (size_t)dim;
-                store_kv_values(ctx, ctx->v + lo * v_width + (int64_t)g * Dv + dim, v_width, hi - lo,
-                                ctx->vt_cache + (vt_row * ctx->n_ctx + (size_t)ctx->pos[lo]) * ctx->kv_elem);
-            }
 }
 
-/* Attention work items: one KV head, up to JL_NC_MAX (query head, row) pairs that share it, so
- * every cache row is read once per item. The split depends only on the model, never on the
- * thread count, so results are the same for any n_threads. */
+/* Attention work items: one KV head and a group of rows of one sequence, up to JL_NC_MAX
+ * (query head, row) pairs that share the head, so every cache row is read once per item. The
+ * split depends only on the model and the rows, never on the thread count. */
 typedef struct {
     jl_context *ctx;
     int layer;
-    int64_t n_rows;
-    int heads_per_item, rows_per_item;
+    int heads_per_item;
     int64_t head_chunks, n_items;
     jl_vec_dot_fn dot;  /* of the cache type, at the active ISA */
 } attention_job;
 
-/* The first cache position a token at pos sees: the window keeps positions > pos - window. */
+/* The first position a token at pos sees: the window keeps positions > pos - window. */
 static inline int64_t first_visible(int64_t pos, int64_t window) {
     return window > 0 && pos >= window ? pos - window + 1 : 0;
 }
 
+/* Each query's result is a function of its own position and sequence alone: its scores are
+ * one dot product per cache row; its weights are zero outside [first_visible, pos]; the V step
+ * is one dot product per page over the whole page, and the pages its span covers are summed in
+ * order. Other queries of the item only widen the pages read, not what this one adds up. */
 static void attention_task(void *arg, int ith, int nth) {
     const attention_job *job = arg;
     jl_context *ctx = job->ctx;
+    const jl_chunk *ch = &ctx->rows;
+    const jl_kv_cache *kv = &ctx->kv;
     const jl_model_desc *d = &ctx->model->desc;
     const jl_layer_desc *L = &d->layers[job->layer];
     const int Dk = d->head_dim_k, Dv = d->head_dim_v, group = d->n_head / d->n_head_kv;
-    const int64_t n_ctx = ctx->n_ctx, window = L->sliding_window;
-    const size_t elem = ctx->kv_elem;
+    const int64_t window = L->sliding_window;
+    const size_t elem = kv->elem;
     const jl_vec_dot_fn dot = job->dot;
     float *queries = ctx->attn_scratch + (size_t)ith * ctx->attn_scratch_floats;  /* (JL_NC_MAX, Dk) */
-    float *probs = queries + (size_t)JL_NC_MAX * Dk;                             /* (JL_NC_MAX, n_ctx) */
+    float *probs = queries + (size_t)JL_NC_MAX * Dk;                             /* (JL_NC_MAX, width) */
     float s[JL_NC_MAX];
+    int64_t q_row[JL_NC_MAX], q_first[JL_NC_MAX], q_pos[JL_NC_MAX];
+    int q_head[JL_NC_MAX];
     /* items interleave across threads: later rows see longer spans, so contiguous shares would not balance */
     for (int64_t item = ith; item < job->n_items; item += nth) {
         const int64_t chunk = item % job->head_chunks, g = item / job->head_chunks % d->n_head_kv,
-                      block = item / (job->head_chunks * d->n_head_kv);
+                      grp = item / (job->head_chunks * d->n_head_kv);
         const int h0 = (int)(g * group + chunk * job->heads_per_item);
         const int heads_left = (int)(group - chunk * job->heads_per_item);
         const int nh = heads_left < job->heads_per_item ? heads_left : job->heads_per_item;
-        const int64_t r0 = block * job->rows_per_item;
-        const int nr = (int)(job->n_rows - r0 < job->rows_per_item ? job->n_rows - r0 : job->rows_per_item);
+        const int32_t *rows = ch->group_rows + ch->group_start[grp];
+        const int nr = (int)(ch->group_start[grp + 1] - ch->group_start[grp]);
+        const int32_t seq = ch->seq[rows[0]];
         const int nq = nh * nr;
-        int64_t lo = INT64_MAX, hi = 0;  /* the span of cache positions any of the queries sees */
-        for (int rr = 0; rr < nr; rr++) {
-            const int64_t pos = ctx->pos[r0 + rr], first = first_visible(pos, window);
-            lo = first < lo ? first : lo;
-            hi = pos > hi ? pos : hi;
+        int64_t lo = INT64_MAX, hi = 0;  /* the span of positions any of the queries sees */
+        for (int qi = 0; qi < nq; qi++) {
+            q_row[qi] = rows[qi / nh];
+            q_head[qi] = h0 + qi % nh;
+            q_pos[qi] = ch->pos[q_row[qi]];
+            q_first[qi] = first_visible(q_pos[qi], window);
+            lo = q_first[qi] < lo ? q_first[qi] : lo;
+            hi = q_pos[qi] > hi ? q_pos[qi] : hi;
+            memcpy(queries + (size_t)qi * Dk, ctx->q + (q_row[qi] * d->n_head + q_head[qi]) * Dk, (size_t)Dk * sizeof(float));
         }
-        const int64_t span = hi - lo + 1;
-        for (int qi = 0; qi < nq; qi++)
-            memcpy(queries + (size_t)qi * Dk, ctx->q + ((r0 + qi / nh) * d->n_head + h0 + qi % nh) * Dk, (size_t)Dk * sizeof(float));
+        const int64_t page_lo = lo / JL_KV_PAGE, page_hi = hi / JL_KV_PAGE, base = page_lo * JL_KV_PAGE,
+                      width = (page_hi - page_lo + 1) * JL_KV_PAGE;
 
-        const size_t head = (size_t)job->layer * d->n_head_kv + (size_t)g;
-        const uint8_t *k_rows = ctx->k_cache + (head * n_ctx + (size_t)lo) * Dk * elem;  /* (span, Dk) */
-        for (int64_t j = 0; j < span; j++) {
-            dot(Dk, k_rows + (size_t)j * Dk * elem, queries, (size_t)Dk * sizeof(float), nq, s);
-            for (int qi = 0; qi < nq; qi++) probs[(size_t)qi * n_ctx + j] = s[qi] * d->attention_scale;
+        for (int64_t p = lo; p <= hi; p++) {
+            const uint8_t *k_row = jl_kv_k(kv, jl_kv_page(kv, seq, p), job->layer, (int)g) + (size_t)(p % JL_KV_PAGE) * Dk * elem;
+            dot(Dk, k_row, queries, (size_t)Dk * sizeof(float), nq, s);
+            for (int qi = 0; qi < nq; qi++) probs[(size_t)qi * width + (p - base)] = s[qi] * d->attention_scale;
         }
         for (int qi = 0; qi < nq; qi++) {
-            const int64_t pos = ctx->pos[r0 + qi / nh], first = first_visible(pos, window);
-            float *p = probs + (size_t)qi * n_ctx;
-            /* positions another query of the item sees but this one must not weigh */
-            for (int64_t j = 0; j < first - lo; j++) p[j] = 0.0f;
-            for (int64_t j = pos - lo + 1; j < span; j++) p[j] = 0.0f;
-            jl_softmax(p + (first - lo), pos - first + 1);
+            float *p = probs + (size_t)qi * width;
+            for (int64_t j = 0; j < q_first[qi] - base; j++) p[j] = 0.0f;
+            for (int64_t j = q_pos[qi] - base + 1; j < width; j++) p[j] = 0.0f;
+            jl_softmax(p + (q_first[qi] - base), q_pos[qi] - q_first[qi] + 1);
         }
-        const uint8_t *vt_rows = ctx->vt_cache + head * Dv * n_ctx * elem + (size_t)lo * elem;  /* (Dv, n_ctx) from lo */
-        for (int dim = 0; dim < Dv; dim++) {
-            dot(span, vt_rows + (size_t)dim * n_ctx * elem, probs, (size_t)n_ctx * sizeof(float), nq, s);
-            for (int qi = 0; qi < nq; qi++)
-                ctx->attn[((r0 + qi / nh) * d->n_head + h0 + qi % nh) * Dv + dim] = s[qi];
+
+        for (int qi = 0; qi < nq; qi++)
+            memset(ctx->attn + (q_row[qi] * d->n_head + q_head[qi]) * Dv, 0, (size_t)Dv * sizeof(float));
+        for (int64_t page_index = page_lo; page_index <= page_hi; page_index++) {
+            const uint8_t *vt = jl_kv_vt(kv, jl_kv_page(kv, seq, page_index * JL_KV_PAGE), job->layer, (int)g);
+            const float *page_probs = probs + (page_index - page_lo) * JL_KV_PAGE;
+            for (int dim = 0; dim < Dv; dim++) {
+                dot(JL_KV_PAGE, vt + (size_t)dim * JL_KV_PAGE * elem, page_probs, (size_t)width * sizeof(float), nq, s);
+                for (int qi = 0; qi < nq; qi++)
+                    if (page_index >= q_first[qi] / JL_KV_PAGE && page_index <= q_pos[qi] / JL_KV_PAGE)
+                        ctx->attn[(q_row[qi] * d->n_head + q_head[qi]) * Dv + dim] += s[qi];
+            }
         }
     }
 }
 
-static jl_status attention(jl_context *ctx, int layer, int64_t n_rows, int n_threads) {
+static jl_status attention(jl_context *ctx, int layer, int n_threads) {
     const jl_model_desc *d = &ctx->model->desc;
     const int group = d->n_head / d->n_head_kv;
-    attention_job job = {.ctx = ctx, .layer = layer, .n_rows = n_rows, .dot = jl_traits(ctx->kv_type)->vec_dot};
-    /* heads of one KV group first; when a group has fewer than JL_NC_MAX heads, add rows */
+    const int64_t window = d->layers[layer].sliding_window;
+    attention_job job = {.ctx = ctx, .layer = layer, .dot = jl_traits(ctx->kv.kv_type)->vec_dot};
     job.heads_per_item = group < JL_NC_MAX ? group : JL_NC_MAX;
-    job.rows_per_item = group < JL_NC_MAX ? JL_NC_MAX / group : 1;
     job.head_chunks = (group + job.heads_per_item - 1) / job.heads_per_item;
-    job.n_items = (n_rows + job.rows_per_item - 1) / job.rows_per_item * d->n_head_kv * job.head_chunks;
-    int64_t span = ctx->pos[n_rows - 1] + 1;
-    if (d->layers[layer].sliding_window > 0 && span > d->layers[layer].sliding_window) span = d->layers[layer].sliding_window;
+    job.n_items = ctx->rows.n_groups * d->n_head_kv * job.head_chunks;
+    int64_t span = 0;
+    for (int64_t r = 0; r < ctx->rows.n_rows; r++) {
+        const int64_t pos = ctx->rows.pos[r];
+        span += pos + 1 - first_visible(pos, window);
+    }
     /* a multiply-add in a SIMD dot product costs far less than an elementwise step */
-    int64_t work = n_rows * d->n_head * span * (d->head_dim_k + d->head_dim_v) / 16;
+    int64_t work = d->n_head * span * (d->head_dim_k + d->head_dim_v) / 16;
     int nth = threads_for(work, n_threads);
     if (nth > job.n_items) nth = (int)job.n_items;
     return jl_parallel(nth, attention_task, &job);
+}
+
+/* Heads of one KV group share an item first; when a group has fewer than JL_NC_MAX heads,
+ * rows of one sequence join it. */
+static void group_rows(jl_context *ctx) {
+    const int group = ctx->model->desc.n_head / ctx->model->desc.n_head_kv;
+    jl_chunk_group_rows(&ctx->rows, ctx->kv.n_seq, group < JL_NC_MAX ? JL_NC_MAX / group : 1);
 }
 
 typedef struct {
@@ -540,45 +580,51 @@ static void glu_task(void *arg, int ith, int nth) {
 }
 
 /* Keep only the rows that produce logits (strictly increasing, so the copies go forward). */
-static void keep_rows(jl_context *ctx, int64_t n_out) {
-    const int64_t E = ctx->model->desc.n_embd;
-    for (int64_t i = 0; i < n_out; i++) {
-        const int64_t src = ctx->out_rows[i];
+static void keep_rows(jl_context *ctx) {
+    const jl_model *m = ctx->model;
+    const int64_t E = m->desc.n_embd, angles = (int64_t)m->n_rope * (m->desc.head_dim_k / 2);
+    jl_chunk *ch = &ctx->rows;
+    for (int64_t i = 0; i < ch->n_out; i++) {
+        const int64_t src = ch->out_rows[i];
         if (src == i) continue;
         memcpy(ctx->x + i * E, ctx->x + src * E, (size_t)E * sizeof(float));
         memcpy(ctx->xn + i * E, ctx->xn + src * E, (size_t)E * sizeof(float));
-        ctx->pos[i] = ctx->pos[src];
+        memcpy(ctx->rope_cos + i * angles, ctx->rope_cos + src * angles, (size_t)angles * sizeof(float));
+        memcpy(ctx->rope_sin + i * angles, ctx->rope_sin + src * angles, (size_t)angles * sizeof(float));
+        ch->pos[i] = ch->pos[src];
+        ch->seq[i] = ch->seq[src];
     }
+    ch->n_rows = ch->n_out;
+    group_rows(ctx);
 }
 
-/* One chunk of n <= n_batch tokens at positions pos0.. ; logits for the n_out rows ctx->out_rows. */
-static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, int64_t n, int64_t pos0, int64_t n_out,
-                            float *logits, int n_threads) {
+/* One chunk: ctx->rows describes its rows; logits (n_out, n_vocab) for the rows out_rows. */
+static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, float *logits, int n_threads) {
     const jl_model *m = ctx->model;
     const jl_model_desc *d = &m->desc;
+    jl_chunk *ch = &ctx->rows;
     const int64_t E = d->n_embd, half = d->head_dim_k / 2;
     jl_status st;
 
     const jl_type_traits *embd = jl_traits(d->token_embd.type);
     const size_t embd_row = jl_row_bytes(embd, E);
-    for (int64_t r = 0; r < n; r++) {
+    for (int64_t r = 0; r < ch->n_rows; r++) {
         float *x = ctx->x + r * E;
         embd->to_float((const uint8_t *)d->token_embd.data + (size_t)tokens[r] * embd_row, x, E);
         if (d->embedding_scale != 1.0f)
             for (int64_t i = 0; i < E; i++) x[i] *= d->embedding_scale;
-        ctx->pos[r] = pos0 + r;
-    }
-    for (int c = 0; c < m->n_rope; c++)
-        for (int64_t r = 0; r < n; r++) {
-            const size_t at = ((size_t)c * ctx->n_batch + (size_t)r) * half;
-            jl_rope_angles(pos0 + r, m->rope_inv_freq + (size_t)c * half, (int)half, ctx->rope_cos + at, ctx->rope_sin + at);
+        for (int c = 0; c < m->n_rope; c++) {
+            const size_t at = ((size_t)r * m->n_rope + (size_t)c) * half;
+            jl_rope_angles(ch->pos[r], m->rope_inv_freq + (size_t)c * half, (int)half, ctx->rope_cos + at, ctx->rope_sin + at);
         }
+    }
+    group_rows(ctx);
 
-    int64_t n_rows = n;
     for (int il = 0; il < d->n_layer; il++) {
         const jl_layer_desc *L = &d->layers[il];
-        const int drop_rows = il == d->n_layer - 1 && n_out < n_rows;
-        prepare_job prep = {.ctx = ctx, .layer = il, .n_rows = n_rows, .chunk_pos0 = pos0, .do_q = 1, .do_kv = 1};
+        const int64_t n_rows = ch->n_rows;
+        const int drop_rows = il == d->n_layer - 1 && ch->n_out < n_rows;
+        prepare_job prep = {.ctx = ctx, .layer = il, .do_q = 1, .do_kv = 1};
         const int64_t prep_work = n_rows * ((int64_t)d->n_head + d->n_head_kv) * d->head_dim_k;
 
         jl_rmsnorm(ctx->xn, ctx->x, L->attn_norm.data, n_rows, E, d->norm_eps);
@@ -589,29 +635,30 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, int64_t n, i
             /* every row's K and V go into the cache; only the output rows go on */
             prep.do_q = 0;
             if ((st = jl_parallel(threads_for(prep_work, n_threads), prepare_task, &prep)) != JL_OK) return st;
-            keep_rows(ctx, n_out);
-            n_rows = n_out;
-            if (n_rows == 0) return JL_OK;
-            prep = (prepare_job){.ctx = ctx, .layer = il, .n_rows = n_rows, .chunk_pos0 = pos0, .do_q = 1, .do_kv = 0};
+            keep_rows(ctx);
+            if (ch->n_rows == 0) return JL_OK;
+            prep = (prepare_job){.ctx = ctx, .layer = il, .do_q = 1, .do_kv = 0};
         }
-        if ((st = matmul(&L->attn_q, ctx->xn, n_rows, ctx->q, n_threads)) != JL_OK ||
+        const int64_t rows = ch->n_rows;
+        if ((st = matmul(&L->attn_q, ctx->xn, rows, ctx->q, n_threads)) != JL_OK ||
             (st = jl_parallel(threads_for(prep_work, n_threads), prepare_task, &prep)) != JL_OK ||
-            (st = attention(ctx, il, n_rows, n_threads)) != JL_OK ||
-            (st = matmul(&L->attn_output, ctx->attn, n_rows, ctx->proj, n_threads)) != JL_OK)
+            (st = attention(ctx, il, n_threads)) != JL_OK ||
+            (st = matmul(&L->attn_output, ctx->attn, rows, ctx->proj, n_threads)) != JL_OK)
             return st;
-        if (L->post_attention_norm.data) jl_rmsnorm(ctx->proj, ctx->proj, L->post_attention_norm.data, n_rows, E, d->norm_eps);
-        add_rows(ctx->x, ctx->proj, n_rows * E);
+        if (L->post_attention_norm.data) jl_rmsnorm(ctx->proj, ctx->proj, L->post_attention_norm.data, rows, E, d->norm_eps);
+        add_rows(ctx->x, ctx->proj, rows * E);
 
-        jl_rmsnorm(ctx->xn, ctx->x, L->ffn_norm.data, n_rows, E, d->norm_eps);
-        glu_job glu = {.ctx = ctx, .n_rows = n_rows};
-        if ((st = matmul(&L->ffn_gate, ctx->xn, n_rows, ctx->gate, n_threads)) != JL_OK ||
-            (st = matmul(&L->ffn_up, ctx->xn, n_rows, ctx->up, n_threads)) != JL_OK ||
-            (st = jl_parallel(threads_for(n_rows * d->n_ff, n_threads), glu_task, &glu)) != JL_OK ||
-            (st = matmul(&L->ffn_down, ctx->gate, n_rows, ctx->proj, n_threads)) != JL_OK)
+        jl_rmsnorm(ctx->xn, ctx->x, L->ffn_norm.data, rows, E, d->norm_eps);
+        glu_job glu = {.ctx = ctx, .n_rows = rows};
+        if ((st = matmul(&L->ffn_gate, ctx->xn, rows, ctx->gate, n_threads)) != JL_OK ||
+            (st = matmul(&L->ffn_up, ctx->xn, rows, ctx->up, n_threads)) != JL_OK ||
+            (st = jl_parallel(threads_for(rows * d->n_ff, n_threads), glu_task, &glu)) != JL_OK ||
+            (st = matmul(&L->ffn_down, ctx->gate, rows, ctx->proj, n_threads)) != JL_OK)
             return st;
-        if (L->post_ffw_norm.data) jl_rmsnorm(ctx->proj, ctx->proj, L->post_ffw_norm.data, n_rows, E, d->norm_eps);
-        add_rows(ctx->x, ctx->proj, n_rows * E);
+        if (L->post_ffw_norm.data) jl_rmsnorm(ctx->proj, ctx->proj, L->post_ffw_norm.data, rows, E, d->norm_eps);
+        add_rows(ctx->x, ctx->proj, rows * E);
     }
+    const int64_t n_out = ch->n_out;
     if (n_out == 0) return JL_OK;
     jl_rmsnorm(ctx->xn, ctx->x, d->output_norm.data, n_out, E, d->norm_eps);
     if ((st = matmul(&d->output, ctx->xn, n_out, logits, n_threads)) != JL_OK) return st;
@@ -619,47 +666,67 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, int64_t n, i
     return JL_OK;
 }
 
-jl_status jl_context_eval(jl_context *ctx, const int32_t *tokens, int64_t n_tokens, int64_t pos0,
-                          const int64_t *output_rows, int64_t n_outputs, float *logits, int n_threads) {
-    if (!ctx || !tokens || n_tokens < 1)
-        return jl_fail(JL_ERR_INVALID_ARG, "eval: needs a context and at least one token");
+/* Every token, sequence and position of the batch is valid; seq_next ends as each sequence's length after it. */
+static jl_status check_batch(jl_context *ctx, const jl_batch *b, float *logits) {
     const jl_model_desc *d = &ctx->model->desc;
-    if (pos0 < 0 || pos0 > ctx->n_past)
-        return jl_fail(JL_ERR_INVALID_ARG, "eval: pos0 %lld must be in [0, n_past = %lld]: the cache holds positions [0, %lld)",
-                       (long long)pos0, (long long)ctx->n_past, (long long)ctx->n_past);
-    if (n_tokens > ctx->n_ctx - pos0)
-        return jl_fail(JL_ERR_INVALID_ARG, "eval: positions %lld..%lld do not fit the context of n_ctx = %lld positions",
-                       (long long)pos0, (long long)(pos0 + n_tokens - 1), (long long)ctx->n_ctx);
-    for (int64_t i = 0; i < n_tokens; i++)
-        if (tokens[i] < 0 || tokens[i] >= d->n_vocab)
-            return jl_fail(JL_ERR_INVALID_ARG, "eval: token %d at row %lld is outside the vocabulary [0, %d)",
-                           tokens[i], (long long)i, d->n_vocab);
-    if (n_outputs < 0 || n_outputs > n_tokens || (n_outputs > 0 && (!output_rows || !logits)))
-        return jl_fail(JL_ERR_INVALID_ARG, "eval: %lld output rows for %lld tokens, or no row list or logits buffer",
-                       (long long)n_outputs, (long long)n_tokens);
-    for (int64_t i = 0; i < n_outputs; i++)
-        if (output_rows[i] < (i > 0 ? output_rows[i - 1] + 1 : 0) || output_rows[i] >= n_tokens)
-            return jl_fail(JL_ERR_INVALID_ARG, "eval: output rows must be strictly increasing in [0, %lld); row %lld is %lld",
-                           (long long)n_tokens, (long long)i, (long long)output_rows[i]);
-    const int nth = jl_resolve_threads(n_threads);
-    jl_status st = reserve_attention_scratch(ctx, nth);
-    if (st != JL_OK) return st;
+    const jl_kv_cache *kv = &ctx->kv;
+    if (!b || b->n_tokens < 1 || !b->tokens || !b->positions || !b->seq_ids || !b->want_logits)
+        return jl_fail(JL_ERR_INVALID_ARG, "decode: needs at least one token with its position, sequence and logits flag");
+    memcpy(ctx->seq_next, kv->len, (size_t)kv->n_seq * sizeof *ctx->seq_next);
+    int64_t n_wanted = 0;
+    for (int64_t i = 0; i < b->n_tokens; i++) {
+        const int32_t seq = b->seq_ids[i];
+        if (b->tokens[i] < 0 || b->tokens[i] >= d->n_vocab)
+            return jl_fail(JL_ERR_INVALID_ARG, "decode: token %d at row %lld is outside the vocabulary [0, %d)",
+                           b->tokens[i], (long long)i, d->n_vocab);
+        if (seq < 0 || seq >= kv->n_seq)
+            return jl_fail(JL_ERR_INVALID_ARG, "decode: sequence id %d at row %lld is outside [0, n_seq_max = %d)",
+                           seq, (long long)i, kv->n_seq);
+        if (b->positions[i] != ctx->seq_next[seq])
+            return jl_fail(JL_ERR_INVALID_ARG,
+                           "decode: position %lld at row %lld of sequence %d should be %lld: a sequence's tokens are appended "
+                           "at consecutive positions from its length (remove positions first to overwrite them)",
+                           (long long)b->positions[i], (long long)i, seq, (long long)ctx->seq_next[seq]);
+        if (b->positions[i] >= kv->n_ctx)
+            return jl_fail(JL_ERR_INVALID_ARG, "decode: position %lld at row %lld does not fit the context of n_ctx = %lld positions",
+                           (long long)b->positions[i], (long long)i, (long long)kv->n_ctx);
+        ctx->seq_next[seq]++;
+        n_wanted += b->want_logits[i] != 0;
+    }
+    if (n_wanted > 0 && !logits) return jl_fail(JL_ERR_INVALID_ARG, "decode: %lld rows want logits but no buffer was given", (long long)n_wanted);
+    int64_t pages = 0;
+    for (int32_t s = 0; s < kv->n_seq; s++) pages += jl_kv_pages_to_grow(kv, s, ctx->seq_next[s]);
+    if (pages > kv->n_free)
+        return jl_fail(JL_ERR_KV_FULL, "decode: the KV cache is full: the batch needs %lld more cells, %lld of %lld are free",
+                       (long long)pages * JL_KV_PAGE, (long long)kv->n_free * JL_KV_PAGE, (long long)kv->n_pages * JL_KV_PAGE);
+    return JL_OK;
+}
 
-    ctx->n_past = pos0;
-    int64_t first_out = 0;
-    for (int64_t c0 = 0; c0 < n_tokens; c0 += ctx->n_batch) {
-        const int64_t n = n_tokens - c0 < ctx->n_batch ? n_tokens - c0 : ctx->n_batch;
-        int64_t end_out = first_out;
-        for (; end_out < n_outputs && output_rows[end_out] < c0 + n; end_out++)
-            ctx->out_rows[end_out - first_out] = output_rows[end_out] - c0;
-        st = eval_chunk(ctx, tokens + c0, n, pos0 + c0, end_out - first_out,
-                        logits ? logits + first_out * d->n_vocab : NULL, nth);
-        if (st != JL_OK) {
-            ctx->n_past = pos0;
+jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logits, int n_threads) {
+    if (!ctx) return jl_fail(JL_ERR_INVALID_ARG, "decode: NULL context");
+    jl_status st = check_batch(ctx, batch, logits);
+    if (st != JL_OK) return st;
+    const int nth = jl_resolve_threads(n_threads);
+    if ((st = reserve_attention_scratch(ctx, nth)) != JL_OK) return st;
+
+    jl_kv_cache *kv = &ctx->kv;
+    memcpy(ctx->seq_old_len, kv->len, (size_t)kv->n_seq * sizeof *ctx->seq_old_len);
+    for (int32_t s = 0; s < kv->n_seq; s++) jl_kv_grow(kv, s, ctx->seq_next[s]);
+    const int64_t n_vocab = ctx->model->desc.n_vocab;
+    jl_chunk *ch = &ctx->rows;
+    for (int64_t c0 = 0; c0 < batch->n_tokens; c0 += ctx->n_batch) {
+        ch->n_rows = batch->n_tokens - c0 < ctx->n_batch ? batch->n_tokens - c0 : ctx->n_batch;
+        ch->n_out = 0;
+        for (int64_t r = 0; r < ch->n_rows; r++) {
+            ch->pos[r] = batch->positions[c0 + r];
+            ch->seq[r] = batch->seq_ids[c0 + r];
+            if (batch->want_logits[c0 + r]) ch->out_rows[ch->n_out++] = r;
+        }
+        if ((st = eval_chunk(ctx, batch->tokens + c0, logits, nth)) != JL_OK) {
+            for (int32_t s = 0; s < kv->n_seq; s++) jl_kv_truncate(kv, s, ctx->seq_old_len[s]);
             return st;
         }
-        ctx->n_past = pos0 + c0 + n;
-        first_out = end_out;
+        if (logits) logits += ch->n_out * n_vocab;
     }
     return JL_OK;
 }

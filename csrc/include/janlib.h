@@ -18,6 +18,7 @@ typedef enum {
     JL_ERR_UNSUPPORTED = 2,   /* a type or ISA this build or CPU cannot run */
     JL_ERR_NOMEM = 3,
     JL_ERR_INTERNAL = 4,
+    JL_ERR_KV_FULL = 5,       /* the KV cache has too few free cells; nothing was changed */
 } jl_status;
 
 const char *jl_last_error(void);
@@ -155,25 +156,48 @@ typedef struct jl_context jl_context;
 jl_status jl_model_create(const jl_model_desc *desc, jl_model **model);
 void jl_model_free(jl_model *model);  /* after every context made from it */
 
-/* KV cache of n_ctx positions in kv_type (JL_TYPE_F16 or JL_TYPE_F32); scratch for batches of
- * n_batch tokens (longer evals run in chunks of n_batch). */
-jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int kv_type, int64_t n_batch,
-                            jl_context **ctx);
+/* A context: one KV cache that sequences 0 .. n_seq_max - 1 share, n_cells cells in all (rounded
+ * up to whole pages of jl_context_page_size() cells; memory is committed only as pages are used),
+ * each sequence holding at most n_ctx positions; kv_type is JL_TYPE_F16 or JL_TYPE_F32; scratch
+ * for n_batch tokens at a time (longer batches run in chunks of n_batch). Any number of contexts
+ * may share one model. */
+jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells, int kv_type,
+                            int64_t n_batch, jl_context **ctx);
 void jl_context_free(jl_context *ctx);
 int64_t jl_context_n_ctx(const jl_context *ctx);
-int64_t jl_context_n_past(const jl_context *ctx);  /* the cache holds positions [0, n_past) */
+int32_t jl_context_n_seq_max(const jl_context *ctx);
+int64_t jl_context_n_cells(const jl_context *ctx);
+int64_t jl_context_n_free_cells(const jl_context *ctx);  /* in whole free pages */
+int64_t jl_context_page_size(void);
+/* The cache holds positions [0, *len) of seq. */
+jl_status jl_context_seq_len(const jl_context *ctx, int32_t seq, int64_t *len);
 
-/* Run tokens (n_tokens,) at positions pos0 .. pos0 + n_tokens - 1, pos0 <= n_past (an earlier
- * pos0 overwrites the cache from there), pos0 + n_tokens <= n_ctx. Writes logits (n_outputs,
- * n_vocab) for the batch rows output_rows (n_outputs,), strictly increasing; n_outputs may be 0.
- * On failure the cache keeps only positions before pos0. */
-jl_status jl_context_eval(jl_context *ctx, const int32_t *tokens, int64_t n_tokens, int64_t pos0,
-                          const int64_t *output_rows, int64_t n_outputs, float *logits, int n_threads);
-/* Forget positions >= from_pos (0 clears the cache). */
-jl_status jl_context_seq_rm(jl_context *ctx, int64_t from_pos);
-/* Context shift: drop cached positions [n_keep, n_keep + n_discard) and move the later ones
+/* A batch of tokens from any sequences, in any interleaving. A sequence's tokens are at
+ * consecutive positions starting at its length (they are appended to its cache). */
+typedef struct {
+    int64_t n_tokens;
+    const int32_t *tokens;       /* (n_tokens,) */
+    const int64_t *positions;    /* (n_tokens,) */
+    const int32_t *seq_ids;      /* (n_tokens,) */
+    const uint8_t *want_logits;  /* (n_tokens,) nonzero: the row's logits are returned */
+} jl_batch;
+
+/* Run a batch: logits (n_wanted, n_vocab) for the rows with want_logits, in batch order. A row's
+ * logits depend only on its sequence's tokens and positions: they are bit-identical whatever
+ * else is in the batch, however the sequence was split into batches, at any thread count.
+ * JL_ERR_KV_FULL when the free pages do not suffice, JL_ERR_INVALID_ARG for a bad token,
+ * sequence or position; either way nothing was changed. On any other failure the batch's
+ * sequences keep only the positions they held before. */
+jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logits, int n_threads);
+/* Forget positions [p0, p1) of seq, p1 < 0 meaning its end; only a suffix may be removed. */
+jl_status jl_context_seq_rm(jl_context *ctx, int32_t seq, int64_t p0, int64_t p1);
+/* dst, cut to p0 first, gets src's cached positions [p0, p1) (p1 < 0: src's end) without
+ * recomputing them: whole pages are shared, copied only when one of them writes into it.
+ * dst must hold at least p0 positions. */
+jl_status jl_context_seq_cp(jl_context *ctx, int32_t src, int32_t dst, int64_t p0, int64_t p1);
+/* Context shift: drop positions [n_keep, n_keep + n_discard) of seq and move the later ones
  * down by n_discard, their keys rotated back by as many positions (RoPE is relative). */
-jl_status jl_context_shift(jl_context *ctx, int64_t n_keep, int64_t n_discard);
+jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,7 @@
 """janlib: fast local LLM inference — GGUF models on SIMD C kernels."""
 
-from janlib.errors import JanlibError, UnsupportedError
+from janlib.context import BatchContext
+from janlib.errors import JanlibError, KVCacheFull, UnsupportedError
 from janlib.gguf import GGUFError, GGUFFile, GGUFTensor, load_gguf
 from janlib.kernels import cpu_features, dequantize, matmul, set_isa, set_n_threads, use_isa
 from janlib.fetch import fetch_model
@@ -11,6 +12,7 @@ from janlib.sampling import Sampler, SamplingParams, SamplingParamsError
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchContext",
     "Engine",
     "Event",
     "GGUFError",
@@ -20,6 +22,7 @@ __all__ = [
     "Handle",
     "Generation",
     "JanlibError",
+    "KVCacheFull",
     "Model",
     "Request",
     "Result",

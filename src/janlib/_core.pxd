@@ -7,6 +7,7 @@ cdef extern from "janlib.h" nogil:
     int JL_ERR_INVALID_ARG
     int JL_ERR_UNSUPPORTED
     int JL_ERR_NOMEM
+    int JL_ERR_KV_FULL
     int JL_ISA_COUNT
     int JL_TYPE_COUNT
 
@@ -34,7 +35,7 @@ cdef extern from "janlib.h" nogil:
 
 
 # The forward pass (csrc/model.c).
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, uint8_t
 
 cdef extern from "janlib.h" nogil:
     int JL_TYPE_F16
@@ -93,13 +94,23 @@ cdef extern from "janlib.h" nogil:
 
     jl_status jl_model_create(const jl_model_desc *desc, jl_model **model)
     void jl_model_free(jl_model *model)
-    jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int kv_type, int64_t n_batch,
-                                jl_context **ctx)
+    ctypedef struct jl_batch:
+        int64_t n_tokens
+        const int32_t *tokens
+        const int64_t *positions
+        const int32_t *seq_ids
+        const uint8_t *want_logits
+
+    jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells,
+                                int kv_type, int64_t n_batch, jl_context **ctx)
     void jl_context_free(jl_context *ctx)
     int64_t jl_context_n_ctx(const jl_context *ctx)
-    int64_t jl_context_n_past(const jl_context *ctx)
-    jl_status jl_context_eval(jl_context *ctx, const int32_t *tokens, int64_t n_tokens, int64_t pos0,
-                              const int64_t *output_rows, int64_t n_outputs, float *logits,
-                              int n_threads)
-    jl_status jl_context_seq_rm(jl_context *ctx, int64_t from_pos)
-    jl_status jl_context_shift(jl_context *ctx, int64_t n_keep, int64_t n_discard)
+    int32_t jl_context_n_seq_max(const jl_context *ctx)
+    int64_t jl_context_n_cells(const jl_context *ctx)
+    int64_t jl_context_n_free_cells(const jl_context *ctx)
+    int64_t jl_context_page_size()
+    jl_status jl_context_seq_len(const jl_context *ctx, int32_t seq, int64_t *len)
+    jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logits, int n_threads)
+    jl_status jl_context_seq_rm(jl_context *ctx, int32_t seq, int64_t p0, int64_t p1)
+    jl_status jl_context_seq_cp(jl_context *ctx, int32_t src, int32_t dst, int64_t p0, int64_t p1)
+    jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard)

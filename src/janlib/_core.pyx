@@ -2,7 +2,7 @@
 """The binding: typed memoryviews in, the GIL released, one C call per whole-tensor op."""
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 
-from janlib.errors import UnsupportedError
+from janlib.errors import KVCacheFull, UnsupportedError
 
 ISA_COUNT = JL_ISA_COUNT
 TYPE_COUNT = JL_TYPE_COUNT
@@ -18,6 +18,8 @@ cdef int check(jl_status status) except -1:
         raise UnsupportedError(message)
     if status == JL_ERR_NOMEM:
         raise MemoryError(message)
+    if status == JL_ERR_KV_FULL:
+        raise KVCacheFull(message)
     raise RuntimeError(message)
 
 
@@ -145,19 +147,16 @@ cdef jl_tensor _tensor(object tensor, list keep) except *:
     return out
 
 
-cdef class ForwardContext:
-    """A C model (weights pointing into the mapped file) and one context with its KV cache.
+cdef class ForwardModel:
+    """A C model: the weights' descriptions, pointing into the mapped file (never copied).
 
     hparams and weights are janlib.models.base.HParams and ModelWeights."""
     cdef jl_model *model
-    cdef jl_context *ctx
     cdef list _keep        # the tensors' byte views: the mapping cannot close under the C pointers
-    cdef object _lock      # eval runs without the GIL; one call at a time per context
-    cdef int64_t n_vocab
+    cdef readonly int64_t n_vocab
 
-    def __cinit__(self, hparams, weights, int64_t n_ctx, str kv_type, int64_t n_batch):
+    def __cinit__(self, hparams, weights):
         self._keep = []
-        self._lock = threading.Lock()
         cdef int n_layer = hparams.n_layer
         cdef jl_layer_desc *layers = <jl_layer_desc *>calloc(n_layer, sizeof(jl_layer_desc))
         if layers == NULL:
@@ -209,42 +208,84 @@ cdef class ForwardContext:
             check(jl_model_create(&d, &self.model))
         finally:
             free(layers)  # the model keeps its own copy
-        check(jl_context_create(self.model, n_ctx, KV_TYPES[kv_type], n_batch, &self.ctx))
         self.n_vocab = d.n_vocab
 
     def __dealloc__(self):
-        jl_context_free(self.ctx)
         jl_model_free(self.model)
+
+
+PAGE_SIZE = jl_context_page_size()
+
+
+cdef class Context:
+    """A KV cache shared by sequences 0 .. n_seq_max - 1 over one ForwardModel (see
+    janlib.context.BatchContext, which checks the arguments this takes as they are)."""
+    cdef jl_context *ctx
+    cdef readonly ForwardModel model  # outlives the context: the C context points at it
+    cdef object _lock      # calls run without the GIL; one at a time per context
+
+    def __cinit__(self, ForwardModel model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells, str kv_type,
+                  int64_t n_batch):
+        self.model = model
+        self._lock = threading.Lock()
+        check(jl_context_create(model.model, n_ctx, n_seq_max, n_cells, KV_TYPES[kv_type], n_batch, &self.ctx))
+
+    def __dealloc__(self):
+        jl_context_free(self.ctx)
 
     @property
     def n_ctx(self):
         return jl_context_n_ctx(self.ctx)
 
     @property
-    def n_past(self):
-        return jl_context_n_past(self.ctx)
+    def n_seq_max(self):
+        return jl_context_n_seq_max(self.ctx)
 
-    def eval(self, const int32_t[::1] tokens, int64_t pos0, const int64_t[::1] output_rows,
-             float[:, ::1] logits, int n_threads=0):
-        """logits (len(output_rows), n_vocab) <- the batch rows output_rows of tokens at pos0.."""
+    @property
+    def n_cells(self):
+        return jl_context_n_cells(self.ctx)
+
+    @property
+    def n_free_cells(self):
+        return jl_context_n_free_cells(self.ctx)
+
+    def seq_len(self, int32_t seq):
+        cdef int64_t n = 0
+        check(jl_context_seq_len(self.ctx, seq, &n))
+        return n
+
+    def decode(self, const int32_t[::1] tokens, const int64_t[::1] positions, const int32_t[::1] seq_ids,
+               const uint8_t[::1] want_logits, float[:, ::1] logits, int n_threads=0):
+        """logits (n_wanted, n_vocab) <- the rows of the batch with want_logits, in batch order."""
+        cdef jl_batch batch
         cdef jl_status status = JL_OK
-        cdef const int64_t *rows = &output_rows[0] if output_rows.shape[0] > 0 else NULL
         cdef float *out = &logits[0, 0] if logits.shape[0] > 0 else NULL
-        if logits.shape[0] != output_rows.shape[0] or logits.shape[1] != self.n_vocab:
-            raise ValueError(f"eval: logits shape {(logits.shape[0], logits.shape[1])} != "
-                             f"{(output_rows.shape[0], self.n_vocab)} (output rows, n_vocab)")
-        if tokens.shape[0] == 0:
-            raise ValueError("eval: no tokens")
+        cdef Py_ssize_t n = tokens.shape[0]
+        if n == 0 or positions.shape[0] != n or seq_ids.shape[0] != n or want_logits.shape[0] != n:
+            raise ValueError(f"decode: tokens, positions, seq_ids and want_logits must have one equal, positive length")
+        if logits.shape[1] != self.model.n_vocab:
+            raise ValueError(f"decode: logits have {logits.shape[1]} columns, not n_vocab = {self.model.n_vocab}")
+        batch.n_tokens = n
+        batch.tokens = &tokens[0]
+        batch.positions = &positions[0]
+        batch.seq_ids = &seq_ids[0]
+        batch.want_logits = &want_logits[0]
         with self._lock:
             with nogil:
-                status = jl_context_eval(self.ctx, &tokens[0], tokens.shape[0], pos0, rows,
-                                         output_rows.shape[0], out, n_threads)
+                status = jl_context_decode(self.ctx, &batch, out, n_threads)
         check(status)
 
-    def seq_rm(self, int64_t from_pos):
+    def seq_rm(self, int32_t seq, int64_t p0, int64_t p1):
         with self._lock:
-            check(jl_context_seq_rm(self.ctx, from_pos))
+            check(jl_context_seq_rm(self.ctx, seq, p0, p1))
 
-    def shift(self, int64_t n_keep, int64_t n_discard):
+    def seq_cp(self, int32_t src, int32_t dst, int64_t p0, int64_t p1):
         with self._lock:
-            check(jl_context_shift(self.ctx, n_keep, n_discard))
+            check(jl_context_seq_cp(self.ctx, src, dst, p0, p1))
+
+    def seq_shift(self, int32_t seq, int64_t n_keep, int64_t n_discard):
+        cdef jl_status status
+        with self._lock:
+            with nogil:
+                status = jl_context_seq_shift(self.ctx, seq, n_keep, n_discard)
+            check(status)

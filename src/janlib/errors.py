@@ -7,3 +7,7 @@ class JanlibError(Exception):
 
 class UnsupportedError(JanlibError, ValueError):
     """A tensor type, ISA level or feature this build cannot run; the message names it."""
+
+
+class KVCacheFull(JanlibError, RuntimeError):
+    """A batch needs more KV cache cells than are free; nothing was changed."""

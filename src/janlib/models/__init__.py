@@ -29,8 +29,8 @@ def _check_threads(n_threads: int | None) -> int | None:
 
 
 class Runtime:
-    """One model and one KV cache of n_ctx positions. Not for concurrent use from several threads
-    (calls are serialized)."""
+    """One model and the KV cache of one sequence of n_ctx positions (janlib.BatchContext serves
+    many over the same model). Not for concurrent use from several threads (calls are serialized)."""
 
     def __init__(self, gguf_file: GGUFFile, arch: Architecture, n_ctx: int | None, kv_type: str,
                  n_threads: int | None, n_batch: int = DEFAULT_BATCH) -> None:
@@ -44,7 +44,8 @@ class Runtime:
             raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
         if isinstance(n_batch, bool) or not isinstance(n_batch, int) or n_batch < 1:
             raise ValueError(f"n_batch must be a positive int, got {n_batch!r}")
-        self._forward = _core.ForwardContext(self.hparams, weights, n_ctx, kv_type, n_batch)
+        self.forward_model = _core.ForwardModel(self.hparams, weights)
+        self._ctx = _core.Context(self.forward_model, n_ctx, 1, n_ctx, kv_type, n_batch)
         self.kv_type = kv_type
         self.n_threads = n_threads
 
@@ -59,7 +60,7 @@ class Runtime:
 
     @property
     def n_ctx(self) -> int:
-        return self._forward.n_ctx
+        return self._ctx.n_ctx
 
     @property
     def n_vocab(self) -> int:
@@ -68,7 +69,7 @@ class Runtime:
     @property
     def n_past(self) -> int:
         """The cache holds positions [0, n_past)."""
-        return self._forward.n_past
+        return self._ctx.seq_len(0)
 
     def eval(self, tokens: Sequence[int] | np.ndarray, pos0: int,
              logits: str | Sequence[int] | np.ndarray = "last") -> np.ndarray:
@@ -87,8 +88,18 @@ class Runtime:
         if isinstance(pos0, bool) or not isinstance(pos0, (int, np.integer)):
             raise ValueError(f"pos0 must be an int, got {pos0!r}")
         rows = self._output_rows(logits, ids.size)
+        pos0, n_past = int(pos0), self.n_past
+        if not 0 <= pos0 <= n_past:
+            raise ValueError(f"eval: pos0 {pos0} must be in [0, n_past = {n_past}]: the cache holds positions [0, {n_past})")
+        if pos0 + ids.size > self.n_ctx:
+            raise ValueError(f"eval: positions {pos0}..{pos0 + ids.size - 1} do not fit the context of "
+                             f"n_ctx = {self.n_ctx} positions")
+        want = np.zeros(ids.size, dtype=np.uint8)
+        want[rows] = 1
         out = np.empty((rows.size, self.n_vocab), dtype=np.float32)
-        self._forward.eval(np.ascontiguousarray(ids, dtype=np.int32), int(pos0), rows, out, self._n_threads or 0)
+        self._ctx.seq_rm(0, pos0, -1)
+        self._ctx.decode(np.ascontiguousarray(ids, dtype=np.int32), np.arange(pos0, pos0 + ids.size, dtype=np.int64),
+                         np.zeros(ids.size, dtype=np.int32), want, out, self._n_threads or 0)
         return out
 
     @staticmethod
@@ -109,11 +120,11 @@ class Runtime:
 
     def seq_rm(self, from_pos: int) -> None:
         """Forget cached positions >= from_pos (0 clears the cache), to reuse a prompt's prefix."""
-        self._forward.seq_rm(int(from_pos))
+        self._ctx.seq_rm(0, int(from_pos), -1)
 
     def shift(self, n_keep: int, n_discard: int) -> None:
         """Drop cached positions [n_keep, n_keep + n_discard); later ones move down (context shift)."""
-        self._forward.shift(int(n_keep), int(n_discard))
+        self._ctx.seq_shift(0, int(n_keep), int(n_discard))
 
 
 def load_runtime(gguf_file: GGUFFile | str | os.PathLike[str], n_ctx: int | None = None, kv_type: str = "f16",

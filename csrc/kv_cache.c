@@ -1,0 +1,190 @@
+/* kv_cache.c — pages, page tables and the per-sequence operations on them (kv_cache.h). */
+#include "kv_cache.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "ops.h"
+#include "quant/fp16.h"
+
+jl_status jl_kv_init(jl_kv_cache *c, int n_layer, int n_head_kv, int head_dim_k, int head_dim_v, int kv_type,
+                     int64_t n_ctx, int32_t n_seq, int64_t n_cells) {
+    memset(c, 0, sizeof *c);
+    const int64_t n_pages = jl_kv_pages_for(n_cells);
+    if (n_pages > INT32_MAX / 2)
+        return jl_fail(JL_ERR_INVALID_ARG, "context: %lld KV cells are too many", (long long)n_cells);
+    c->n_layer = n_layer;
+    c->n_head_kv = n_head_kv;
+    c->head_dim_k = head_dim_k;
+    c->head_dim_v = head_dim_v;
+    c->kv_type = kv_type;
+    c->elem = kv_type == JL_TYPE_F16 ? sizeof(uint16_t) : sizeof(float);
+    c->k_bytes = (size_t)JL_KV_PAGE * head_dim_k * c->elem;
+    c->vt_bytes = (size_t)head_dim_v * JL_KV_PAGE * c->elem;
+    c->page_bytes = (size_t)n_layer * n_head_kv * (c->k_bytes + c->vt_bytes);
+    c->n_pages = c->n_free = (int32_t)n_pages;
+    c->n_seq = n_seq;
+    c->n_ctx = n_ctx;
+    c->max_pages = jl_kv_pages_for(n_ctx);
+    /* calloc of this size maps fresh zero pages that the OS commits on first write */
+    c->pool = calloc((size_t)n_pages, c->page_bytes);
+    c->refs = calloc((size_t)n_pages, sizeof *c->refs);
+    c->free_pages = malloc((size_t)n_pages * sizeof *c->free_pages);
+    c->table = calloc((size_t)n_seq * (size_t)c->max_pages, sizeof *c->table);
+    c->len = calloc((size_t)n_seq, sizeof *c->len);
+    if (!c->pool || !c->refs || !c->free_pages || !c->table || !c->len) {
+        jl_kv_release(c);
+        return jl_fail(JL_ERR_NOMEM, "context: out of memory for a KV cache of %lld pages of %zu bytes",
+                       (long long)n_pages, c->page_bytes);
+    }
+    for (int32_t i = 0; i < c->n_pages; i++) c->free_pages[i] = c->n_pages - 1 - i;  /* page 0 on top */
+    return JL_OK;
+}
+
+void jl_kv_release(jl_kv_cache *c) {
+    free(c->pool);
+    free(c->refs);
+    free(c->free_pages);
+    free(c->table);
+    free(c->len);
+    memset(c, 0, sizeof *c);
+}
+
+static int32_t take_page(jl_kv_cache *c) {
+    const int32_t page = c->free_pages[--c->n_free];
+    c->refs[page] = 1;
+    return page;
+}
+
+static void drop_page(jl_kv_cache *c, int32_t page) {
+    if (--c->refs[page] == 0) c->free_pages[c->n_free++] = page;
+}
+
+/* The page at index k of seq's table becomes one only seq holds, copied if it was shared. */
+static void own_page(jl_kv_cache *c, int32_t seq, int32_t k) {
+    int32_t *slot = &c->table[(size_t)seq * c->max_pages + (size_t)k];
+    if (c->refs[*slot] == 1) return;
+    const int32_t copy = take_page(c);
+    memcpy(c->pool + (size_t)copy * c->page_bytes, c->pool + (size_t)*slot * c->page_bytes, c->page_bytes);
+    drop_page(c, *slot);
+    *slot = copy;
+}
+
+static int shared(const jl_kv_cache *c, int32_t seq, int32_t k) {
+    return c->refs[c->table[(size_t)seq * c->max_pages + (size_t)k]] > 1;
+}
+
+int32_t jl_kv_pages_to_grow(const jl_kv_cache *c, int32_t seq, int64_t new_len) {
+    const int64_t len = c->len[seq];
+    if (new_len <= len) return 0;
+    const int32_t have = jl_kv_pages_for(len);
+    return jl_kv_pages_for(new_len) - have + (len % JL_KV_PAGE != 0 && shared(c, seq, have - 1));
+}
+
+void jl_kv_grow(jl_kv_cache *c, int32_t seq, int64_t new_len) {
+    const int64_t len = c->len[seq];
+    if (new_len <= len) return;
+    const int32_t have = jl_kv_pages_for(len), need = jl_kv_pages_for(new_len);
+    if (len % JL_KV_PAGE != 0) own_page(c, seq, have - 1);
+    for (int32_t k = have; k < need; k++) c->table[(size_t)seq * c->max_pages + (size_t)k] = take_page(c);
+    c->len[seq] = new_len;
+}
+
+void jl_kv_truncate(jl_kv_cache *c, int32_t seq, int64_t new_len) {
+    const int32_t keep = jl_kv_pages_for(new_len), have = jl_kv_pages_for(c->len[seq]);
+    for (int32_t k = keep; k < have; k++) drop_page(c, c->table[(size_t)seq * c->max_pages + (size_t)k]);
+    if (new_len < c->len[seq]) c->len[seq] = new_len;
+}
+
+/* positions [from, from + n) of one page -> the same positions of another, every layer and head */
+static void copy_positions(const jl_kv_cache *c, int32_t src_page, int32_t dst_page, int64_t from, int64_t n) {
+    for (int layer = 0; layer < c->n_layer; layer++)
+        for (int g = 0; g < c->n_head_kv; g++) {
+            const size_t k_row = (size_t)c->head_dim_k * c->elem;
+            memcpy(jl_kv_k(c, dst_page, layer, g) + (size_t)from * k_row,
+                   jl_kv_k(c, src_page, layer, g) + (size_t)from * k_row, (size_t)n * k_row);
+            const uint8_t *vt_src = jl_kv_vt(c, src_page, layer, g);
+            uint8_t *vt_dst = jl_kv_vt(c, dst_page, layer, g);
+            for (int dim = 0; dim < c->head_dim_v; dim++) {
+                const size_t at = ((size_t)dim * JL_KV_PAGE + (size_t)from) * c->elem;
+                memcpy(vt_dst + at, vt_src + at, (size_t)n * c->elem);
+            }
+        }
+}
+
+jl_status jl_kv_copy(jl_kv_cache *c, int32_t src, int32_t dst, int64_t p0, int64_t p1) {
+    int32_t *src_table = c->table + (size_t)src * c->max_pages, *dst_table = c->table + (size_t)dst * c->max_pages;
+    int32_t k = (int32_t)(p0 / JL_KV_PAGE);
+    /* the page where p0 falls mid-page holds dst's own positions before p0: src's part is copied
+     * into it, unless it is the very page src holds (nobody wrote into it since it was shared) */
+    const int mixed = p0 % JL_KV_PAGE != 0 && p1 > p0 && dst_table[k] != src_table[k];
+    if (mixed && shared(c, dst, k) && c->n_free < 1)
+        return jl_fail(JL_ERR_KV_FULL, "seq_cp: no free KV page to copy position %lld into", (long long)p0);
+    jl_kv_truncate(c, dst, p0);
+    if (p1 <= p0) return JL_OK;
+    if (p0 % JL_KV_PAGE != 0) {
+        if (mixed) {
+            own_page(c, dst, k);
+            const int64_t end = (k + 1) * (int64_t)JL_KV_PAGE < p1 ? (k + 1) * (int64_t)JL_KV_PAGE : p1;
+            copy_positions(c, src_table[k], dst_table[k], p0 % JL_KV_PAGE, end - p0);
+        }
+        k++;
+    }
+    for (; k < jl_kv_pages_for(p1); k++) {
+        dst_table[k] = src_table[k];
+        c->refs[src_table[k]]++;
+    }
+    c->len[dst] = p1;
+    return JL_OK;
+}
+
+static void load_values(const jl_kv_cache *c, const uint8_t *src, int n, float *dst) {
+    if (c->kv_type == JL_TYPE_F16)
+        for (int i = 0; i < n; i++) dst[i] = jl_half_to_f32(((const uint16_t *)src)[i]);
+    else
+        memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
+static void store_values(const jl_kv_cache *c, const float *src, int n, uint8_t *dst) {
+    if (c->kv_type == JL_TYPE_F16)
+        for (int i = 0; i < n; i++) ((uint16_t *)dst)[i] = jl_f32_to_half(src[i]);
+    else
+        memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
+jl_status jl_kv_shift(jl_kv_cache *c, int32_t seq, int64_t n_keep, int64_t n_discard, const float *rope_cos,
+                      const float *rope_sin, int rope_layout) {
+    const int64_t len = c->len[seq], new_len = len - n_discard;
+    const int Dk = c->head_dim_k, half = Dk / 2;
+    /* the pages that receive moved positions are written: each must be seq's own */
+    const int32_t first = (int32_t)(n_keep / JL_KV_PAGE), last = jl_kv_pages_for(new_len);
+    int32_t copies = 0;
+    for (int32_t k = first; k < last; k++) copies += shared(c, seq, k);
+    if (copies > c->n_free)
+        return jl_fail(JL_ERR_KV_FULL, "shift: %d shared KV pages must be copied, %d are free", copies, c->n_free);
+    float *key = malloc((size_t)Dk * sizeof(float));
+    if (!key) return jl_fail(JL_ERR_NOMEM, "shift: out of memory");
+    for (int32_t k = first; k < last; k++) own_page(c, seq, k);
+    const size_t k_row = (size_t)Dk * c->elem;
+    /* ascending: a position is read before anything moves onto it */
+    for (int64_t p = n_keep + n_discard; p < len; p++) {
+        const int64_t q = p - n_discard;
+        const int32_t from = jl_kv_page(c, seq, p), to = jl_kv_page(c, seq, q);
+        const size_t from_slot = (size_t)(p % JL_KV_PAGE), to_slot = (size_t)(q % JL_KV_PAGE);
+        for (int layer = 0; layer < c->n_layer; layer++)
+            for (int g = 0; g < c->n_head_kv; g++) {
+                load_values(c, jl_kv_k(c, from, layer, g) + from_slot * k_row, Dk, key);
+                jl_rope(key, 1, Dk, rope_layout, rope_cos + (size_t)layer * half, rope_sin + (size_t)layer * half);
+                store_values(c, key, Dk, jl_kv_k(c, to, layer, g) + to_slot * k_row);
+                const uint8_t *vt_from = jl_kv_vt(c, from, layer, g);
+                uint8_t *vt_to = jl_kv_vt(c, to, layer, g);
+                for (int dim = 0; dim < c->head_dim_v; dim++)
+                    memcpy(vt_to + ((size_t)dim * JL_KV_PAGE + to_slot) * c->elem,
+                           vt_from + ((size_t)dim * JL_KV_PAGE + from_slot) * c->elem, c->elem);
+            }
+    }
+    free(key);
+    jl_kv_truncate(c, seq, new_len);
+    return JL_OK;
+}
