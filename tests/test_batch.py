@@ -242,3 +242,29 @@ def test_unused_cells_take_no_memory(runtime):
     ctx.decode(ids, np.arange(10), np.zeros(10, int), np.ones(10, bool))
     assert ctx.n_cells == 262144
     assert resident_bytes() - before < 8 << 20
+
+
+@pytest.mark.slow
+def test_real_model_batched_decode_is_bit_identical_to_each_alone():
+    model = janlib.Model("smollm2-135m-instruct", n_ctx=256, n_threads=2)
+    prompts = [model.tokenize(text) for text in
+               ["Once upon a time", "The capital of France is", "def fibonacci(n):", "1, 2, 3, 5, 8,"]]
+    ctx = model.create_context(n_ctx=256, n_seq_max=4)
+    rows = [(s, p, t) for s, ids in enumerate(prompts) for p, t in enumerate(ids)]
+    want = [p == len(prompts[s]) - 1 for s, p, _ in rows]
+    logits = ctx.decode([t for *_, t in rows], [p for _, p, _ in rows], [s for s, *_ in rows], want)
+    streams = [list(ids) for ids in prompts]
+    history = [[row] for row in logits]
+    for _ in range(8):
+        nxt = [int(np.argmax(h[-1])) for h in history]
+        for s in range(4):
+            streams[s].append(nxt[s])
+        out = ctx.decode(nxt, [len(s) - 1 for s in streams], [0, 1, 2, 3], [True] * 4)
+        for s in range(4):
+            history[s].append(out[s])
+    for s in range(4):
+        single = model.create_context(n_ctx=256, n_seq_max=1)
+        n = len(prompts[s])
+        first = single.decode(prompts[s], np.arange(n), np.zeros(n, int), np.arange(n) == n - 1)
+        steps = [single.decode([t], [p], [0], [True])[0] for p, t in enumerate(streams[s][n:], start=n)]
+        np.testing.assert_array_equal(np.array(history[s]), np.concatenate([first, steps]), err_msg=f"stream {s}")

@@ -11,6 +11,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from janlib.chat import ChatTemplate
+from janlib.context import BatchContext
 from janlib.fetch import fetch_model
 from janlib.gguf import load_gguf
 from janlib.models import load_runtime
@@ -89,6 +90,13 @@ class Model:
         """Forget the cached context: the next prompt is evaluated from its first token."""
         self._runtime.seq_rm(0)
         self._cached = []
+
+    def create_context(self, n_ctx: int = 2048, n_seq_max: int = 4, n_cells: int | None = None, kv_type: str = "f16",
+                       n_batch: int = 512) -> BatchContext:
+        """A KV cache for n_seq_max sequences of at most n_ctx positions each, sharing n_cells cells
+        (default n_ctx * n_seq_max) and this model's weights: see janlib.BatchContext."""
+        return BatchContext(self._runtime, n_ctx=n_ctx, n_seq_max=n_seq_max, n_cells=n_cells, kv_type=kv_type,
+                            n_batch=n_batch, n_threads=self._runtime.n_threads)
 
     def sampler(self, sampling: SamplingParams | None = None, ignore_eos: bool = False) -> Sampler:
         """The sampler chain for one generation (validated against this vocabulary)."""
