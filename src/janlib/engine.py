@@ -104,12 +104,15 @@ class Request:
     n_indent: int = 0
     t_max_predict_ms: int = 0
     disconnected: Callable[[], bool] | None = None
+    prompt_logprobs: int | None = None  # k: score the prompt (evaluated whole, no cached prefix) with top k
 
 
 @dataclass(frozen=True)
 class Event:
     """What a handle yields. kind:
     "progress" — a chunk of the prompt was evaluated: info {total, cache, processed, time_ms};
+    "prompt_logprobs" — with Request.prompt_logprobs, per prompt chunk: info {first (the position of the
+                 first token scored), tokens, logprobs, top_ids, top_logprobs}; the first prompt token has none;
     "start"    — the prompt is done: info {slot, n_prompt, n_cached, prompt_ms};
     "token"    — choice `index` released token (a GeneratedToken);
     "done"     — choice `index` ended: info {finish_reason, n_predicted, prompt_ms, predicted_ms, slot,
@@ -326,11 +329,9 @@ class Engine:
             raise ValueError(f"queue_size must be None or an int >= 0, got {queue_size!r}")
         self.model = model if isinstance(model, Model) else \
             Model(model, n_ctx=n_ctx, n_threads=n_threads, kv_type=kv_type)
-        if context is None and hasattr(self.model, "create_context"):
+        if context is None:
             context = self.model.create_context(n_ctx=n_ctx or self.model.n_ctx, n_seq_max=n_seq_max,
                                                 n_cells=n_cells, kv_type=kv_type, n_batch=n_batch)
-        elif context is None:
-            context = _SerialContext(self.model, n_ctx or self.model.n_ctx, n_seq_max, kv_type)
         self.context = context
         self.n_seq_max = context.n_seq_max
         self.n_ctx = context.n_ctx
@@ -461,6 +462,9 @@ class Engine:
         bad = [t for t in prompt if not 0 <= t < self.model.n_vocab]
         if bad:
             raise ValueError(f"token {bad[0]} is outside the vocabulary [0, {self.model.n_vocab})")
+        if request.prompt_logprobs is not None and (isinstance(request.prompt_logprobs, bool) or not isinstance(
+                request.prompt_logprobs, int) or request.prompt_logprobs < 0):
+            raise ValueError(f"prompt_logprobs must be None or an int >= 0, got {request.prompt_logprobs!r}")
         for name, value, low in (("max_tokens", request.max_tokens, 0), ("n_keep", request.n_keep, -1),
                                  ("n_indent", request.n_indent, 0), ("t_max_predict_ms", request.t_max_predict_ms, 0),
                                  ("id_slot", request.id_slot, -1)):
@@ -619,7 +623,7 @@ class Engine:
             seq.leader = seqs[0] if i else None
             seqs.append(seq)
         leader = seqs[0]
-        self._reuse_prefix(leader, request.cache_prompt)
+        self._reuse_prefix(leader, request.cache_prompt and request.prompt_logprobs is None)
         self.metrics["requests_total"] += 1
         for seq in seqs:
             seq.slot.seq = seq
@@ -670,18 +674,25 @@ class Engine:
                 continue
             seq.slot.cached.extend(tokens)
             if seq.in_prompt:
+                n_rows = self._wants_logits(seq, tokens)
+                if seq.handle.request.prompt_logprobs is not None:
+                    self._guarded(seq.handle, self._prompt_logprobs, seq, logits[row:row + n_rows])
                 seq.n_done += len(tokens)
                 done = not seq.in_prompt
                 self._guarded(seq.handle, self._progress, seq, now)
                 if done:
-                    self._guarded(seq.handle, self._prompt_done, seq, logits[row], now)
-                    row += 1
+                    self._guarded(seq.handle, self._prompt_done, seq, logits[row + n_rows - 1], now)
+                row += n_rows
             else:
                 self._guarded(seq.handle, self._after_token, seq, logits[row])
                 row += 1
 
     @staticmethod
     def _wants_logits(seq: _Sequence, tokens: list[int]) -> int:
+        """The logits rows this entry needs (its last ones): every prompt row for prompt_logprobs, else
+        one for a generated token or a prompt's last chunk."""
+        if seq.in_prompt and seq.handle.request.prompt_logprobs is not None:
+            return len(tokens)
         return 1 if not seq.in_prompt or seq.n_done + len(tokens) == len(seq.prompt) else 0
 
     def _plan(self) -> list[tuple[_Sequence, list[int]]]:
@@ -735,15 +746,20 @@ class Engine:
             tokens.extend(chunk)
             positions.extend(range(n0, n0 + len(chunk)))
             seq_ids.extend([seq.slot.index] * len(chunk))
-            want.extend([False] * (len(chunk) - 1) + [bool(self._wants_logits(seq, chunk))])
+            n_rows = self._wants_logits(seq, chunk)
+            want.extend([False] * (len(chunk) - n_rows) + [True] * n_rows)
         arrays = (np.array(tokens, np.int32), np.array(positions, np.int64), np.array(seq_ids, np.int32),
                   np.array(want, np.bool_))
         while True:
             try:
                 return self.context.decode(*arrays, n_threads=self.n_threads)
-            except Exception as error:
-                if type(error).__name__ == "KVCacheFull" and self._evict_idle():
+            except KVCacheFull:
+                if self._evict_idle():
                     continue
+                error = KVCacheFull("the KV cache is full: no idle sequence's cells are left to free")
+                log.error("%s", error)
+            except Exception as error:  # noqa: F841 — handled below
+                log.exception("decode failed")
                 # the batch cannot run: fail every request in it (the cells are unchanged)
                 log.exception("decode failed")
                 for handle in {seq.handle for seq, _ in entries}:
@@ -764,6 +780,24 @@ class Engine:
         seq.handle._put(Event("progress", info={"total": len(seq.prompt), "cache": seq.n_cached,
                                                 "processed": seq.n_done,
                                                 "time_ms": (now - seq.handle.t_start) * 1000}))
+
+    def _prompt_logprobs(self, seq: _Sequence, rows: np.ndarray) -> None:
+        """A prompt chunk's rows (n, n_vocab) as the log-probabilities of the prompt tokens they precede
+        (row j follows position n_done + j) and the top k alternatives of each."""
+        first = seq.n_done + 1
+        targets = np.asarray(seq.prompt[first:first + len(rows)], np.int64)  # the last prompt row scores no prompt token
+        rows = rows[:len(targets)]
+        peak = rows.max(axis=1, keepdims=True)
+        log_z = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))  # (n,)
+        k = min(seq.handle.request.prompt_logprobs, rows.shape[1])
+        top = np.argpartition(-rows, k - 1, axis=1)[:, :k] if k else np.zeros((len(rows), 0), np.int64)
+        top_values = np.take_along_axis(rows, top, axis=1)
+        order = np.argsort(-top_values, axis=1, kind="stable")
+        seq.handle._put(Event("prompt_logprobs", seq.index, info={
+            "first": first, "tokens": targets.tolist(),
+            "logprobs": (rows[np.arange(len(targets)), targets] - log_z).tolist(),
+            "top_ids": np.take_along_axis(top, order, axis=1).tolist(),
+            "top_logprobs": (np.take_along_axis(top_values, order, axis=1) - log_z[:, None]).tolist()}))
 
     def _prompt_done(self, seq: _Sequence, logits: np.ndarray, now: float) -> None:
         handle = seq.handle
@@ -844,47 +878,3 @@ def _copy_constraint(constraint: Constraint) -> Constraint:
     """An independent constraint in the same state (one per choice)."""
     return constraint.copy()
 
-
-class _SerialContext:
-    """Stand-in for the multi-sequence context until janlib.BatchContext exists: one single-sequence
-    runtime per sequence, evaluated one after another (same contract, no batching, no shared cells)."""
-
-    def __init__(self, model: Model, n_ctx: int, n_seq_max: int, kv_type: str):
-        from janlib.models import load_runtime
-
-        self._runtimes = [load_runtime(model._file, n_ctx=n_ctx, kv_type=kv_type) for _ in range(n_seq_max)]
-        self._tokens: list[list[int]] = [[] for _ in range(n_seq_max)]
-        self.n_ctx, self.n_seq_max = n_ctx, n_seq_max
-
-    def seq_len(self, seq: int) -> int:
-        return len(self._tokens[seq])
-
-    def decode(self, tokens, positions, seq_ids, want_logits, n_threads=None):
-        out = np.empty((int(want_logits.sum()), self._runtimes[0].n_vocab), np.float32)
-        row_of = np.cumsum(want_logits) - 1
-        for seq in dict.fromkeys(seq_ids.tolist()):
-            mine = np.flatnonzero(seq_ids == seq)
-            runtime = self._runtimes[seq]
-            runtime.n_threads = n_threads
-            rows = np.flatnonzero(want_logits[mine])
-            logits = runtime.eval(tokens[mine], int(positions[mine[0]]), rows) if rows.size else None
-            if rows.size == 0:
-                runtime.eval(tokens[mine], int(positions[mine[0]]), [])
-            else:
-                out[row_of[mine[rows]]] = logits
-            self._tokens[seq] += tokens[mine].tolist()
-        return out
-
-    def seq_rm(self, seq: int, p0: int = 0, p1: int = -1) -> None:
-        self._runtimes[seq].seq_rm(p0)
-        del self._tokens[seq][p0:]
-
-    def seq_cp(self, src: int, dst: int, p0: int = 0, p1: int = -1) -> None:
-        copied = self._tokens[src][p0:None if p1 == -1 else p1]
-        if copied:  # recomputed: separate runtimes share no cells
-            self._runtimes[dst].eval(copied, p0, [])
-            self._tokens[dst] += copied
-
-    def seq_shift(self, seq: int, n_keep: int, n_discard: int) -> None:
-        self._runtimes[seq].shift(n_keep, n_discard)
-        del self._tokens[seq][n_keep:n_keep + n_discard]

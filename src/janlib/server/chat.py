@@ -229,16 +229,18 @@ def _stream_error(event) -> bytes:
 
 
 @bp.post("/v1/completions")
-@bp.post("/completions")
 def completions():
     st = state()
     body = schema.parse_json_body(request.get_data(cache=False))
     c.check_model_name(st, body)
     prompt_value = schema.parse_prompt(body.get("prompt", schema._MISSING), st.model.n_vocab)
+    body, legacy_top = c.legacy_logprobs_request(body)
     fields = schema.parse_fields(body)
-    for name in ("echo", "suffix"):
-        if body.get(name):
-            raise APIError(400, f"'{name}' is not supported", param=name, code="unsupported_parameter")
+    if body.get("suffix"):
+        raise APIError(400, "'suffix' is not supported", param="suffix", code="unsupported_parameter")
+    echo = schema.get_typed(body, "echo", "boolean", False)
+    if echo and fields["stream"]:
+        raise APIError(400, "'echo' is supported without stream only", param="echo", code="unsupported_parameter")
     if body.get("best_of") not in (None, 1):
         raise invalid("'best_of' must be 1", "best_of")
     c.check_request_options(st, fields)
@@ -248,24 +250,33 @@ def completions():
     else:
         ids = prompt_value
         prompt_text = st.model.detokenize(ids)
-    job, max_tokens = c.make_request(st, ids, fields)
+    scored = legacy_top if echo and legacy_top is not None else None  # echo scores the prompt's tokens
+    job, max_tokens = c.make_request(st, ids, fields, prompt_logprobs=scored)
     handle = c.submit(st, job)
     cid, created = c.new_id("cmpl"), c.now()
     if fields["stream"]:
         events = iter(handle)
         first = c.first_events(events, fields["return_progress"])
-        return c.stream_response(_text_chunks(st, events, first, handle, fields, cid, created), handle)
+        return c.stream_response(_text_chunks(st, events, first, handle, fields, cid, created, legacy_top),
+                                 handle)
     out = c.collect(handle, lambda: c.TokenLogprobs.for_request(st, fields))
-    choices = [{"index": i, "text": choice.text, "finish_reason": choice.done["finish_reason"],
-                "logprobs": choice.logprobs} for i, choice in enumerate(out.choices)]
+    prefix = prompt_text if echo else ""
+    choices = [{"index": i, "text": prefix + choice.text, "finish_reason": choice.done["finish_reason"],
+                "logprobs": choice.logprobs if legacy_top is None else c.legacy_logprobs(
+                    st, choice.logprobs["content"], out.prompt_logprobs if echo else None, ids)}
+               for i, choice in enumerate(out.choices)]
     return _response(st, out, fields, max_tokens, prompt_text, cid, created, "text_completion", choices)
 
 
-def _text_chunks(st, events, first, handle, fields, cid, created):
+def _text_chunks(st, events, first, handle, fields, cid, created, legacy_top=None):
     base = {"id": cid, "object": "text_completion", "created": created, "model": st.model_id,
             "system_fingerprint": c.system_fingerprint(st)}
+    offsets = [0] * handle.request.n  # text_offset of each choice's next token (legacy logprobs)
 
     def chunk(index, text, finish=None, logprobs=None, **extra):
+        if legacy_top is not None and logprobs is not None:
+            logprobs = c.legacy_logprobs(st, logprobs["content"], None, [], offsets[index])
+            offsets[index] += sum(len(t) for t in logprobs["tokens"])
         return sse.event(dict(base, choices=[{"index": index, "text": text, "logprobs": logprobs,
                                               "finish_reason": finish}], **extra))
 

@@ -85,7 +85,8 @@ def check_request_options(st: ServerState, fields: dict) -> None:
         raise invalid(f"'n_probs' must be at most the vocabulary size {n_vocab}", "n_probs")
 
 
-def make_request(st: ServerState, ids: list[int], fields: dict) -> tuple[Request, int]:
+def make_request(st: ServerState, ids: list[int], fields: dict,
+                 prompt_logprobs: int | None = None) -> tuple[Request, int]:
     n_ctx = st.engine.n_ctx
     if not ids:
         raise invalid("the prompt is empty: at least one token is needed", "messages" if "messages" in
@@ -107,7 +108,8 @@ def make_request(st: ServerState, ids: list[int], fields: dict) -> tuple[Request
     job = Request(ids, max_tokens=max_tokens, stop=fields["stop"], ignore_eos=fields["ignore_eos"],
                   sampling=sampling, n=fields["n"], id_slot=fields["id_slot"], cache_prompt=fields["cache_prompt"],
                   t_max_predict_ms=fields["t_max_predict_ms"], context_shift=st.config.context_shift,
-                  n_keep=fields["n_keep"], n_indent=fields["n_indent"], constraint=constraint, disconnected=probe)
+                  n_keep=fields["n_keep"], n_indent=fields["n_indent"], constraint=constraint, disconnected=probe,
+                  prompt_logprobs=prompt_logprobs)
     return job, max_tokens
 
 
@@ -267,6 +269,7 @@ class ChoiceOutcome:
 class Outcome:
     choices: list[ChoiceOutcome]
     start: dict
+    prompt_logprobs: list[dict] = dataclasses.field(default_factory=list)  # the engine's events' infos
 
     @property
     def n_predicted(self) -> int:
@@ -277,7 +280,7 @@ def collect(handle: Handle, probs: Callable[[], "TokenLogprobs | None"]) -> Outc
     """Wait for a whole generation, every choice (non-stream)."""
     n = handle.request.n
     pieces, tokens = [[] for _ in range(n)], [[] for _ in range(n)]
-    entries, done, start = [[] for _ in range(n)], [None] * n, {}
+    entries, done, start, prompt_logprobs = [[] for _ in range(n)], [None] * n, {}, []
     feeds = [probs() for _ in range(n)]
     try:
         for event in handle:
@@ -292,6 +295,8 @@ def collect(handle: Handle, probs: Callable[[], "TokenLogprobs | None"]) -> Outc
                     entries[i].extend(feeds[i].feed(token))
             elif event.kind == "done":
                 done[event.index] = event.info
+            elif event.kind == "prompt_logprobs":
+                prompt_logprobs.append(event.info)
             elif event.kind != "progress":
                 raise_for(event)
     finally:
@@ -299,7 +304,57 @@ def collect(handle: Handle, probs: Callable[[], "TokenLogprobs | None"]) -> Outc
     if any(d is None for d in done):
         raise APIError(500, "generation ended without a result", code="internal_error", type="server_error")
     return Outcome([ChoiceOutcome("".join(p), t, d, {"content": e} if f is not None else None)
-                    for p, t, d, e, f in zip(pieces, tokens, done, entries, feeds)], start)
+                    for p, t, d, e, f in zip(pieces, tokens, done, entries, feeds)], start, prompt_logprobs)
+
+
+# OpenAI's legacy /v1/completions logprobs: "logprobs": k (an integer, 0..20 here) asks for
+# {tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}; with "echo" the prompt's tokens
+# come first, the first of them without a logprob (null), as lm-eval-harness's loglikelihood tasks expect.
+# "logprobs": true stays llama.cpp's {"content": [...]} shape.
+
+def legacy_logprobs_request(body: dict) -> tuple[dict, int | None]:
+    """body with an integer logprobs turned into logprobs: true + top_logprobs, and that integer."""
+    value = body.get("logprobs")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return body, None
+    if value < 0:
+        raise invalid(f"'logprobs' must be a boolean or an integer in 0..20, got {value}", "logprobs")
+    if body.get("top_logprobs") is not None:
+        raise invalid("'top_logprobs' cannot be given with an integer 'logprobs' (which is the count)",
+                      "top_logprobs")
+    return dict(body, logprobs=True, top_logprobs=value), value
+
+
+def legacy_logprobs(st: ServerState, entries: list[dict], prompt: list[dict] | None, prompt_ids: list[int],
+                    offset: int = 0) -> dict:
+    """entries (llama.cpp's per generated token) and, with echo, the prompt's scores (the engine's
+    prompt_logprobs infos over prompt_ids) in the legacy shape; text_offset counts characters from
+    offset (the length of a suffix-less prompt text that precedes, without echo)."""
+    tokenizer = st.model.tokenizer
+    tokens, token_logprobs, top_logprobs = [], [], []
+    if prompt is not None:
+        scores: dict[int, tuple[float, dict]] = {}
+        for info in prompt:
+            for j, (lp, ids, lps) in enumerate(zip(info["logprobs"], info["top_ids"], info["top_logprobs"])):
+                scores[info["first"] + j] = (max(lp, LOGPROB_FLOOR),
+                                             {_piece(tokenizer, t)[0]: max(v, LOGPROB_FLOOR) for t, v in zip(ids, lps)})
+        for position, token in enumerate(prompt_ids):
+            tokens.append(_piece(tokenizer, token)[0])
+            lp, top = scores.get(position, (None, None))
+            token_logprobs.append(lp)
+            top_logprobs.append(top)
+    for entry in entries:
+        tokens.append(entry["token"])
+        token_logprobs.append(entry["logprob"])
+        top_logprobs.append({alt["token"]: alt["logprob"] for alt in entry["top_logprobs"]})
+    text_offset, at = [], offset
+    for text in tokens:
+        text_offset.append(at)
+        at += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
+            "text_offset": text_offset}
 
 
 def usage(start: dict, n_predicted: int) -> dict:
