@@ -51,8 +51,16 @@ class ToolFormat:
 
     def call_schema(self, tool: dict) -> dict:
         return {"type": "object", "properties": {"name": {"const": tool["name"]},
-                                                 self.arguments_key: tool["parameters"]},
+                                                 self.arguments_key: closed_parameters(tool["parameters"])},
                 "required": ["name", self.arguments_key], "additionalProperties": False}
+
+
+def closed_parameters(parameters: dict) -> dict:
+    """The arguments' schema with no properties beyond those listed unless it says otherwise: as
+    llama.cpp's grammars, so that a small model does not pad a call with invented arguments."""
+    if parameters.get("type") == "object" and "additionalProperties" not in parameters:
+        return {**parameters, "additionalProperties": False}
+    return parameters
 
 
 HERMES = ToolFormat("hermes", markers=("<tool_call>",))
@@ -70,8 +78,8 @@ def detect_format(template_source: str) -> ToolFormat:
     # <tool_call> with JSON inside (GLM and Qwen3-Coder put XML-like arguments there: not this format)
     if "<tool_call>" in template_source and "<function=" not in template_source and "<arg_key>" not in template_source:
         return HERMES
-    if "<|start_header_id|>" in template_source and ("<|python_tag|>" in template_source
-                                                     or '"parameters"' in template_source):
+    if "<|start_header_id|>" in template_source and "<function=" not in template_source and (
+            "<|python_tag|>" in template_source or '"parameters"' in template_source):
         return LLAMA3
     return GENERIC
 
@@ -132,7 +140,7 @@ def tool_grammar(fmt: ToolFormat, tools: list[dict], parallel: bool, tokenizer, 
         alternatives = " | ".join(f"{json.dumps(t['name'])} {_marker_lark('[ARGS]', tokenizer)} args_{i}"
                                   for i, t in enumerate(tools))
         rules = [f'start: {mark} one{" (" + mark + " one)*" if parallel else ""}', f"one: {alternatives}"]
-        rules += [f"args_{i}: " + _json_rule(t["parameters"]) for i, t in enumerate(tools)]
+        rules += [f"args_{i}: " + _json_rule(closed_parameters(t["parameters"])) for i, t in enumerate(tools)]
     else:
         wrapper = ({"type": "object", "properties": {"tool_calls": {"type": "array", "items": any_call,
                                                                     "minItems": 1}},
