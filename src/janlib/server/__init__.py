@@ -29,13 +29,28 @@ PUBLIC_PATHS = ("/health", "/v1/health")
 
 
 def load_engine(config: ServerConfig) -> Engine:
-    """One Model (weights, tokenizer, template, loaded once) served by one Engine: --parallel sequences of
-    --ctx-size positions each over one shared KV cache."""
+    """One Model (weights, tokenizer, template, loaded once) served by one Engine: --parallel sequences
+    sharing --ctx-size KV cells, each holding its share (or all of them with --kv-unified), as llama-server."""
+    from janlib.chat import CHATML_TEMPLATE, ChatTemplate, ChatTemplateError
     from janlib.model import Model
 
-    model = Model(config.model, n_ctx=config.ctx_size, n_threads=config.threads)
-    return Engine(model, n_seq_max=config.parallel, n_ctx=model.n_ctx, n_threads=config.threads,
-                  queue_size=config.queue_size)
+    def share(total: int) -> int:
+        return total if config.kv_unified else total // config.parallel
+
+    # the Model's own context is one slot's size: the engine's sequences are where the cells live
+    model = Model(config.model, n_ctx=share(config.ctx_size) if config.ctx_size else None, n_threads=config.threads)
+    if config.chat_template is not None:
+        source = CHATML_TEMPLATE if config.chat_template == "chatml" else config.chat_template
+        try:
+            model.template = ChatTemplate(source, model.template.bos_token, model.template.eos_token)
+        except ChatTemplateError as error:
+            raise ConfigError(f"--chat-template: {error}") from None
+    n_ctx = share(config.ctx_size) if config.ctx_size else share(model.n_ctx)
+    if n_ctx < 1:
+        raise ConfigError(f"a context of {model.n_ctx} tokens split over {config.parallel} slots leaves none")
+    options = {"n_batch": config.batch_size} if config.batch_size else {}
+    return Engine(model, n_seq_max=config.parallel, n_ctx=n_ctx, n_threads=config.threads,
+                  queue_size=config.queue_size, **options)
 
 
 def create_app(config: ServerConfig | None = None, engine: Engine | None = None) -> Flask:
@@ -51,6 +66,10 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     app.json.sort_keys = False
     app.json.ensure_ascii = False
     st = ServerState(config=config, engine=engine, model_id=model_id, model_path=model_path)
+    if config.seed != -1:
+        st.defaults["seed"] = config.seed
+    if config.temperature is not None:
+        st.defaults["temperature"] = config.temperature
     app.extensions["janlib"] = st
     keys = [k.encode() for k in config.api_keys]
 
@@ -89,7 +108,7 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
         st.http_requests[key] = st.http_requests.get(key, 0) + 1
         return response
 
-    from . import chat, misc, models as models_bp
+    from . import chat, misc, models as models_bp, native
 
     app.register_blueprint(models_bp.bp)
     app.register_blueprint(chat.bp)
@@ -97,8 +116,10 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     app.register_blueprint(responses.bp)
     from . import anthropic  # noqa: E402  (Anthropic's Messages API)
     app.register_blueprint(anthropic.bp)
+    app.register_blueprint(native.bp)
     app.register_blueprint(misc.bp)
-    app.register_blueprint(webui.bp)
+    if config.webui:
+        app.register_blueprint(webui.bp)
     register_error_handlers(app)
     return app
 
