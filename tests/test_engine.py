@@ -11,12 +11,9 @@ import numpy as np
 import pytest
 
 import janlib
+from janlib import KVCacheFull
 from janlib.engine import Engine, EngineClosed, EngineDead, QueueFull, Request, RequestCancelled, RequestFailed
 from janlib.sampling import SamplingParams
-
-
-class KVCacheFull(RuntimeError):
-    """The contract's exception (matched by name, as janlib.KVCacheFull)."""
 
 
 class FakeContext:

@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from janlib.errors import JanlibError
+from janlib.errors import JanlibError, KVCacheFull
 from janlib.model import GREEDY, GeneratedToken, Model
 from janlib.sampling import SamplingParams, TokenProbs
 from janlib.stop import IndentLimit, StopStringFilter
@@ -758,14 +758,14 @@ class Engine:
                     continue
                 error = KVCacheFull("the KV cache is full: no idle sequence's cells are left to free")
                 log.error("%s", error)
-            except Exception as error:  # noqa: F841 — handled below
+            except Exception as exc:
                 log.exception("decode failed")
-                # the batch cannot run: fail every request in it (the cells are unchanged)
-                log.exception("decode failed")
-                for handle in {seq.handle for seq, _ in entries}:
-                    if handle.id in self._seqs:
-                        self._fail(handle, error)
-                return None
+                error = exc
+            # the batch cannot run: fail every request in it (the cells are unchanged)
+            for handle in {seq.handle for seq, _ in entries}:
+                if handle.id in self._seqs:
+                    self._fail(handle, error)
+            return None
 
     def _evict_idle(self) -> bool:
         """Free the least recently used idle sequence's cached cells; False when none holds any."""
