@@ -3,7 +3,12 @@
  * x is quantized once per call to the activation format W's dot product pairs with, then W's
  * rows are split across the pool. Activations are consumed in column blocks that stay in L2
  * while each thread streams its rows, and JL_NC_MAX columns at a time share one unpack of a
- * weight row. */
+ * weight row.
+ *
+ * From GEMM_MIN_ROWS activation rows on, types with a GEMM (traits->gemm) take it instead: the
+ * quantized rows are repacked once into the kernel's layout, and each thread repacks its weight
+ * rows a strip of panels at a time (cache-resident, so no repacked copy of any tensor is kept)
+ * and runs the strip against every activation row. Its outputs equal vec_dot's bit for bit. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +16,8 @@
 #include "quant/traits.h"
 
 #define COL_BLOCK 64   /* activation rows kept hot in L2 per pass over a thread's weight rows */
+#define GEMM_MIN_ROWS 16  /* below this the repacking costs more than the GEMM saves */
+#define STRIP_PANELS 16   /* weight panels a GEMM thread repacks and keeps in L2 at a time */
 
 typedef struct {
     const jl_type_traits *wt;  /* weight type */
@@ -23,6 +30,10 @@ typedef struct {
     uint8_t *xq;               /* (n, xq_row_bytes): x in the activation format */
     size_t xq_row_bytes;
     float *y;                  /* (n, rows) */
+    uint8_t *xp;               /* (n, xp_row_bytes): the GEMM's packed activation rows */
+    size_t xp_row_bytes;
+    uint8_t *panels;           /* (n_threads, STRIP_PANELS, panel_bytes): each thread's repacked weights */
+    size_t panel_bytes;
 } matmul_job;
 
 static void quantize_task(void *ctx, int ith, int nth) {
@@ -50,6 +61,57 @@ static void dot_task(void *ctx, int ith, int nth) {
             }
         }
     }
+}
+
+static void pack_x_task(void *ctx, int ith, int nth) {
+    matmul_job *job = ctx;
+    int64_t lo, hi;
+    jl_split(job->n, ith, nth, 1, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++)
+        job->wt->gemm->pack_x(job->xq + i * job->xq_row_bytes, job->k, job->xp + i * job->xp_row_bytes);
+}
+
+/* A thread repacks STRIP_PANELS panels of its rows at a time, then runs them against COL_BLOCK
+ * activation rows at a time, so both the strip and the column block stay in L2. */
+static void gemm_task(void *ctx, int ith, int nth) {
+    matmul_job *job = ctx;
+    const jl_gemm_kernels *gemm = job->wt->gemm;
+    const int64_t pr = gemm->panel_rows, strip_rows = STRIP_PANELS * pr;
+    int64_t r_lo, r_hi;
+    jl_split(job->rows, ith, nth, pr, &r_lo, &r_hi);
+    uint8_t *strip = job->panels + (size_t)ith * STRIP_PANELS * job->panel_bytes;  /* (STRIP_PANELS, panel_bytes) */
+    for (int64_t r0 = r_lo; r0 < r_hi; r0 += strip_rows) {
+        int64_t r_end = r0 + strip_rows < r_hi ? r0 + strip_rows : r_hi;
+        for (int64_t r = r0; r < r_end; r += pr)
+            gemm->pack_w(job->w + (size_t)r * job->w_row_bytes, job->w_row_bytes, r_end - r < pr ? r_end - r : pr,
+                         job->k, strip + (size_t)((r - r0) / pr) * job->panel_bytes);
+        for (int64_t c0 = 0; c0 < job->n; c0 += COL_BLOCK) {
+            int64_t nc = job->n - c0 < COL_BLOCK ? job->n - c0 : COL_BLOCK;
+            for (int64_t r = r0; r < r_end; r += pr)
+                gemm->panel_dot(job->k, strip + (size_t)((r - r0) / pr) * job->panel_bytes, r_end - r < pr ? r_end - r : pr,
+                                job->xp + (size_t)c0 * job->xp_row_bytes, job->xp_row_bytes, nc,
+                                job->y + c0 * job->rows + r, (size_t)job->rows);
+        }
+    }
+}
+
+/* x is already quantized into job->xq */
+static jl_status run_gemm(matmul_job *job, int n_threads) {
+    const jl_gemm_kernels *gemm = job->wt->gemm;
+    int nth = jl_resolve_threads(n_threads);
+    job->xp_row_bytes = gemm->x_bytes(job->k);
+    job->panel_bytes = (gemm->panel_bytes(job->k) + 63) / 64 * 64;
+    job->xp = aligned_alloc(64, job->xp_row_bytes * (size_t)job->n);
+    job->panels = aligned_alloc(64, job->panel_bytes * STRIP_PANELS * (size_t)nth);
+    jl_status st = JL_OK;
+    if (!job->xp || !job->panels)
+        st = jl_fail(JL_ERR_NOMEM, "matmul: no memory for the GEMM's packed rows (%lld x %zu bytes)",
+                     (long long)job->n, job->xp_row_bytes);
+    if (st == JL_OK) st = jl_parallel(n_threads, pack_x_task, job);
+    if (st == JL_OK) st = jl_parallel(nth, gemm_task, job);
+    free(job->xp);
+    free(job->panels);
+    return st;
 }
 
 static jl_status check_row_type(const jl_type_traits *t, int type, int64_t k, const char *what) {
@@ -90,7 +152,8 @@ jl_status jl_matmul(int type, const void *w, size_t w_bytes, int64_t rows, int64
         if (n == 1) quantize_task(&job, 0, 1);
         else if ((st = jl_parallel(n_threads, quantize_task, &job)) != JL_OK) goto done;
     }
-    st = jl_parallel(n_threads, dot_task, &job);
+    if (wt->gemm && n >= GEMM_MIN_ROWS) st = run_gemm(&job, n_threads);
+    else st = jl_parallel(n_threads, dot_task, &job);
 done:
     free(scratch);
     return st;

@@ -20,6 +20,23 @@ typedef void (*jl_from_float_fn)(const float *restrict src, void *restrict dst, 
 typedef void (*jl_vec_dot_fn)(int64_t k, const void *restrict w, const void *restrict x,
                               size_t x_stride, int nc, float *restrict s);
 
+/* A GEMM for many activation rows (optional per type and ISA). Weights are repacked a panel of
+ * panel_rows rows at a time into the kernel's interleaved layout, the activation rows (already in
+ * the activation format) once per call. Every output is bit-identical to vec_dot's: a row's
+ * result must not depend on how many rows share the call (batch invariance). */
+typedef struct {
+    int panel_rows;
+    size_t (*panel_bytes)(int64_t k);
+    size_t (*x_bytes)(int64_t k);
+    /* panel <- rows (<= panel_rows) weight rows of w_row_bytes each; missing rows pack as zeros */
+    void (*pack_w)(const void *restrict w, size_t w_row_bytes, int64_t rows, int64_t k, void *restrict panel);
+    /* xp <- one activation row */
+    void (*pack_x)(const void *restrict xq, int64_t k, void *restrict xp);
+    /* y[c * y_stride + r] = dot(row r of the panel, packed row c), r < rows, c < n */
+    void (*panel_dot)(int64_t k, const void *restrict panel, int64_t rows, const void *restrict xp, size_t x_stride,
+                      int64_t n, float *restrict y, size_t y_stride);
+} jl_gemm_kernels;
+
 typedef struct {
     const char *name;
     int64_t block_size;         /* values per block */
@@ -28,6 +45,7 @@ typedef struct {
     jl_to_float_fn to_float;
     jl_from_float_fn from_float;  /* set for the types used as activation formats */
     jl_vec_dot_fn vec_dot;        /* set for the weight types */
+    const jl_gemm_kernels *gemm;  /* set where a GEMM beats vec_dot for many rows */
 } jl_type_traits;
 
 /* The scalar reference table (quant/ref.c): every supported type has every kernel it needs. */
@@ -35,6 +53,7 @@ void jl_ref_register(jl_type_traits *table);
 /* SIMD tables override the entries they speed up and leave the rest to the reference. */
 void jl_avx2_register(jl_type_traits *table);
 void jl_avx512_register(jl_type_traits *table);
+void jl_avx512_gemm_register(jl_type_traits *table);
 
 /* Active table entry for a type, or NULL when the type is not supported. */
 const jl_type_traits *jl_traits(int type);

@@ -1,0 +1,189 @@
+/* avx512_gemm.c — register-blocked int8 GEMM (AVX-512 VNNI) for the legacy 4- and 5-bit types.
+ *
+ * Batch invariance fixes the arithmetic: every output must equal vec_dot's (avx512.c) bit for
+ * bit, so the GEMM computes the same integer block sums and the same float steps in the same
+ * lanes. vec_dot leaves a group of 16 blocks as one int32 lane per block, lanes in tree_order,
+ * then per group  acc = fma(sums, d * dx, acc)  (and  acc = fma(m, s, acc)  for the types with
+ * a minimum), and one hsum512 per output at the end. Here the data are laid out so that the
+ * lane-per-block sums come straight out of vpdpbusd: step t of a group holds bytes 4t .. 4t + 3
+ * of each of its 16 blocks (lane L = block tree_order[L]), so eight vpdpbusd give the block
+ * sums with no unpacking, shuffling or gathering in the inner loop.
+ *
+ * Weights are repacked PANEL_ROWS rows at a time (unsigned q + offset); an activation row once
+ * per call, with its block scales per lane and, for the types with an offset, -offset * sum(qx)
+ * per block as the accumulator's start. The microkernel holds PANEL_ROWS x TILE_COLS int32 block
+ * sums in registers: per step 4 weight and up to 4 activation loads feed 16 vpdpbusd. */
+#include <immintrin.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "cpu/avx512_blocks.h"
+#include "quant/blocks.h"
+#include "quant/traits.h"
+
+#define PANEL_ROWS 4
+#define TILE_COLS 4
+#define GROUP 16                           /* blocks per lane group */
+#define STEPS (QK / 4)                     /* vpdpbusd steps per block */
+#define STEP_BYTES 64                      /* one step of a group: 4 bytes of each of 16 blocks */
+
+/* per group of a panel: STEPS x PANEL_ROWS quant vectors, then d (and m) per row as 16 floats */
+static size_t w_group_bytes(int has_min) { return (STEPS * PANEL_ROWS + PANEL_ROWS * (1 + has_min)) * STEP_BYTES; }
+/* per group of an activation row: STEPS quant vectors, dx, then s (types with a minimum) or the
+ * offset correction (the others) */
+#define X_GROUP_BYTES ((STEPS + 2) * STEP_BYTES)
+
+static int64_t n_groups(int64_t k) { return (k / QK + GROUP - 1) / GROUP; }
+
+/* ---- packing ----------------------------------------------------------------------------- */
+
+INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int has_min, const uint8_t *w, size_t w_row_bytes,
+                          int64_t rows, int64_t k, uint8_t *panel) {
+    const int64_t nb = k / QK, groups = n_groups(k);
+    const __m512i order = _mm512_loadu_si512(tree_order);
+    for (int64_t g = 0; g < groups; g++) {
+        uint8_t *pg = panel + g * w_group_bytes(has_min);
+        const int n = nb - g * GROUP < GROUP ? (int)(nb - g * GROUP) : GROUP;
+        const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(n));
+        for (int r = 0; r < PANEL_ROWS; r++) {
+            __m512 *scales = (__m512 *)(pg + STEPS * PANEL_ROWS * STEP_BYTES);
+            if (r >= rows) {
+                for (int t = 0; t < STEPS; t++) _mm512_store_si512(pg + (t * PANEL_ROWS + r) * STEP_BYTES, _mm512_setzero_si512());
+                scales[r] = _mm512_setzero_ps();
+                if (has_min) scales[PANEL_ROWS + r] = _mm512_setzero_ps();
+                continue;
+            }
+            const uint8_t *wg = w + r * w_row_bytes + g * GROUP * type_size;
+            /* the group's unsigned quants block by block, then transposed to steps by gathers */
+            uint8_t u[(GROUP + 1) * QK] __attribute__((aligned(64)));
+            for (int j = 0; j < n; j += 2) {
+                const uint8_t *a = wg + j * type_size, *b = j + 1 < n ? a + type_size : a;
+                _mm512_storeu_si512(u + j * QK, pair(a, b));
+            }
+            const __m512i block_dwords = _mm512_mullo_epi32(order, _mm512_set1_epi32(QK / 4));
+            for (int t = 0; t < STEPS; t++)
+                _mm512_store_si512(pg + (t * PANEL_ROWS + r) * STEP_BYTES,
+                                   _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live,
+                                                               _mm512_add_epi32(block_dwords, _mm512_set1_epi32(t)), u, 4));
+            const __m512i dm = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live,
+                                                           _mm512_mullo_epi32(order, _mm512_set1_epi32((int)type_size)), wg, 1);
+            scales[r] = halves_to_ps(dm, 0);
+            if (has_min) scales[PANEL_ROWS + r] = halves_to_ps(dm, 1);
+        }
+    }
+}
+
+/* xq: one row of Q8_1 (has_min) or Q8_0 blocks */
+INLINE void pack_x_legacy(int offset, int has_min, const uint8_t *xq, int64_t k, uint8_t *xp) {
+    const size_t x_size = has_min ? sizeof(block_q8_1) : sizeof(block_q8_0);
+    const size_t x_qs = has_min ? offsetof(block_q8_1, qs) : offsetof(block_q8_0, qs);
+    const int64_t nb = k / QK, groups = n_groups(k);
+    const __m512i order = _mm512_loadu_si512(tree_order);
+    const __m512i block_bytes = _mm512_mullo_epi32(order, _mm512_set1_epi32((int)x_size));
+    for (int64_t g = 0; g < groups; g++) {
+        uint8_t *pg = xp + g * X_GROUP_BYTES;
+        const uint8_t *xg = xq + g * GROUP * x_size;
+        const int n = nb - g * GROUP < GROUP ? (int)(nb - g * GROUP) : GROUP;
+        const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(n));
+        __m512i sum = _mm512_setzero_si512();
+        for (int t = 0; t < STEPS; t++) {
+            const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live,
+                                                          _mm512_add_epi32(block_bytes, _mm512_set1_epi32((int)x_qs + 4 * t)), xg, 1);
+            _mm512_store_si512(pg + t * STEP_BYTES, v);
+            sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), v);
+        }
+        const __m512i ds = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, block_bytes, xg, 1);
+        _mm512_store_ps(pg + STEPS * STEP_BYTES, halves_to_ps(ds, 0));
+        if (has_min) _mm512_store_ps(pg + (STEPS + 1) * STEP_BYTES, halves_to_ps(ds, 1));
+        else _mm512_store_si512(pg + (STEPS + 1) * STEP_BYTES, _mm512_mullo_epi32(sum, _mm512_set1_epi32(-offset)));
+    }
+}
+
+/* ---- the microkernel ------------------------------------------------------------------- */
+
+/* PANEL_ROWS x nc outputs; vec_dot's float steps per group, in its order */
+INLINE void tile_legacy(int has_min, int64_t groups, const uint8_t *panel, const uint8_t *xp, size_t x_stride,
+                        const int nc, int64_t rows, float *y, size_t y_stride) {
+    __m512 acc[PANEL_ROWS][TILE_COLS];
+    UNROLL for (int r = 0; r < PANEL_ROWS; r++)
+        UNROLL for (int c = 0; c < nc; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        const uint8_t *pg = panel + g * w_group_bytes(has_min), *xg = xp + g * X_GROUP_BYTES;
+        __m512i sums[PANEL_ROWS][TILE_COLS];
+        UNROLL for (int c = 0; c < nc; c++) {
+            const __m512i start = has_min ? _mm512_setzero_si512()
+                                          : _mm512_load_si512(xg + c * x_stride + (STEPS + 1) * STEP_BYTES);
+            UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = start;
+        }
+        UNROLL for (int t = 0; t < STEPS; t++) {
+            __m512i wv[PANEL_ROWS];
+            UNROLL for (int r = 0; r < PANEL_ROWS; r++) wv[r] = _mm512_load_si512(pg + (t * PANEL_ROWS + r) * STEP_BYTES);
+            UNROLL for (int c = 0; c < nc; c++) {
+                const __m512i xv = _mm512_load_si512(xg + c * x_stride + t * STEP_BYTES);
+                UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = _mm512_dpbusd_epi32(sums[r][c], wv[r], xv);
+            }
+        }
+        const __m512 *scales = (const __m512 *)(pg + STEPS * PANEL_ROWS * STEP_BYTES);
+        UNROLL for (int c = 0; c < nc; c++) {
+            const __m512 dx = _mm512_load_ps(xg + c * x_stride + STEPS * STEP_BYTES);
+            UNROLL for (int r = 0; r < PANEL_ROWS; r++) {
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[r][c]), _mm512_mul_ps(scales[r], dx), acc[r][c]);
+                if (has_min)
+                    acc[r][c] = _mm512_fmadd_ps(scales[PANEL_ROWS + r],
+                                                _mm512_load_ps(xg + c * x_stride + (STEPS + 1) * STEP_BYTES), acc[r][c]);
+            }
+        }
+    }
+    UNROLL for (int c = 0; c < nc; c++)
+        UNROLL for (int r = 0; r < PANEL_ROWS; r++)
+            if (r < rows) y[c * y_stride + r] = hsum512_ps(acc[r][c]);
+}
+
+INLINE void panel_dot_legacy(int has_min, int64_t k, const uint8_t *panel, int64_t rows, const uint8_t *xp,
+                             size_t x_stride, int64_t n, float *y, size_t y_stride) {
+    const int64_t groups = n_groups(k);
+    int64_t c = 0;
+    for (; c + TILE_COLS <= n; c += TILE_COLS)
+        tile_legacy(has_min, groups, panel, xp + c * x_stride, x_stride, TILE_COLS, rows, y + c * y_stride, y_stride);
+    switch (n - c) {
+    case 1: tile_legacy(has_min, groups, panel, xp + c * x_stride, x_stride, 1, rows, y + c * y_stride, y_stride); break;
+    case 2: tile_legacy(has_min, groups, panel, xp + c * x_stride, x_stride, 2, rows, y + c * y_stride, y_stride); break;
+    case 3: tile_legacy(has_min, groups, panel, xp + c * x_stride, x_stride, 3, rows, y + c * y_stride, y_stride); break;
+    default: break;
+    }
+}
+
+/* ---- the table ------------------------------------------------------------------------- */
+
+static size_t x_bytes_legacy(int64_t k) { return (size_t)n_groups(k) * X_GROUP_BYTES; }
+static size_t panel_bytes_min(int64_t k) { return (size_t)n_groups(k) * w_group_bytes(1); }
+static size_t panel_bytes_offset(int64_t k) { return (size_t)n_groups(k) * w_group_bytes(0); }
+
+#define LEGACY_GEMM(NAME, OFFSET, HAS_MIN)                                                                   \
+    static void NAME##_pack_w(const void *restrict w, size_t w_row_bytes, int64_t rows, int64_t k,           \
+                              void *restrict panel) {                                                        \
+        pack_w_legacy(pair_##NAME, sizeof(block_##NAME), HAS_MIN, w, w_row_bytes, rows, k, panel);          \
+    }                                                                                                        \
+    static void NAME##_pack_x(const void *restrict xq, int64_t k, void *restrict xp) {                       \
+        pack_x_legacy(OFFSET, HAS_MIN, xq, k, xp);                                                           \
+    }                                                                                                        \
+    static void NAME##_panel_dot(int64_t k, const void *restrict panel, int64_t rows, const void *restrict xp, \
+                                 size_t x_stride, int64_t n, float *restrict y, size_t y_stride) {          \
+        panel_dot_legacy(HAS_MIN, k, panel, rows, xp, x_stride, n, y, y_stride);                             \
+    }                                                                                                        \
+    static const jl_gemm_kernels NAME##_gemm = {                                                             \
+        PANEL_ROWS, HAS_MIN ? panel_bytes_min : panel_bytes_offset, x_bytes_legacy,                          \
+        NAME##_pack_w, NAME##_pack_x, NAME##_panel_dot,                                                      \
+    };
+
+LEGACY_GEMM(q4_0, 8, 0)
+LEGACY_GEMM(q4_1, 0, 1)
+LEGACY_GEMM(q5_0, 16, 0)
+LEGACY_GEMM(q5_1, 0, 1)
+
+void jl_avx512_gemm_register(jl_type_traits *t) {
+    t[JL_TYPE_Q4_0].gemm = &q4_0_gemm;
+    t[JL_TYPE_Q4_1].gemm = &q4_1_gemm;
+    t[JL_TYPE_Q5_0].gemm = &q5_0_gemm;
+    t[JL_TYPE_Q5_1].gemm = &q5_1_gemm;
+}

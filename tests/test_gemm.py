@@ -1,0 +1,77 @@
+"""The GEMM path (many activation rows, weights repacked panel by panel) at awkward shapes: rows,
+k and n that are not multiples of the panel (4 rows), the column tile (4), the lane group (16
+blocks) or the column block (64). Checked against the gguf package's numpy dequantization times
+x, against the scalar reference, and bit for bit against each row computed alone (n = 1 takes
+the matvec kernels): batch invariance across the GEMM threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import janlib
+
+from quant_data import QUANT_TYPES, block_size, matmul_error_bound, random_raw, reference_dequantize, write_tensors
+
+ISAS = janlib.cpu_features()["available"]
+# (rows, blocks per row): a row count off every tile, a lone block, tails of 1-15 blocks after
+# full groups of 16, and an exact group
+SHAPES = [(37, 1), (13, 7), (6, 18), (41, 20), (3, 33), (16, 16)]
+N_VALUES = [16, 21, 67]
+
+
+@pytest.fixture(scope="module")
+def tensors(tmp_path_factory):
+    rng = np.random.default_rng(15)
+    specs = {f"{t}_{r}x{b}": (t, random_raw(rng, t, r, b * block_size(t))) for t in QUANT_TYPES for r, b in SHAPES}
+    path = write_tensors(tmp_path_factory.mktemp("gemm") / "gemm.gguf", specs)
+    with janlib.load_gguf(path) as f:
+        yield {name: (f.tensors[name], raw) for name, (_, raw) in specs.items()}
+
+
+def cases(tensors, qtype):
+    return [tensors[f"{qtype}_{r}x{b}"] for r, b in SHAPES]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", QUANT_TYPES)
+def test_gemm_matches_numpy_dequantize(tensors, qtype, isa):
+    rng = np.random.default_rng(1)
+    for tensor, raw in cases(tensors, qtype):
+        w = reference_dequantize(raw, qtype)
+        for n in N_VALUES:
+            x = rng.standard_normal((n, w.shape[1])).astype(np.float32)
+            with janlib.use_isa(isa):
+                y = janlib.matmul(tensor, x, n_threads=2)
+            bound = matmul_error_bound(w, x.astype(np.float64), qtype, raw)
+            err = np.abs(y - x.astype(np.float64) @ w.T)
+            assert np.all(err <= bound), f"{tensor.name} n={n}: worst err/bound {np.max(err / bound):.3f}"
+
+
+@pytest.mark.parametrize("isa", [isa for isa in ISAS if isa != "scalar"])
+@pytest.mark.parametrize("qtype", QUANT_TYPES)
+def test_gemm_agrees_with_scalar_reference(tensors, qtype, isa):
+    rng = np.random.default_rng(2)
+    for tensor, raw in cases(tensors, qtype):
+        x = rng.standard_normal((67, tensor.shape[1])).astype(np.float32)
+        with janlib.use_isa("scalar"):
+            expected = janlib.matmul(tensor, x)
+        with janlib.use_isa(isa):
+            got = janlib.matmul(tensor, x, n_threads=2)
+        # the same integer block sums; only the float accumulation order differs
+        terms = tensor.shape[1] // block_size(qtype) + 8
+        scale = np.abs(x).astype(np.float64) @ np.abs(reference_dequantize(raw, qtype)).T
+        assert np.all(np.abs(got - expected) <= 2 * terms * 2.0**-23 * scale), tensor.name
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", QUANT_TYPES)
+def test_gemm_rows_equal_each_row_alone(tensors, qtype, isa):
+    rng = np.random.default_rng(3)
+    for tensor, _ in cases(tensors, qtype):
+        x = rng.standard_normal((67, tensor.shape[1])).astype(np.float32)
+        with janlib.use_isa(isa):
+            alone = np.concatenate([janlib.matmul(tensor, x[i:i + 1], n_threads=1) for i in range(len(x))])
+            for n, n_threads in [(16, 1), (21, 2), (67, 2), (67, 3)]:
+                np.testing.assert_array_equal(janlib.matmul(tensor, x[:n], n_threads=n_threads), alone[:n],
+                                              err_msg=f"{tensor.name} n={n} threads={n_threads}")
