@@ -67,6 +67,8 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
     p.add_argument("--embedding", "--embeddings", dest="embeddings", action="store_true",
                    help="accepted; the embedding endpoints answer 501: janlib's models are decoders only")
     p.add_argument("--pooling", choices=POOLING, help="accepted with --embedding (see there)")
+    p.add_argument("--reranking", "--rerank", action="store_true",
+                   help="accepted; the rerank endpoints answer 501: janlib has no reranking models")
     p.add_argument("--no-webui", "--no-ui", dest="webui", action="store_false", help="no chat page at /")
     p.add_argument("--cont-batching", "-cb", action="store_true",
                    help="accepted: janlib always batches new requests into running ones")

@@ -460,3 +460,12 @@ def slot_action(id_slot: str):
 def embeddings():
     raise not_supported("embeddings are not supported by this model: janlib serves decoder models for "
                         "generation only")
+
+
+@bp.post("/rerank")
+@bp.post("/reranking")
+@bp.post("/v1/rerank")
+@bp.post("/v1/reranking")
+def rerank():
+    raise not_supported("reranking is not supported by this model: janlib serves decoder models for "
+                        "generation only")
