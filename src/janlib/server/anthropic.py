@@ -134,8 +134,9 @@ def chat_body(body: dict) -> dict:
             raise invalid("'tool_choice.type' must be auto, any, tool or none", "tool_choice.type")
         out["tool_choice"] = ({"type": "function", "function": {"name": choice.get("name")}} if kind == "tool" else
                               "required" if kind == "any" else kind)
-        # Anthropic allows several calls unless told otherwise
-        out["parallel_tool_calls"] = not choice.get("disable_parallel_tool_use", False)
+        # one call unless disable_parallel_tool_use is given false: the server's default (as llama.cpp's),
+        # since small models asked for "one or more" tend to repeat a call until max_tokens
+        out["parallel_tool_calls"] = choice.get("disable_parallel_tool_use") is False
     return out
 
 
