@@ -1,0 +1,71 @@
+"""llama-server's command line in janlib serve: the flags map onto ServerConfig with their meaning, an unknown flag
+is an error naming it, and the endpoint switches act (one in-process app on the real model)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from janlib.server.__main__ import parse_args
+from janlib.server.config import ConfigError, ServerConfig
+
+
+def test_llama_server_flags_map_onto_the_config(tmp_path):
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    c = parse_args(["-m", "model.gguf", "--host", "127.0.0.1", "--port", "8080", "-c", "4096", "-np", "4", "-t", "2",
+                    "-n", "64", "-b", "512", "--api-key", "k1,k2", "-a", "zeta,alpha", "--seed", "7", "--temp", "0.3",
+                    "--jinja", "--chat-template-file", str(template), "--metrics", "--no-slots", "--props",
+                    "--embeddings", "--pooling", "mean", "--no-context-shift", "--no-webui",
+                    "--slot-save-path", str(tmp_path), "-cb", "-ngl", "99", "-fa", "on", "--kv-unified"])
+    assert (c.model, c.port, c.ctx_size, c.parallel, c.threads, c.n_predict, c.batch_size) == \
+        ("model.gguf", 8080, 4096, 4, 2, 64, 512)
+    assert c.api_keys == ["k1", "k2"] and c.alias == "alpha" and c.aliases == ["zeta"]
+    assert (c.seed, c.temperature, c.chat_template) == (7, 0.3, template.read_text())
+    assert (c.metrics, c.slots, c.props, c.embeddings, c.pooling, c.context_shift, c.webui, c.kv_unified) == \
+        (True, False, True, True, "mean", False, False, True)
+    assert c.slot_save_path == str(tmp_path)
+    assert parse_args(["--no-metrics"]).metrics is False and parse_args([]).context_shift is True
+
+
+@pytest.mark.parametrize("argv, named", [(["--bogus-flag", "1"], "--bogus-flag"), (["-m", "x", "--lora", "a"], "--lora"),
+                                         (["--chat-template-file", "/nonexistent/t.jinja"], "--chat-template-file")])
+def test_unknown_flags_and_unreadable_files_are_named(argv, named):
+    r = subprocess.run([sys.executable, "-m", "janlib.server", *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and named in r.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("config, message", [
+    (ServerConfig(ctx_size=2, parallel=4), "--parallel"), (ServerConfig(seed=-2), "--seed"),
+    (ServerConfig(temperature=-1.0), "--temp"), (ServerConfig(slot_save_path="/nonexistent/dir"), "--slot-save-path"),
+    (ServerConfig(batch_size=0), "--batch-size")])
+def test_bad_values_are_config_errors(config, message):
+    with pytest.raises(ConfigError, match=message):
+        config.validate()
+
+
+@pytest.mark.slow
+def test_endpoint_switches_act():
+    from janlib.server import create_app
+
+    app = create_app(parse_args(["-c", "512", "-t", "1", "--no-slots", "--no-metrics", "--no-webui", "--props",
+                                 "--temp", "0"]))
+    client = app.test_client()
+    assert client.get("/slots").status_code == 501 and client.get("/metrics").status_code == 501
+    assert client.get("/").status_code == 404
+    props = client.get("/props").get_json()["default_generation_settings"]
+    assert props["n_ctx"] == 512 and props["params"]["temperature"] == 0.0
+    assert client.post("/props", json={"temperature": 0.5}).get_json() == {"success": True}
+    assert client.get("/props").get_json()["default_generation_settings"]["params"]["temperature"] == 0.5
+    assert client.post("/props", json={"bogus": 1}).status_code == 400
+    app.extensions["janlib"].engine.close()
+
+
+def test_health_is_503_while_the_model_loads():
+    from janlib.server import _AppHolder
+
+    seen = []
+    body = _AppHolder(None)({"PATH_INFO": "/health"}, lambda status, headers: seen.append(status))
+    assert seen == ["503 Service Unavailable"] and b'"loading"' in b"".join(body)
