@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--servers", nargs="*", default=["janlib", "llama-server"], choices=["janlib", "llama-server"])
     p.add_argument("--jobs", type=int, default=2, help="build jobs (default 2)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per server's run (default 3600)")
+    p.add_argument("--reuse-reports", action="store_true",
+                   help="a server whose JUnit report from an earlier run is in --workdir is not run again")
     args = p.parse_args(argv)
 
     from janlib.fetch import fetch_model
@@ -175,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     for server in args.servers:
         shim = write_shim(workdir / f"{server}-shim", model, commands[server])
         report = workdir / f"{server}.xml"
-        report.unlink(missing_ok=True)
-        run_suite(python, tests, files, shim, report, args.timeout)
+        if not (args.reuse_reports and report.exists()):
+            report.unlink(missing_ok=True)
+            run_suite(python, tests, files, shim, report, args.timeout)
         results[server] = outcomes(report)
 
     names = sorted(set().union(*results.values()))
