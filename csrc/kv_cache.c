@@ -154,7 +154,7 @@ static void store_values(const jl_kv_cache *c, const float *src, int n, uint8_t 
 }
 
 jl_status jl_kv_shift(jl_kv_cache *c, int32_t seq, int64_t n_keep, int64_t n_discard, const float *rope_cos,
-                      const float *rope_sin, int rope_layout) {
+                      const float *rope_sin, int n_rot, int rope_layout) {
     const int64_t len = c->len[seq], new_len = len - n_discard;
     const int Dk = c->head_dim_k, half = Dk / 2;
     /* the pages that receive moved positions are written: each must be seq's own */
@@ -175,7 +175,7 @@ jl_status jl_kv_shift(jl_kv_cache *c, int32_t seq, int64_t n_keep, int64_t n_dis
         for (int layer = 0; layer < c->n_layer; layer++)
             for (int g = 0; g < c->n_head_kv; g++) {
                 load_values(c, jl_kv_k(c, from, layer, g) + from_slot * k_row, Dk, key);
-                jl_rope(key, 1, Dk, rope_layout, rope_cos + (size_t)layer * half, rope_sin + (size_t)layer * half);
+                jl_rope(key, 1, Dk, n_rot, rope_layout, rope_cos + (size_t)layer * half, rope_sin + (size_t)layer * half);
                 store_values(c, key, Dk, jl_kv_k(c, to, layer, g) + to_slot * k_row);
                 const uint8_t *vt_from = jl_kv_vt(c, from, layer, g);
                 uint8_t *vt_to = jl_kv_vt(c, to, layer, g);

@@ -1,15 +1,19 @@
 /* model.c — the transformer forward pass over a KV cache, one function for every architecture
- * the description can express (llama, qwen2, gemma3 differ only in flags and optional tensors).
+ * the description can express (they differ only in flags, scales and optional tensors).
  *
  * Per layer, on the n rows of a batch:
- *   xn = rmsnorm(x)
- *   q, k, v = xn @ Wq.T, Wk.T, Wv.T (+ biases); per-head rmsnorm of q, k; rope(q, k); k, v -> cache
- *   a = softmax(scale * q . K) . V       over the cache: causal, windowed on sliding layers
- *   x += post_norm(a @ Wo.T)
- *   xn = rmsnorm(x)
- *   x += post_norm(down(act(xn @ Wg.T) * (xn @ Wu.T)))
- * and at the end logits = rmsnorm(x) @ Wout.T, for the requested rows only (the last layer
- * already drops the other rows once their K and V are in the cache).
+ *   xn = norm(x)                         RMSNorm or LayerNorm (+ bias); none when the layer has no weights
+ *   q, k, v = xn @ Wq.T, Wk.T, Wv.T (+ biases); rmsnorm of q, k (per head or whole row); rope(q, k)
+ *                                        on the first n_rot dimensions (not on NoPE layers); k, v -> cache
+ *   a = softmax(softcap(scale * q . K)) . V   over the cache: causal, windowed on sliding layers
+ *   x += residual_scale * post_norm(a @ Wo.T (+ bias))
+ *   xn = norm(x)
+ *   x += residual_scale * post_norm(ffn(xn)), ffn one of
+ *        down(act(xn @ Wg.T) * (xn @ Wu.T))  gated (+ biases)
+ *        down(act(xn @ Wu.T))                 plain (+ biases)
+ *        sum over the top-k experts e of w_e * down_e(act(gate_e(xn)) * up_e(xn))   mixture of experts
+ * and at the end logits = softcap(logit_scale * norm(x) @ Wout.T), for the requested rows only (the
+ * last layer already drops the other rows once their K and V are in the cache).
  *
  * The cache keeps K as (n_ctx, head_dim_k) rows per KV head and V transposed, (head_dim_v, n_ctx)
  * per KV head, so both attention products are the kernel table's F16 (or F32) x float32 dot
@@ -29,13 +33,15 @@
 struct jl_model {
     jl_model_desc desc;       /* desc.layers points at layers */
     jl_layer_desc *layers;    /* (n_layer,) */
-    int n_rope;               /* distinct (rope_base, rope_freq_scale) pairs among the layers */
-    int *layer_rope;          /* (n_layer,) which pair each layer uses */
-    double *rope_inv_freq;    /* (n_rope, head_dim_k / 2): angle of pair i = pos * inv_freq[i] */
+    int n_rope;               /* distinct RoPE tables (frequencies and attention factor) among the layers */
+    int *layer_rope;          /* (2, n_layer): the table of each layer in short and long contexts; -1: NoPE */
+    double *rope_inv_freq;    /* (n_rope, n_rot / 2): angle of pair i = pos * inv_freq[i] */
+    float *rope_mscale;       /* (n_rope,) cos and sin are multiplied by it */
 };
 
 struct jl_context {
     const jl_model *model;
+    const int *layer_rope;     /* (n_layer,) the model's tables for this context's n_ctx */
     int64_t n_batch;
     jl_kv_cache kv;            /* shared by the sequences */
     jl_chunk rows;             /* the rows of the chunk being evaluated */
@@ -47,10 +53,18 @@ struct jl_context {
     float *v;                  /* (n_batch, n_head_kv * head_dim_v) */
     float *attn;               /* (n_batch, n_head * head_dim_v) attention output */
     float *proj;               /* (n_batch, n_embd) output of attn_output and ffn_down */
-    float *gate;               /* (n_batch, n_ff) */
-    float *up;                 /* (n_batch, n_ff) */
-    float *rope_cos;           /* (n_batch, n_rope, head_dim_k / 2) for each row's position */
-    float *rope_sin;           /* (n_batch, n_rope, head_dim_k / 2) */
+    float *gate;               /* (n_batch, max(n_ff, n_ff_exp)) */
+    float *up;                 /* (n_batch, max(n_ff, n_ff_exp)) */
+    /* mixture of experts (NULL without) */
+    float *router;             /* (n_batch, n_expert) router probabilities */
+    int32_t *expert_of;        /* (n_batch, n_expert_used) each row's experts, best first */
+    float *expert_weight;      /* (n_batch, n_expert_used) their weights */
+    int32_t *expert_entries;   /* (n_batch * n_expert_used,) row * n_expert_used + slot, grouped by expert */
+    int64_t *expert_start;     /* (n_expert + 1,) expert e's entries are [expert_start[e], expert_start[e + 1]) */
+    float *expert_x;           /* (n_batch, n_embd) one expert's gathered input rows, then its output rows */
+    float *expert_out;         /* (n_batch * n_expert_used, n_embd) each (row, slot)'s expert output */
+    float *rope_cos;           /* (n_batch, n_rope, n_rot / 2) for each row's position */
+    float *rope_sin;           /* (n_batch, n_rope, n_rot / 2) */
     int64_t *seq_next;         /* (n_seq_max,) each sequence's length after the batch */
     int64_t *seq_old_len;      /* (n_seq_max,) each sequence's length before it */
     float *attn_scratch;       /* (attn_scratch_threads, attn_scratch_floats) */
@@ -60,10 +74,19 @@ struct jl_context {
 
 /* ---- validating a description ------------------------------------------------------------- */
 
-enum tensor_use { USE_VECTOR, USE_MATMUL, USE_LOOKUP };
+enum tensor_use { USE_VECTOR, USE_MATMUL, USE_LOOKUP, USE_EXPERTS };
+
+/* USE_EXPERTS: n_expert stacked (rows, k) matrices; otherwise ne2 must be 1 */
+static jl_status check_tensor_n(const jl_tensor *t, int layer, const char *name, enum tensor_use use,
+                                int64_t rows, int64_t k, int64_t n_mats, int required);
 
 static jl_status check_tensor(const jl_tensor *t, int layer, const char *name, enum tensor_use use,
                               int64_t rows, int64_t k, int required) {
+    return check_tensor_n(t, layer, name, use, rows, k, 1, required);
+}
+
+static jl_status check_tensor_n(const jl_tensor *t, int layer, const char *name, enum tensor_use use,
+                                int64_t rows, int64_t k, int64_t n_mats, int required) {
     char full[96];
     if (layer >= 0) snprintf(full, sizeof full, "blk.%d.%s", layer, name);
     else snprintf(full, sizeof full, "%s", name);
@@ -73,20 +96,21 @@ static jl_status check_tensor(const jl_tensor *t, int layer, const char *name, e
     if (use == USE_VECTOR && (t->ne0 != k || t->ne1 != 1))
         return jl_fail(JL_ERR_INVALID_ARG, "model: %s has shape (%lld, %lld), expected (%lld,)", full,
                        (long long)t->ne1, (long long)t->ne0, (long long)k);
-    if (use != USE_VECTOR && (t->ne0 != k || t->ne1 != rows))
-        return jl_fail(JL_ERR_INVALID_ARG, "model: %s has shape (%lld, %lld), expected (%lld, %lld)", full,
-                       (long long)t->ne1, (long long)t->ne0, (long long)rows, (long long)k);
+    if (use != USE_VECTOR && (t->ne0 != k || t->ne1 != rows || t->ne2 != n_mats))
+        return jl_fail(JL_ERR_INVALID_ARG, "model: %s has shape (%lld, %lld, %lld), expected (%lld, %lld, %lld)", full,
+                       (long long)t->ne2, (long long)t->ne1, (long long)t->ne0, (long long)n_mats, (long long)rows,
+                       (long long)k);
     if (use == USE_VECTOR && t->type != JL_TYPE_F32)
         return jl_fail(JL_ERR_UNSUPPORTED, "model: %s is %s; norm and bias vectors must be F32", full, tt->name);
     if (k % tt->block_size != 0)
         return jl_fail(JL_ERR_INVALID_ARG, "model: %s row length %lld is not a multiple of the %s block size %lld",
                        full, (long long)k, tt->name, (long long)tt->block_size);
-    size_t need = jl_row_bytes(tt, k) * (size_t)(use == USE_VECTOR ? 1 : rows);
+    size_t need = jl_row_bytes(tt, k) * (size_t)(use == USE_VECTOR ? 1 : rows * n_mats);
     if (t->nbytes < need)
         return jl_fail(JL_ERR_INVALID_ARG, "model: %s holds %zu bytes, its shape needs %zu", full, t->nbytes, need);
     if (use == USE_LOOKUP && !tt->to_float)
         return jl_fail(JL_ERR_UNSUPPORTED, "model: %s: no conversion from %s to float", full, tt->name);
-    if (use == USE_MATMUL) {
+    if (use == USE_MATMUL || use == USE_EXPERTS) {
         const jl_type_traits *at = jl_traits(tt->activation);
         if (!tt->vec_dot || !at)
             return jl_fail(JL_ERR_UNSUPPORTED, "model: %s: no dot product for %s weights", full, tt->name);
@@ -101,33 +125,61 @@ static jl_status check_layer(const jl_model_desc *d, int il) {
     const jl_layer_desc *L = &d->layers[il];
     const int64_t E = d->n_embd, QK = (int64_t)d->n_head * d->head_dim_k,
                   KK = (int64_t)d->n_head_kv * d->head_dim_k, KV = (int64_t)d->n_head_kv * d->head_dim_v,
-                  QV = (int64_t)d->n_head * d->head_dim_v, F = d->n_ff, D = d->head_dim_k;
-    const struct { const jl_tensor *t; const char *name; enum tensor_use use; int64_t rows, k; int required; } checks[] = {
-        {&L->attn_norm, "attn_norm.weight", USE_VECTOR, 1, E, 1},
-        {&L->attn_q, "attn_q.weight", USE_MATMUL, QK, E, 1},
-        {&L->attn_k, "attn_k.weight", USE_MATMUL, KK, E, 1},
-        {&L->attn_v, "attn_v.weight", USE_MATMUL, KV, E, 1},
-        {&L->attn_q_bias, "attn_q.bias", USE_VECTOR, 1, QK, 0},
-        {&L->attn_k_bias, "attn_k.bias", USE_VECTOR, 1, KK, 0},
-        {&L->attn_v_bias, "attn_v.bias", USE_VECTOR, 1, KV, 0},
-        {&L->attn_q_norm, "attn_q_norm.weight", USE_VECTOR, 1, D, 0},
-        {&L->attn_k_norm, "attn_k_norm.weight", USE_VECTOR, 1, D, 0},
-        {&L->attn_output, "attn_output.weight", USE_MATMUL, E, QV, 1},
-        {&L->post_attention_norm, "post_attention_norm.weight", USE_VECTOR, 1, E, 0},
-        {&L->ffn_norm, "ffn_norm.weight", USE_VECTOR, 1, E, 1},
-        {&L->ffn_gate, "ffn_gate.weight", USE_MATMUL, F, E, 1},
-        {&L->ffn_up, "ffn_up.weight", USE_MATMUL, F, E, 1},
-        {&L->ffn_down, "ffn_down.weight", USE_MATMUL, E, F, 1},
-        {&L->post_ffw_norm, "post_ffw_norm.weight", USE_VECTOR, 1, E, 0},
+                  QV = (int64_t)d->n_head * d->head_dim_v, F = d->n_ff, D = d->head_dim_k, X = d->n_expert,
+                  FX = d->n_ff_exp;
+    const int moe = L->ffn_gate_inp.data != NULL, dense = !moe;
+    /* a q/k norm is per head or over the whole row */
+    const int64_t q_norm = L->attn_q_norm.ne0 == QK ? QK : D, k_norm = L->attn_k_norm.ne0 == KK ? KK : D;
+    const struct { const jl_tensor *t; const char *name; enum tensor_use use; int64_t rows, k, n; int required; } checks[] = {
+        {&L->attn_norm, "attn_norm.weight", USE_VECTOR, 1, E, 1, 0},
+        {&L->attn_norm_bias, "attn_norm.bias", USE_VECTOR, 1, E, 1, 0},
+        {&L->attn_q, "attn_q.weight", USE_MATMUL, QK, E, 1, 1},
+        {&L->attn_k, "attn_k.weight", USE_MATMUL, KK, E, 1, 1},
+        {&L->attn_v, "attn_v.weight", USE_MATMUL, KV, E, 1, 1},
+        {&L->attn_q_bias, "attn_q.bias", USE_VECTOR, 1, QK, 1, 0},
+        {&L->attn_k_bias, "attn_k.bias", USE_VECTOR, 1, KK, 1, 0},
+        {&L->attn_v_bias, "attn_v.bias", USE_VECTOR, 1, KV, 1, 0},
+        {&L->attn_q_norm, "attn_q_norm.weight", USE_VECTOR, 1, q_norm, 1, 0},
+        {&L->attn_k_norm, "attn_k_norm.weight", USE_VECTOR, 1, k_norm, 1, 0},
+        {&L->attn_output, "attn_output.weight", USE_MATMUL, E, QV, 1, 1},
+        {&L->attn_output_bias, "attn_output.bias", USE_VECTOR, 1, E, 1, 0},
+        {&L->post_attention_norm, "post_attention_norm.weight", USE_VECTOR, 1, E, 1, 0},
+        {&L->ffn_norm, "ffn_norm.weight", USE_VECTOR, 1, E, 1, 0},
+        {&L->ffn_norm_bias, "ffn_norm.bias", USE_VECTOR, 1, E, 1, 0},
+        {&L->ffn_gate, "ffn_gate.weight", USE_MATMUL, F, E, 1, 0},
+        {&L->ffn_up, "ffn_up.weight", USE_MATMUL, F, E, 1, dense},
+        {&L->ffn_down, "ffn_down.weight", USE_MATMUL, E, F, 1, dense},
+        {&L->ffn_gate_bias, "ffn_gate.bias", USE_VECTOR, 1, F, 1, 0},
+        {&L->ffn_up_bias, "ffn_up.bias", USE_VECTOR, 1, F, 1, 0},
+        {&L->ffn_down_bias, "ffn_down.bias", USE_VECTOR, 1, E, 1, 0},
+        {&L->ffn_gate_inp, "ffn_gate_inp.weight", USE_MATMUL, X, E, 1, 0},
+        {&L->ffn_gate_exps, "ffn_gate_exps.weight", USE_EXPERTS, FX, E, X, moe},
+        {&L->ffn_up_exps, "ffn_up_exps.weight", USE_EXPERTS, FX, E, X, moe},
+        {&L->ffn_down_exps, "ffn_down_exps.weight", USE_EXPERTS, E, FX, X, moe},
+        {&L->post_ffw_norm, "post_ffw_norm.weight", USE_VECTOR, 1, E, 1, 0},
     };
     for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) {
-        jl_status st = check_tensor(checks[i].t, il, checks[i].name, checks[i].use, checks[i].rows, checks[i].k,
-                                    checks[i].required);
+        jl_status st = check_tensor_n(checks[i].t, il, checks[i].name, checks[i].use, checks[i].rows, checks[i].k,
+                                      checks[i].n, checks[i].required);
         if (st != JL_OK) return st;
     }
-    if (!(L->rope_base > 0.0f) || !(L->rope_freq_scale > 0.0f) || !isfinite(L->rope_base) || !isfinite(L->rope_freq_scale))
-        return jl_fail(JL_ERR_INVALID_ARG, "model: layer %d rope base %g and frequency scale %g must be positive",
-                       il, L->rope_base, L->rope_freq_scale);
+    if (moe && (X < 1 || d->n_expert_used < 1 || d->n_expert_used > X || FX < 1))
+        return jl_fail(JL_ERR_INVALID_ARG, "model: layer %d has experts but n_expert %d, n_expert_used %d, n_ff_exp %d",
+                       il, d->n_expert, d->n_expert_used, d->n_ff_exp);
+    if (moe && (L->ffn_gate.data || L->ffn_up.data || L->ffn_down.data))
+        return jl_fail(JL_ERR_UNSUPPORTED, "model: layer %d has both experts and a dense FFN (shared experts are not supported)", il);
+    if ((L->attn_norm_bias.data && !L->attn_norm.data) || (L->ffn_norm_bias.data && !L->ffn_norm.data))
+        return jl_fail(JL_ERR_INVALID_ARG, "model: layer %d has a norm bias without its norm weight", il);
+    for (int variant = 0; variant < 2; variant++) {
+        const double *f = variant ? L->rope_inv_freq_long : L->rope_inv_freq;
+        for (int i = 0; f && i < d->n_rot / 2; i++)
+            if (!(f[i] >= 0.0) || !isfinite(f[i]))
+                return jl_fail(JL_ERR_INVALID_ARG, "model: layer %d RoPE frequency %d is %g", il, i, f[i]);
+    }
+    if (L->rope_inv_freq_long && !L->rope_inv_freq)
+        return jl_fail(JL_ERR_INVALID_ARG, "model: layer %d has long-context RoPE frequencies but no RoPE", il);
+    if (!(L->rope_attn_factor > 0.0f) || !isfinite(L->rope_attn_factor))
+        return jl_fail(JL_ERR_INVALID_ARG, "model: layer %d RoPE attention factor %g must be positive", il, L->rope_attn_factor);
     if (L->sliding_window < 0)
         return jl_fail(JL_ERR_INVALID_ARG, "model: layer %d sliding window %d is negative", il, L->sliding_window);
     return JL_OK;
@@ -144,6 +196,17 @@ static jl_status check_desc(const jl_model_desc *d) {
         return jl_fail(JL_ERR_INVALID_ARG, "model: n_head %d is not a multiple of n_head_kv %d", d->n_head, d->n_head_kv);
     if (d->rope_layout != JL_ROPE_ADJACENT && d->rope_layout != JL_ROPE_NEOX)
         return jl_fail(JL_ERR_INVALID_ARG, "model: unknown rope layout %d", d->rope_layout);
+    if (d->n_rot < 2 || d->n_rot % 2 != 0 || d->n_rot > d->head_dim_k)
+        return jl_fail(JL_ERR_INVALID_ARG, "model: n_rot %d must be even and in [2, head_dim_k = %d]", d->n_rot, d->head_dim_k);
+    if (d->norm_type != JL_NORM_RMS && d->norm_type != JL_NORM_LAYER)
+        return jl_fail(JL_ERR_INVALID_ARG, "model: unknown norm type %d", d->norm_type);
+    if (d->n_expert < 0 || d->n_expert_used < 0 || d->n_ff_exp < 0 || d->n_expert_used > d->n_expert ||
+        !isfinite(d->expert_weights_scale) || !isfinite(d->residual_scale) || !isfinite(d->logit_scale) ||
+        !(d->attn_logit_softcap >= 0.0f))
+        return jl_fail(JL_ERR_INVALID_ARG, "model: n_expert %d, n_expert_used %d, n_ff_exp %d, expert_weights_scale %g, "
+                       "residual_scale %g, logit_scale %g or attn_logit_softcap %g out of range",
+                       d->n_expert, d->n_expert_used, d->n_ff_exp, d->expert_weights_scale, d->residual_scale,
+                       d->logit_scale, d->attn_logit_softcap);
     if (d->ffn_activation != JL_FFN_SILU && d->ffn_activation != JL_FFN_GELU_TANH)
         return jl_fail(JL_ERR_INVALID_ARG, "model: unknown FFN activation %d", d->ffn_activation);
     if (!(d->norm_eps >= 0.0f) || !isfinite(d->embedding_scale) || !(d->attention_scale > 0.0f) ||
@@ -154,8 +217,8 @@ static jl_status check_desc(const jl_model_desc *d) {
     jl_status st;
     if ((st = check_tensor(&d->token_embd, -1, "token_embd.weight", USE_LOOKUP, d->n_vocab, d->n_embd, 1)) != JL_OK ||
         (st = check_tensor(&d->output_norm, -1, "output_norm.weight", USE_VECTOR, 1, d->n_embd, 1)) != JL_OK ||
-        (st = check_tensor(&d->output, -1, "output.weight", USE_MATMUL, d->n_vocab, d->n_embd, 1)) != JL_OK ||
-        (st = check_tensor(&d->rope_freqs, -1, "rope_freqs.weight", USE_VECTOR, 1, d->head_dim_k / 2, 0)) != JL_OK)
+        (st = check_tensor(&d->output_norm_bias, -1, "output_norm.bias", USE_VECTOR, 1, d->n_embd, 0)) != JL_OK ||
+        (st = check_tensor(&d->output, -1, "output.weight", USE_MATMUL, d->n_vocab, d->n_embd, 1)) != JL_OK)
         return st;
     for (int il = 0; il < d->n_layer; il++)
         if ((st = check_layer(d, il)) != JL_OK) return st;
@@ -169,31 +232,35 @@ void jl_model_free(jl_model *model) {
     free(model->layers);
     free(model->layer_rope);
     free(model->rope_inv_freq);
+    free(model->rope_mscale);
     free(model);
 }
 
-/* Layers sharing a rope base and scale share one table of angles per batch. */
+/* Layers sharing RoPE frequencies and attention factor share one table of angles per batch. */
 static void index_rope_configs(jl_model *m) {
     const jl_model_desc *d = &m->desc;
-    const int half = d->head_dim_k / 2;
-    const float *factors = d->rope_freqs.data;
+    const int half = d->n_rot / 2;
     m->n_rope = 0;
-    for (int il = 0; il < d->n_layer; il++) {
-        const jl_layer_desc *L = &m->layers[il];
-        int jl = 0;
-        while (jl < il && (m->layers[jl].rope_base != L->rope_base || m->layers[jl].rope_freq_scale != L->rope_freq_scale))
-            jl++;
-        if (jl < il) {
-            m->layer_rope[il] = m->layer_rope[jl];
-            continue;
+    for (int variant = 0; variant < 2; variant++)
+        for (int il = 0; il < d->n_layer; il++) {
+            const jl_layer_desc *L = &m->layers[il];
+            const double *f = variant && L->rope_inv_freq_long ? L->rope_inv_freq_long : L->rope_inv_freq;
+            int *slot = &m->layer_rope[variant * d->n_layer + il];
+            if (!f) {
+                *slot = -1;
+                continue;
+            }
+            int c = 0;
+            while (c < m->n_rope && (m->rope_mscale[c] != L->rope_attn_factor ||
+                                     memcmp(m->rope_inv_freq + (size_t)c * half, f, (size_t)half * sizeof *f) != 0))
+                c++;
+            if (c == m->n_rope) {
+                memcpy(m->rope_inv_freq + (size_t)c * half, f, (size_t)half * sizeof *f);
+                m->rope_mscale[c] = L->rope_attn_factor;
+                m->n_rope++;
+            }
+            *slot = c;
         }
-        double *inv_freq = m->rope_inv_freq + (size_t)m->n_rope * half;
-        for (int i = 0; i < half; i++) {
-            inv_freq[i] = (double)L->rope_freq_scale * pow((double)L->rope_base, -2.0 * i / d->head_dim_k);
-            if (factors) inv_freq[i] /= factors[i];
-        }
-        m->layer_rope[il] = m->n_rope++;
-    }
 }
 
 jl_status jl_model_create(const jl_model_desc *desc, jl_model **model) {
@@ -203,11 +270,12 @@ jl_status jl_model_create(const jl_model_desc *desc, jl_model **model) {
     if (st != JL_OK) return st;
     jl_model *m = calloc(1, sizeof *m);
     if (!m) return jl_fail(JL_ERR_NOMEM, "model: out of memory");
-    const int n_layer = desc->n_layer, half = desc->head_dim_k / 2;
+    const int n_layer = desc->n_layer, half = desc->n_rot / 2;
     m->layers = malloc((size_t)n_layer * sizeof *m->layers);
-    m->layer_rope = malloc((size_t)n_layer * sizeof *m->layer_rope);
-    m->rope_inv_freq = malloc((size_t)n_layer * half * sizeof *m->rope_inv_freq);
-    if (!m->layers || !m->layer_rope || !m->rope_inv_freq) {
+    m->layer_rope = malloc((size_t)2 * n_layer * sizeof *m->layer_rope);
+    m->rope_inv_freq = malloc((size_t)2 * n_layer * half * sizeof *m->rope_inv_freq);
+    m->rope_mscale = malloc((size_t)2 * n_layer * sizeof *m->rope_mscale);
+    if (!m->layers || !m->layer_rope || !m->rope_inv_freq || !m->rope_mscale) {
         jl_model_free(m);
         return jl_fail(JL_ERR_NOMEM, "model: out of memory for %d layer descriptions", n_layer);
     }
@@ -215,6 +283,8 @@ jl_status jl_model_create(const jl_model_desc *desc, jl_model **model) {
     m->desc = *desc;
     m->desc.layers = m->layers;
     index_rope_configs(m);
+    for (int il = 0; il < n_layer; il++)  /* the model keeps its own copies of the tables */
+        m->layers[il].rope_inv_freq = m->layers[il].rope_inv_freq_long = NULL;
     *model = m;
     return JL_OK;
 }
@@ -224,8 +294,12 @@ jl_status jl_model_create(const jl_model_desc *desc, jl_model **model) {
 void jl_context_free(jl_context *ctx) {
     if (!ctx) return;
     float *buffers[] = {ctx->x, ctx->xn, ctx->q, ctx->k, ctx->v, ctx->attn, ctx->proj, ctx->gate, ctx->up,
-                        ctx->rope_cos, ctx->rope_sin, ctx->attn_scratch};
+                        ctx->rope_cos, ctx->rope_sin, ctx->attn_scratch, ctx->router, ctx->expert_weight,
+                        ctx->expert_x, ctx->expert_out};
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) free(buffers[i]);
+    free(ctx->expert_of);
+    free(ctx->expert_entries);
+    free(ctx->expert_start);
     free(ctx->rows.pos);
     free(ctx->rows.seq);
     free(ctx->rows.out_rows);
@@ -261,8 +335,10 @@ jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_
         return st;
     }
     ctx->model = model;
+    /* longrope: the long-context factors serve contexts longer than the original training context */
+    ctx->layer_rope = model->layer_rope + (n_ctx > d->rope_n_ctx_orig ? d->n_layer : 0);
     ctx->n_batch = n_batch;
-    const int64_t B = n_batch, half = d->head_dim_k / 2;
+    const int64_t B = n_batch, half = d->n_rot / 2, n_ff = d->n_ff > d->n_ff_exp ? d->n_ff : d->n_ff_exp;
     ctx->x = alloc_floats(B, d->n_embd);
     ctx->xn = alloc_floats(B, d->n_embd);
     ctx->q = alloc_floats(B, (int64_t)d->n_head * d->head_dim_k);
@@ -270,10 +346,24 @@ jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_
     ctx->v = alloc_floats(B, (int64_t)d->n_head_kv * d->head_dim_v);
     ctx->attn = alloc_floats(B, (int64_t)d->n_head * d->head_dim_v);
     ctx->proj = alloc_floats(B, d->n_embd);
-    ctx->gate = alloc_floats(B, d->n_ff);
-    ctx->up = alloc_floats(B, d->n_ff);
-    ctx->rope_cos = alloc_floats(B * model->n_rope, half);
-    ctx->rope_sin = alloc_floats(B * model->n_rope, half);
+    ctx->gate = alloc_floats(B, n_ff);
+    ctx->up = alloc_floats(B, n_ff);
+    int moe_ok = 1;
+    if (d->n_expert > 0) {
+        const int64_t K = d->n_expert_used;
+        ctx->router = alloc_floats(B, d->n_expert);
+        ctx->expert_weight = alloc_floats(B, K);
+        ctx->expert_x = alloc_floats(B, d->n_embd);
+        ctx->expert_out = alloc_floats(B * K, d->n_embd);
+        ctx->expert_of = malloc((size_t)(B * K) * sizeof *ctx->expert_of);
+        ctx->expert_entries = malloc((size_t)(B * K) * sizeof *ctx->expert_entries);
+        ctx->expert_start = malloc((size_t)(d->n_expert + 1) * sizeof *ctx->expert_start);
+        moe_ok = ctx->router && ctx->expert_weight && ctx->expert_x && ctx->expert_out && ctx->expert_of &&
+                 ctx->expert_entries && ctx->expert_start;
+    }
+    const int64_t n_rope = model->n_rope > 0 ? model->n_rope : 1;  /* all layers NoPE: unused */
+    ctx->rope_cos = alloc_floats(B * n_rope, half);
+    ctx->rope_sin = alloc_floats(B * n_rope, half);
     ctx->rows.pos = malloc((size_t)B * sizeof *ctx->rows.pos);
     ctx->rows.seq = malloc((size_t)B * sizeof *ctx->rows.seq);
     ctx->rows.out_rows = malloc((size_t)B * sizeof *ctx->rows.out_rows);
@@ -286,7 +376,8 @@ jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_
     ctx->attn_scratch_floats = (size_t)JL_NC_MAX * ((size_t)d->head_dim_k + (size_t)ctx->kv.max_pages * JL_KV_PAGE);
     if (!ctx->x || !ctx->xn || !ctx->q || !ctx->k || !ctx->v || !ctx->attn || !ctx->proj || !ctx->gate || !ctx->up ||
         !ctx->rope_cos || !ctx->rope_sin || !ctx->rows.pos || !ctx->rows.seq || !ctx->rows.out_rows ||
-        !ctx->rows.group_rows || !ctx->rows.group_start || !ctx->rows.seq_count || !ctx->seq_next || !ctx->seq_old_len) {
+        !ctx->rows.group_rows || !ctx->rows.group_start || !ctx->rows.seq_count || !ctx->seq_next || !ctx->seq_old_len ||
+        !moe_ok) {
         jl_context_free(ctx);
         return jl_fail(JL_ERR_NOMEM, "context: out of memory for %lld-token batches", (long long)B);
     }
@@ -349,14 +440,21 @@ jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int
                        (long long)n_keep, (long long)n_discard, (long long)len);
     const jl_model *m = ctx->model;
     const jl_model_desc *d = &m->desc;
-    const int half = d->head_dim_k / 2;
+    const int half = d->head_dim_k / 2, rot_half = d->n_rot / 2;
     float *angles = malloc((size_t)d->n_layer * 2 * half * sizeof(float));
     if (!angles) return jl_fail(JL_ERR_NOMEM, "shift: out of memory");
     float *cos_a = angles, *sin_a = angles + (size_t)d->n_layer * half;
-    for (int il = 0; il < d->n_layer; il++)  /* a rotation by -n_discard positions */
-        jl_rope_angles(-n_discard, m->rope_inv_freq + (size_t)m->layer_rope[il] * half, half,
-                       cos_a + (size_t)il * half, sin_a + (size_t)il * half);
-    st = jl_kv_shift(&ctx->kv, seq, n_keep, n_discard, cos_a, sin_a, d->rope_layout);
+    for (int il = 0; il < d->n_layer; il++) {  /* a rotation by -n_discard positions; none on NoPE layers */
+        const int c = ctx->layer_rope[il];
+        for (int i = 0; c < 0 && i < rot_half; i++) {
+            cos_a[(size_t)il * half + i] = 1.0f;
+            sin_a[(size_t)il * half + i] = 0.0f;
+        }
+        if (c >= 0)
+            jl_rope_angles(-n_discard, m->rope_inv_freq + (size_t)c * rot_half, rot_half, 1.0f, cos_a + (size_t)il * half,
+                           sin_a + (size_t)il * half);
+    }
+    st = jl_kv_shift(&ctx->kv, seq, n_keep, n_discard, cos_a, sin_a, d->n_rot, d->rope_layout);
     free(angles);
     return st;
 }
@@ -378,14 +476,45 @@ static jl_status matmul(const jl_tensor *w, const float *x, int64_t n, float *y,
     return jl_matmul(w->type, w->data, w->nbytes, w->ne1, w->ne0, x, n, y, n_threads);
 }
 
+/* y (n, rows) = x @ W.T (+ bias on every row) */
+static jl_status matmul_bias(const jl_tensor *w, const jl_tensor *bias, const float *x, int64_t n, float *y,
+                             int n_threads) {
+    jl_status st = matmul(w, x, n, y, n_threads);
+    const float *b = bias->data;
+    for (int64_t r = 0; b && st == JL_OK && r < n; r++)
+        for (int64_t i = 0; i < w->ne1; i++) y[r * w->ne1 + i] += b[i];
+    return st;
+}
+
+/* expert e's matrix of a stacked (n_expert, rows, k) tensor: only its bytes are read */
+static jl_status matmul_expert(const jl_tensor *w, int64_t e, const float *x, int64_t n, float *y, int n_threads) {
+    const size_t bytes = jl_row_bytes(jl_traits(w->type), w->ne0) * (size_t)w->ne1;
+    return jl_matmul(w->type, (const uint8_t *)w->data + (size_t)e * bytes, bytes, w->ne1, w->ne0, x, n, y, n_threads);
+}
+
 static void add_bias(float *x, const jl_tensor *bias, int64_t n) {
     const float *b = bias->data;
     if (b)
         for (int64_t i = 0; i < n; i++) x[i] += b[i];
 }
 
-static void add_rows(float *x, const float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) x[i] += y[i];
+/* y (n_rows, n_embd) = the block's norm of x, or x itself when the block has no norm weights */
+static void block_norm(const jl_model_desc *d, float *y, const float *x, const jl_tensor *w, const jl_tensor *b,
+                       int64_t n_rows) {
+    if (!w->data)
+        memcpy(y, x, (size_t)n_rows * d->n_embd * sizeof(float));
+    else if (d->norm_type == JL_NORM_LAYER)
+        jl_layernorm(y, x, w->data, b->data, n_rows, d->n_embd, d->norm_eps);
+    else
+        jl_rmsnorm(y, x, w->data, n_rows, d->n_embd, d->norm_eps);
+}
+
+/* x += scale * y, the residual connection */
+static void add_scaled_rows(float *x, const float *y, int64_t n, float scale) {
+    if (scale == 1.0f)
+        for (int64_t i = 0; i < n; i++) x[i] += y[i];
+    else
+        for (int64_t i = 0; i < n; i++) x[i] += scale * y[i];
 }
 
 /* Fewer elements than this per thread run on the calling thread: a dispatch costs more. */
@@ -419,26 +548,28 @@ static void prepare_task(void *arg, int ith, int nth) {
     const jl_model_desc *d = &m->desc;
     const jl_layer_desc *L = &d->layers[job->layer];
     const jl_kv_cache *kv = &ctx->kv;
-    const int Dk = d->head_dim_k, Dv = d->head_dim_v, half = Dk / 2;
+    const int Dk = d->head_dim_k, Dv = d->head_dim_v, half = d->n_rot / 2, rope = ctx->layer_rope[job->layer];
     const int64_t q_width = (int64_t)d->n_head * Dk, k_width = (int64_t)d->n_head_kv * Dk,
                   v_width = (int64_t)d->n_head_kv * Dv;
     int64_t lo, hi;
     jl_split(ctx->rows.n_rows, ith, nth, 1, &lo, &hi);
     for (int64_t r = lo; r < hi; r++) {
-        const size_t angles = ((size_t)r * m->n_rope + (size_t)m->layer_rope[job->layer]) * half;
+        const size_t angles = ((size_t)r * m->n_rope + (size_t)(rope < 0 ? 0 : rope)) * half;
         const float *cos_a = ctx->rope_cos + angles, *sin_a = ctx->rope_sin + angles;
         if (job->do_q) {
             float *q = ctx->q + r * q_width;
             add_bias(q, &L->attn_q_bias, q_width);
-            if (L->attn_q_norm.data) jl_rmsnorm(q, q, L->attn_q_norm.data, d->n_head, Dk, d->norm_eps);
-            jl_rope(q, d->n_head, Dk, d->rope_layout, cos_a, sin_a);
+            if (L->attn_q_norm.data)  /* per head, or the whole row (olmo2) */
+                jl_rmsnorm(q, q, L->attn_q_norm.data, q_width / L->attn_q_norm.ne0, L->attn_q_norm.ne0, d->norm_eps);
+            if (rope >= 0) jl_rope(q, d->n_head, Dk, d->n_rot, d->rope_layout, cos_a, sin_a);
         }
         if (job->do_kv) {
             float *k = ctx->k + r * k_width, *v = ctx->v + r * v_width;
             add_bias(k, &L->attn_k_bias, k_width);
             add_bias(v, &L->attn_v_bias, v_width);
-            if (L->attn_k_norm.data) jl_rmsnorm(k, k, L->attn_k_norm.data, d->n_head_kv, Dk, d->norm_eps);
-            jl_rope(k, d->n_head_kv, Dk, d->rope_layout, cos_a, sin_a);
+            if (L->attn_k_norm.data)
+                jl_rmsnorm(k, k, L->attn_k_norm.data, k_width / L->attn_k_norm.ne0, L->attn_k_norm.ne0, d->norm_eps);
+            if (rope >= 0) jl_rope(k, d->n_head_kv, Dk, d->n_rot, d->rope_layout, cos_a, sin_a);
             const int64_t pos = ctx->rows.pos[r], slot = pos % JL_KV_PAGE;
             const int32_t page = jl_kv_page(kv, ctx->rows.seq[r], pos);
             for (int g = 0; g < d->n_head_kv; g++) {
@@ -520,6 +651,8 @@ static void attention_task(void *arg, int ith, int nth) {
             float *p = probs + (size_t)qi * width;
             for (int64_t j = 0; j < q_first[qi] - base; j++) p[j] = 0.0f;
             for (int64_t j = q_pos[qi] - base + 1; j < width; j++) p[j] = 0.0f;
+            if (d->attn_logit_softcap > 0.0f)
+                jl_softcap(p + (q_first[qi] - base), q_pos[qi] - q_first[qi] + 1, d->attn_logit_softcap);
             jl_softmax(p + (q_first[qi] - base), q_pos[qi] - q_first[qi] + 1);
         }
 
@@ -566,23 +699,116 @@ static void group_rows(jl_context *ctx) {
 }
 
 typedef struct {
-    jl_context *ctx;
-    int64_t n_rows;
+    float *gate;       /* (n_rows, n_ff) */
+    const float *up;   /* (n_rows, n_ff), or NULL: no gating */
+    int64_t n_rows, n_ff;
+    int activation;
 } glu_job;
 
 static void glu_task(void *arg, int ith, int nth) {
     const glu_job *job = arg;
-    const jl_model_desc *d = &job->ctx->model->desc;
     int64_t lo, hi;
     jl_split(job->n_rows, ith, nth, 1, &lo, &hi);
     if (hi > lo)
-        jl_glu(job->ctx->gate + lo * d->n_ff, job->ctx->up + lo * d->n_ff, (hi - lo) * d->n_ff, d->ffn_activation);
+        jl_glu(job->gate + lo * job->n_ff, job->up ? job->up + lo * job->n_ff : NULL, (hi - lo) * job->n_ff,
+               job->activation);
+}
+
+static jl_status glu(float *gate, const float *up, int64_t n_rows, int64_t n_ff, int activation, int n_threads) {
+    glu_job job = {.gate = gate, .up = up, .n_rows = n_rows, .n_ff = n_ff, .activation = activation};
+    return jl_parallel(threads_for(n_rows * n_ff, n_threads), glu_task, &job);
+}
+
+/* proj (rows, n_embd) = the dense FFN of xn: gated when the layer has ffn_gate, biases where given */
+static jl_status dense_ffn(jl_context *ctx, const jl_layer_desc *L, int64_t rows, int n_threads) {
+    const jl_model_desc *d = &ctx->model->desc;
+    jl_status st;
+    const int gated = L->ffn_gate.data != NULL;
+    if ((gated && (st = matmul_bias(&L->ffn_gate, &L->ffn_gate_bias, ctx->xn, rows, ctx->gate, n_threads)) != JL_OK) ||
+        (st = matmul_bias(&L->ffn_up, &L->ffn_up_bias, ctx->xn, rows, gated ? ctx->up : ctx->gate, n_threads)) != JL_OK ||
+        (st = glu(ctx->gate, gated ? ctx->up : NULL, rows, d->n_ff, d->ffn_activation, n_threads)) != JL_OK)
+        return st;
+    return matmul_bias(&L->ffn_down, &L->ffn_down_bias, ctx->gate, rows, ctx->proj, n_threads);
+}
+
+/* Each row's experts: softmax of the router logits, the n_expert_used most probable (ties to the
+ * lower id), their probabilities as weights, normalized and scaled as the model says; then the
+ * (row, slot) entries grouped by expert, rows ascending within an expert. */
+static void route_experts(jl_context *ctx, int64_t rows) {
+    const jl_model_desc *d = &ctx->model->desc;
+    const int X = d->n_expert, K = d->n_expert_used;
+    memset(ctx->expert_start, 0, (size_t)(X + 1) * sizeof *ctx->expert_start);
+    for (int64_t r = 0; r < rows; r++) {
+        float *probs = ctx->router + r * X;
+        int32_t *chosen = ctx->expert_of + r * K;
+        float *w = ctx->expert_weight + r * K;
+        jl_softmax(probs, X);
+        float sum = 0.0f;
+        for (int slot = 0; slot < K; slot++) {
+            int best = -1;
+            for (int e = 0; e < X; e++) {
+                int taken = 0;
+                for (int j = 0; j < slot; j++) taken |= chosen[j] == e;
+                if (!taken && (best < 0 || probs[e] > probs[best])) best = e;
+            }
+            chosen[slot] = best;
+            w[slot] = probs[best];
+            sum += w[slot];
+            ctx->expert_start[best + 1]++;
+        }
+        /* the sum is clamped as llama.cpp clamps it, to the smallest normal fp16 */
+        const float inv = d->expert_weights_norm ? 1.0f / (sum > 6.103515625e-5f ? sum : 6.103515625e-5f) : 1.0f;
+        for (int slot = 0; slot < K; slot++) w[slot] = w[slot] * inv * d->expert_weights_scale;
+    }
+    for (int e = 0; e < X; e++) ctx->expert_start[e + 1] += ctx->expert_start[e];
+    int64_t *fill = ctx->expert_start;  /* advanced while filling, then moved back */
+    for (int64_t r = 0; r < rows; r++)
+        for (int slot = 0; slot < K; slot++) ctx->expert_entries[fill[ctx->expert_of[r * K + slot]]++] = (int32_t)(r * K + slot);
+    for (int e = X; e > 0; e--) fill[e] = fill[e - 1];
+    fill[0] = 0;
+}
+
+/* proj (rows, n_embd) = the mixture of experts of xn. The rows routed to an expert are gathered
+ * and multiplied together, so only the routed experts' weights are read, once per batch. A matmul
+ * row is bit-identical however many rows share the call, and each row adds its experts' outputs
+ * in its own slot order: the result of a row does not depend on the other rows. */
+static jl_status moe_ffn(jl_context *ctx, const jl_layer_desc *L, int64_t rows, int n_threads) {
+    const jl_model_desc *d = &ctx->model->desc;
+    const int64_t E = d->n_embd, FX = d->n_ff_exp, K = d->n_expert_used;
+    jl_status st = matmul(&L->ffn_gate_inp, ctx->xn, rows, ctx->router, n_threads);
+    if (st != JL_OK) return st;
+    route_experts(ctx, rows);
+    for (int e = 0; e < d->n_expert; e++) {
+        const int64_t first = ctx->expert_start[e], n = ctx->expert_start[e + 1] - first;
+        if (n == 0) continue;
+        const int32_t *entries = ctx->expert_entries + first;
+        for (int64_t i = 0; i < n; i++)
+            memcpy(ctx->expert_x + i * E, ctx->xn + (entries[i] / K) * E, (size_t)E * sizeof(float));
+        if ((st = matmul_expert(&L->ffn_gate_exps, e, ctx->expert_x, n, ctx->gate, n_threads)) != JL_OK ||
+            (st = matmul_expert(&L->ffn_up_exps, e, ctx->expert_x, n, ctx->up, n_threads)) != JL_OK ||
+            (st = glu(ctx->gate, ctx->up, n, FX, d->ffn_activation, n_threads)) != JL_OK ||
+            (st = matmul_expert(&L->ffn_down_exps, e, ctx->gate, n, ctx->expert_x, n_threads)) != JL_OK)
+            return st;
+        for (int64_t i = 0; i < n; i++)
+            memcpy(ctx->expert_out + (int64_t)entries[i] * E, ctx->expert_x + i * E, (size_t)E * sizeof(float));
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        float *y = ctx->proj + r * E;
+        for (int64_t slot = 0; slot < K; slot++) {
+            const float w = ctx->expert_weight[r * K + slot], *out = ctx->expert_out + (r * K + slot) * E;
+            if (slot == 0)
+                for (int64_t i = 0; i < E; i++) y[i] = w * out[i];
+            else
+                for (int64_t i = 0; i < E; i++) y[i] += w * out[i];
+        }
+    }
+    return JL_OK;
 }
 
 /* Keep only the rows that produce logits (strictly increasing, so the copies go forward). */
 static void keep_rows(jl_context *ctx) {
     const jl_model *m = ctx->model;
-    const int64_t E = m->desc.n_embd, angles = (int64_t)m->n_rope * (m->desc.head_dim_k / 2);
+    const int64_t E = m->desc.n_embd, angles = (int64_t)m->n_rope * (m->desc.n_rot / 2);
     jl_chunk *ch = &ctx->rows;
     for (int64_t i = 0; i < ch->n_out; i++) {
         const int64_t src = ch->out_rows[i];
@@ -603,7 +829,7 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, float *logit
     const jl_model *m = ctx->model;
     const jl_model_desc *d = &m->desc;
     jl_chunk *ch = &ctx->rows;
-    const int64_t E = d->n_embd, half = d->head_dim_k / 2;
+    const int64_t E = d->n_embd, half = d->n_rot / 2;
     jl_status st;
 
     const jl_type_traits *embd = jl_traits(d->token_embd.type);
@@ -615,7 +841,8 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, float *logit
             for (int64_t i = 0; i < E; i++) x[i] *= d->embedding_scale;
         for (int c = 0; c < m->n_rope; c++) {
             const size_t at = ((size_t)r * m->n_rope + (size_t)c) * half;
-            jl_rope_angles(ch->pos[r], m->rope_inv_freq + (size_t)c * half, (int)half, ctx->rope_cos + at, ctx->rope_sin + at);
+            jl_rope_angles(ch->pos[r], m->rope_inv_freq + (size_t)c * half, (int)half, m->rope_mscale[c], ctx->rope_cos + at,
+                           ctx->rope_sin + at);
         }
     }
     group_rows(ctx);
@@ -627,7 +854,7 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, float *logit
         prepare_job prep = {.ctx = ctx, .layer = il, .do_q = 1, .do_kv = 1};
         const int64_t prep_work = n_rows * ((int64_t)d->n_head + d->n_head_kv) * d->head_dim_k;
 
-        jl_rmsnorm(ctx->xn, ctx->x, L->attn_norm.data, n_rows, E, d->norm_eps);
+        block_norm(d, ctx->xn, ctx->x, &L->attn_norm, &L->attn_norm_bias, n_rows);
         if ((st = matmul(&L->attn_k, ctx->xn, n_rows, ctx->k, n_threads)) != JL_OK ||
             (st = matmul(&L->attn_v, ctx->xn, n_rows, ctx->v, n_threads)) != JL_OK)
             return st;
@@ -643,25 +870,23 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, float *logit
         if ((st = matmul(&L->attn_q, ctx->xn, rows, ctx->q, n_threads)) != JL_OK ||
             (st = jl_parallel(threads_for(prep_work, n_threads), prepare_task, &prep)) != JL_OK ||
             (st = attention(ctx, il, n_threads)) != JL_OK ||
-            (st = matmul(&L->attn_output, ctx->attn, rows, ctx->proj, n_threads)) != JL_OK)
+            (st = matmul_bias(&L->attn_output, &L->attn_output_bias, ctx->attn, rows, ctx->proj, n_threads)) != JL_OK)
             return st;
         if (L->post_attention_norm.data) jl_rmsnorm(ctx->proj, ctx->proj, L->post_attention_norm.data, rows, E, d->norm_eps);
-        add_rows(ctx->x, ctx->proj, rows * E);
+        add_scaled_rows(ctx->x, ctx->proj, rows * E, d->residual_scale);
 
-        jl_rmsnorm(ctx->xn, ctx->x, L->ffn_norm.data, rows, E, d->norm_eps);
-        glu_job glu = {.ctx = ctx, .n_rows = rows};
-        if ((st = matmul(&L->ffn_gate, ctx->xn, rows, ctx->gate, n_threads)) != JL_OK ||
-            (st = matmul(&L->ffn_up, ctx->xn, rows, ctx->up, n_threads)) != JL_OK ||
-            (st = jl_parallel(threads_for(rows * d->n_ff, n_threads), glu_task, &glu)) != JL_OK ||
-            (st = matmul(&L->ffn_down, ctx->gate, rows, ctx->proj, n_threads)) != JL_OK)
+        block_norm(d, ctx->xn, ctx->x, &L->ffn_norm, &L->ffn_norm_bias, rows);
+        if ((st = L->ffn_gate_inp.data ? moe_ffn(ctx, L, rows, n_threads) : dense_ffn(ctx, L, rows, n_threads)) != JL_OK)
             return st;
         if (L->post_ffw_norm.data) jl_rmsnorm(ctx->proj, ctx->proj, L->post_ffw_norm.data, rows, E, d->norm_eps);
-        add_rows(ctx->x, ctx->proj, rows * E);
+        add_scaled_rows(ctx->x, ctx->proj, rows * E, d->residual_scale);
     }
     const int64_t n_out = ch->n_out;
     if (n_out == 0) return JL_OK;
-    jl_rmsnorm(ctx->xn, ctx->x, d->output_norm.data, n_out, E, d->norm_eps);
+    block_norm(d, ctx->xn, ctx->x, &d->output_norm, &d->output_norm_bias, n_out);
     if ((st = matmul(&d->output, ctx->xn, n_out, logits, n_threads)) != JL_OK) return st;
+    if (d->logit_scale != 1.0f)
+        for (int64_t i = 0; i < n_out * d->n_vocab; i++) logits[i] *= d->logit_scale;
     if (d->final_logit_softcap > 0.0f) jl_softcap(logits, n_out * d->n_vocab, d->final_logit_softcap);
     return JL_OK;
 }

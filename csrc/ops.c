@@ -47,17 +47,39 @@ void jl_rmsnorm(float *y, const float *x, const float *w, int64_t n_rows, int64_
     }
 }
 
-void jl_rope_angles(int64_t pos, const double *inv_freq, int n_pairs, float *cos_out, float *sin_out) {
-    /* double: angles reach n_ctx radians, where a float angle would lose the low bits */
-    for (int i = 0; i < n_pairs; i++) {
-        double angle = (double)pos * inv_freq[i];
-        cos_out[i] = (float)cos(angle);
-        sin_out[i] = (float)sin(angle);
+void jl_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n_rows, int64_t n, float eps) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        float lanes[LANES] = {0};
+        int64_t i = 0;
+        for (; i + LANES <= n; i += LANES)
+            for (int j = 0; j < LANES; j++) lanes[j] += xr[i + j];
+        for (; i < n; i++) lanes[0] += xr[i];
+        const float mean = sum_lanes(lanes) / (float)n;
+        /* the variance from the centred values: no cancellation between E[x^2] and mean^2 */
+        for (int j = 0; j < LANES; j++) lanes[j] = 0.0f;
+        for (i = 0; i + LANES <= n; i += LANES)
+            for (int j = 0; j < LANES; j++) lanes[j] += (xr[i + j] - mean) * (xr[i + j] - mean);
+        for (; i < n; i++) lanes[0] += (xr[i] - mean) * (xr[i] - mean);
+        const float scale = 1.0f / sqrtf(sum_lanes(lanes) / (float)n + eps);
+        for (i = 0; i < n; i++) yr[i] = (xr[i] - mean) * scale * w[i];
+        if (b)
+            for (i = 0; i < n; i++) yr[i] += b[i];
     }
 }
 
-void jl_rope(float *x, int n_heads, int head_dim, int layout, const float *cos_a, const float *sin_a) {
-    int half = head_dim / 2;
+void jl_rope_angles(int64_t pos, const double *inv_freq, int n_pairs, float mscale, float *cos_out, float *sin_out) {
+    /* double: angles reach n_ctx radians, where a float angle would lose the low bits */
+    for (int i = 0; i < n_pairs; i++) {
+        double angle = (double)pos * inv_freq[i];
+        cos_out[i] = (float)cos(angle) * mscale;
+        sin_out[i] = (float)sin(angle) * mscale;
+    }
+}
+
+void jl_rope(float *x, int n_heads, int head_dim, int n_rot, int layout, const float *cos_a, const float *sin_a) {
+    int half = n_rot / 2;
     /* pair i is (x[a], x[a + stride]): adjacent a = 2i, stride 1; neox a = i, stride half */
     int a_step = layout == JL_ROPE_NEOX ? 1 : 2;
     int stride = layout == JL_ROPE_NEOX ? half : 1;
@@ -77,7 +99,6 @@ void jl_glu(float *gate, const float *up, int64_t n, int activation) {
     for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
         const int64_t m = n - i0 < BLOCK ? n - i0 : BLOCK;
         float *g = gate + i0;
-        const float *u = up + i0;
         /* silu(x) = x / (1 + e^-x); gelu_tanh(x) = 0.5 x (1 + tanh(y)) = x / (1 + e^(-2y)),
          * y = sqrt(2/pi) (x + 0.044715 x^3) */
         if (activation == JL_FFN_GELU_TANH)
@@ -85,7 +106,10 @@ void jl_glu(float *gate, const float *up, int64_t n, int activation) {
         else
             for (int64_t j = 0; j < m; j++) t[j] = -g[j];
         exp_inplace(t, m);
-        for (int64_t j = 0; j < m; j++) g[j] = g[j] / (1.0f + t[j]) * u[j];
+        if (up)
+            for (int64_t j = 0; j < m; j++) g[j] = g[j] / (1.0f + t[j]) * up[i0 + j];
+        else
+            for (int64_t j = 0; j < m; j++) g[j] = g[j] / (1.0f + t[j]);
     }
 }
 

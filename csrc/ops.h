@@ -8,12 +8,14 @@
 
 /* y (n_rows, n) = x / sqrt(mean(x^2) + eps) * w row by row; y may be x. */
 void jl_rmsnorm(float *y, const float *x, const float *w, int64_t n_rows, int64_t n, float eps);
-/* cos/sin (n_pairs,) of the rotation angles pos * inv_freq[i] */
-void jl_rope_angles(int64_t pos, const double *inv_freq, int n_pairs, float *cos, float *sin);
-/* Rotate each of the n_heads heads (head_dim values each) of x in place by the angles of
- * jl_rope_angles (head_dim / 2 pairs), pairing dimensions as `layout` says. */
-void jl_rope(float *x, int n_heads, int head_dim, int layout, const float *cos, const float *sin);
-/* gate (n,) <- act(gate) * up, act a jl_ffn_activation */
+/* y (n_rows, n) = (x - mean(x)) / sqrt(var(x) + eps) * w (+ b, when b is not NULL) row by row; y may be x. */
+void jl_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n_rows, int64_t n, float eps);
+/* cos/sin (n_pairs,) of the rotation angles pos * inv_freq[i], times mscale */
+void jl_rope_angles(int64_t pos, const double *inv_freq, int n_pairs, float mscale, float *cos, float *sin);
+/* Rotate the first n_rot dimensions of each of the n_heads heads (head_dim values each) of x in
+ * place by the angles of jl_rope_angles (n_rot / 2 pairs), pairing them as `layout` says. */
+void jl_rope(float *x, int n_heads, int head_dim, int n_rot, int layout, const float *cos, const float *sin);
+/* gate (n,) <- act(gate) * up, act a jl_ffn_activation; up == NULL: act(gate) */
 void jl_glu(float *gate, const float *up, int64_t n, int activation);
 /* x (n,) <- softmax(x), computed with the max subtracted */
 void jl_softmax(float *x, int64_t n);

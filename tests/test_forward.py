@@ -345,9 +345,9 @@ def test_unknown_architecture(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(janlib.UnsupportedError, match="'mamba'.*gemma3, llama, qwen2"):
+    with pytest.raises(janlib.UnsupportedError, match="'mamba'.*gemma2, gemma3, granite, llama"):
         load_runtime(path)
-    assert set(ARCHITECTURES) == {"llama", "qwen2", "gemma3"}
+    assert {"llama", "qwen2", "gemma3"} <= set(ARCHITECTURES)
 
 
 @pytest.mark.parametrize("arch, name", [("llama", "blk.1.attn_k.weight"), ("qwen2", "blk.0.attn_v.bias"),

@@ -87,17 +87,19 @@ jl_status jl_quantize_rows(int act_type, const float *x, int64_t n, int64_t k, v
 /* ---- the forward pass (model.c) ----------------------------------------------------------
  *
  * A model is a description of where each weight lies in the mapped GGUF file plus its
- * hyperparameters; the architectures (llama, qwen2, gemma3) differ only in the flags and
- * optional tensors set here. A context holds the KV cache and every scratch buffer, allocated
+ * hyperparameters; the architectures differ only in the flags, scales and optional tensors
+ * set here (janlib.models turns each architecture's metadata into one). A context holds the KV cache and every scratch buffer, allocated
  * once; jl_context_eval runs all layers for a batch of tokens in one call. */
 
 /* One weight, a pointer into the mapped file (never copied); data == NULL when absent.
- * ne0 is the contiguous dimension: a matrix (rows, k) has ne0 = k, ne1 = rows; a vector ne1 = 1. */
+ * ne0 is the contiguous dimension: a matrix (rows, k) has ne0 = k, ne1 = rows; a vector ne1 = 1;
+ * ne2 > 1 stacks that many matrices back to back (one per expert), else 1. A fused tensor's
+ * parts (attn_qkv, a gate_up ffn_up) are given as views of its rows. */
 typedef struct {
     const void *data;
     size_t nbytes;
     int type;
-    int64_t ne0, ne1;
+    int64_t ne0, ne1, ne2;
 } jl_tensor;
 
 typedef enum {
@@ -106,45 +108,75 @@ typedef enum {
 } jl_rope_layout;
 
 typedef enum {
-    JL_FFN_SILU = 0,       /* down(silu(gate(x)) * up(x)) */
-    JL_FFN_GELU_TANH = 1,  /* down(gelu_tanh(gate(x)) * up(x)) */
+    JL_FFN_SILU = 0,       /* down(silu(gate(x)) * up(x)); without ffn_gate: down(silu(up(x))) */
+    JL_FFN_GELU_TANH = 1,  /* down(gelu_tanh(gate(x)) * up(x)); without ffn_gate: down(gelu_tanh(up(x))) */
 } jl_ffn_activation;
+
+typedef enum {
+    JL_NORM_RMS = 0,       /* x / sqrt(mean(x^2) + eps) * w */
+    JL_NORM_LAYER = 1,     /* (x - mean(x)) / sqrt(var(x) + eps) * w + b (b optional) */
+} jl_norm_type;
 
 /* Per layer. Shapes are (rows, k); "optional" tensors are skipped when data == NULL. */
 typedef struct {
-    jl_tensor attn_norm;            /* (n_embd,) */
+    jl_tensor attn_norm;            /* optional (n_embd,): absent, attention reads x itself (olmo2) */
+    jl_tensor attn_norm_bias;       /* optional (n_embd,): LayerNorm bias */
     jl_tensor attn_q;               /* (n_head * head_dim_k, n_embd) */
     jl_tensor attn_k;               /* (n_head_kv * head_dim_k, n_embd) */
     jl_tensor attn_v;               /* (n_head_kv * head_dim_v, n_embd) */
     jl_tensor attn_q_bias;          /* optional (n_head * head_dim_k,) */
     jl_tensor attn_k_bias;          /* optional (n_head_kv * head_dim_k,) */
     jl_tensor attn_v_bias;          /* optional (n_head_kv * head_dim_v,) */
-    jl_tensor attn_q_norm;          /* optional (head_dim_k,): RMSNorm of each query head before RoPE */
-    jl_tensor attn_k_norm;          /* optional (head_dim_k,): likewise for keys */
+    jl_tensor attn_q_norm;          /* optional (head_dim_k,): RMSNorm of each query head before RoPE;
+                                       (n_head * head_dim_k,): of the whole query row (olmo2) */
+    jl_tensor attn_k_norm;          /* optional (head_dim_k,) or (n_head_kv * head_dim_k,): likewise for keys */
     jl_tensor attn_output;          /* (n_embd, n_head * head_dim_v) */
+    jl_tensor attn_output_bias;     /* optional (n_embd,) */
     jl_tensor post_attention_norm;  /* optional (n_embd,): RMSNorm of the attention output */
-    jl_tensor ffn_norm;             /* (n_embd,) */
-    jl_tensor ffn_gate;             /* (n_ff, n_embd) */
+    jl_tensor ffn_norm;             /* optional (n_embd,): absent, the FFN reads x itself (olmo2) */
+    jl_tensor ffn_norm_bias;        /* optional (n_embd,): LayerNorm bias */
+    jl_tensor ffn_gate;             /* optional (n_ff, n_embd): absent, the FFN is down(act(up(x))) */
     jl_tensor ffn_up;               /* (n_ff, n_embd) */
     jl_tensor ffn_down;             /* (n_embd, n_ff) */
+    jl_tensor ffn_gate_bias;        /* optional (n_ff,) */
+    jl_tensor ffn_up_bias;          /* optional (n_ff,) */
+    jl_tensor ffn_down_bias;        /* optional (n_embd,) */
+    /* mixture of experts, instead of ffn_gate/up/down when ffn_gate_inp is given */
+    jl_tensor ffn_gate_inp;         /* (n_expert, n_embd): router logits */
+    jl_tensor ffn_gate_exps;        /* (n_expert, n_ff_exp, n_embd) */
+    jl_tensor ffn_up_exps;          /* (n_expert, n_ff_exp, n_embd) */
+    jl_tensor ffn_down_exps;        /* (n_expert, n_embd, n_ff_exp) */
     jl_tensor post_ffw_norm;        /* optional (n_embd,): RMSNorm of the FFN output */
-    float rope_base;                /* rotation angle of pair i at pos: pos * freq_scale * base^(-2i/head_dim_k) */
-    float rope_freq_scale;
+    /* RoPE: pair i of the first n_rot dimensions turns by pos * rope_inv_freq[i], and cos and sin
+     * are multiplied by rope_attn_factor. rope_inv_freq == NULL: the layer has no RoPE (NoPE).
+     * rope_inv_freq_long (optional): used instead by contexts of n_ctx > rope_n_ctx_orig (longrope). */
+    const double *rope_inv_freq;      /* (n_rot / 2,) */
+    const double *rope_inv_freq_long; /* (n_rot / 2,) or NULL */
+    float rope_attn_factor;
     int32_t sliding_window;         /* > 0: a token at pos p sees positions > p - sliding_window; 0: all before it */
 } jl_layer_desc;
 
 typedef struct {
     int32_t n_layer, n_embd, n_head, n_head_kv, head_dim_k, head_dim_v, n_ff, n_vocab;
-    int32_t rope_layout;            /* jl_rope_layout; RoPE rotates all head_dim_k dimensions */
+    int32_t n_rot;                  /* RoPE turns the first n_rot (even, <= head_dim_k) dimensions of a head */
+    int32_t rope_layout;            /* jl_rope_layout, over those n_rot dimensions */
+    int32_t rope_n_ctx_orig;        /* see rope_inv_freq_long */
     int32_t ffn_activation;         /* jl_ffn_activation */
-    float norm_eps;                 /* every RMSNorm: x / sqrt(mean(x^2) + eps) * w */
-    float embedding_scale;          /* token embeddings are multiplied by this (gemma3: sqrt(n_embd)) */
+    int32_t norm_type;              /* jl_norm_type of attn_norm, ffn_norm and output_norm (q/k and post norms are RMS) */
+    int32_t n_expert, n_expert_used, n_ff_exp;  /* 0, 0, 0 without experts */
+    int32_t expert_weights_norm;    /* nonzero: the n_expert_used routing weights are divided by their sum */
+    float expert_weights_scale;     /* then multiplied by this (1: none) */
+    float norm_eps;                 /* of every norm */
+    float embedding_scale;          /* token embeddings are multiplied by this (gemma: sqrt(n_embd), granite) */
+    float residual_scale;           /* each block's output is multiplied by this before it is added (granite; 1: none) */
     float attention_scale;          /* scores = attention_scale * q.k */
+    float attn_logit_softcap;       /* > 0: scores = cap * tanh(scores / cap) before the softmax (gemma2); 0: none */
+    float logit_scale;              /* logits are multiplied by this (granite: 1 / logit_scale; 1: none) */
     float final_logit_softcap;      /* > 0: logits = cap * tanh(logits / cap); 0: none */
     jl_tensor token_embd;           /* (n_vocab, n_embd): rows are looked up, any type with a to_float */
     jl_tensor output_norm;          /* (n_embd,) */
+    jl_tensor output_norm_bias;     /* optional (n_embd,) */
     jl_tensor output;               /* (n_vocab, n_embd); the same tensor as token_embd when tied */
-    jl_tensor rope_freqs;           /* optional (head_dim_k / 2,): pair i's frequency is divided by it (llama3) */
     const jl_layer_desc *layers;    /* (n_layer,) */
 } jl_model_desc;
 

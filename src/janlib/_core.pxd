@@ -44,6 +44,8 @@ cdef extern from "janlib.h" nogil:
     int JL_ROPE_NEOX
     int JL_FFN_SILU
     int JL_FFN_GELU_TANH
+    int JL_NORM_RMS
+    int JL_NORM_LAYER
 
     ctypedef struct jl_tensor:
         const void *data
@@ -51,9 +53,11 @@ cdef extern from "janlib.h" nogil:
         int type
         int64_t ne0
         int64_t ne1
+        int64_t ne2
 
     ctypedef struct jl_layer_desc:
         jl_tensor attn_norm
+        jl_tensor attn_norm_bias
         jl_tensor attn_q
         jl_tensor attn_k
         jl_tensor attn_v
@@ -63,28 +67,47 @@ cdef extern from "janlib.h" nogil:
         jl_tensor attn_q_norm
         jl_tensor attn_k_norm
         jl_tensor attn_output
+        jl_tensor attn_output_bias
         jl_tensor post_attention_norm
         jl_tensor ffn_norm
+        jl_tensor ffn_norm_bias
         jl_tensor ffn_gate
         jl_tensor ffn_up
         jl_tensor ffn_down
+        jl_tensor ffn_gate_bias
+        jl_tensor ffn_up_bias
+        jl_tensor ffn_down_bias
+        jl_tensor ffn_gate_inp
+        jl_tensor ffn_gate_exps
+        jl_tensor ffn_up_exps
+        jl_tensor ffn_down_exps
         jl_tensor post_ffw_norm
-        float rope_base
-        float rope_freq_scale
+        const double *rope_inv_freq
+        const double *rope_inv_freq_long
+        float rope_attn_factor
         int32_t sliding_window
 
     ctypedef struct jl_model_desc:
         int32_t n_layer, n_embd, n_head, n_head_kv, head_dim_k, head_dim_v, n_ff, n_vocab
+        int32_t n_rot
         int32_t rope_layout
+        int32_t rope_n_ctx_orig
         int32_t ffn_activation
+        int32_t norm_type
+        int32_t n_expert, n_expert_used, n_ff_exp
+        int32_t expert_weights_norm
+        float expert_weights_scale
         float norm_eps
         float embedding_scale
+        float residual_scale
         float attention_scale
+        float attn_logit_softcap
+        float logit_scale
         float final_logit_softcap
         jl_tensor token_embd
         jl_tensor output_norm
+        jl_tensor output_norm_bias
         jl_tensor output
-        jl_tensor rope_freqs
         const jl_layer_desc *layers
 
     ctypedef struct jl_model:

@@ -121,8 +121,11 @@ from libc.stdint cimport int32_t
 from libc.stdlib cimport calloc, free
 import threading
 
+import numpy as np
+
 ROPE_LAYOUTS = {"adjacent": JL_ROPE_ADJACENT, "neox": JL_ROPE_NEOX}
 FFN_ACTIVATIONS = {"silu": JL_FFN_SILU, "gelu_tanh": JL_FFN_GELU_TANH}
+NORM_TYPES = {"rms": JL_NORM_RMS, "layer": JL_NORM_LAYER}
 KV_TYPES = {"f16": JL_TYPE_F16, "f32": JL_TYPE_F32}
 
 
@@ -134,6 +137,7 @@ cdef jl_tensor _tensor(object tensor, list keep) except *:
     out.type = 0
     out.ne0 = 0
     out.ne1 = 0
+    out.ne2 = 0
     if tensor is None:
         return out
     raw = tensor.raw
@@ -144,7 +148,17 @@ cdef jl_tensor _tensor(object tensor, list keep) except *:
     out.type = tensor.type_id
     out.ne0 = tensor.ne[0]
     out.ne1 = tensor.ne[1] if len(tensor.ne) > 1 else 1
+    out.ne2 = tensor.ne[2] if len(tensor.ne) > 2 else 1
     return out
+
+
+cdef const double *_table(object table, list keep) except? NULL:
+    """A float64 RoPE table's data (NULL for None); keep holds it alive until the model copied it."""
+    if table is None:
+        return NULL
+    cdef const double[::1] view = np.ascontiguousarray(table, dtype=np.float64)
+    keep.append(view)
+    return &view[0]
 
 
 cdef class ForwardModel:
@@ -172,20 +186,33 @@ cdef class ForwardModel:
             d.head_dim_v = hparams.head_dim_v
             d.n_ff = hparams.n_ff
             d.n_vocab = hparams.n_vocab
+            d.n_rot = hparams.n_rot
             d.rope_layout = ROPE_LAYOUTS[hparams.rope_layout]
+            d.rope_n_ctx_orig = hparams.rope_n_ctx_orig
             d.ffn_activation = FFN_ACTIVATIONS[hparams.ffn_activation]
+            d.norm_type = NORM_TYPES[hparams.norm_type]
+            d.n_expert = hparams.n_expert
+            d.n_expert_used = hparams.n_expert_used
+            d.n_ff_exp = hparams.n_ff_exp
+            d.expert_weights_norm = hparams.expert_weights_norm
+            d.expert_weights_scale = hparams.expert_weights_scale
             d.norm_eps = hparams.norm_eps
             d.embedding_scale = hparams.embedding_scale
+            d.residual_scale = hparams.residual_scale
             d.attention_scale = hparams.attention_scale
+            d.attn_logit_softcap = hparams.attn_logit_softcap
+            d.logit_scale = hparams.logit_scale
             d.final_logit_softcap = hparams.final_logit_softcap
             d.token_embd = _tensor(weights.token_embd, self._keep)
             d.output_norm = _tensor(weights.output_norm, self._keep)
+            d.output_norm_bias = _tensor(weights.output_norm_bias, self._keep)
             d.output = _tensor(weights.output, self._keep)
-            d.rope_freqs = _tensor(weights.rope_freqs, self._keep)
+            tables = []  # the model copies the RoPE tables
             for il in range(n_layer):
                 w = weights.layers[il]
                 L = &layers[il]
                 L.attn_norm = _tensor(w.attn_norm, self._keep)
+                L.attn_norm_bias = _tensor(w.attn_norm_bias, self._keep)
                 L.attn_q = _tensor(w.attn_q, self._keep)
                 L.attn_k = _tensor(w.attn_k, self._keep)
                 L.attn_v = _tensor(w.attn_v, self._keep)
@@ -195,14 +222,24 @@ cdef class ForwardModel:
                 L.attn_q_norm = _tensor(w.attn_q_norm, self._keep)
                 L.attn_k_norm = _tensor(w.attn_k_norm, self._keep)
                 L.attn_output = _tensor(w.attn_output, self._keep)
+                L.attn_output_bias = _tensor(w.attn_output_bias, self._keep)
                 L.post_attention_norm = _tensor(w.post_attention_norm, self._keep)
                 L.ffn_norm = _tensor(w.ffn_norm, self._keep)
+                L.ffn_norm_bias = _tensor(w.ffn_norm_bias, self._keep)
                 L.ffn_gate = _tensor(w.ffn_gate, self._keep)
                 L.ffn_up = _tensor(w.ffn_up, self._keep)
                 L.ffn_down = _tensor(w.ffn_down, self._keep)
+                L.ffn_gate_bias = _tensor(w.ffn_gate_bias, self._keep)
+                L.ffn_up_bias = _tensor(w.ffn_up_bias, self._keep)
+                L.ffn_down_bias = _tensor(w.ffn_down_bias, self._keep)
+                L.ffn_gate_inp = _tensor(w.ffn_gate_inp, self._keep)
+                L.ffn_gate_exps = _tensor(w.ffn_gate_exps, self._keep)
+                L.ffn_up_exps = _tensor(w.ffn_up_exps, self._keep)
+                L.ffn_down_exps = _tensor(w.ffn_down_exps, self._keep)
                 L.post_ffw_norm = _tensor(w.post_ffw_norm, self._keep)
-                L.rope_base = hparams.rope_base[il]
-                L.rope_freq_scale = hparams.rope_freq_scale[il]
+                L.rope_inv_freq = _table(hparams.rope_inv_freq[il], tables)
+                L.rope_inv_freq_long = _table(hparams.rope_inv_freq_long[il], tables)
+                L.rope_attn_factor = hparams.rope_attn_factor[il]
                 L.sliding_window = hparams.sliding_window[il]
             d.layers = layers
             check(jl_model_create(&d, &self.model))

@@ -11,12 +11,16 @@ import numpy as np
 from janlib import _core
 from janlib.errors import UnsupportedError
 from janlib.gguf import GGUFFile, load_gguf
-from janlib.models import gemma3, llama, qwen2
+from janlib.models import (gemma2, gemma3, granite, llama, olmo2, phi3, qwen2, qwen3, qwen3moe, smollm3, stablelm,
+                           starcoder2)
 from janlib.models.base import Architecture, HParams
 
 __all__ = ["ARCHITECTURES", "Architecture", "HParams", "Runtime", "load_runtime"]
 
-ARCHITECTURES: dict[str, Architecture] = {m.ARCH.name: m.ARCH for m in (llama, qwen2, gemma3)}
+ARCHITECTURES: dict[str, Architecture] = {
+    m.ARCH.name: m.ARCH
+    for m in (llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, phi3, granite, olmo2, smollm3, stablelm, starcoder2)
+}
 
 DEFAULT_MAX_CTX = 4096
 DEFAULT_BATCH = 512  # tokens per internal chunk: the C context's scratch is sized for this many rows
