@@ -99,17 +99,22 @@ static void gemm_task(void *ctx, int ith, int nth) {
 static jl_status run_gemm(matmul_job *job, int n_threads) {
     const jl_gemm_kernels *gemm = job->wt->gemm;
     int nth = jl_resolve_threads(n_threads);
-    job->xp_row_bytes = gemm->x_bytes(job->k);
+    uint8_t *packed_x = NULL;
+    job->xp = job->xq;
+    job->xp_row_bytes = job->xq_row_bytes;
+    if (gemm->pack_x) {
+        job->xp_row_bytes = gemm->x_bytes(job->k);
+        job->xp = packed_x = aligned_alloc(64, job->xp_row_bytes * (size_t)job->n);
+    }
     job->panel_bytes = (gemm->panel_bytes(job->k) + 63) / 64 * 64;
-    job->xp = aligned_alloc(64, job->xp_row_bytes * (size_t)job->n);
     job->panels = aligned_alloc(64, job->panel_bytes * STRIP_PANELS * (size_t)nth);
     jl_status st = JL_OK;
     if (!job->xp || !job->panels)
         st = jl_fail(JL_ERR_NOMEM, "matmul: no memory for the GEMM's packed rows (%lld x %zu bytes)",
                      (long long)job->n, job->xp_row_bytes);
-    if (st == JL_OK) st = jl_parallel(n_threads, pack_x_task, job);
+    if (st == JL_OK && packed_x) st = jl_parallel(n_threads, pack_x_task, job);
     if (st == JL_OK) st = jl_parallel(nth, gemm_task, job);
-    free(job->xp);
+    free(packed_x);
     free(job->panels);
     return st;
 }

@@ -117,4 +117,130 @@ INLINE __m512i pair_q8_0(const uint8_t *a, const uint8_t *b) { return load_2x32(
  * combines each 128-bit lane pair holds four blocks twice, and the last step adds the copies. */
 static const int tree_order[16] = {0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15};
 
+/* ---- K-quant super-blocks (256 values) ---- */
+
+/* One super-block unpacked: q[j] holds values 64j .. 64j + 63 as unsigned bytes (the true value
+ * minus `offset` for Q3_K and Q6_K); sc and mn hold one scale and minimum per group of 16. */
+typedef struct {
+    __m512i q[4];
+    __m256i sc, mn;
+    float d, dmin;
+} kquant_unpacked;
+
+typedef void (*kquant_unpack_fn)(const uint8_t *blk, kquant_unpacked *u);
+
+/* 16 scale bytes as int16 */
+INLINE __m256i bytes_to_i16(__m128i b, int is_signed) {
+    return is_signed ? _mm256_cvtepi8_epi16(b) : _mm256_cvtepu8_epi16(b);
+}
+
+/* 8 scales of groups of 32 as 16 int16 (each twice), so every type has one per group of 16 */
+INLINE __m256i scales8_to_i16(uint64_t scales) {
+    __m128i b = _mm_cvtsi64_si128((long long)scales);
+    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(b, b));
+}
+
+/* Q4_K/Q5_K: eight 6-bit scales and eight 6-bit minimums packed in 12 bytes (see scale_min_k4
+ * in ref.c): bytes 0-3 hold scales 0-3 and bits 4-5 of scales 4-7, bytes 4-7 minimums 0-3 and
+ * bits 4-5 of minimums 4-7, bytes 8-11 the low nibbles of scales 4-7 (low) and minimums 4-7 (high). */
+INLINE void unpack_k4_scales(const uint8_t scales[K_SCALE_SIZE], kquant_unpacked *u) {
+    const uint32_t s0 = load_u32(scales), s1 = load_u32(scales + 4), s2 = load_u32(scales + 8);
+    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, top2 = 0x03030303;
+    const uint32_t sc_hi = (s2 & low4) | (((s0 >> 6) & top2) << 4);
+    const uint32_t mn_hi = ((s2 >> 4) & low4) | (((s1 >> 6) & top2) << 4);
+    u->sc = scales8_to_i16((uint64_t)(s0 & low6) | (uint64_t)sc_hi << 32);
+    u->mn = scales8_to_i16((uint64_t)(s1 & low6) | (uint64_t)mn_hi << 32);
+}
+
+/* Q3_K/Q5_K keep one high bit per value in 32 bytes: value l of chunk j (l < 32 in the low half,
+ * 32 + l in the high half) takes bit 2j (low half) or 2j + 1 (high half) of byte l. */
+INLINE __m512i add_high_bits(__m512i q, __m512i hbits, int j, char value) {
+    const __m512i sel = _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi8((char)(1 << (2 * j))),
+                                                _mm512_set1_epi8((char)(2 << (2 * j))));
+    return _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(hbits, sel), q, _mm512_set1_epi8(value));
+}
+
+/* Q2_K/Q3_K: each 128-value half reads 32 bytes four times, two bits deeper each time: chunk j
+ * (half j / 2) holds passes 2 (j % 2) and 2 (j % 2) + 1 */
+INLINE __m512i crumbs_32(const uint8_t *p, int j) {
+    const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p));
+    const int shift = 4 * (j % 2);
+    const __m512i counts = _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi16((short)shift), _mm512_set1_epi16((short)(shift + 2)));
+    return _mm512_and_si512(_mm512_srlv_epi16(v, counts), _mm512_set1_epi8(3));
+}
+
+INLINE void unpack_q2_K(const uint8_t *blk, kquant_unpacked *u) {
+    const block_q2_K *b = (const block_q2_K *)blk;
+    UNROLL for (int j = 0; j < 4; j++) u->q[j] = crumbs_32(b->qs + 32 * (j / 2), j);
+    const __m128i s = _mm_loadu_si128((const __m128i *)b->scales);
+    u->sc = bytes_to_i16(_mm_and_si128(s, _mm_set1_epi8(0x0f)), 0);
+    u->mn = bytes_to_i16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0f)), 0);
+    u->d = half_to_f32(b->d);
+    u->dmin = half_to_f32(b->dmin);
+}
+
+/* q + 4 = low two bits + 4 * high bit */
+INLINE void unpack_q3_K(const uint8_t *blk, kquant_unpacked *u) {
+    const block_q3_K *b = (const block_q3_K *)blk;
+    const __m512i hbits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b->hmask));
+    UNROLL for (int j = 0; j < 4; j++) u->q[j] = add_high_bits(crumbs_32(b->qs + 32 * (j / 2), j), hbits, j, 4);
+    /* sixteen 6-bit scales: low nibbles in bytes 0-7 (groups 0-7 low, 8-15 high), the top two
+     * bits of group g at bits 2 (g / 4) of byte 8 + g % 4 */
+    const uint32_t s0 = load_u32(b->scales), s1 = load_u32(b->scales + 4), s2 = load_u32(b->scales + 8);
+    const uint32_t low4 = 0x0f0f0f0f, top2 = 0x03030303;
+    const __m128i sc = _mm_set_epi32((int)(((s1 >> 4) & low4) | (((s2 >> 6) & top2) << 4)),
+                                     (int)(((s0 >> 4) & low4) | (((s2 >> 4) & top2) << 4)),
+                                     (int)((s1 & low4) | (((s2 >> 2) & top2) << 4)),
+                                     (int)((s0 & low4) | ((s2 & top2) << 4)));
+    u->sc = _mm256_sub_epi16(bytes_to_i16(sc, 0), _mm256_set1_epi16(32));
+    u->mn = _mm256_setzero_si256();
+    u->d = half_to_f32(b->d);
+    u->dmin = 0.0f;
+}
+
+INLINE void unpack_q4_K(const uint8_t *blk, kquant_unpacked *u) {
+    const block_q4_K *b = (const block_q4_K *)blk;
+    UNROLL for (int j = 0; j < 4; j++) u->q[j] = unpack_nibbles_32(b->qs + 32 * j);
+    unpack_k4_scales(b->scales, u);
+    u->d = half_to_f32(b->d);
+    u->dmin = half_to_f32(b->dmin);
+}
+
+INLINE void unpack_q5_K(const uint8_t *blk, kquant_unpacked *u) {
+    const block_q5_K *b = (const block_q5_K *)blk;
+    const __m512i hbits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b->qh));
+    UNROLL for (int j = 0; j < 4; j++) u->q[j] = add_high_bits(unpack_nibbles_32(b->qs + 32 * j), hbits, j, 16);
+    unpack_k4_scales(b->scales, u);
+    u->d = half_to_f32(b->d);
+    u->dmin = half_to_f32(b->dmin);
+}
+
+/* q + 32: half h takes the nibbles of ql[64h .. 64h + 63] (low nibbles for chunk 2h, high for
+ * 2h + 1) and two bits each of qh[32h .. 32h + 31] (bits 0-1 / 2-3 for the low / high 32 values
+ * of chunk 2h, bits 4-5 / 6-7 for chunk 2h + 1), moved to bits 4-5 */
+INLINE void unpack_q6_K(const uint8_t *blk, kquant_unpacked *u) {
+    const block_q6_K *b = (const block_q6_K *)blk;
+    const __m512i nib = _mm512_set1_epi8(0x0f), top = _mm512_set1_epi8(0x30);
+    UNROLL for (int h = 0; h < 2; h++) {
+        const __m512i lo = _mm512_loadu_si512(b->ql + 64 * h);
+        const __m512i hi = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qh + 32 * h)));
+        const __m512i hi01 = _mm512_sllv_epi16(hi, _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi16(4), _mm512_set1_epi16(2)));
+        const __m512i hi23 = _mm512_srlv_epi16(hi, _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi16(0), _mm512_set1_epi16(2)));
+        u->q[2 * h] = _mm512_or_si512(_mm512_and_si512(lo, nib), _mm512_and_si512(hi01, top));
+        u->q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(lo, 4), nib), _mm512_and_si512(hi23, top));
+    }
+    u->sc = bytes_to_i16(_mm_loadu_si128((const __m128i *)b->scales), 1);
+    u->mn = _mm256_setzero_si256();
+    u->d = half_to_f32(b->d);
+    u->dmin = 0.0f;
+}
+
+/* int16 lane l of chunk j belongs to group 4j + l / 8 */
+INLINE __m512i chunk_scales(__m256i sc16, int j) {
+    const __m512i idx = _mm512_add_epi16(_mm512_srli_epi16(_mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 3),
+                                         _mm512_set1_epi16((short)(4 * j)));
+    return _mm512_permutexvar_epi16(idx, _mm512_castsi256_si512(sc16));
+}
+
+
 #endif

@@ -1,4 +1,5 @@
-/* avx512_gemm.c — register-blocked int8 GEMM (AVX-512 VNNI) for the legacy 4- and 5-bit types.
+/* avx512_gemm.c — register-blocked int8 GEMM (AVX-512 VNNI) for the legacy 4- and 5-bit types
+ * and the K-quants.
  *
  * Batch invariance fixes the arithmetic: every output must equal vec_dot's (avx512.c) bit for
  * bit, so the GEMM computes the same integer block sums and the same float steps in the same
@@ -14,6 +15,7 @@
  * per block as the accumulator's start. The microkernel holds PANEL_ROWS x TILE_COLS int32 block
  * sums in registers: per step 4 weight and up to 4 activation loads feed 16 vpdpbusd. */
 #include <immintrin.h>
+#include <assert.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -153,6 +155,122 @@ INLINE void panel_dot_legacy(int has_min, int64_t k, const uint8_t *panel, int64
     }
 }
 
+/* ---- K-quants -------------------------------------------------------------------------- *
+ * vec_dot's K-quant sums are 16 int32 lanes per super-block, each mixing four groups through
+ * vpmaddubsw + vpdpwssd with the int16 group scales, then one FMA by d * dx; the GEMM keeps
+ * exactly that and takes the Q8_K activation rows as they are. What it saves is the unpacking
+ * (done once per panel, not once per column tile) and the activation loads, shared by
+ * KQ_PANEL_ROWS weight rows. */
+
+#define KQ_PANEL_ROWS 2
+
+typedef struct {
+    __m512i q[4];                 /* values 64j .. 64j + 63, unsigned (q + offset) */
+    __m256i sc, mn, corr;         /* per group of 16: scale, minimum, -offset * scale */
+    float d, dmin;
+    uint8_t pad[56];
+} kquant_packed;
+static_assert(sizeof(kquant_packed) % 64 == 0, "kquant_packed keeps 64-byte alignment");
+
+INLINE void pack_w_kquant(kquant_unpack_fn unpack, size_t type_size, int offset, const uint8_t *w, size_t w_row_bytes,
+                          int64_t rows, int64_t k, kquant_packed *panel) {
+    const int64_t nsb = k / QK_K;
+    for (int64_t i = 0; i < nsb; i++)
+        for (int r = 0; r < KQ_PANEL_ROWS; r++) {
+            kquant_packed *p = panel + i * KQ_PANEL_ROWS + r;
+            if (r >= rows) {
+                memset(p, 0, sizeof *p);
+                continue;
+            }
+            kquant_unpacked u;
+            unpack(w + r * w_row_bytes + i * type_size, &u);
+            UNROLL for (int j = 0; j < 4; j++) p->q[j] = u.q[j];
+            p->sc = u.sc;
+            p->mn = u.mn;
+            p->corr = _mm256_mullo_epi16(u.sc, _mm256_set1_epi16((short)-offset));
+            p->d = u.d;
+            p->dmin = u.dmin;
+        }
+}
+
+/* KQ_PANEL_ROWS x nc outputs against Q8_K rows; vec_dot's steps per super-block, in its order */
+INLINE void tile_kquant(int offset, int has_min, int64_t nsb, const kquant_packed *panel, const uint8_t *x,
+                        size_t x_stride, const int nc, int64_t rows, float *y, size_t y_stride) {
+    __m512 acc[KQ_PANEL_ROWS][TILE_COLS];
+    __m256 acc_min[KQ_PANEL_ROWS][TILE_COLS];
+    UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++)
+        UNROLL for (int c = 0; c < nc; c++) {
+            acc[r][c] = _mm512_setzero_ps();
+            acc_min[r][c] = _mm256_setzero_ps();
+        }
+    for (int64_t i = 0; i < nsb; i++) {
+        const kquant_packed *p = panel + i * KQ_PANEL_ROWS;
+        const block_q8_K *bx[TILE_COLS];
+        __m256i bsums[TILE_COLS];
+        __m512i sum[KQ_PANEL_ROWS][TILE_COLS];
+        UNROLL for (int c = 0; c < nc; c++) {
+            bx[c] = (const block_q8_K *)(x + c * x_stride) + i;
+            bsums[c] = _mm256_loadu_si256((const __m256i *)bx[c]->bsums);
+            UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++)
+                sum[r][c] = offset ? _mm512_zextsi256_si512(_mm256_madd_epi16(bsums[c], p[r].corr)) : _mm512_setzero_si512();
+        }
+        UNROLL for (int j = 0; j < 4; j++) {
+            __m512i sc[KQ_PANEL_ROWS];
+            UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++) sc[r] = chunk_scales(p[r].sc, j);
+            UNROLL for (int c = 0; c < nc; c++) {
+                const __m512i xv = _mm512_loadu_si512(bx[c]->qs + 64 * j);
+                UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++)
+                    sum[r][c] = _mm512_dpwssd_epi32(sum[r][c], _mm512_maddubs_epi16(p[r].q[j], xv), sc[r]);
+            }
+        }
+        UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++)
+            UNROLL for (int c = 0; c < nc; c++) {
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r][c]), _mm512_set1_ps(p[r].d * bx[c]->d), acc[r][c]);
+                if (has_min)
+                    acc_min[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bsums[c], p[r].mn)),
+                                                    _mm256_set1_ps(p[r].dmin * bx[c]->d), acc_min[r][c]);
+            }
+    }
+    UNROLL for (int c = 0; c < nc; c++)
+        UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++)
+            if (r < rows) y[c * y_stride + r] = hsum512_ps(acc[r][c]) - (has_min ? hsum256_ps(acc_min[r][c]) : 0.0f);
+}
+
+INLINE void panel_dot_kquant(int offset, int has_min, int64_t k, const kquant_packed *panel, int64_t rows,
+                             const uint8_t *x, size_t x_stride, int64_t n, float *y, size_t y_stride) {
+    const int64_t nsb = k / QK_K;
+    int64_t c = 0;
+    for (; c + TILE_COLS <= n; c += TILE_COLS)
+        tile_kquant(offset, has_min, nsb, panel, x + c * x_stride, x_stride, TILE_COLS, rows, y + c * y_stride, y_stride);
+    switch (n - c) {
+    case 1: tile_kquant(offset, has_min, nsb, panel, x + c * x_stride, x_stride, 1, rows, y + c * y_stride, y_stride); break;
+    case 2: tile_kquant(offset, has_min, nsb, panel, x + c * x_stride, x_stride, 2, rows, y + c * y_stride, y_stride); break;
+    case 3: tile_kquant(offset, has_min, nsb, panel, x + c * x_stride, x_stride, 3, rows, y + c * y_stride, y_stride); break;
+    default: break;
+    }
+}
+
+static size_t panel_bytes_kquant(int64_t k) { return (size_t)(k / QK_K) * KQ_PANEL_ROWS * sizeof(kquant_packed); }
+
+#define KQUANT_GEMM(NAME, OFFSET, HAS_MIN)                                                                   \
+    static void NAME##_pack_w(const void *restrict w, size_t w_row_bytes, int64_t rows, int64_t k,           \
+                              void *restrict panel) {                                                        \
+        pack_w_kquant(unpack_##NAME, sizeof(block_##NAME), OFFSET, w, w_row_bytes, rows, k, panel);          \
+    }                                                                                                        \
+    static void NAME##_panel_dot(int64_t k, const void *restrict panel, int64_t rows, const void *restrict xp, \
+                                 size_t x_stride, int64_t n, float *restrict y, size_t y_stride) {          \
+        panel_dot_kquant(OFFSET, HAS_MIN, k, panel, rows, xp, x_stride, n, y, y_stride);                     \
+    }                                                                                                        \
+    static const jl_gemm_kernels NAME##_gemm = {                                                             \
+        KQ_PANEL_ROWS, panel_bytes_kquant, NULL, NAME##_pack_w, NULL, NAME##_panel_dot,                      \
+    };
+
+KQUANT_GEMM(q2_K, 0, 1)
+KQUANT_GEMM(q3_K, 4, 0)
+KQUANT_GEMM(q4_K, 0, 1)
+KQUANT_GEMM(q5_K, 0, 1)
+KQUANT_GEMM(q6_K, 32, 0)
+
 /* ---- the table ------------------------------------------------------------------------- */
 
 static size_t x_bytes_legacy(int64_t k) { return (size_t)n_groups(k) * X_GROUP_BYTES; }
@@ -186,4 +304,9 @@ void jl_avx512_gemm_register(jl_type_traits *t) {
     t[JL_TYPE_Q4_1].gemm = &q4_1_gemm;
     t[JL_TYPE_Q5_0].gemm = &q5_0_gemm;
     t[JL_TYPE_Q5_1].gemm = &q5_1_gemm;
+    t[JL_TYPE_Q2_K].gemm = &q2_K_gemm;
+    t[JL_TYPE_Q3_K].gemm = &q3_K_gemm;
+    t[JL_TYPE_Q4_K].gemm = &q4_K_gemm;
+    t[JL_TYPE_Q5_K].gemm = &q5_K_gemm;
+    t[JL_TYPE_Q6_K].gemm = &q6_K_gemm;
 }

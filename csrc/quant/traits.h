@@ -27,7 +27,7 @@ typedef void (*jl_vec_dot_fn)(int64_t k, const void *restrict w, const void *res
 typedef struct {
     int panel_rows;
     size_t (*panel_bytes)(int64_t k);
-    size_t (*x_bytes)(int64_t k);
+    size_t (*x_bytes)(int64_t k);  /* NULL with pack_x: the kernel reads the activation rows as they are */
     /* panel <- rows (<= panel_rows) weight rows of w_row_bytes each; missing rows pack as zeros */
     void (*pack_w)(const void *restrict w, size_t w_row_bytes, int64_t rows, int64_t k, void *restrict panel);
     /* xp <- one activation row */
