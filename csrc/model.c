@@ -76,15 +76,7 @@ struct jl_context {
 
 enum tensor_use { USE_VECTOR, USE_MATMUL, USE_LOOKUP, USE_EXPERTS };
 
-/* USE_EXPERTS: n_expert stacked (rows, k) matrices; otherwise ne2 must be 1 */
-static jl_status check_tensor_n(const jl_tensor *t, int layer, const char *name, enum tensor_use use,
-                                int64_t rows, int64_t k, int64_t n_mats, int required);
-
-static jl_status check_tensor(const jl_tensor *t, int layer, const char *name, enum tensor_use use,
-                              int64_t rows, int64_t k, int required) {
-    return check_tensor_n(t, layer, name, use, rows, k, 1, required);
-}
-
+/* A weight's presence, type, shape and size: (rows, k), n_mats of them stacked (USE_EXPERTS; else 1). */
 static jl_status check_tensor_n(const jl_tensor *t, int layer, const char *name, enum tensor_use use,
                                 int64_t rows, int64_t k, int64_t n_mats, int required) {
     char full[96];
@@ -119,6 +111,11 @@ static jl_status check_tensor_n(const jl_tensor *t, int layer, const char *name,
                            full, tt->name, at->name, (long long)at->block_size, (long long)k);
     }
     return JL_OK;
+}
+
+static jl_status check_tensor(const jl_tensor *t, int layer, const char *name, enum tensor_use use,
+                              int64_t rows, int64_t k, int required) {
+    return check_tensor_n(t, layer, name, use, rows, k, 1, required);
 }
 
 static jl_status check_layer(const jl_model_desc *d, int il) {

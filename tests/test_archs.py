@@ -6,7 +6,8 @@ needs neither torch nor transformers).
   file holds exactly the weights transformers ran), on every prompt position.
 * Q8_0 weights: the quantization moves the logits; the bound is a fraction of their range.
 * Greedy continuations equal transformers' at every step where its top-2 margin is at least 0.5.
-* A mixed batch gives each sequence's logits bit for bit as it alone would (one MoE, one dense)."""
+* A mixed batch gives each sequence's logits bit for bit as it alone would, at another thread
+  count (one MoE, whose tokens are grouped by expert, and one dense architecture)."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def test_mixed_batch_is_bit_identical_to_each_sequence_alone(case):
     alone = {}
     for s, ids in seqs.items():
         ctx = janlib.BatchContext(runtime, n_ctx=64, n_seq_max=1)
-        alone[s] = ctx.decode(ids, np.arange(len(ids)), np.zeros(len(ids), int), np.ones(len(ids), bool))
+        alone[s] = ctx.decode(ids, np.arange(len(ids)), np.zeros(len(ids), int), np.ones(len(ids), bool), n_threads=1)
     # two batches: chunks of all three sequences, their rows shuffled together
     ctx = janlib.BatchContext(runtime, n_ctx=64, n_seq_max=3)
     got = {s: [] for s in seqs}
@@ -101,7 +102,7 @@ def test_mixed_batch_is_bit_identical_to_each_sequence_alone(case):
             rows.append((int(s), done[s]))
             done[s] += 1
         out = ctx.decode([seqs[s][p] for s, p in rows], [p for _, p in rows], [s for s, _ in rows],
-                         np.ones(len(rows), bool))
+                         np.ones(len(rows), bool), n_threads=2)
         for row, (s, _) in enumerate(rows):
             got[s].append(out[row])
     for s in seqs:
