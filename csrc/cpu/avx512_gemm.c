@@ -37,20 +37,46 @@ static size_t w_group_bytes(int has_min) { return (STEPS * PANEL_ROWS + PANEL_RO
 
 static int64_t n_groups(int64_t k) { return (k / QK + GROUP - 1) / GROUP; }
 
+/* A last group of at most 4 blocks (k = 576 and 640 leave 2 and 4) packs into TAIL_STEPS steps:
+ * block b's eight dwords spread over the four lanes {l, l^2, l^8, l^10}, l its tree_order lane,
+ * so two vpdpbusd, then two shuffle-adds (lanes l^2, then l^8), leave its sum in lane l. The
+ * other lanes carry copies that meet zero scales, as vec_dot's do. */
+#define TAIL_BLOCKS 4
+#define TAIL_STEPS 2
+static const int tail_block[16] = {0, 2, 0, 2, 1, 3, 1, 3, 0, 2, 0, 2, 1, 3, 1, 3};
+static const int tail_slot[16] = {0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3};
+
+/* blocks in group g, and whether it packs as a tail */
+static int group_blocks(int64_t k, int64_t g) { return k / QK - g * GROUP < GROUP ? (int)(k / QK - g * GROUP) : GROUP; }
+
+/* dword index (within a block) that step t of lane L reads: the whole block in eight steps, or
+ * the tail layout's slots */
+INLINE __m512i step_dwords(int tail, int t) {
+    if (!tail) return _mm512_set1_epi32(t);
+    return _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(tail_slot), 1), _mm512_set1_epi32(t));
+}
+
+INLINE __m512i tail_reduce(__m512i v) {
+    v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_BADC));
+    return _mm512_add_epi32(v, _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+}
+
 /* ---- packing ----------------------------------------------------------------------------- */
 
 INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int has_min, const uint8_t *w, size_t w_row_bytes,
                           int64_t rows, int64_t k, uint8_t *panel) {
-    const int64_t nb = k / QK, groups = n_groups(k);
+    const int64_t groups = n_groups(k);
     const __m512i order = _mm512_loadu_si512(tree_order);
     for (int64_t g = 0; g < groups; g++) {
         uint8_t *pg = panel + g * w_group_bytes(has_min);
-        const int n = nb - g * GROUP < GROUP ? (int)(nb - g * GROUP) : GROUP;
+        const int n = group_blocks(k, g), tail = n <= TAIL_BLOCKS, steps = tail ? TAIL_STEPS : STEPS;
         const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(n));
+        const __m512i step_block = tail ? _mm512_loadu_si512(tail_block) : order;
+        const __mmask16 step_live = _mm512_cmplt_epi32_mask(step_block, _mm512_set1_epi32(n));
         for (int r = 0; r < PANEL_ROWS; r++) {
             __m512 *scales = (__m512 *)(pg + STEPS * PANEL_ROWS * STEP_BYTES);
             if (r >= rows) {
-                for (int t = 0; t < STEPS; t++) _mm512_store_si512(pg + (t * PANEL_ROWS + r) * STEP_BYTES, _mm512_setzero_si512());
+                for (int t = 0; t < steps; t++) _mm512_store_si512(pg + (t * PANEL_ROWS + r) * STEP_BYTES, _mm512_setzero_si512());
                 scales[r] = _mm512_setzero_ps();
                 if (has_min) scales[PANEL_ROWS + r] = _mm512_setzero_ps();
                 continue;
@@ -62,11 +88,11 @@ INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int has_min, co
                 const uint8_t *a = wg + j * type_size, *b = j + 1 < n ? a + type_size : a;
                 _mm512_storeu_si512(u + j * QK, pair(a, b));
             }
-            const __m512i block_dwords = _mm512_mullo_epi32(order, _mm512_set1_epi32(QK / 4));
-            for (int t = 0; t < STEPS; t++)
+            const __m512i block_dwords = _mm512_mullo_epi32(step_block, _mm512_set1_epi32(QK / 4));
+            for (int t = 0; t < steps; t++)
                 _mm512_store_si512(pg + (t * PANEL_ROWS + r) * STEP_BYTES,
-                                   _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live,
-                                                               _mm512_add_epi32(block_dwords, _mm512_set1_epi32(t)), u, 4));
+                                   _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), step_live,
+                                                               _mm512_add_epi32(block_dwords, step_dwords(tail, t)), u, 4));
             const __m512i dm = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live,
                                                            _mm512_mullo_epi32(order, _mm512_set1_epi32((int)type_size)), wg, 1);
             scales[r] = halves_to_ps(dm, 0);
@@ -79,21 +105,25 @@ INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int has_min, co
 INLINE void pack_x_legacy(int offset, int has_min, const uint8_t *xq, int64_t k, uint8_t *xp) {
     const size_t x_size = has_min ? sizeof(block_q8_1) : sizeof(block_q8_0);
     const size_t x_qs = has_min ? offsetof(block_q8_1, qs) : offsetof(block_q8_0, qs);
-    const int64_t nb = k / QK, groups = n_groups(k);
+    const int64_t groups = n_groups(k);
     const __m512i order = _mm512_loadu_si512(tree_order);
     const __m512i block_bytes = _mm512_mullo_epi32(order, _mm512_set1_epi32((int)x_size));
     for (int64_t g = 0; g < groups; g++) {
         uint8_t *pg = xp + g * X_GROUP_BYTES;
         const uint8_t *xg = xq + g * GROUP * x_size;
-        const int n = nb - g * GROUP < GROUP ? (int)(nb - g * GROUP) : GROUP;
+        const int n = group_blocks(k, g), tail = n <= TAIL_BLOCKS, steps = tail ? TAIL_STEPS : STEPS;
         const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(n));
+        const __m512i step_block = tail ? _mm512_loadu_si512(tail_block) : order;
+        const __mmask16 step_live = _mm512_cmplt_epi32_mask(step_block, _mm512_set1_epi32(n));
+        const __m512i step_bytes = _mm512_mullo_epi32(step_block, _mm512_set1_epi32((int)x_size));
         __m512i sum = _mm512_setzero_si512();
-        for (int t = 0; t < STEPS; t++) {
-            const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live,
-                                                          _mm512_add_epi32(block_bytes, _mm512_set1_epi32((int)x_qs + 4 * t)), xg, 1);
+        for (int t = 0; t < steps; t++) {
+            const __m512i at = _mm512_add_epi32(_mm512_slli_epi32(step_dwords(tail, t), 2), _mm512_set1_epi32((int)x_qs));
+            const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), step_live, _mm512_add_epi32(step_bytes, at), xg, 1);
             _mm512_store_si512(pg + t * STEP_BYTES, v);
             sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), v);
         }
+        if (tail) sum = _mm512_maskz_mov_epi32(live, tail_reduce(sum));  /* the offset counts once per block */
         const __m512i ds = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, block_bytes, xg, 1);
         _mm512_store_ps(pg + STEPS * STEP_BYTES, halves_to_ps(ds, 0));
         if (has_min) _mm512_store_ps(pg + (STEPS + 1) * STEP_BYTES, halves_to_ps(ds, 1));
@@ -103,8 +133,21 @@ INLINE void pack_x_legacy(int offset, int has_min, const uint8_t *xq, int64_t k,
 
 /* ---- the microkernel ------------------------------------------------------------------- */
 
+/* sums[r][c] += the int32 dot products of `steps` steps of a group */
+INLINE void step_sums(const uint8_t *pg, const uint8_t *xg, size_t x_stride, const int steps, const int nc,
+                      __m512i sums[PANEL_ROWS][TILE_COLS]) {
+    UNROLL for (int t = 0; t < steps; t++) {
+        __m512i wv[PANEL_ROWS];
+        UNROLL for (int r = 0; r < PANEL_ROWS; r++) wv[r] = _mm512_load_si512(pg + (t * PANEL_ROWS + r) * STEP_BYTES);
+        UNROLL for (int c = 0; c < nc; c++) {
+            const __m512i xv = _mm512_load_si512(xg + c * x_stride + t * STEP_BYTES);
+            UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = _mm512_dpbusd_epi32(sums[r][c], wv[r], xv);
+        }
+    }
+}
+
 /* PANEL_ROWS x nc outputs; vec_dot's float steps per group, in its order */
-INLINE void tile_legacy(int has_min, int64_t groups, const uint8_t *panel, const uint8_t *xp, size_t x_stride,
+INLINE void tile_legacy(int has_min, int64_t groups, int tail, const uint8_t *panel, const uint8_t *xp, size_t x_stride,
                         const int nc, int64_t rows, float *y, size_t y_stride) {
     __m512 acc[PANEL_ROWS][TILE_COLS];
     UNROLL for (int r = 0; r < PANEL_ROWS; r++)
@@ -117,13 +160,12 @@ INLINE void tile_legacy(int has_min, int64_t groups, const uint8_t *panel, const
                                           : _mm512_load_si512(xg + c * x_stride + (STEPS + 1) * STEP_BYTES);
             UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = start;
         }
-        UNROLL for (int t = 0; t < STEPS; t++) {
-            __m512i wv[PANEL_ROWS];
-            UNROLL for (int r = 0; r < PANEL_ROWS; r++) wv[r] = _mm512_load_si512(pg + (t * PANEL_ROWS + r) * STEP_BYTES);
-            UNROLL for (int c = 0; c < nc; c++) {
-                const __m512i xv = _mm512_load_si512(xg + c * x_stride + t * STEP_BYTES);
-                UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = _mm512_dpbusd_epi32(sums[r][c], wv[r], xv);
-            }
+        if (tail && g == groups - 1) {
+            step_sums(pg, xg, x_stride, TAIL_STEPS, nc, sums);
+            UNROLL for (int c = 0; c < nc; c++)
+                UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = tail_reduce(sums[r][c]);
+        } else {
+            step_sums(pg, xg, x_stride, STEPS, nc, sums);
         }
         const __m512 *scales = (const __m512 *)(pg + STEPS * PANEL_ROWS * STEP_BYTES);
         UNROLL for (int c = 0; c < nc; c++) {
@@ -144,13 +186,14 @@ INLINE void tile_legacy(int has_min, int64_t groups, const uint8_t *panel, const
 INLINE void panel_dot_legacy(int has_min, int64_t k, const uint8_t *panel, int64_t rows, const uint8_t *xp,
                              size_t x_stride, int64_t n, float *y, size_t y_stride) {
     const int64_t groups = n_groups(k);
+    const int tail = group_blocks(k, groups - 1) <= TAIL_BLOCKS;
     int64_t c = 0;
     for (; c + TILE_COLS <= n; c += TILE_COLS)
-        tile_legacy(has_min, groups, panel, xp + c * x_stride, x_stride, TILE_COLS, rows, y + c * y_stride, y_stride);
+        tile_legacy(has_min, groups, tail, panel, xp + c * x_stride, x_stride, TILE_COLS, rows, y + c * y_stride, y_stride);
     switch (n - c) {
-    case 1: tile_legacy(has_min, groups, panel, xp + c * x_stride, x_stride, 1, rows, y + c * y_stride, y_stride); break;
-    case 2: tile_legacy(has_min, groups, panel, xp + c * x_stride, x_stride, 2, rows, y + c * y_stride, y_stride); break;
-    case 3: tile_legacy(has_min, groups, panel, xp + c * x_stride, x_stride, 3, rows, y + c * y_stride, y_stride); break;
+    case 1: tile_legacy(has_min, groups, tail, panel, xp + c * x_stride, x_stride, 1, rows, y + c * y_stride, y_stride); break;
+    case 2: tile_legacy(has_min, groups, tail, panel, xp + c * x_stride, x_stride, 2, rows, y + c * y_stride, y_stride); break;
+    case 3: tile_legacy(has_min, groups, tail, panel, xp + c * x_stride, x_stride, 3, rows, y + c * y_stride, y_stride); break;
     default: break;
     }
 }
