@@ -362,3 +362,19 @@ def test_real_seeded_requests_are_bit_identical_alone_and_beside_others(real_mod
         assert a.choices[0].tokens == b.choices[0].tokens
         for x, y in zip(a.choices[0].probs, b.choices[0].probs):
             assert np.array_equal(x.ids, y.ids) and np.array_equal(x.probs, y.probs) and x.token_prob == y.token_prob
+
+
+@pytest.mark.slow
+def test_real_n_choices_each_keep_their_own_constraint(real_model):
+    engine = Engine(real_model, n_seq_max=3, n_ctx=512, n_threads=2)
+    schema = {"type": "object", "properties": {"animal": {"enum": ["cat", "dog", "owl"]}}, "required": ["animal"]}
+    try:
+        out = engine.submit(Request(real_model.chat_prompt([{"role": "user", "content": "Pick an animal."}])[1],
+                                    max_tokens=40, n=3, json_schema=schema,
+                                    sampling=SamplingParams(temperature=1.5, seed=3))).result()
+    finally:
+        engine.close()
+    import json
+
+    assert [c.finish_reason for c in out.choices] == ["stop"] * 3
+    assert all(json.loads(c.text)["animal"] in ("cat", "dog", "owl") for c in out.choices)

@@ -616,7 +616,7 @@ class Engine:
             sampler.accept_prompt(prompt)
             choice_constraint = constraint
             if i and constraint is not None:
-                choice_constraint = _copy_constraint(constraint)
+                choice_constraint = constraint.copy()
             seq = _Sequence(handle, i, slot, sampler, choice_constraint, keep,
                             decoder=model.tokenizer.decoder(), stops=StopStringFilter(stops),
                             indent=IndentLimit(request.n_indent))
@@ -872,9 +872,4 @@ class Engine:
                 self._active.remove(handle)
         self._release(seq)
         handle._put(Event("done", seq.index, info=info))
-
-
-def _copy_constraint(constraint: Constraint) -> Constraint:
-    """An independent constraint in the same state (one per choice)."""
-    return constraint.copy()
 
