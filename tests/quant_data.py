@@ -11,7 +11,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-QUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+QUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
 FLOAT_TYPES = ["F32", "F16", "BF16"]
 ALL_TYPES = FLOAT_TYPES + QUANT_TYPES
 
@@ -19,10 +19,11 @@ ALL_TYPES = FLOAT_TYPES + QUANT_TYPES
 HALF_FIELDS = {
     "Q4_0": ([0], []), "Q4_1": ([0], [2]), "Q5_0": ([0], []), "Q5_1": ([0], [2]), "Q8_0": ([0], []),
     "Q2_K": ([80], [82]), "Q3_K": ([108], []), "Q4_K": ([0], [2]), "Q5_K": ([0], [2]), "Q6_K": ([208], []),
+    "IQ4_NL": ([0], []), "IQ4_XS": ([0], []),
 }
 # the activation format each weight type's dot product quantizes x to
-ACTIVATION = {"Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0", "Q4_1": "Q8_1", "Q5_1": "Q8_1",
-              **{t: "Q8_K" for t in ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]},
+ACTIVATION = {"Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0", "Q4_1": "Q8_1", "Q5_1": "Q8_1", "IQ4_NL": "Q8_0",
+              **{t: "Q8_K" for t in ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"]},
               **{t: "F32" for t in FLOAT_TYPES}}
 
 

@@ -45,7 +45,7 @@ def test_type_table_matches_the_file_format():
         assert _core.type_info(info.type_id) == (info.name, info.block_size, info.type_size)
 
 
-@pytest.mark.parametrize("name", ["IQ4_NL", "IQ2_XXS", "TQ1_0", "MXFP4"])
+@pytest.mark.parametrize("name", ["IQ3_S", "IQ2_XXS", "TQ1_0", "MXFP4"])
 def test_unsupported_type_is_a_clear_error(tmp_path, name):
     info = GGML_TYPE_BY_NAME[name]
     raw = np.random.default_rng(0).integers(0, 256, (2, info.type_size), dtype=np.uint8)

@@ -60,6 +60,12 @@ INLINE __m256i nibbles_32(const uint8_t qs[16]) {
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
 }
 
+/* IQ4 levels of 32 nibble values (bytes 0..15) */
+INLINE __m256i iq4_lookup(__m256i nibbles) {
+    const __m256i levels = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4_levels));
+    return _mm256_shuffle_epi8(levels, nibbles);
+}
+
 /* bit j of 32 packed bits -> byte j = 0xff when set, 0 when clear */
 INLINE __m256i bits_to_bytes_32(const uint8_t bits[4]) {
     uint32_t u;
@@ -202,6 +208,11 @@ INLINE legacy_block unpack_q5_1(const void *blk) {
     return (legacy_block){_mm256_or_si256(nibbles_32(b->qs), fifth), half_to_f32(b->d), half_to_f32(b->m)};
 }
 
+INLINE legacy_block unpack_iq4_nl(const void *blk) {
+    const block_iq4_nl *b = blk;
+    return (legacy_block){iq4_lookup(nibbles_32(b->qs)), half_to_f32(b->d), 0.0f};
+}
+
 INLINE legacy_block unpack_q8_0(const void *blk) {
     const block_q8_0 *b = blk;
     return (legacy_block){_mm256_loadu_si256((const __m256i *)b->qs), half_to_f32(b->d), 0.0f};
@@ -301,7 +312,8 @@ INLINE void legacy_dot_q8_1(legacy_unpack_fn unpack, size_t type_size, int64_t k
  * eight vectors of unsigned bytes (q[j] holds values 32 j .. 32 j + 31). The offset is 32 for
  * Q6_K and 4 for Q3_K (whose q is low bits | high bit << 2), 0 for the types with minimums;
  * in the dot product it becomes offset * sum_g sc[g] * bsums[g], so maddubs always sees
- * unsigned weights. Q4_K / Q5_K scales apply to groups of 32 and are stored twice. */
+ * unsigned weights. IQ4_XS alone keeps signed bytes (its levels span -127..113, too wide for an
+ * offset). Q4_K / Q5_K / IQ4_XS scales apply to groups of 32 and are stored twice. */
 
 typedef struct {
     __m256i q[8];
@@ -403,6 +415,18 @@ INLINE void unpack_q6_K(const void *blk, kquant_block *u) {
     u->dmin = 0.0f;
 }
 
+/* signed levels: eight groups of 32 with a block_iq4_nl's nibble order; ls - 32 per group of 32 */
+INLINE void unpack_iq4_xs(const void *blk, kquant_block *u) {
+    const block_iq4_xs *b = blk;
+    for (int j = 0; j < 8; j++) u->q[j] = iq4_lookup(nibbles_32(b->qs + 16 * j));
+    int8_t ls[16];
+    for (int g = 0; g < 8; g++) ls[2 * g] = ls[2 * g + 1] = (int8_t)iq4_xs_scale(b, g);
+    u->sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)ls));
+    u->mn = _mm256_setzero_si256();
+    u->d = half_to_f32(b->d);
+    u->dmin = 0.0f;
+}
+
 /* (d * sc) * (q - offset) - dmin * mn, with the reference's rounding */
 INLINE void kquant_to_float(kquant_unpack_fn unpack, size_t type_size, int offset, const void *src,
                             float *dst, int64_t n) {
@@ -445,9 +469,10 @@ INLINE void spread_scales(__m256i sc, __m256i out[8]) {
 
 /* Q8_K rows: dx * (d * sum_g sc[g] * sum(q * qx) - dmin * sum_g mn[g] * bsums[g]), with the
  * offset folded into the integer sum. Pair sums of q <= 63 by |qx| <= 128 fit int16, and the
- * scaled int32 lanes stay below 2^26. */
-INLINE void kquant_dot(kquant_unpack_fn unpack, size_t type_size, int offset, int64_t k, const void *w,
-                       const void *x, size_t x_stride, int nc, float *s) {
+ * scaled int32 lanes stay below 2^26. Signed q (IQ4_XS, |q| <= 127, no minimum) take the sign
+ * trick: pair sums of |q| by |qx| <= 127 fit int16 too. */
+INLINE void kquant_dot(kquant_unpack_fn unpack, size_t type_size, int offset, int signed_q, int64_t k,
+                       const void *w, const void *x, size_t x_stride, int nc, float *s) {
     __m256 acc[JL_NC_MAX];
     for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();
     for (int64_t i = 0; i < k / QK_K; i++) {
@@ -461,12 +486,14 @@ INLINE void kquant_dot(kquant_unpack_fn unpack, size_t type_size, int offset, in
             const __m256i bsums = _mm256_loadu_si256((const __m256i *)bx->bsums);
             __m256i sumi = _mm256_setzero_si256();
             for (int j = 0; j < 8; j++) {
-                const __m256i pairs = _mm256_maddubs_epi16(u.q[j], _mm256_loadu_si256((const __m256i *)(bx->qs + 32 * j)));
+                const __m256i qx = _mm256_loadu_si256((const __m256i *)(bx->qs + 32 * j));
+                const __m256i pairs = signed_q ? _mm256_maddubs_epi16(_mm256_abs_epi8(u.q[j]), _mm256_sign_epi8(qx, u.q[j]))
+                                               : _mm256_maddubs_epi16(u.q[j], qx);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pairs, scale[j]));
             }
             if (offset) sumi = _mm256_sub_epi32(sumi, _mm256_madd_epi16(bias, bsums));
             acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(bx->d * u.d), _mm256_cvtepi32_ps(sumi), acc[c]);
-            if (!offset) {
+            if (!offset && !signed_q) {
                 const __m256 mins = _mm256_cvtepi32_ps(_mm256_madd_epi16(u.mn, bsums));
                 acc[c] = _mm256_fnmadd_ps(_mm256_set1_ps(bx->d * u.dmin), mins, acc[c]);
             }
@@ -559,11 +586,11 @@ INLINE void float_dot(load8_fn load8, load1_fn load1, int64_t k, const void *w, 
         legacy_to_float(unpack_##NAME, sizeof(block_##NAME), src, dst, n);                               \
     }                                                                                                   \
     VEC_DOT(NAME, DOT, unpack_##NAME, sizeof(block_##NAME))
-#define KQUANT(NAME, OFFSET)                                                                            \
+#define KQUANT(NAME, OFFSET, SIGNED)                                                                    \
     static void NAME##_to_float(const void *restrict src, float *restrict dst, int64_t n) {              \
         kquant_to_float(unpack_##NAME, sizeof(block_##NAME), OFFSET, src, dst, n);                       \
     }                                                                                                   \
-    VEC_DOT(NAME, kquant_dot, unpack_##NAME, sizeof(block_##NAME), OFFSET)
+    VEC_DOT(NAME, kquant_dot, unpack_##NAME, sizeof(block_##NAME), OFFSET, SIGNED)
 #define FLOAT(NAME)                                                                                     \
     static void NAME##_to_float(const void *restrict src, float *restrict dst, int64_t n) {              \
         float_to_float(load8_##NAME, load1_##NAME, src, dst, n);                                         \
@@ -575,11 +602,13 @@ LEGACY(q4_1, legacy_dot_q8_1)
 LEGACY(q5_0, legacy_dot_q8_0)
 LEGACY(q5_1, legacy_dot_q8_1)
 LEGACY(q8_0, legacy_dot_q8_0)
-KQUANT(q2_K, 0)
-KQUANT(q3_K, 4)
-KQUANT(q4_K, 0)
-KQUANT(q5_K, 0)
-KQUANT(q6_K, 32)
+LEGACY(iq4_nl, legacy_dot_q8_0)
+KQUANT(q2_K, 0, 0)
+KQUANT(q3_K, 4, 0)
+KQUANT(q4_K, 0, 0)
+KQUANT(q5_K, 0, 0)
+KQUANT(q6_K, 32, 0)
+KQUANT(iq4_xs, 0, 1)
 FLOAT(f16)
 FLOAT(bf16)
 VEC_DOT(f32, float_dot, load8_f32, load1_f32)
@@ -594,6 +623,8 @@ void jl_avx2_register(jl_type_traits *t) {
     SET(JL_TYPE_Q5_0, q5_0);
     SET(JL_TYPE_Q5_1, q5_1);
     SET(JL_TYPE_Q8_0, q8_0);
+    SET(JL_TYPE_IQ4_NL, iq4_nl);
+    SET(JL_TYPE_IQ4_XS, iq4_xs);
     SET(JL_TYPE_Q2_K, q2_K);
     SET(JL_TYPE_Q3_K, q3_K);
     SET(JL_TYPE_Q4_K, q4_K);

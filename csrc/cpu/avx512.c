@@ -15,8 +15,9 @@
  * stored unsigned values times x, less offset * sum(x).
  *
  * K-quant super-blocks unpack into four zmm of unsigned values (Q3_K and Q6_K store q + offset,
- * taken back out through bsums) plus one int16 scale and minimum per group of 16, whatever
- * the type's own group size, so one dot product and one to_float serve all five.
+ * taken back out through bsums; IQ4_XS keeps its signed levels) plus one int16 scale and minimum
+ * per group of 16, whatever the type's own group size, so one dot product and one to_float serve
+ * all six. IQ4_NL is a legacy block of signed levels, paired with Q8_0 as Q8_0 is.
  *
  * Each weight row is unpacked once per vec_dot call and used for all nc activation rows, nc a
  * compile-time constant in every kernel body (VEC_DOT_NC). Loads are unaligned and never pass
@@ -227,6 +228,7 @@ LEGACY(q4_1, 0, 1, 1)
 LEGACY(q5_0, 16, 0, 1)
 LEGACY(q5_1, 0, 1, 1)
 LEGACY(q8_0, 0, 0, 0)
+LEGACY(iq4_nl, 0, 0, 0)  /* signed levels, like Q8_0's bytes */
 
 /* ---- K-quant super-blocks (256 values) ------------------------------------------------ */
 
@@ -252,8 +254,9 @@ INLINE void kquant_to_float(kquant_unpack_fn unpack, size_t type_size, int offse
 }
 
 /* dx * (d * sum_g sc[g] * sum(q * qx) - dmin * sum_g mn[g] * bsums[g]), with q stored as
- * q + offset: the offset comes back out as -offset * sum_g sc[g] * bsums[g] */
-INLINE void kquant_dot(kquant_unpack_fn unpack, size_t type_size, int offset, int has_min, int64_t k,
+ * q + offset: the offset comes back out as -offset * sum_g sc[g] * bsums[g]. Signed q (IQ4_XS)
+ * multiply as |q| by qx with q's sign, whose pair sums (|q|, |qx| <= 127) fit int16. */
+INLINE void kquant_dot(kquant_unpack_fn unpack, size_t type_size, int offset, int has_min, int signed_q, int64_t k,
                        const uint8_t *w, const uint8_t *x, size_t x_stride, const int nc, float *s) {
     __m512 acc[JL_NC_MAX];
     __m256 acc_min[JL_NC_MAX];
@@ -272,8 +275,14 @@ INLINE void kquant_dot(kquant_unpack_fn unpack, size_t type_size, int offset, in
             const block_q8_K *bx = (const block_q8_K *)(x + c * x_stride) + i;
             const __m256i bsums = _mm256_loadu_si256((const __m256i *)bx->bsums);
             __m512i sum = offset ? _mm512_zextsi256_si512(_mm256_madd_epi16(bsums, corr)) : _mm512_setzero_si512();
-            UNROLL for (int j = 0; j < 4; j++)
-                sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(u.q[j], _mm512_loadu_si512(bx->qs + 64 * j)), sc[j]);
+            UNROLL for (int j = 0; j < 4; j++) {
+                const __m512i qx = _mm512_loadu_si512(bx->qs + 64 * j);
+                const __m512i pairs = signed_q
+                    ? _mm512_maddubs_epi16(_mm512_abs_epi8(u.q[j]),
+                                           _mm512_mask_sub_epi8(qx, _mm512_movepi8_mask(u.q[j]), _mm512_setzero_si512(), qx))
+                    : _mm512_maddubs_epi16(u.q[j], qx);
+                sum = _mm512_dpwssd_epi32(sum, pairs, sc[j]);
+            }
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(u.d * bx->d), acc[c]);
             if (has_min)
                 acc_min[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, u.mn)),
@@ -283,20 +292,21 @@ INLINE void kquant_dot(kquant_unpack_fn unpack, size_t type_size, int offset, in
     UNROLL for (int c = 0; c < nc; c++) s[c] = hsum512_ps(acc[c]) - (has_min ? hsum256_ps(acc_min[c]) : 0.0f);
 }
 
-#define KQUANT(NAME, OFFSET, HAS_MIN)                                                                   \
+#define KQUANT(NAME, OFFSET, HAS_MIN, SIGNED)                                                           \
     static void NAME##_to_float(const void *restrict src, float *restrict dst, int64_t n) {             \
         kquant_to_float(unpack_##NAME, sizeof(block_##NAME), OFFSET, HAS_MIN, src, dst, n);             \
     }                                                                                                   \
     INLINE void NAME##_dot(int64_t k, const void *w, const void *x, size_t x_stride, const int nc, float *s) { \
-        kquant_dot(unpack_##NAME, sizeof(block_##NAME), OFFSET, HAS_MIN, k, w, x, x_stride, nc, s);     \
+        kquant_dot(unpack_##NAME, sizeof(block_##NAME), OFFSET, HAS_MIN, SIGNED, k, w, x, x_stride, nc, s); \
     }                                                                                                   \
     VEC_DOT_NC(NAME##_vec_dot, NAME##_dot)
 
-KQUANT(q2_K, 0, 1)
-KQUANT(q3_K, 4, 0)
-KQUANT(q4_K, 0, 1)
-KQUANT(q5_K, 0, 1)
-KQUANT(q6_K, 32, 0)
+KQUANT(q2_K, 0, 1, 0)
+KQUANT(q3_K, 4, 0, 0)
+KQUANT(q4_K, 0, 1, 0)
+KQUANT(q5_K, 0, 1, 0)
+KQUANT(q6_K, 32, 0, 0)
+KQUANT(iq4_xs, 0, 0, 1)
 
 /* ---- float types (against float32 activations) ----------------------------------------- */
 
@@ -423,6 +433,8 @@ void jl_avx512_register(jl_type_traits *t) {
     SET(JL_TYPE_Q4_K, q4_K)
     SET(JL_TYPE_Q5_K, q5_K)
     SET(JL_TYPE_Q6_K, q6_K)
+    SET(JL_TYPE_IQ4_NL, iq4_nl)
+    SET(JL_TYPE_IQ4_XS, iq4_xs)
     SET(JL_TYPE_F16, f16)
     SET(JL_TYPE_BF16, bf16)
 #undef SET

@@ -79,6 +79,11 @@ INLINE __m512i unpack_nibbles_2x16(const uint8_t *a, const uint8_t *b) {
     return _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
 }
 
+/* IQ4 levels of 64 nibble values (bytes 0..15) */
+INLINE __m512i iq4_lookup(__m512i nibbles) {
+    return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)iq4_levels)), nibbles);
+}
+
 /* 32 bytes of nibbles -> 64 values [lo nibbles | hi nibbles], the Q4_K/Q5_K chunk order */
 INLINE __m512i unpack_nibbles_32(const uint8_t *p) {
     __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p));
@@ -92,7 +97,7 @@ INLINE __mmask64 high_bits_2x32(const uint8_t *qh_a, const uint8_t *qh_b) {
 }
 
 /* The stored weights of blocks a and b as 64 bytes [a | b]: unsigned (q + offset) except for
- * Q8_0, whose q are signed bytes. */
+ * Q8_0 and IQ4_NL, whose q are signed bytes. */
 typedef __m512i (*legacy_pair_fn)(const uint8_t *a, const uint8_t *b);
 
 /* 5-bit values: the nibbles 4 bytes after a (b), the fifth bits in the 4 bytes at a (b) */
@@ -112,6 +117,7 @@ INLINE __m512i pair_q4_1(const uint8_t *a, const uint8_t *b) { return unpack_nib
 INLINE __m512i pair_q5_0(const uint8_t *a, const uint8_t *b) { return fives_2x32(a + 2, b + 2); }
 INLINE __m512i pair_q5_1(const uint8_t *a, const uint8_t *b) { return fives_2x32(a + 4, b + 4); }
 INLINE __m512i pair_q8_0(const uint8_t *a, const uint8_t *b) { return load_2x32(a + 2, b + 2); }
+INLINE __m512i pair_iq4_nl(const uint8_t *a, const uint8_t *b) { return iq4_lookup(unpack_nibbles_2x16(a + 2, b + 2)); }
 
 /* The block order of the lanes that the combine tree of legacy_group leaves: after two
  * combines each 128-bit lane pair holds four blocks twice, and the last step adds the copies. */
@@ -120,7 +126,8 @@ static const int tree_order[16] = {0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11,
 /* ---- K-quant super-blocks (256 values) ---- */
 
 /* One super-block unpacked: q[j] holds values 64j .. 64j + 63 as unsigned bytes (the true value
- * minus `offset` for Q3_K and Q6_K); sc and mn hold one scale and minimum per group of 16. */
+ * minus `offset` for Q3_K and Q6_K; IQ4_XS alone holds signed levels); sc and mn hold one scale
+ * and minimum per group of 16. */
 typedef struct {
     __m512i q[4];
     __m256i sc, mn;
@@ -230,6 +237,19 @@ INLINE void unpack_q6_K(const uint8_t *blk, kquant_unpacked *u) {
         u->q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(lo, 4), nib), _mm512_and_si512(hi23, top));
     }
     u->sc = bytes_to_i16(_mm_loadu_si128((const __m128i *)b->scales), 1);
+    u->mn = _mm256_setzero_si256();
+    u->d = half_to_f32(b->d);
+    u->dmin = 0.0f;
+}
+
+/* signed levels (no offset: they span -127..113), chunk j = groups 2j and 2j + 1 in the legacy
+ * nibble order; ls - 32 of each group of 32, twice */
+INLINE void unpack_iq4_xs(const uint8_t *blk, kquant_unpacked *u) {
+    const block_iq4_xs *b = (const block_iq4_xs *)blk;
+    UNROLL for (int j = 0; j < 4; j++) u->q[j] = iq4_lookup(unpack_nibbles_2x16(b->qs + 32 * j, b->qs + 32 * j + 16));
+    int8_t ls[16];
+    UNROLL for (int g = 0; g < 8; g++) ls[2 * g] = ls[2 * g + 1] = (int8_t)iq4_xs_scale(b, g);
+    u->sc = bytes_to_i16(_mm_loadu_si128((const __m128i *)ls), 1);
     u->mn = _mm256_setzero_si256();
     u->d = half_to_f32(b->d);
     u->dmin = 0.0f;

@@ -39,6 +39,8 @@ typedef enum {
     JL_TYPE_Q5_K = 13,
     JL_TYPE_Q6_K = 14,
     JL_TYPE_Q8_K = 15,
+    JL_TYPE_IQ4_NL = 20,
+    JL_TYPE_IQ4_XS = 23,
     JL_TYPE_BF16 = 30,
     JL_TYPE_COUNT = 40,
 } jl_type;

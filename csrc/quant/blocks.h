@@ -61,6 +61,25 @@ typedef struct {
     int8_t scales[QK_K / 16];
     jl_half d;
 } block_q6_K;
+/* The 16 non-uniform levels of the IQ4 types (ggml's kvalues_iq4nl): w = d * iq4_levels[nibble]. */
+extern const int8_t iq4_levels[16];  /* defined in ref.c */
+
+/* value j < 16 from the low nibble of qs[j], value j + 16 from its high nibble (as Q4_0) */
+typedef struct { jl_half d; uint8_t qs[QK / 2]; } block_iq4_nl;
+/* 8 groups of 32, each laid out as a block_iq4_nl's qs: w = d * (ls - 32) * iq4_levels[nibble],
+ * the 6-bit ls of group g: low nibble g % 2 of scales_l[g / 2], high bits 2g..2g+1 of scales_h */
+typedef struct {
+    jl_half d;
+    uint16_t scales_h;
+    uint8_t scales_l[QK_K / 64];
+    uint8_t qs[QK_K / 2];
+} block_iq4_xs;
+
+/* ls - 32 of group g of an IQ4_XS block */
+static inline int iq4_xs_scale(const block_iq4_xs *b, int g) {
+    return (((b->scales_l[g / 2] >> 4 * (g % 2)) & 0x0f) | (((b->scales_h >> 2 * g) & 3) << 4)) - 32;
+}
+
 /* activation format of the K-quants: float scale, bsums[i] = sum of qs[16 i .. 16 i + 15] */
 typedef struct {
     float d;
@@ -80,5 +99,7 @@ static_assert(sizeof(block_q4_K) == 144, "block_q4_K size");
 static_assert(sizeof(block_q5_K) == 176, "block_q5_K size");
 static_assert(sizeof(block_q6_K) == 210, "block_q6_K size");
 static_assert(sizeof(block_q8_K) == 292, "block_q8_K size");
+static_assert(sizeof(block_iq4_nl) == 2 + QK / 2, "block_iq4_nl size");
+static_assert(sizeof(block_iq4_xs) == 2 + 2 + QK_K / 64 + QK_K / 2, "block_iq4_xs size");
 
 #endif

@@ -6,13 +6,16 @@
  * scale and minimum per group of 16. Every type then shares one dequantize and one dot
  * product, so a layout is decoded in exactly one place:
  *     legacy:   w[i] = d * q[i] + m
- *     K-quant:  w[i] = d * sc[i / 16] * q[i] - dmin * mn[i / 16] */
+ *     K-quant:  w[i] = d * sc[i / 16] * q[i] - dmin * mn[i / 16]
+ * IQ4_NL is a legacy block and IQ4_XS a K-quant super-block whose q are the looked-up levels. */
 #include <math.h>
 #include <string.h>
 
 #include "quant/blocks.h"
 #include "quant/fp16.h"
 #include "quant/traits.h"
+
+const int8_t iq4_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 /* ---- legacy blocks (32 values) ---------------------------------------------------------- */
 
@@ -68,6 +71,14 @@ static void unpack_q5_1(const void *blk, legacy_unpacked *u) {
     unpack_5bit(b->qs, b->qh, 0, u->q);
     u->d = jl_half_to_f32(b->d);
     u->m = jl_half_to_f32(b->m);
+}
+
+static void unpack_iq4_nl(const void *blk, legacy_unpacked *u) {
+    const block_iq4_nl *b = blk;
+    unpack_4bit(b->qs, 0, u->q);
+    for (int j = 0; j < QK; j++) u->q[j] = iq4_levels[u->q[j]];
+    u->d = jl_half_to_f32(b->d);
+    u->m = 0.0f;
 }
 
 static void unpack_q8_0(const void *blk, legacy_unpacked *u) {
@@ -230,6 +241,18 @@ static void unpack_q6_K(const void *blk, kquant_unpacked *u) {
     u->dmin = 0.0f;
 }
 
+static void unpack_iq4_xs(const void *blk, kquant_unpacked *u) {
+    const block_iq4_xs *b = blk;
+    for (int g = 0; g < QK_K / QK; g++) {
+        unpack_4bit(b->qs + g * QK / 2, 0, u->q + g * QK);
+        u->sc[2 * g] = u->sc[2 * g + 1] = (int16_t)iq4_xs_scale(b, g);
+        u->mn[2 * g] = u->mn[2 * g + 1] = 0;
+    }
+    for (int i = 0; i < QK_K; i++) u->q[i] = iq4_levels[u->q[i]];
+    u->d = jl_half_to_f32(b->d);
+    u->dmin = 0.0f;
+}
+
 static void unpack_q8_K(const void *blk, kquant_unpacked *u) {
     const block_q8_K *b = blk;
     memcpy(u->q, b->qs, QK_K);
@@ -366,11 +389,13 @@ LEGACY(q4_1, JL_TYPE_Q8_1)
 LEGACY(q5_0, JL_TYPE_Q8_0)
 LEGACY(q5_1, JL_TYPE_Q8_1)
 LEGACY(q8_0, JL_TYPE_Q8_0)
+LEGACY(iq4_nl, JL_TYPE_Q8_0)
 KQUANT(q2_K)
 KQUANT(q3_K)
 KQUANT(q4_K)
 KQUANT(q5_K)
 KQUANT(q6_K)
+KQUANT(iq4_xs)
 
 static void q8_1_to_float(const void *src, float *dst, int64_t n) {
     legacy_to_float(unpack_q8_1, sizeof(block_q8_1), src, dst, n);
@@ -396,4 +421,6 @@ void jl_ref_register(jl_type_traits *t) {
     t[JL_TYPE_Q5_K] = (jl_type_traits){"Q5_K", QK_K, sizeof(block_q5_K), JL_TYPE_Q8_K, q5_K_to_float, NULL,           q5_K_vec_dot};
     t[JL_TYPE_Q6_K] = (jl_type_traits){"Q6_K", QK_K, sizeof(block_q6_K), JL_TYPE_Q8_K, q6_K_to_float, NULL,           q6_K_vec_dot};
     t[JL_TYPE_Q8_K] = (jl_type_traits){"Q8_K", QK_K, sizeof(block_q8_K), JL_TYPE_Q8_K, q8_K_to_float, q8_K_from_float, NULL};
+    t[JL_TYPE_IQ4_NL] = (jl_type_traits){"IQ4_NL", QK, sizeof(block_iq4_nl), JL_TYPE_Q8_0, iq4_nl_to_float, NULL, iq4_nl_vec_dot};
+    t[JL_TYPE_IQ4_XS] = (jl_type_traits){"IQ4_XS", QK_K, sizeof(block_iq4_xs), JL_TYPE_Q8_K, iq4_xs_to_float, NULL, iq4_xs_vec_dot};
 }
