@@ -3,6 +3,7 @@ deterministic: its logits are a function of the sequence's own tokens only), the
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -374,7 +375,5 @@ def test_real_n_choices_each_keep_their_own_constraint(real_model):
                                     sampling=SamplingParams(temperature=1.5, seed=3))).result()
     finally:
         engine.close()
-    import json
-
     assert [c.finish_reason for c in out.choices] == ["stop"] * 3
     assert all(json.loads(c.text)["animal"] in ("cat", "dog", "owl") for c in out.choices)
