@@ -163,9 +163,9 @@ def test_server_long_prompt_beside_streams(report):
     running streams, and that prompt's time to first token beside its time alone."""
     from server_util import Server
 
-    long_text = " ".join(f"item {i}," for i in range(520))  # about 1,500 tokens with the template
-    long_body = {"model": "bench", "messages": [{"role": "user", "content": long_text}], "max_tokens": 1,
-                 "stream": True, "cache_prompt": False}
+    long_text = " ".join(f"item {i}," for i in range(255))  # about 1,500 tokens with the template
+    long_body = {"model": "bench", "messages": [{"role": "user", "content": long_text}], "max_tokens": 4,
+                 "ignore_eos": True, "temperature": 0, "stream": True, "cache_prompt": False}
     server = Server("--alias", "bench", "--parallel", "4", "--ctx-size", "8192", "--threads", "2",
                     "--log-level", "warning").wait_ready()
     try:
