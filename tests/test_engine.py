@@ -377,3 +377,16 @@ def test_real_n_choices_each_keep_their_own_constraint(real_model):
         engine.close()
     assert [c.finish_reason for c in out.choices] == ["stop"] * 3
     assert all(json.loads(c.text)["animal"] in ("cat", "dog", "owl") for c in out.choices)
+
+
+def test_equal_prompts_arriving_together_are_evaluated_once(make_engine):
+    engine, ctx = make_engine(n_seq_max=3, n_batch=16)
+    system = ids(60, 6000)
+    handles = [engine.submit(Request(system + [7 + i], max_tokens=3, ignore_eos=True)) for i in range(3)]
+    results = [h.result() for h in handles]
+    assert sum(len(t) for t, _, _ in ctx.batches) - 3 * 2 == 60 + 3  # the shared 60 once, each own token
+    assert [r.n_cached_tokens for r in results] == [0, 60, 60]
+    cold, _ = make_engine(n_seq_max=1)
+    for i, r in enumerate(results):
+        alone = cold.submit(Request(system + [7 + i], max_tokens=3, ignore_eos=True, cache_prompt=False)).result()
+        assert r.choices[0].tokens == alone.choices[0].tokens

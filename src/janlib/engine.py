@@ -712,13 +712,34 @@ class Engine:
                         entries.append((seq, [seq.pending]))
                         budget -= 1
         budget = max(budget, 1)  # a prompt always advances, so a full batch of streams cannot starve it
-        for seq in prompts:
+        for i, seq in enumerate(prompts):
             if budget <= 0:
                 break
+            if self._share_prefix(seq, prompts[:i]):
+                continue
             chunk = seq.prompt[seq.n_done:seq.n_done + budget]
             entries.append((seq, chunk))
             budget -= len(chunk)
         return entries
+
+    def _share_prefix(self, seq: _Sequence, earlier: list[_Sequence]) -> bool:
+        """Equal prompts are evaluated once: copy a longer prefix another sequence has computed since
+        seq was admitted, and wait (True) while an earlier prompt is still computing more of it."""
+        if not seq.handle.request.cache_prompt or seq.handle.request.prompt_logprobs is not None:
+            return False
+        limit = len(seq.prompt) - 1
+        source, best = None, seq.n_done
+        for slot in self._slots:
+            if slot is not seq.slot:
+                n = min(_common_prefix(slot.cached, seq.prompt), limit)
+                if n > best:
+                    source, best = slot, n
+        if source is not None:
+            self.context.seq_rm(seq.slot.index, 0, -1)
+            self.context.seq_cp(source.index, seq.slot.index, 0, best)
+            seq.slot.cached = list(seq.prompt[:best])
+            seq.n_done = seq.n_cached = best
+        return any(min(_common_prefix(other.prompt, seq.prompt), limit) > seq.n_done for other in earlier)
 
     def _make_room(self, seq: _Sequence) -> None:
         """Before a generated token is evaluated: the time limit, then a full context (shift or end)."""
