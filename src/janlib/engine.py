@@ -20,7 +20,8 @@ incremental detokenizer, cancellation, context shift and time limit.
 
 Prompt cache: a finished sequence keeps its cells. A new request goes to the idle sequence whose cached
 tokens share the longest prefix with its prompt (id_slot pins one), and when another sequence holds a
-longer computed prefix, that prefix is copied (seq_cp: shared cells, no recomputation). A request with n
+longer computed prefix, that prefix is copied (seq_cp: shared cells, no recomputation); a prompt that
+shares a prefix with an earlier one still being evaluated waits for it and copies it. A request with n
 choices evaluates its prompt once on its first sequence; the others copy it and sample from the same
 logits. Choice i of a request seeded s draws with seed s + i (mod 2**64), so choice 0 repeats the
 same request with n = 1; unseeded choices each draw a random seed.
