@@ -390,3 +390,26 @@ def test_equal_prompts_arriving_together_are_evaluated_once(make_engine):
     for i, r in enumerate(results):
         alone = cold.submit(Request(system + [7 + i], max_tokens=3, ignore_eos=True, cache_prompt=False)).result()
         assert r.choices[0].tokens == alone.choices[0].tokens
+
+
+def test_prompt_chunks_beside_running_streams_are_sized_to_the_gap_target(make_engine, model):
+    class Timed(FakeContext):
+        def decode(self, tokens, *args, **kw):  # 0.5 ms a token: about 2,000 tokens/s
+            out = super().decode(tokens, *args, **kw)
+            time.sleep(0.0005 * len(tokens))
+            return out
+
+    ctx = Timed(model.n_vocab, n_ctx=512, n_seq_max=2)
+    engine = Engine(model, n_batch=256, context=ctx, max_gap_ms=40)
+    try:
+        engine.submit(Request(ids(300), max_tokens=1, id_slot=0)).result()  # measures the throughput
+        alone_chunks = [len(t) for t, _, _ in ctx.batches]
+        stream = iter(engine.submit(Request(ids(4, 9000), max_tokens=200, ignore_eos=True, id_slot=0)))
+        next(e for e in stream if e.kind == "token")
+        engine.submit(Request(ids(300, 5000), max_tokens=1, id_slot=1)).result()
+        beside = [len(t) for t, seqs, _ in ctx.batches if (seqs == 1).any() and (seqs == 0).any()]
+    finally:
+        engine.close()
+    assert alone_chunks[0] == 256  # nothing generating: whole batches
+    assert beside and max(beside) <= 2000 * 0.040 * 1.2  # about 40 ms of work a step
+    assert min(beside[:-1]) >= 16

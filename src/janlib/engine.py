@@ -53,7 +53,10 @@ from janlib.structured import Constraint
 log = logging.getLogger("janlib.engine")
 
 MAX_CHOICES = 8
-DEFAULT_BATCH = 256  # tokens per step: a prompt chunk of this size keeps running streams' gaps short
+DEFAULT_BATCH = 256  # the most tokens in one step
+DEFAULT_MAX_GAP_MS = 200.0  # while sequences generate, a step beside them aims to take no longer
+MIN_CHUNK = 16  # a prompt beside running sequences advances at least this much per step
+_RATE_MIN_TOKENS = 32  # steps this large measure the throughput (smaller ones are dominated by decode)
 _POLL_S = 0.5  # a handle's reader re-checks the engine's health this often while it waits
 
 
@@ -316,13 +319,16 @@ class _Fault:
 class Engine:
     """Many sequences over one model. model: a Model, or a path / registry name to load.
     n_seq_max: sequences served at once; n_ctx: positions per sequence (None: the model's);
-    n_batch: tokens per step (decode tokens first, then prompt chunks); queue_size: requests that may
+    n_batch: tokens per step (decode tokens first, then prompt chunks); max_gap_ms: while sequences
+    generate, the prompt chunk beside them is sized from the measured throughput so that a step (the gap
+    between two of their tokens) takes about this long (None: n_batch whatever it costs); queue_size: requests that may
     wait for a sequence beyond the idle ones (None: no limit; past it submit raises QueueFull);
     context: a ready multi-sequence context (default: model.create_context(...))."""
 
     def __init__(self, model: Model | str | None = None, n_seq_max: int = 4, n_ctx: int | None = None,
                  n_threads: int | None = None, n_batch: int = DEFAULT_BATCH, queue_size: int | None = None,
-                 kv_type: str = "f16", n_cells: int | None = None, context: Any = None):
+                 kv_type: str = "f16", n_cells: int | None = None, context: Any = None,
+                 max_gap_ms: float | None = DEFAULT_MAX_GAP_MS):
         for name, value, low in (("n_seq_max", n_seq_max, 1), ("n_batch", n_batch, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -338,6 +344,8 @@ class Engine:
         self.n_ctx = context.n_ctx
         self.n_threads = n_threads
         self.n_batch = n_batch
+        self.max_gap_ms = max_gap_ms
+        self._rate = 0.0  # tokens per second of recent large steps (0: not measured yet)
         self.queue_size = queue_size
         self.metrics = {"requests_total": 0, "prompt_tokens_total": 0, "predicted_tokens_total": 0,
                         "prompt_seconds_total": 0.0, "predicted_seconds_total": 0.0, "rejected_total": 0,
@@ -661,7 +669,12 @@ class Engine:
         entries = self._plan()
         if not entries:
             return
+        t0 = time.perf_counter()
         logits = self._decode(entries)
+        n_tokens = sum(len(tokens) for _, tokens in entries)
+        if logits is not None and n_tokens >= _RATE_MIN_TOKENS:
+            rate = n_tokens / max(time.perf_counter() - t0, 1e-6)
+            self._rate = rate if not self._rate else 0.5 * (self._rate + rate)
         if logits is None:
             return
         self.metrics["steps_total"] += 1
@@ -712,6 +725,8 @@ class Engine:
                     if seq.pending is not None:
                         entries.append((seq, [seq.pending]))
                         budget -= 1
+        if entries and self.max_gap_ms and self._rate:  # keep the generating sequences' gaps short
+            budget = min(budget, max(int(self._rate * self.max_gap_ms / 1000) - len(entries), MIN_CHUNK))
         budget = max(budget, 1)  # a prompt always advances, so a full batch of streams cannot starve it
         for i, seq in enumerate(prompts):
             if budget <= 0:
