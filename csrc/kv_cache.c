@@ -7,10 +7,28 @@
 #include "internal.h"
 #include "ops.h"
 #include "quant/fp16.h"
+#include "quant/traits.h"
 
-jl_status jl_kv_init(jl_kv_cache *c, int n_layer, int n_head_kv, int head_dim_k, int head_dim_v, int kv_type,
-                     int64_t n_ctx, int32_t n_seq, int64_t n_cells) {
+static int is_float(int type) { return type == JL_TYPE_F16 || type == JL_TYPE_F32; }
+
+/* the supported cache types and their fit to a head dimension */
+static jl_status check_type(int type, int head_dim, const char *which) {
+    if (!is_float(type) && type != JL_TYPE_Q8_0 && type != JL_TYPE_Q4_0)
+        return jl_fail(JL_ERR_INVALID_ARG, "context: the %s cache type must be F16, F32, Q8_0 or Q4_0, got type id %d",
+                       which, type);
+    const jl_type_traits *t = jl_traits(type);
+    if (head_dim % t->block_size != 0)
+        return jl_fail(JL_ERR_UNSUPPORTED, "context: a %s cache of %s needs a head dimension that is a multiple of %lld, "
+                       "this model's is %d", which, t->name, (long long)t->block_size, head_dim);
+    return JL_OK;
+}
+
+jl_status jl_kv_init(jl_kv_cache *c, int n_layer, int n_head_kv, int head_dim_k, int head_dim_v, int type_k,
+                     int type_v, int64_t n_ctx, int32_t n_seq, int64_t n_cells) {
     memset(c, 0, sizeof *c);
+    jl_status st;
+    if ((st = check_type(type_k, head_dim_k, "K")) != JL_OK || (st = check_type(type_v, head_dim_v, "V")) != JL_OK)
+        return st;
     const int64_t n_pages = jl_kv_pages_for(n_cells);
     if (n_pages > INT32_MAX / 2)
         return jl_fail(JL_ERR_INVALID_ARG, "context: %lld KV cells are too many", (long long)n_cells);
@@ -18,11 +36,15 @@ jl_status jl_kv_init(jl_kv_cache *c, int n_layer, int n_head_kv, int head_dim_k,
     c->n_head_kv = n_head_kv;
     c->head_dim_k = head_dim_k;
     c->head_dim_v = head_dim_v;
-    c->kv_type = kv_type;
-    c->elem = kv_type == JL_TYPE_F16 ? sizeof(uint16_t) : sizeof(float);
-    c->k_bytes = (size_t)JL_KV_PAGE * head_dim_k * c->elem;
-    c->vt_bytes = (size_t)head_dim_v * JL_KV_PAGE * c->elem;
-    c->page_bytes = (size_t)n_layer * n_head_kv * (c->k_bytes + c->vt_bytes);
+    c->type_k = type_k;
+    c->type_v = type_v;
+    c->v_trans = is_float(type_v);
+    c->k_row = jl_row_bytes(jl_traits(type_k), head_dim_k);
+    c->v_row = jl_row_bytes(jl_traits(type_v), head_dim_v);
+    c->v_elem = c->v_trans ? (size_t)jl_traits(type_v)->type_size : 0;
+    c->k_bytes = (size_t)JL_KV_PAGE * c->k_row;
+    c->v_bytes = (size_t)JL_KV_PAGE * c->v_row;
+    c->page_bytes = (size_t)n_layer * n_head_kv * (c->k_bytes + c->v_bytes);
     c->n_pages = c->n_free = (int32_t)n_pages;
     c->n_seq = n_seq;
     c->n_ctx = n_ctx;
@@ -97,19 +119,48 @@ void jl_kv_truncate(jl_kv_cache *c, int32_t seq, int64_t new_len) {
     if (new_len < c->len[seq]) c->len[seq] = new_len;
 }
 
+/* n values of type -> dst (a row of the cache); F16 has no activation quantizer in the table */
+static void store_row(int type, const float *src, int n, uint8_t *dst) {
+    if (type == JL_TYPE_F16)
+        for (int i = 0; i < n; i++) ((uint16_t *)dst)[i] = jl_f32_to_half(src[i]);
+    else
+        jl_traits(type)->from_float(src, dst, n);
+}
+
+/* V of page slots [from, from + n) of one (layer, head) block -> the same slots of another */
+static void copy_v_slots(const jl_kv_cache *c, const uint8_t *src, uint8_t *dst, int64_t from, int64_t n) {
+    if (!c->v_trans) {
+        memcpy(dst + (size_t)from * c->v_row, src + (size_t)from * c->v_row, (size_t)n * c->v_row);
+        return;
+    }
+    for (int dim = 0; dim < c->head_dim_v; dim++) {
+        const size_t at = ((size_t)dim * JL_KV_PAGE + (size_t)from) * c->v_elem;
+        memcpy(dst + at, src + at, (size_t)n * c->v_elem);
+    }
+}
+
+void jl_kv_write(const jl_kv_cache *c, int32_t page, int layer, int head, int slot, const float *k, const float *v) {
+    store_row(c->type_k, k, c->head_dim_k, jl_kv_k(c, page, layer, head) + (size_t)slot * c->k_row);
+    uint8_t *vb = jl_kv_v(c, page, layer, head);
+    if (!c->v_trans) {
+        store_row(c->type_v, v, c->head_dim_v, vb + (size_t)slot * c->v_row);
+        return;
+    }
+    /* transposed: this position is column `slot` of the (Dv, JL_KV_PAGE) block */
+    for (int dim = 0; dim < c->head_dim_v; dim++) {
+        uint8_t *at = vb + ((size_t)dim * JL_KV_PAGE + (size_t)slot) * c->v_elem;
+        if (c->type_v == JL_TYPE_F16) *(uint16_t *)at = jl_f32_to_half(v[dim]);
+        else *(float *)at = v[dim];
+    }
+}
+
 /* positions [from, from + n) of one page -> the same positions of another, every layer and head */
 static void copy_positions(const jl_kv_cache *c, int32_t src_page, int32_t dst_page, int64_t from, int64_t n) {
     for (int layer = 0; layer < c->n_layer; layer++)
         for (int g = 0; g < c->n_head_kv; g++) {
-            const size_t k_row = (size_t)c->head_dim_k * c->elem;
-            memcpy(jl_kv_k(c, dst_page, layer, g) + (size_t)from * k_row,
-                   jl_kv_k(c, src_page, layer, g) + (size_t)from * k_row, (size_t)n * k_row);
-            const uint8_t *vt_src = jl_kv_vt(c, src_page, layer, g);
-            uint8_t *vt_dst = jl_kv_vt(c, dst_page, layer, g);
-            for (int dim = 0; dim < c->head_dim_v; dim++) {
-                const size_t at = ((size_t)dim * JL_KV_PAGE + (size_t)from) * c->elem;
-                memcpy(vt_dst + at, vt_src + at, (size_t)n * c->elem);
-            }
+            memcpy(jl_kv_k(c, dst_page, layer, g) + (size_t)from * c->k_row,
+                   jl_kv_k(c, src_page, layer, g) + (size_t)from * c->k_row, (size_t)n * c->k_row);
+            copy_v_slots(c, jl_kv_v(c, src_page, layer, g), jl_kv_v(c, dst_page, layer, g), from, n);
         }
 }
 
@@ -139,20 +190,6 @@ jl_status jl_kv_copy(jl_kv_cache *c, int32_t src, int32_t dst, int64_t p0, int64
     return JL_OK;
 }
 
-static void load_values(const jl_kv_cache *c, const uint8_t *src, int n, float *dst) {
-    if (c->kv_type == JL_TYPE_F16)
-        for (int i = 0; i < n; i++) dst[i] = jl_half_to_f32(((const uint16_t *)src)[i]);
-    else
-        memcpy(dst, src, (size_t)n * sizeof(float));
-}
-
-static void store_values(const jl_kv_cache *c, const float *src, int n, uint8_t *dst) {
-    if (c->kv_type == JL_TYPE_F16)
-        for (int i = 0; i < n; i++) ((uint16_t *)dst)[i] = jl_f32_to_half(src[i]);
-    else
-        memcpy(dst, src, (size_t)n * sizeof(float));
-}
-
 jl_status jl_kv_shift(jl_kv_cache *c, int32_t seq, int64_t n_keep, int64_t n_discard, const float *rope_cos,
                       const float *rope_sin, int n_rot, int rope_layout) {
     const int64_t len = c->len[seq], new_len = len - n_discard;
@@ -166,22 +203,27 @@ jl_status jl_kv_shift(jl_kv_cache *c, int32_t seq, int64_t n_keep, int64_t n_dis
     float *key = malloc((size_t)Dk * sizeof(float));
     if (!key) return jl_fail(JL_ERR_NOMEM, "shift: out of memory");
     for (int32_t k = first; k < last; k++) own_page(c, seq, k);
-    const size_t k_row = (size_t)Dk * c->elem;
-    /* ascending: a position is read before anything moves onto it */
+    const size_t k_row = c->k_row;
+    const jl_to_float_fn load_k = jl_traits(c->type_k)->to_float;
+    /* ascending: a position is read before anything moves onto it (a quantized key is
+     * dequantized, rotated and quantized again) */
     for (int64_t p = n_keep + n_discard; p < len; p++) {
         const int64_t q = p - n_discard;
         const int32_t from = jl_kv_page(c, seq, p), to = jl_kv_page(c, seq, q);
         const size_t from_slot = (size_t)(p % JL_KV_PAGE), to_slot = (size_t)(q % JL_KV_PAGE);
         for (int layer = 0; layer < c->n_layer; layer++)
             for (int g = 0; g < c->n_head_kv; g++) {
-                load_values(c, jl_kv_k(c, from, layer, g) + from_slot * k_row, Dk, key);
+                load_k(jl_kv_k(c, from, layer, g) + from_slot * k_row, key, Dk);
                 jl_rope(key, 1, Dk, n_rot, rope_layout, rope_cos + (size_t)layer * half, rope_sin + (size_t)layer * half);
-                store_values(c, key, Dk, jl_kv_k(c, to, layer, g) + to_slot * k_row);
-                const uint8_t *vt_from = jl_kv_vt(c, from, layer, g);
-                uint8_t *vt_to = jl_kv_vt(c, to, layer, g);
-                for (int dim = 0; dim < c->head_dim_v; dim++)
-                    memcpy(vt_to + ((size_t)dim * JL_KV_PAGE + to_slot) * c->elem,
-                           vt_from + ((size_t)dim * JL_KV_PAGE + from_slot) * c->elem, c->elem);
+                store_row(c->type_k, key, Dk, jl_kv_k(c, to, layer, g) + to_slot * k_row);
+                const uint8_t *v_from = jl_kv_v(c, from, layer, g);
+                uint8_t *v_to = jl_kv_v(c, to, layer, g);
+                if (c->v_trans)
+                    for (int dim = 0; dim < c->head_dim_v; dim++)
+                        memcpy(v_to + ((size_t)dim * JL_KV_PAGE + to_slot) * c->v_elem,
+                               v_from + ((size_t)dim * JL_KV_PAGE + from_slot) * c->v_elem, c->v_elem);
+                else
+                    memcpy(v_to + to_slot * c->v_row, v_from + from_slot * c->v_row, c->v_row);
             }
     }
     free(key);

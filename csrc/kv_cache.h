@@ -6,8 +6,11 @@
  * sequences hold (batch invariance). Pages are reference counted: copying a sequence's prefix
  * shares its pages, and a page is copied only when a sequence writes into one it shares.
  *
- * A page holds, for every (layer, KV head), K as (JL_KV_PAGE, head_dim_k) rows and V transposed
- * as (head_dim_v, JL_KV_PAGE), so both attention products stay the kernel table's dot products.
+ * A page holds, for every (layer, KV head), K as (JL_KV_PAGE, head_dim_k) rows of type_k and V
+ * as float (F16/F32) transposed, (head_dim_v, JL_KV_PAGE), so both attention products are the
+ * kernel table's dot products. A quantized V (Q8_0, Q4_0) is kept as (JL_KV_PAGE, head_dim_v)
+ * rows instead: a transposed row of 32 positions would be one block, and a block cannot take its
+ * positions one at a time (re-quantizing it would change what earlier positions read).
  * The pool is allocated once for all cells but the OS commits its memory only when a page is
  * first written: resident memory follows the pages in use. Every byte of a page is zero or a
  * value some forward pass wrote, so a zero attention weight times a stale value is zero. */
@@ -23,10 +26,12 @@
 
 typedef struct {
     int n_layer, n_head_kv, head_dim_k, head_dim_v;
-    int kv_type;               /* F16 or F32 */
-    size_t elem;               /* bytes per cached value */
-    size_t k_bytes, vt_bytes;  /* one (layer, head) of a page: K (JL_KV_PAGE, Dk), Vᵀ (Dv, JL_KV_PAGE) */
-    size_t page_bytes;         /* n_layer * n_head_kv * (k_bytes + vt_bytes) */
+    int type_k, type_v;        /* F16, F32, Q8_0 or Q4_0 */
+    int v_trans;               /* V is float and stored transposed */
+    size_t k_row;              /* bytes of one K row (Dk values of type_k) */
+    size_t v_elem, v_row;      /* bytes of one transposed V value, or of one V row */
+    size_t k_bytes, v_bytes;   /* one (layer, head) of a page: K (JL_KV_PAGE, Dk), V (Dv, JL_KV_PAGE) or (JL_KV_PAGE, Dv) */
+    size_t page_bytes;         /* n_layer * n_head_kv * (k_bytes + v_bytes) */
     int32_t n_pages, n_free;
     uint8_t *pool;             /* (n_pages, page_bytes) */
     int32_t *refs;             /* (n_pages,) how many page tables hold the page */
@@ -41,19 +46,24 @@ static inline int32_t jl_kv_pages_for(int64_t n_positions) {
     return (int32_t)((n_positions + JL_KV_PAGE - 1) / JL_KV_PAGE);
 }
 
-/* n_cells is rounded up to whole pages. */
-jl_status jl_kv_init(jl_kv_cache *c, int n_layer, int n_head_kv, int head_dim_k, int head_dim_v, int kv_type,
-                     int64_t n_ctx, int32_t n_seq, int64_t n_cells);
+/* n_cells is rounded up to whole pages; a quantized type needs its head dimension to be a whole
+ * number of blocks. */
+jl_status jl_kv_init(jl_kv_cache *c, int n_layer, int n_head_kv, int head_dim_k, int head_dim_v, int type_k,
+                     int type_v, int64_t n_ctx, int32_t n_seq, int64_t n_cells);
 void jl_kv_release(jl_kv_cache *c);
 
-/* (JL_KV_PAGE, Dk) K rows and (Dv, JL_KV_PAGE) Vᵀ of one layer and KV head in a page */
+/* (JL_KV_PAGE, Dk) K rows and the V block of one layer and KV head in a page */
 static inline uint8_t *jl_kv_k(const jl_kv_cache *c, int32_t page, int layer, int head) {
     return c->pool + (size_t)page * c->page_bytes +
-           ((size_t)layer * c->n_head_kv + (size_t)head) * (c->k_bytes + c->vt_bytes);
+           ((size_t)layer * c->n_head_kv + (size_t)head) * (c->k_bytes + c->v_bytes);
 }
-static inline uint8_t *jl_kv_vt(const jl_kv_cache *c, int32_t page, int layer, int head) {
+static inline uint8_t *jl_kv_v(const jl_kv_cache *c, int32_t page, int layer, int head) {
     return jl_kv_k(c, page, layer, head) + c->k_bytes;
 }
+
+/* k (Dk,) and v (Dv,) of one position into page slot `slot` of a layer and KV head, converted to
+ * the cache types */
+void jl_kv_write(const jl_kv_cache *c, int32_t page, int layer, int head, int slot, const float *k, const float *v);
 /* the page holding position pos of seq (pos < its reserved length) */
 static inline int32_t jl_kv_page(const jl_kv_cache *c, int32_t seq, int64_t pos) {
     return c->table[(size_t)seq * c->max_pages + (size_t)(pos / JL_KV_PAGE)];

@@ -15,9 +15,11 @@
  * and at the end logits = softcap(logit_scale * norm(x) @ Wout.T), for the requested rows only (the
  * last layer already drops the other rows once their K and V are in the cache).
  *
- * The cache keeps K as (n_ctx, head_dim_k) rows per KV head and V transposed, (head_dim_v, n_ctx)
- * per KV head, so both attention products are the kernel table's F16 (or F32) x float32 dot
- * products: one cache row against up to JL_NC_MAX query rows per call. */
+ * The cache keeps K as (n_ctx, head_dim_k) rows per KV head and a float V transposed, (head_dim_v,
+ * n_ctx) per KV head, so both attention products are the kernel table's dot products: one cache
+ * row against up to JL_NC_MAX query rows per call, the queries in the K type's activation format
+ * (float32, or Q8_0 for a Q8_0 / Q4_0 K). A quantized V is kept as rows and each visible row is
+ * dequantized once and added in, weighted, position by position. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -313,20 +315,18 @@ static float *alloc_floats(int64_t rows, int64_t cols) {
     return aligned_alloc(64, ((size_t)rows * (size_t)cols * sizeof(float) + 63) / 64 * 64);
 }
 
-jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells, int kv_type,
-                            int64_t n_batch, jl_context **out) {
+jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells, int type_k,
+                            int type_v, int64_t n_batch, jl_context **out) {
     if (!model || !out) return jl_fail(JL_ERR_INVALID_ARG, "context: NULL model or output pointer");
     *out = NULL;
-    if (kv_type != JL_TYPE_F16 && kv_type != JL_TYPE_F32)
-        return jl_fail(JL_ERR_INVALID_ARG, "context: the KV cache type must be F16 or F32, got type id %d", kv_type);
     if (n_ctx < 1 || n_ctx > INT32_MAX || n_batch < 1 || n_seq_max < 1 || n_cells < 1)
         return jl_fail(JL_ERR_INVALID_ARG, "context: n_ctx %lld must be in [1, 2^31), n_batch %lld, n_seq_max %d and n_cells %lld positive",
                        (long long)n_ctx, (long long)n_batch, n_seq_max, (long long)n_cells);
     const jl_model_desc *d = &model->desc;
     jl_context *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return jl_fail(JL_ERR_NOMEM, "context: out of memory");
-    jl_status st = jl_kv_init(&ctx->kv, d->n_layer, d->n_head_kv, d->head_dim_k, d->head_dim_v, kv_type, n_ctx,
-                              n_seq_max, n_cells);
+    jl_status st = jl_kv_init(&ctx->kv, d->n_layer, d->n_head_kv, d->head_dim_k, d->head_dim_v, type_k, type_v,
+                              n_ctx, n_seq_max, n_cells);
     if (st != JL_OK) {
         free(ctx);
         return st;
@@ -369,8 +369,10 @@ jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_
     ctx->rows.seq_count = malloc((size_t)(n_seq_max + 1) * sizeof *ctx->rows.seq_count);
     ctx->seq_next = malloc((size_t)n_seq_max * sizeof *ctx->seq_next);
     ctx->seq_old_len = malloc((size_t)n_seq_max * sizeof *ctx->seq_old_len);
-    /* per thread: JL_NC_MAX gathered queries + JL_NC_MAX rows of weights over a sequence's pages */
-    ctx->attn_scratch_floats = (size_t)JL_NC_MAX * ((size_t)d->head_dim_k + (size_t)ctx->kv.max_pages * JL_KV_PAGE);
+    /* per thread: JL_NC_MAX gathered queries (an activation row takes at most 4 bytes a value),
+     * JL_NC_MAX rows of weights over a sequence's pages, one dequantized V row */
+    ctx->attn_scratch_floats = (size_t)JL_NC_MAX * ((size_t)d->head_dim_k + (size_t)ctx->kv.max_pages * JL_KV_PAGE) +
+                               (size_t)d->head_dim_v;
     if (!ctx->x || !ctx->xn || !ctx->q || !ctx->k || !ctx->v || !ctx->attn || !ctx->proj || !ctx->gate || !ctx->up ||
         !ctx->rope_cos || !ctx->rope_sin || !ctx->rows.pos || !ctx->rows.seq || !ctx->rows.out_rows ||
         !ctx->rows.group_rows || !ctx->rows.group_start || !ctx->rows.seq_count || !ctx->seq_next || !ctx->seq_old_len ||
@@ -522,15 +524,6 @@ static int threads_for(int64_t work, int n_threads) {
     return useful < 1 ? 1 : useful < n_threads ? (int)useful : n_threads;
 }
 
-/* n values src[i * src_stride] -> cache values dst[i * dst_stride] */
-static void store_kv_values(const jl_kv_cache *kv, const float *src, int64_t src_stride, int64_t n, uint8_t *dst,
-                            int64_t dst_stride) {
-    if (kv->kv_type == JL_TYPE_F16)
-        for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[i * dst_stride] = jl_f32_to_half(src[i * src_stride]);
-    else
-        for (int64_t i = 0; i < n; i++) ((float *)dst)[i * dst_stride] = src[i * src_stride];
-}
-
 typedef struct {
     jl_context *ctx;
     int layer;
@@ -569,12 +562,8 @@ static void prepare_task(void *arg, int ith, int nth) {
             if (rope >= 0) jl_rope(k, d->n_head_kv, Dk, d->n_rot, d->rope_layout, cos_a, sin_a);
             const int64_t pos = ctx->rows.pos[r], slot = pos % JL_KV_PAGE;
             const int32_t page = jl_kv_page(kv, ctx->rows.seq[r], pos);
-            for (int g = 0; g < d->n_head_kv; g++) {
-                store_kv_values(kv, k + (int64_t)g * Dk, 1, Dk, jl_kv_k(kv, page, job->layer, g) + (size_t)slot * Dk * kv->elem, 1);
-                /* V transposed: this row is column `slot` of the page's (Dv, JL_KV_PAGE) block */
-                store_kv_values(kv, v + (int64_t)g * Dv, 1, Dv, jl_kv_vt(kv, page, job->layer, g) + (size_t)slot * kv->elem,
-                                JL_KV_PAGE);
-            }
+            for (int g = 0; g < d->n_head_kv; g++)
+                jl_kv_write(kv, page, job->layer, g, (int)slot, k + (int64_t)g * Dk, v + (int64_t)g * Dv);
         }
     }
 }
@@ -587,7 +576,10 @@ typedef struct {
     int layer;
     int heads_per_item;
     int64_t head_chunks, n_items;
-    jl_vec_dot_fn dot;  /* of the cache type, at the active ISA */
+    jl_vec_dot_fn k_dot, v_dot;     /* of the cache types, at the active ISA (v_dot: a transposed V) */
+    jl_from_float_fn q_convert;     /* a query into the K type's activation format */
+    size_t q_bytes;                 /* bytes of one converted query */
+    jl_to_float_fn v_to_float;      /* a V row (a quantized V) */
 } attention_job;
 
 /* The first position a token at pos sees: the window keeps positions > pos - window. */
@@ -608,10 +600,10 @@ static void attention_task(void *arg, int ith, int nth) {
     const jl_layer_desc *L = &d->layers[job->layer];
     const int Dk = d->head_dim_k, Dv = d->head_dim_v, group = d->n_head / d->n_head_kv;
     const int64_t window = L->sliding_window;
-    const size_t elem = kv->elem;
-    const jl_vec_dot_fn dot = job->dot;
-    float *queries = ctx->attn_scratch + (size_t)ith * ctx->attn_scratch_floats;  /* (JL_NC_MAX, Dk) */
-    float *probs = queries + (size_t)JL_NC_MAX * Dk;                             /* (JL_NC_MAX, width) */
+    float *scratch = ctx->attn_scratch + (size_t)ith * ctx->attn_scratch_floats;
+    uint8_t *queries = (uint8_t *)scratch;                                         /* (JL_NC_MAX, q_bytes) */
+    float *probs = scratch + (size_t)JL_NC_MAX * Dk;                               /* (JL_NC_MAX, width) */
+    float *v_row = probs + (size_t)JL_NC_MAX * kv->max_pages * JL_KV_PAGE;        /* (Dv,) */
     float s[JL_NC_MAX];
     int64_t q_row[JL_NC_MAX], q_first[JL_NC_MAX], q_pos[JL_NC_MAX];
     int q_head[JL_NC_MAX];
@@ -634,14 +626,14 @@ static void attention_task(void *arg, int ith, int nth) {
             q_first[qi] = first_visible(q_pos[qi], window);
             lo = q_first[qi] < lo ? q_first[qi] : lo;
             hi = q_pos[qi] > hi ? q_pos[qi] : hi;
-            memcpy(queries + (size_t)qi * Dk, ctx->q + (q_row[qi] * d->n_head + q_head[qi]) * Dk, (size_t)Dk * sizeof(float));
+            job->q_convert(ctx->q + (q_row[qi] * d->n_head + q_head[qi]) * Dk, queries + (size_t)qi * job->q_bytes, Dk);
         }
         const int64_t page_lo = lo / JL_KV_PAGE, page_hi = hi / JL_KV_PAGE, base = page_lo * JL_KV_PAGE,
                       width = (page_hi - page_lo + 1) * JL_KV_PAGE;
 
         for (int64_t p = lo; p <= hi; p++) {
-            const uint8_t *k_row = jl_kv_k(kv, jl_kv_page(kv, seq, p), job->layer, (int)g) + (size_t)(p % JL_KV_PAGE) * Dk * elem;
-            dot(Dk, k_row, queries, (size_t)Dk * sizeof(float), nq, s);
+            const uint8_t *k_row = jl_kv_k(kv, jl_kv_page(kv, seq, p), job->layer, (int)g) + (size_t)(p % JL_KV_PAGE) * kv->k_row;
+            job->k_dot(Dk, k_row, queries, job->q_bytes, nq, s);
             for (int qi = 0; qi < nq; qi++) probs[(size_t)qi * width + (p - base)] = s[qi] * d->attention_scale;
         }
         for (int qi = 0; qi < nq; qi++) {
@@ -655,11 +647,25 @@ static void attention_task(void *arg, int ith, int nth) {
 
         for (int qi = 0; qi < nq; qi++)
             memset(ctx->attn + (q_row[qi] * d->n_head + q_head[qi]) * Dv, 0, (size_t)Dv * sizeof(float));
+        if (!kv->v_trans) {
+            /* positions in order, each query adding only the ones it sees */
+            for (int64_t p = lo; p <= hi; p++) {
+                job->v_to_float(jl_kv_v(kv, jl_kv_page(kv, seq, p), job->layer, (int)g) + (size_t)(p % JL_KV_PAGE) * kv->v_row,
+                                v_row, Dv);
+                for (int qi = 0; qi < nq; qi++) {
+                    if (p < q_first[qi] || p > q_pos[qi]) continue;
+                    const float weight = probs[(size_t)qi * width + (p - base)];
+                    float *out = ctx->attn + (q_row[qi] * d->n_head + q_head[qi]) * Dv;
+                    for (int dim = 0; dim < Dv; dim++) out[dim] += weight * v_row[dim];
+                }
+            }
+            continue;
+        }
         for (int64_t page_index = page_lo; page_index <= page_hi; page_index++) {
-            const uint8_t *vt = jl_kv_vt(kv, jl_kv_page(kv, seq, page_index * JL_KV_PAGE), job->layer, (int)g);
+            const uint8_t *vt = jl_kv_v(kv, jl_kv_page(kv, seq, page_index * JL_KV_PAGE), job->layer, (int)g);
             const float *page_probs = probs + (page_index - page_lo) * JL_KV_PAGE;
             for (int dim = 0; dim < Dv; dim++) {
-                dot(JL_KV_PAGE, vt + (size_t)dim * JL_KV_PAGE * elem, page_probs, (size_t)width * sizeof(float), nq, s);
+                job->v_dot(JL_KV_PAGE, vt + (size_t)dim * JL_KV_PAGE * kv->v_elem, page_probs, (size_t)width * sizeof(float), nq, s);
                 for (int qi = 0; qi < nq; qi++)
                     if (page_index >= q_first[qi] / JL_KV_PAGE && page_index <= q_pos[qi] / JL_KV_PAGE)
                         ctx->attn[(q_row[qi] * d->n_head + q_head[qi]) * Dv + dim] += s[qi];
@@ -672,7 +678,9 @@ static jl_status attention(jl_context *ctx, int layer, int n_threads) {
     const jl_model_desc *d = &ctx->model->desc;
     const int group = d->n_head / d->n_head_kv;
     const int64_t window = d->layers[layer].sliding_window;
-    attention_job job = {.ctx = ctx, .layer = layer, .dot = jl_traits(ctx->kv.kv_type)->vec_dot};
+    const jl_type_traits *tk = jl_traits(ctx->kv.type_k), *tq = jl_traits(tk->activation), *tv = jl_traits(ctx->kv.type_v);
+    attention_job job = {.ctx = ctx, .layer = layer, .k_dot = tk->vec_dot, .v_dot = tv->vec_dot,
+                         .q_convert = tq->from_float, .q_bytes = jl_row_bytes(tq, d->head_dim_k), .v_to_float = tv->to_float};
     job.heads_per_item = group < JL_NC_MAX ? group : JL_NC_MAX;
     job.head_chunks = (group + job.heads_per_item - 1) / job.heads_per_item;
     job.n_items = ctx->rows.n_groups * d->n_head_kv * job.head_chunks;

@@ -192,11 +192,12 @@ void jl_model_free(jl_model *model);  /* after every context made from it */
 
 /* A context: one KV cache that sequences 0 .. n_seq_max - 1 share, n_cells cells in all (rounded
  * up to whole pages of jl_context_page_size() cells; memory is committed only as pages are used),
- * each sequence holding at most n_ctx positions; kv_type is JL_TYPE_F16 or JL_TYPE_F32; scratch
- * for n_batch tokens at a time (longer batches run in chunks of n_batch). Any number of contexts
- * may share one model. */
-jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells, int kv_type,
-                            int64_t n_batch, jl_context **ctx);
+ * each sequence holding at most n_ctx positions; type_k and type_v (the K and V cache types) are
+ * each JL_TYPE_F16, F32, Q8_0 or Q4_0 (a quantized type needs a head dimension that is a multiple
+ * of 32); scratch for n_batch tokens at a time (longer batches run in chunks of n_batch). Any
+ * number of contexts may share one model. */
+jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells, int type_k,
+                            int type_v, int64_t n_batch, jl_context **ctx);
 void jl_context_free(jl_context *ctx);
 int64_t jl_context_n_ctx(const jl_context *ctx);
 int32_t jl_context_n_seq_max(const jl_context *ctx);

@@ -353,6 +353,27 @@ static void q8_1_from_float(const float *src, void *dst, int64_t n) {
     }
 }
 
+/* ggml's reference Q4_0 quantization (for a Q4_0 KV cache): d = -(the value of largest
+ * magnitude) / 8, q = min(15, trunc(x / d + 8.5)) */
+static void q4_0_from_float(const float *src, void *dst, int64_t n) {
+    block_q4_0 *b = dst;
+    for (int64_t i = 0; i < n / QK; i++) {
+        const float *x = src + i * QK;
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK; j++)
+            if (fabsf(x[j]) > amax) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        const float d = max / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = jl_f32_to_half(d);
+        for (int j = 0; j < QK / 2; j++) {
+            const int lo = (int)(x[j] * id + 8.5f), hi = (int)(x[j + QK / 2] * id + 8.5f);
+            b[i].qs[j] = (uint8_t)((lo < 15 ? lo : 15) | (hi < 15 ? hi : 15) << 4);
+        }
+    }
+}
+
 static void q8_K_from_float(const float *src, void *dst, int64_t n) {
     block_q8_K *b = dst;
     for (int64_t i = 0; i < n / QK_K; i++) {
@@ -409,7 +430,7 @@ void jl_ref_register(jl_type_traits *t) {
     t[JL_TYPE_F32]  = (jl_type_traits){"F32",  1,   4,                  JL_TYPE_F32,  f32_to_float,  f32_from_float,  f32_vec_dot};
     t[JL_TYPE_F16]  = (jl_type_traits){"F16",  1,   2,                  JL_TYPE_F32,  f16_to_float,  NULL,            f16_vec_dot};
     t[JL_TYPE_BF16] = (jl_type_traits){"BF16", 1,   2,                  JL_TYPE_F32,  bf16_to_float, NULL,            bf16_vec_dot};
-    t[JL_TYPE_Q4_0] = (jl_type_traits){"Q4_0", QK,  sizeof(block_q4_0), JL_TYPE_Q8_0, q4_0_to_float, NULL,            q4_0_vec_dot};
+    t[JL_TYPE_Q4_0] = (jl_type_traits){"Q4_0", QK,  sizeof(block_q4_0), JL_TYPE_Q8_0, q4_0_to_float, q4_0_from_float, q4_0_vec_dot};
     t[JL_TYPE_Q4_1] = (jl_type_traits){"Q4_1", QK,  sizeof(block_q4_1), JL_TYPE_Q8_1, q4_1_to_float, NULL,            q4_1_vec_dot};
     t[JL_TYPE_Q5_0] = (jl_type_traits){"Q5_0", QK,  sizeof(block_q5_0), JL_TYPE_Q8_0, q5_0_to_float, NULL,            q5_0_vec_dot};
     t[JL_TYPE_Q5_1] = (jl_type_traits){"Q5_1", QK,  sizeof(block_q5_1), JL_TYPE_Q8_1, q5_1_to_float, NULL,            q5_1_vec_dot};

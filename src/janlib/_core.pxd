@@ -40,6 +40,8 @@ from libc.stdint cimport int32_t, uint8_t
 cdef extern from "janlib.h" nogil:
     int JL_TYPE_F16
     int JL_TYPE_F32
+    int JL_TYPE_Q8_0
+    int JL_TYPE_Q4_0
     int JL_ROPE_ADJACENT
     int JL_ROPE_NEOX
     int JL_FFN_SILU
@@ -125,7 +127,7 @@ cdef extern from "janlib.h" nogil:
         const uint8_t *want_logits
 
     jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells,
-                                int kv_type, int64_t n_batch, jl_context **ctx)
+                                int type_k, int type_v, int64_t n_batch, jl_context **ctx)
     void jl_context_free(jl_context *ctx)
     int64_t jl_context_n_ctx(const jl_context *ctx)
     int32_t jl_context_n_seq_max(const jl_context *ctx)

@@ -126,7 +126,7 @@ import numpy as np
 ROPE_LAYOUTS = {"adjacent": JL_ROPE_ADJACENT, "neox": JL_ROPE_NEOX}
 FFN_ACTIVATIONS = {"silu": JL_FFN_SILU, "gelu_tanh": JL_FFN_GELU_TANH}
 NORM_TYPES = {"rms": JL_NORM_RMS, "layer": JL_NORM_LAYER}
-KV_TYPES = {"f16": JL_TYPE_F16, "f32": JL_TYPE_F32}
+KV_TYPES = {"f16": JL_TYPE_F16, "f32": JL_TYPE_F32, "q8_0": JL_TYPE_Q8_0, "q4_0": JL_TYPE_Q4_0}
 
 
 cdef jl_tensor _tensor(object tensor, list keep) except *:
@@ -262,10 +262,11 @@ cdef class Context:
     cdef object _lock      # calls run without the GIL; one at a time per context
 
     def __cinit__(self, ForwardModel model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells, str kv_type,
-                  int64_t n_batch):
+                  int64_t n_batch, str kv_type_v):
         self.model = model
         self._lock = threading.Lock()
-        check(jl_context_create(model.model, n_ctx, n_seq_max, n_cells, KV_TYPES[kv_type], n_batch, &self.ctx))
+        check(jl_context_create(model.model, n_ctx, n_seq_max, n_cells, KV_TYPES[kv_type], KV_TYPES[kv_type_v],
+                                n_batch, &self.ctx))
 
     def __dealloc__(self):
         jl_context_free(self.ctx)

@@ -26,6 +26,15 @@ from janlib.errors import KVCacheFull
 __all__ = ["BatchContext", "KVCacheFull"]
 
 
+def check_kv_types(kv_type: str, kv_type_v: str | None) -> tuple[str, str]:
+    """The K and V cache types (kv_type_v None: the same as kv_type), each one of KV_TYPES."""
+    kv_type_v = kv_type if kv_type_v is None else kv_type_v
+    for name, value in (("kv_type", kv_type), ("kv_type_v", kv_type_v)):
+        if value not in _core.KV_TYPES:
+            raise ValueError(f"{name} must be one of {', '.join(_core.KV_TYPES)}, got {value!r}")
+    return kv_type, kv_type_v
+
+
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -46,21 +55,22 @@ class BatchContext:
     n_ctx positions, over a model's weights (shared by every context of the model).
 
     Create it with Model.create_context. n_cells defaults to n_ctx * n_seq_max and is rounded up
-    to whole pages; kv_type is "f16" or "f32"; batches longer than n_batch tokens run in chunks.
+    to whole pages; kv_type is the K cache's type, "f16", "f32", "q8_0" or "q4_0", and kv_type_v
+    the V cache's (None: kv_type); batches longer than n_batch tokens run in chunks.
     Calls from several threads are serialized."""
 
     def __init__(self, runtime, n_ctx: int = 2048, n_seq_max: int = 4, n_cells: int | None = None,
-                 kv_type: str = "f16", n_batch: int = 512, n_threads: int | None = None) -> None:
+                 kv_type: str = "f16", n_batch: int = 512, n_threads: int | None = None,
+                 kv_type_v: str | None = None) -> None:
         n_ctx = _positive_int("n_ctx", n_ctx)
         n_seq_max = _positive_int("n_seq_max", n_seq_max)
         n_cells = n_ctx * n_seq_max if n_cells is None else _positive_int("n_cells", n_cells)
         n_batch = _positive_int("n_batch", n_batch)
-        if kv_type not in _core.KV_TYPES:
-            raise ValueError(f"kv_type must be one of {', '.join(_core.KV_TYPES)}, got {kv_type!r}")
+        kv_type, kv_type_v = check_kv_types(kv_type, kv_type_v)
         self.n_threads = None if n_threads is None else _positive_int("n_threads", n_threads)
         self.n_vocab = runtime.n_vocab
         self._runtime = runtime  # the mapping the weights' pointers point into
-        self._ctx = _core.Context(runtime.forward_model, n_ctx, n_seq_max, n_cells, kv_type, n_batch)
+        self._ctx = _core.Context(runtime.forward_model, n_ctx, n_seq_max, n_cells, kv_type, n_batch, kv_type_v)
 
     @property
     def n_ctx(self) -> int:

@@ -328,17 +328,17 @@ class Engine:
     def __init__(self, model: Model | str | None = None, n_seq_max: int = 4, n_ctx: int | None = None,
                  n_threads: int | None = None, n_batch: int = DEFAULT_BATCH, queue_size: int | None = None,
                  kv_type: str = "f16", n_cells: int | None = None, context: Any = None,
-                 max_gap_ms: float | None = DEFAULT_MAX_GAP_MS):
+                 max_gap_ms: float | None = DEFAULT_MAX_GAP_MS, kv_type_v: str | None = None):
         for name, value, low in (("n_seq_max", n_seq_max, 1), ("n_batch", n_batch, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if queue_size is not None and (not isinstance(queue_size, int) or queue_size < 0):
             raise ValueError(f"queue_size must be None or an int >= 0, got {queue_size!r}")
         self.model = model if isinstance(model, Model) else \
-            Model(model, n_ctx=n_ctx, n_threads=n_threads, kv_type=kv_type)
+            Model(model, n_ctx=n_ctx, n_threads=n_threads, kv_type=kv_type, kv_type_v=kv_type_v)
         if context is None:
             context = self.model.create_context(n_ctx=n_ctx or self.model.n_ctx, n_seq_max=n_seq_max,
-                                                n_cells=n_cells, kv_type=kv_type, n_batch=n_batch)
+                                                n_cells=n_cells, kv_type=kv_type, n_batch=n_batch, kv_type_v=kv_type_v)
         self.context = context
         self.n_seq_max = context.n_seq_max
         self.n_ctx = context.n_ctx

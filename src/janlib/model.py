@@ -49,13 +49,13 @@ class Generation(Iterator[GeneratedToken]):
 
 class Model:
     def __init__(self, path_or_name: str | None = None, n_ctx: int | None = None, n_threads: int | None = None,
-                 kv_type: str = "f16"):
+                 kv_type: str = "f16", kv_type_v: str | None = None):
         self.path = fetch_model(path_or_name or DEFAULT_MODEL)
         self._file = load_gguf(self.path)
         self.metadata = self._file.metadata
         self.tokenizer = Tokenizer.from_metadata(self.metadata)
         self.template = ChatTemplate.from_metadata(self.metadata, self.tokenizer)
-        self._runtime = load_runtime(self._file, n_ctx=n_ctx, kv_type=kv_type, n_threads=n_threads)
+        self._runtime = load_runtime(self._file, n_ctx=n_ctx, kv_type=kv_type, n_threads=n_threads, kv_type_v=kv_type_v)
         self._cached: list[int] = []  # the tokens whose keys and values the context holds
         self._token_bytes: list[bytes] | None = None  # every token's text, built once for DRY
 
@@ -92,11 +92,11 @@ class Model:
         self._cached = []
 
     def create_context(self, n_ctx: int = 2048, n_seq_max: int = 4, n_cells: int | None = None, kv_type: str = "f16",
-                       n_batch: int = 512) -> BatchContext:
+                       n_batch: int = 512, kv_type_v: str | None = None) -> BatchContext:
         """A KV cache for n_seq_max sequences of at most n_ctx positions each, sharing n_cells cells
         (default n_ctx * n_seq_max) and this model's weights: see janlib.BatchContext."""
         return BatchContext(self._runtime, n_ctx=n_ctx, n_seq_max=n_seq_max, n_cells=n_cells, kv_type=kv_type,
-                            n_batch=n_batch, n_threads=self._runtime.n_threads)
+                            n_batch=n_batch, n_threads=self._runtime.n_threads, kv_type_v=kv_type_v)
 
     def sampler(self, sampling: SamplingParams | None = None, ignore_eos: bool = False) -> Sampler:
         """The sampler chain for one generation (validated against this vocabulary)."""

@@ -19,7 +19,8 @@ def test_llama_server_flags_map_onto_the_config(tmp_path):
                     "-n", "64", "-b", "512", "--api-key", "k1,k2", "-a", "zeta,alpha", "--seed", "7", "--temp", "0.3",
                     "--jinja", "--chat-template-file", str(template), "--metrics", "--no-slots", "--props",
                     "--embeddings", "--pooling", "mean", "--no-context-shift", "--no-webui",
-                    "--slot-save-path", str(tmp_path), "-cb", "-ngl", "99", "-fa", "on", "--kv-unified"])
+                    "--slot-save-path", str(tmp_path), "-cb", "-ngl", "99", "-fa", "on", "--kv-unified",
+                    "-ctk", "q8_0", "-ctv", "q4_0"])
     assert (c.model, c.port, c.ctx_size, c.parallel, c.threads, c.n_predict, c.batch_size) == \
         ("model.gguf", 8080, 4096, 4, 2, 64, 512)
     assert c.api_keys == ["k1", "k2"] and c.alias == "alpha" and c.aliases == ["zeta"]
@@ -27,11 +28,13 @@ def test_llama_server_flags_map_onto_the_config(tmp_path):
     assert (c.metrics, c.slots, c.props, c.embeddings, c.pooling, c.context_shift, c.webui, c.kv_unified) == \
         (True, False, True, True, "mean", False, False, True)
     assert c.slot_save_path == str(tmp_path)
+    assert (c.cache_type_k, c.cache_type_v) == ("q8_0", "q4_0")
     assert parse_args(["--no-metrics"]).metrics is False and parse_args([]).context_shift is True
 
 
 @pytest.mark.parametrize("argv, named", [(["--bogus-flag", "1"], "--bogus-flag"), (["-m", "x", "--lora", "a"], "--lora"),
-                                         (["--chat-template-file", "/nonexistent/t.jinja"], "--chat-template-file")])
+                                         (["--chat-template-file", "/nonexistent/t.jinja"], "--chat-template-file"),
+                                         (["-ctk", "iq4_nl"], "--cache-type-k")])
 def test_unknown_flags_and_unreadable_files_are_named(argv, named):
     r = subprocess.run([sys.executable, "-m", "janlib.server", *argv], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and named in r.stderr.splitlines()[-1]
@@ -40,7 +43,8 @@ def test_unknown_flags_and_unreadable_files_are_named(argv, named):
 @pytest.mark.parametrize("config, message", [
     (ServerConfig(ctx_size=2, parallel=4), "--parallel"), (ServerConfig(seed=-2), "--seed"),
     (ServerConfig(temperature=-1.0), "--temp"), (ServerConfig(slot_save_path="/nonexistent/dir"), "--slot-save-path"),
-    (ServerConfig(batch_size=0), "--batch-size")])
+    (ServerConfig(batch_size=0), "--batch-size"), (ServerConfig(cache_type_k="q5_1"), "--cache-type-k"),
+    (ServerConfig(cache_type_v="bf16"), "--cache-type-v")])
 def test_bad_values_are_config_errors(config, message):
     with pytest.raises(ConfigError, match=message):
         config.validate()

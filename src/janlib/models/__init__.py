@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from janlib import _core
+from janlib.context import check_kv_types
 from janlib.errors import UnsupportedError
 from janlib.gguf import GGUFFile, load_gguf
 from janlib.models import (gemma2, gemma3, granite, llama, olmo2, phi3, qwen2, qwen3, qwen3moe, smollm3, stablelm,
@@ -37,9 +38,8 @@ class Runtime:
     many over the same model). Not for concurrent use from several threads (calls are serialized)."""
 
     def __init__(self, gguf_file: GGUFFile, arch: Architecture, n_ctx: int | None, kv_type: str,
-                 n_threads: int | None, n_batch: int = DEFAULT_BATCH) -> None:
-        if kv_type not in _core.KV_TYPES:
-            raise ValueError(f"kv_type must be one of {', '.join(_core.KV_TYPES)}, got {kv_type!r}")
+                 n_threads: int | None, n_batch: int = DEFAULT_BATCH, kv_type_v: str | None = None) -> None:
+        kv_type, kv_type_v = check_kv_types(kv_type, kv_type_v)
         self.gguf = gguf_file  # the mapping the C pointers point into
         self.hparams, weights = arch.describe(gguf_file)
         if n_ctx is None:
@@ -49,8 +49,8 @@ class Runtime:
         if isinstance(n_batch, bool) or not isinstance(n_batch, int) or n_batch < 1:
             raise ValueError(f"n_batch must be a positive int, got {n_batch!r}")
         self.forward_model = _core.ForwardModel(self.hparams, weights)
-        self._ctx = _core.Context(self.forward_model, n_ctx, 1, n_ctx, kv_type, n_batch)
-        self.kv_type = kv_type
+        self._ctx = _core.Context(self.forward_model, n_ctx, 1, n_ctx, kv_type, n_batch, kv_type_v)
+        self.kv_type, self.kv_type_v = kv_type, kv_type_v
         self.n_threads = n_threads
 
     @property
@@ -132,13 +132,14 @@ class Runtime:
 
 
 def load_runtime(gguf_file: GGUFFile | str | os.PathLike[str], n_ctx: int | None = None, kv_type: str = "f16",
-                 n_threads: int | None = None, n_batch: int = DEFAULT_BATCH) -> Runtime:
+                 n_threads: int | None = None, n_batch: int = DEFAULT_BATCH, kv_type_v: str | None = None) -> Runtime:
     """A Runtime for a GGUF file (or its path). n_ctx defaults to min(the model's context length,
-    4096); kv_type is "f16" or "f32"; evals longer than n_batch tokens run in chunks of n_batch."""
+    4096); kv_type is the K cache's type ("f16", "f32", "q8_0" or "q4_0") and kv_type_v the V
+    cache's (None: kv_type); evals longer than n_batch tokens run in chunks of n_batch."""
     if not isinstance(gguf_file, GGUFFile):
         gguf_file = load_gguf(gguf_file)
     arch = gguf_file.metadata.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise UnsupportedError(
             f"architecture {arch!r} is not supported; janlib runs {', '.join(sorted(ARCHITECTURES))}")
-    return Runtime(gguf_file, ARCHITECTURES[arch], n_ctx, kv_type, _check_threads(n_threads), n_batch)
+    return Runtime(gguf_file, ARCHITECTURES[arch], n_ctx, kv_type, _check_threads(n_threads), n_batch, kv_type_v)

@@ -38,7 +38,8 @@ def load_engine(config: ServerConfig) -> Engine:
         return total if config.kv_unified else total // config.parallel
 
     # the Model's own context is one slot's size: the engine's sequences are where the cells live
-    model = Model(config.model, n_ctx=share(config.ctx_size) if config.ctx_size else None, n_threads=config.threads)
+    model = Model(config.model, n_ctx=share(config.ctx_size) if config.ctx_size else None, n_threads=config.threads,
+                  kv_type=config.cache_type_k, kv_type_v=config.cache_type_v)
     if config.chat_template is not None:
         source = CHATML_TEMPLATE if config.chat_template == "chatml" else config.chat_template
         try:
@@ -50,7 +51,7 @@ def load_engine(config: ServerConfig) -> Engine:
         raise ConfigError(f"a context of {model.n_ctx} tokens split over {config.parallel} slots leaves none")
     options = {"n_batch": config.batch_size} if config.batch_size else {}
     return Engine(model, n_seq_max=config.parallel, n_ctx=n_ctx, n_threads=config.threads,
-                  queue_size=config.queue_size, **options)
+                  queue_size=config.queue_size, kv_type=config.cache_type_k, kv_type_v=config.cache_type_v, **options)
 
 
 def create_app(config: ServerConfig | None = None, engine: Engine | None = None) -> Flask:

@@ -11,7 +11,8 @@ import threading
 import time
 import warnings
 
-from .config import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, POOLING, ConfigError, ServerConfig, keys_from_env
+from .config import (API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, KV_CACHE_TYPES, POOLING, ConfigError, ServerConfig,
+                     keys_from_env)
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -33,6 +34,10 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
     p.add_argument("--parallel", "-np", type=int, default=1, help="slots: requests generated at once (default 1)")
     p.add_argument("--kv-unified", "-kvu", action="store_true",
                    help="every slot may use the whole --ctx-size instead of its share")
+    p.add_argument("--cache-type-k", "-ctk", choices=KV_CACHE_TYPES, default="f16",
+                   help="KV cache type of the keys (default f16; q8_0 and q4_0 trade fidelity for memory)")
+    p.add_argument("--cache-type-v", "-ctv", choices=KV_CACHE_TYPES, default="f16",
+                   help="KV cache type of the values (default f16)")
     p.add_argument("--batch-size", "-b", type=int, help="tokens evaluated per engine step (default 256)")
     p.add_argument("--queue-size", type=int, default=16,
                    help="requests that may wait for a free slot; beyond it 503 (default 16)")
@@ -109,6 +114,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.serv
     aliases = sorted({n.strip() for n in (a.alias or "").split(",") if n.strip()})
     return ServerConfig(model=a.model, host=a.host, port=a.port, api_keys=api_keys,
                         threads=a.threads, ctx_size=a.ctx_size, parallel=a.parallel, kv_unified=a.kv_unified,
+                        cache_type_k=a.cache_type_k, cache_type_v=a.cache_type_v,
                         batch_size=a.batch_size, queue_size=a.queue_size,
                         alias=aliases[0] if aliases else a.alias, aliases=aliases[1:],
                         tags=[t.strip() for t in (a.tags or "").split(",") if t.strip()],

@@ -20,6 +20,9 @@ class ConfigError(ValueError):
     """A setting the server cannot start with; the message is one line for the user."""
 
 
+KV_CACHE_TYPES = ("f16", "f32", "q8_0", "q4_0")
+
+
 @dataclass
 class ServerConfig:
     model: str | None = None  # path or registry name; None = the default model
@@ -30,6 +33,8 @@ class ServerConfig:
     ctx_size: int | None = None  # KV cells of all slots together (llama-server's -c); None or 0 = the model's default
     parallel: int = 1  # slots; each holds ctx_size // parallel positions, or all ctx_size with kv_unified
     kv_unified: bool = False
+    cache_type_k: str = "f16"  # KV cache types (llama-server's -ctk, -ctv): one of KV_CACHE_TYPES
+    cache_type_v: str = "f16"
     batch_size: int | None = None  # tokens per engine step (llama-server's -b); None = the engine's default
     queue_size: int = 16  # requests that may wait for a slot before 503
     alias: str | None = None  # the model id served; None = the file name
@@ -59,6 +64,9 @@ class ServerConfig:
             raise ConfigError(f"--port must be in 0..65535, got {self.port}")
         if self.parallel < 1:
             raise ConfigError(f"--parallel must be at least 1, got {self.parallel}")
+        for flag, value in (("--cache-type-k", self.cache_type_k), ("--cache-type-v", self.cache_type_v)):
+            if value not in KV_CACHE_TYPES:
+                raise ConfigError(f"{flag} must be one of {', '.join(KV_CACHE_TYPES)}, got {value!r}")
         if self.queue_size < 0:
             raise ConfigError(f"--queue-size must be at least 0, got {self.queue_size}")
         if self.threads is not None and self.threads < 1:
