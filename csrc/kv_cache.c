@@ -73,9 +73,12 @@ void jl_kv_release(jl_kv_cache *c) {
     memset(c, 0, sizeof *c);
 }
 
+/* A page handed out is zeroed: positions past a sequence's length hold finite values, which
+ * the attention V step multiplies by zero weights. */
 static int32_t take_page(jl_kv_cache *c) {
     const int32_t page = c->free_pages[--c->n_free];
     c->refs[page] = 1;
+    memset(c->pool + (size_t)page * c->page_bytes, 0, c->page_bytes);
     return page;
 }
 

@@ -12,8 +12,9 @@
  * rows instead: a transposed row of 32 positions would be one block, and a block cannot take its
  * positions one at a time (re-quantizing it would change what earlier positions read).
  * The pool is allocated once for all cells but the OS commits its memory only when a page is
- * first written: resident memory follows the pages in use. Every byte of a page is zero or a
- * value some forward pass wrote, so a zero attention weight times a stale value is zero. */
+ * first written: resident memory follows the pages in use. A page is zeroed when handed out, so
+ * every value in it is zero or one some forward pass wrote: a zero attention weight times it is
+ * zero (an f16 overflow of K or V aside, which breaks its own sequence anyway). */
 #ifndef JANLIB_KV_CACHE_H
 #define JANLIB_KV_CACHE_H
 

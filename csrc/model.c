@@ -70,6 +70,7 @@ struct jl_context {
     int64_t *seq_next;         /* (n_seq_max,) each sequence's length after the batch */
     int64_t *seq_old_len;      /* (n_seq_max,) each sequence's length before it */
     float *attn_scratch;       /* (attn_scratch_threads, attn_scratch_floats) */
+    const uint8_t **attn_pages;  /* (attn_scratch_threads, max_pages) the Vᵀ blocks an item reads */
     int attn_scratch_threads;
     size_t attn_scratch_floats;  /* JL_NC_MAX gathered queries + JL_NC_MAX rows of weights */
 };
@@ -296,6 +297,7 @@ void jl_context_free(jl_context *ctx) {
                         ctx->rope_cos, ctx->rope_sin, ctx->attn_scratch, ctx->router, ctx->expert_weight,
                         ctx->expert_x, ctx->expert_out};
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) free(buffers[i]);
+    free(ctx->attn_pages);
     free(ctx->expert_of);
     free(ctx->expert_entries);
     free(ctx->expert_start);
@@ -462,9 +464,17 @@ jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int
 static jl_status reserve_attention_scratch(jl_context *ctx, int n_threads) {
     if (n_threads <= ctx->attn_scratch_threads) return JL_OK;
     float *scratch = alloc_floats(n_threads, (int64_t)ctx->attn_scratch_floats);
+    const uint8_t **pages = malloc((size_t)n_threads * (size_t)ctx->kv.max_pages * sizeof *pages);
+    if (!scratch || !pages) {
+        free(scratch);
+        free(pages);
+        return jl_fail(JL_ERR_NOMEM, "decode: out of memory for attention scratch of %d threads", n_threads);
+    }
     if (!scratch) return jl_fail(JL_ERR_NOMEM, "decode: out of memory for attention scratch of %d threads", n_threads);
     free(ctx->attn_scratch);
+    free(ctx->attn_pages);
     ctx->attn_scratch = scratch;
+    ctx->attn_pages = pages;
     ctx->attn_scratch_threads = n_threads;
     return JL_OK;
 }
@@ -576,7 +586,8 @@ typedef struct {
     int layer;
     int heads_per_item;
     int64_t head_chunks, n_items;
-    jl_vec_dot_fn k_dot, v_dot;     /* of the cache types, at the active ISA (v_dot: a transposed V) */
+    jl_vec_dot_fn k_dot;            /* of the K cache type, at the active ISA */
+    jl_vec_dot_pages_fn v_dot_pages;  /* of a transposed V */
     jl_from_float_fn q_convert;     /* a query into the K type's activation format */
     size_t q_bytes;                 /* bytes of one converted query */
     jl_to_float_fn v_to_float;      /* a V row (a quantized V) */
@@ -588,9 +599,9 @@ static inline int64_t first_visible(int64_t pos, int64_t window) {
 }
 
 /* Each query's result is a function of its own position and sequence alone: its scores are
- * one dot product per cache row; its weights are zero outside [first_visible, pos]; the V step
- * is one dot product per page over the whole page, and the pages its span covers are summed in
- * order. Other queries of the item only widen the pages read, not what this one adds up. */
+ * one dot product per cache row; its weights are zero outside [first_visible, pos]; a transposed
+ * V sums whole pages in order, a value's place in the sum fixed by its place in its page, so the
+ * pages other queries of the item add where this one's weights are zero add exact zeros. */
 static void attention_task(void *arg, int ith, int nth) {
     const attention_job *job = arg;
     jl_context *ctx = job->ctx;
@@ -604,6 +615,7 @@ static void attention_task(void *arg, int ith, int nth) {
     uint8_t *queries = (uint8_t *)scratch;                                         /* (JL_NC_MAX, q_bytes) */
     float *probs = scratch + (size_t)JL_NC_MAX * Dk;                               /* (JL_NC_MAX, width) */
     float *v_row = probs + (size_t)JL_NC_MAX * kv->max_pages * JL_KV_PAGE;        /* (Dv,) */
+    const uint8_t **pages = ctx->attn_pages + (size_t)ith * kv->max_pages;
     float s[JL_NC_MAX];
     int64_t q_row[JL_NC_MAX], q_first[JL_NC_MAX], q_pos[JL_NC_MAX];
     int q_head[JL_NC_MAX];
@@ -645,9 +657,9 @@ static void attention_task(void *arg, int ith, int nth) {
             jl_softmax(p + (q_first[qi] - base), q_pos[qi] - q_first[qi] + 1);
         }
 
-        for (int qi = 0; qi < nq; qi++)
-            memset(ctx->attn + (q_row[qi] * d->n_head + q_head[qi]) * Dv, 0, (size_t)Dv * sizeof(float));
         if (!kv->v_trans) {
+            for (int qi = 0; qi < nq; qi++)
+                memset(ctx->attn + (q_row[qi] * d->n_head + q_head[qi]) * Dv, 0, (size_t)Dv * sizeof(float));
             /* positions in order, each query adding only the ones it sees */
             for (int64_t p = lo; p <= hi; p++) {
                 job->v_to_float(jl_kv_v(kv, jl_kv_page(kv, seq, p), job->layer, (int)g) + (size_t)(p % JL_KV_PAGE) * kv->v_row,
@@ -661,15 +673,13 @@ static void attention_task(void *arg, int ith, int nth) {
             }
             continue;
         }
-        for (int64_t page_index = page_lo; page_index <= page_hi; page_index++) {
-            const uint8_t *vt = jl_kv_v(kv, jl_kv_page(kv, seq, page_index * JL_KV_PAGE), job->layer, (int)g);
-            const float *page_probs = probs + (page_index - page_lo) * JL_KV_PAGE;
-            for (int dim = 0; dim < Dv; dim++) {
-                job->v_dot(JL_KV_PAGE, vt + (size_t)dim * JL_KV_PAGE * kv->v_elem, page_probs, (size_t)width * sizeof(float), nq, s);
-                for (int qi = 0; qi < nq; qi++)
-                    if (page_index >= q_first[qi] / JL_KV_PAGE && page_index <= q_pos[qi] / JL_KV_PAGE)
-                        ctx->attn[(q_row[qi] * d->n_head + q_head[qi]) * Dv + dim] += s[qi];
-            }
+        const int64_t n_pages = page_hi - page_lo + 1;
+        for (int64_t i = 0; i < n_pages; i++)
+            pages[i] = jl_kv_v(kv, jl_kv_page(kv, seq, (page_lo + i) * JL_KV_PAGE), job->layer, (int)g);
+        for (int dim = 0; dim < Dv; dim++) {
+            job->v_dot_pages(JL_KV_PAGE, n_pages, pages, (size_t)dim * JL_KV_PAGE * kv->v_elem, probs,
+                             (size_t)width * sizeof(float), nq, s);
+            for (int qi = 0; qi < nq; qi++) ctx->attn[(q_row[qi] * d->n_head + q_head[qi]) * Dv + dim] = s[qi];
         }
     }
 }
@@ -679,7 +689,7 @@ static jl_status attention(jl_context *ctx, int layer, int n_threads) {
     const int group = d->n_head / d->n_head_kv;
     const int64_t window = d->layers[layer].sliding_window;
     const jl_type_traits *tk = jl_traits(ctx->kv.type_k), *tq = jl_traits(tk->activation), *tv = jl_traits(ctx->kv.type_v);
-    attention_job job = {.ctx = ctx, .layer = layer, .k_dot = tk->vec_dot, .v_dot = tv->vec_dot,
+    attention_job job = {.ctx = ctx, .layer = layer, .k_dot = tk->vec_dot, .v_dot_pages = tv->vec_dot_pages,
                          .q_convert = tq->from_float, .q_bytes = jl_row_bytes(tq, d->head_dim_k), .v_to_float = tv->to_float};
     job.heads_per_item = group < JL_NC_MAX ? group : JL_NC_MAX;
     job.head_chunks = (group + job.heads_per_item - 1) / job.heads_per_item;

@@ -61,7 +61,13 @@ def run_schedule(ctx, seqs: dict[int, np.ndarray], steps, rng, n_threads=None) -
     return {s: np.array(v) for s, v in got.items()}
 
 
-def test_mixed_batches_are_bit_identical_to_each_sequence_alone(runtime):
+@pytest.mark.parametrize("isa", janlib.cpu_features()["available"])
+def test_mixed_batches_are_bit_identical_to_each_sequence_alone(runtime, isa):
+    with janlib.use_isa(isa):
+        check_mixed_batches(runtime)
+
+
+def check_mixed_batches(runtime):
     rng = np.random.default_rng(5)
     seqs = {0: tokens(1, 45), 1: tokens(2, 7), 3: tokens(3, 70)}
     # prefill chunks beside single decode tokens, sequences joining and leaving, pages crossed mid-chunk

@@ -613,6 +613,39 @@ FLOAT(f16)
 FLOAT(bf16)
 VEC_DOT(f32, float_dot, load8_f32, load1_f32)
 
+/* Vector u of every page feeds chain u % 4 (as avx512.c's); rows in pairs, as float_dot */
+INLINE void float_dot_pages_pair(load8_fn load8, int64_t page_len, int64_t n_pages, const uint8_t *const *pages,
+                                 size_t w_offset, const float *x, size_t x_stride, int nc, float *s) {
+    enum { chains = 4 };
+    __m256 acc[2][chains];
+    for (int c = 0; c < nc; c++)
+        for (int u = 0; u < chains; u++) acc[c][u] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < n_pages; p++) {
+        const uint8_t *w = pages[p] + w_offset;
+        const float *xp = x + p * page_len;
+        for (int64_t i = 0; i < page_len; i += 8) {
+            const int u = (int)(i / 8) % chains;
+            const __m256 wv = load8(w, i);
+            for (int c = 0; c < nc; c++)
+                acc[c][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps((const float *)((const uint8_t *)xp + c * x_stride) + i), acc[c][u]);
+        }
+    }
+    for (int c = 0; c < nc; c++)
+        s[c] = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc[c][0], acc[c][1]), _mm256_add_ps(acc[c][2], acc[c][3])));
+}
+
+#define FLOAT_DOT_PAGES(NAME)                                                                           \
+    static void NAME##_vec_dot_pages(int64_t page_len, int64_t n_pages, const uint8_t *const *restrict pages, \
+                                     size_t w_offset, const float *restrict x, size_t x_stride, int nc,  \
+                                     float *restrict s) {                                                \
+        for (int c = 0; c < nc; c += 2)                                                                 \
+            float_dot_pages_pair(load8_##NAME, page_len, n_pages, pages, w_offset,                      \
+                                 (const float *)((const uint8_t *)x + c * x_stride), x_stride,          \
+                                 nc - c < 2 ? nc - c : 2, s + c);                                       \
+    }
+FLOAT_DOT_PAGES(f32)
+FLOAT_DOT_PAGES(f16)
+
 void jl_avx2_register(jl_type_traits *t) {
     t[JL_TYPE_Q8_0].from_float = q8_0_from_float;
     t[JL_TYPE_Q8_1].from_float = q8_1_from_float;
@@ -634,4 +667,6 @@ void jl_avx2_register(jl_type_traits *t) {
     SET(JL_TYPE_BF16, bf16);
 #undef SET
     t[JL_TYPE_F32].vec_dot = f32_vec_dot;
+    t[JL_TYPE_F32].vec_dot_pages = f32_vec_dot_pages;
+    t[JL_TYPE_F16].vec_dot_pages = f16_vec_dot_pages;
 }

@@ -372,7 +372,43 @@ INLINE void float_dot(load16_fn load16, size_t elem_size, int64_t k, const uint8
     }                                                                                                   \
     FLOAT_DOT(NAME, ELEM)
 
+/* Vector u of every page feeds chain u % 4: a value's chain and its place in the chain's sum
+ * follow from its place in the page and the page's place in the list. */
+INLINE void float_dot_pages(load16_fn load16, int64_t page_len, int64_t n_pages, const uint8_t *const *pages,
+                            size_t w_offset, const float *x, size_t x_stride, const int nc, float *s) {
+    enum { chains = 4 };
+    __m512 acc[JL_NC_MAX][chains];
+    UNROLL for (int c = 0; c < nc; c++)
+        UNROLL for (int u = 0; u < chains; u++) acc[c][u] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < n_pages; p++) {
+        const uint8_t *w = pages[p] + w_offset;
+        const float *xp = x + p * page_len;
+        for (int64_t i = 0; i < page_len; i += 16) {
+            const int u = (int)(i / 16) % chains;
+            const __m512 wv = load16(w, i, 0xffff);
+            UNROLL for (int c = 0; c < nc; c++)
+                acc[c][u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps((const float *)((const uint8_t *)xp + c * x_stride) + i), acc[c][u]);
+        }
+    }
+    UNROLL for (int c = 0; c < nc; c++)
+        s[c] = hsum512_ps(_mm512_add_ps(_mm512_add_ps(acc[c][0], acc[c][1]), _mm512_add_ps(acc[c][2], acc[c][3])));
+}
+
+#define FLOAT_DOT_PAGES(NAME)                                                                           \
+    static void NAME##_vec_dot_pages(int64_t page_len, int64_t n_pages, const uint8_t *const *restrict pages, \
+                                     size_t w_offset, const float *restrict x, size_t x_stride, int nc,  \
+                                     float *restrict s) {                                                \
+        switch (nc) {                                                                                   \
+        case 1: float_dot_pages(load16_##NAME, page_len, n_pages, pages, w_offset, x, x_stride, 1, s); break; \
+        case 2: float_dot_pages(load16_##NAME, page_len, n_pages, pages, w_offset, x, x_stride, 2, s); break; \
+        case 3: float_dot_pages(load16_##NAME, page_len, n_pages, pages, w_offset, x, x_stride, 3, s); break; \
+        default: float_dot_pages(load16_##NAME, page_len, n_pages, pages, w_offset, x, x_stride, 4, s); break; \
+        }                                                                                               \
+    }
+
 FLOAT_DOT(f32, float)  /* F32 to_float stays the reference's memcpy */
+FLOAT_DOT_PAGES(f32)
+FLOAT_DOT_PAGES(f16)
 FLOAT(f16, jl_half)
 FLOAT(bf16, jl_bf16)
 
@@ -439,6 +475,8 @@ void jl_avx512_register(jl_type_traits *t) {
     SET(JL_TYPE_BF16, bf16)
 #undef SET
     t[JL_TYPE_F32].vec_dot = f32_vec_dot;
+    t[JL_TYPE_F32].vec_dot_pages = f32_vec_dot_pages;
+    t[JL_TYPE_F16].vec_dot_pages = f16_vec_dot_pages;
     t[JL_TYPE_Q8_0].from_float = q8_0_from_float;
     t[JL_TYPE_Q8_1].from_float = q8_1_from_float;
     t[JL_TYPE_Q8_K].from_float = q8_K_from_float;

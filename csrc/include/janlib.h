@@ -90,8 +90,9 @@ jl_status jl_quantize_rows(int act_type, const float *x, int64_t n, int64_t k, v
  *
  * A model is a description of where each weight lies in the mapped GGUF file plus its
  * hyperparameters; the architectures differ only in the flags, scales and optional tensors
- * set here (janlib.models turns each architecture's metadata into one). A context holds the KV cache and every scratch buffer, allocated
- * once; jl_context_eval runs all layers for a batch of tokens in one call. */
+ * set here (janlib.models turns each architecture's metadata into one). A context holds a KV cache
+ * that several sequences share and every scratch buffer, allocated once; jl_context_decode runs
+ * all layers for a batch of tokens from any of its sequences in one call. */
 
 /* One weight, a pointer into the mapped file (never copied); data == NULL when absent.
  * ne0 is the contiguous dimension: a matrix (rows, k) has ne0 = k, ne1 = rows; a vector ne1 = 1;

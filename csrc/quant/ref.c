@@ -326,6 +326,22 @@ FLOAT_DOT(f32_vec_dot, float, AS_FLOAT)
 FLOAT_DOT(f16_vec_dot, jl_half, jl_half_to_f32)
 FLOAT_DOT(bf16_vec_dot, jl_bf16, jl_bf16_to_f32)
 
+#define FLOAT_DOT_PAGES(name, elem_t, convert)                                                           \
+    static void name(int64_t page_len, int64_t n_pages, const uint8_t *const *pages, size_t w_offset,    \
+                     const float *x, size_t x_stride, int nc, float *s) {                               \
+        for (int c = 0; c < nc; c++) {                                                                  \
+            const float *xc = (const float *)((const uint8_t *)x + c * x_stride);                       \
+            double acc = 0.0;                                                                           \
+            for (int64_t p = 0; p < n_pages; p++) {                                                     \
+                const elem_t *wv = (const elem_t *)(pages[p] + w_offset);                              \
+                for (int64_t i = 0; i < page_len; i++) acc += (double)convert(wv[i]) * xc[p * page_len + i]; \
+            }                                                                                           \
+            s[c] = (float)acc;                                                                          \
+        }                                                                                               \
+    }
+FLOAT_DOT_PAGES(f32_vec_dot_pages, float, AS_FLOAT)
+FLOAT_DOT_PAGES(f16_vec_dot_pages, jl_half, jl_half_to_f32)
+
 /* ---- activation quantization ---------------------------------------------------------- */
 
 /* symmetric int8 with d = max|x| / 127; rounding half to even, as the SIMD conversions do */
@@ -430,6 +446,8 @@ void jl_ref_register(jl_type_traits *t) {
     t[JL_TYPE_F32]  = (jl_type_traits){"F32",  1,   4,                  JL_TYPE_F32,  f32_to_float,  f32_from_float,  f32_vec_dot};
     t[JL_TYPE_F16]  = (jl_type_traits){"F16",  1,   2,                  JL_TYPE_F32,  f16_to_float,  NULL,            f16_vec_dot};
     t[JL_TYPE_BF16] = (jl_type_traits){"BF16", 1,   2,                  JL_TYPE_F32,  bf16_to_float, NULL,            bf16_vec_dot};
+    t[JL_TYPE_F32].vec_dot_pages = f32_vec_dot_pages;
+    t[JL_TYPE_F16].vec_dot_pages = f16_vec_dot_pages;
     t[JL_TYPE_Q4_0] = (jl_type_traits){"Q4_0", QK,  sizeof(block_q4_0), JL_TYPE_Q8_0, q4_0_to_float, q4_0_from_float, q4_0_vec_dot};
     t[JL_TYPE_Q4_1] = (jl_type_traits){"Q4_1", QK,  sizeof(block_q4_1), JL_TYPE_Q8_1, q4_1_to_float, NULL,            q4_1_vec_dot};
     t[JL_TYPE_Q5_0] = (jl_type_traits){"Q5_0", QK,  sizeof(block_q5_0), JL_TYPE_Q8_0, q5_0_to_float, NULL,            q5_0_vec_dot};

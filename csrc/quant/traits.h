@@ -36,6 +36,14 @@ typedef struct {
     void (*panel_dot)(int64_t k, const void *restrict panel, int64_t rows, const void *restrict xp, size_t x_stride,
                       int64_t n, float *restrict y, size_t y_stride);
 } jl_gemm_kernels;
+/* s[c] = the sum over n_pages pages of dot(pages[p] + w_offset, x + c * x_stride + p * page_len)
+ * over page_len values each (page_len a multiple of 16), for c < nc <= JL_NC_MAX; w of this type
+ * (F16 or F32), x float32. A value's place in the accumulation depends only on its place in its
+ * page and pages add in order, so pages whose x values are all zero change no bit of the sum (for
+ * finite w): the attention V step sums only a query's own pages, whichever others share the call. */
+typedef void (*jl_vec_dot_pages_fn)(int64_t page_len, int64_t n_pages, const uint8_t *const *restrict pages,
+                                    size_t w_offset, const float *restrict x, size_t x_stride, int nc,
+                                    float *restrict s);
 
 typedef struct {
     const char *name;
@@ -46,6 +54,7 @@ typedef struct {
     jl_from_float_fn from_float;  /* set for the activation formats and the quantized KV cache types */
     jl_vec_dot_fn vec_dot;        /* set for the weight types */
     const jl_gemm_kernels *gemm;  /* set where a GEMM beats vec_dot for many rows */
+    jl_vec_dot_pages_fn vec_dot_pages;  /* set for the KV cache types */
 } jl_type_traits;
 
 /* The scalar reference table (quant/ref.c): every supported type has every kernel it needs. */
