@@ -623,12 +623,15 @@ INLINE void float_dot_pages_pair(load8_fn load8, int64_t page_len, int64_t n_pag
     for (int64_t p = 0; p < n_pages; p++) {
         const uint8_t *w = pages[p] + w_offset;
         const float *xp = x + p * page_len;
-        for (int64_t i = 0; i < page_len; i += 8) {
-            const int u = (int)(i / 8) % chains;
-            const __m256 wv = load8(w, i);
-            for (int c = 0; c < nc; c++)
-                acc[c][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps((const float *)((const uint8_t *)xp + c * x_stride) + i), acc[c][u]);
-        }
+        /* u a constant in the unrolled body keeps the accumulators in registers */
+        for (int64_t i0 = 0; i0 < page_len; i0 += 8 * chains)
+            _Pragma("GCC unroll 4") for (int u = 0; u < chains; u++) {
+                const int64_t i = i0 + 8 * u;
+                if (i >= page_len) break;
+                const __m256 wv = load8(w, i);
+                _Pragma("GCC unroll 2") for (int c = 0; c < nc; c++)
+                    acc[c][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps((const float *)((const uint8_t *)xp + c * x_stride) + i), acc[c][u]);
+            }
     }
     for (int c = 0; c < nc; c++)
         s[c] = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc[c][0], acc[c][1]), _mm256_add_ps(acc[c][2], acc[c][3])));

@@ -383,12 +383,15 @@ INLINE void float_dot_pages(load16_fn load16, int64_t page_len, int64_t n_pages,
     for (int64_t p = 0; p < n_pages; p++) {
         const uint8_t *w = pages[p] + w_offset;
         const float *xp = x + p * page_len;
-        for (int64_t i = 0; i < page_len; i += 16) {
-            const int u = (int)(i / 16) % chains;
-            const __m512 wv = load16(w, i, 0xffff);
-            UNROLL for (int c = 0; c < nc; c++)
-                acc[c][u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps((const float *)((const uint8_t *)xp + c * x_stride) + i), acc[c][u]);
-        }
+        /* u a constant in the unrolled body keeps the accumulators in registers */
+        for (int64_t i0 = 0; i0 < page_len; i0 += 16 * chains)
+            UNROLL for (int u = 0; u < chains; u++) {
+                const int64_t i = i0 + 16 * u;
+                if (i >= page_len) break;
+                const __m512 wv = load16(w, i, 0xffff);
+                UNROLL for (int c = 0; c < nc; c++)
+                    acc[c][u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps((const float *)((const uint8_t *)xp + c * x_stride) + i), acc[c][u]);
+            }
     }
     UNROLL for (int c = 0; c < nc; c++)
         s[c] = hsum512_ps(_mm512_add_ps(_mm512_add_ps(acc[c][0], acc[c][1]), _mm512_add_ps(acc[c][2], acc[c][3])));
