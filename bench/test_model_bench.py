@@ -1,6 +1,6 @@
 """Prompt processing (pp512) and generation (tg128) tokens/s per model and thread count, beside
-llama.cpp (llama-cpp-python) measured in the same run when it is importable, and the share of
-decode time spent outside C."""
+llama.cpp (llama-cpp-python) measured in the same run when it is importable; the share of
+decode time spent outside C; batched decode of several sequences in one context."""
 
 from __future__ import annotations
 
@@ -115,3 +115,36 @@ def test_decode_time_outside_c(model_path, n_threads, report):
     n = sum(1 for _ in model.generate(ids, max_tokens=TG, ignore_eos=True))
     total = time.perf_counter() - start
     report(f"{name:8s} decode outside C: {1 - inside[0] / total:6.1%} of {total / n * 1e3:.2f} ms/token")
+
+
+BATCH_SEQUENCES = [1, 4, 8, 16]
+BATCH_PROMPT = 32
+
+
+def batched_decode_rate(model, ids, n_seq):
+    """Aggregate tokens/s of TG steps that decode one token for each of n_seq sequences in one
+    batch, after a BATCH_PROMPT-token prompt per sequence (not timed)."""
+    ctx = model.create_context(n_ctx=BATCH_PROMPT + TG + 8, n_seq_max=n_seq)
+    seqs = np.arange(n_seq)
+
+    def steps():
+        for s in seqs:
+            ctx.seq_rm(int(s))
+        ctx.decode(np.tile(ids[:BATCH_PROMPT], n_seq), np.tile(np.arange(BATCH_PROMPT), n_seq),
+                   np.repeat(seqs, BATCH_PROMPT), np.zeros(BATCH_PROMPT * n_seq, bool))
+        start = time.perf_counter()
+        for pos in range(BATCH_PROMPT, BATCH_PROMPT + TG):
+            ctx.decode(np.full(n_seq, ids[pos]), np.full(n_seq, pos), seqs, np.ones(n_seq, bool))
+        return time.perf_counter() - start
+
+    steps()  # warm-up
+    return TG * n_seq / min(steps() for _ in range(ROUNDS))
+
+
+@pytest.mark.parametrize("n_threads", [2])
+def test_batched_decode(report, n_threads):
+    model = Model(str(janlib.fetch_model(MODELS["smollm2"], progress=False)), n_threads=n_threads)
+    ids = prompt_ids(model.n_vocab)
+    rates = {n: batched_decode_rate(model, ids, n) for n in BATCH_SEQUENCES}
+    for n, rate in rates.items():
+        report(f"smollm2  batched decode {n:2d} seq {n_threads}T: {rate:7.1f} t/s   {rate / rates[1]:5.2f}x one sequence")
