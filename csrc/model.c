@@ -28,6 +28,7 @@
 #include "batch.h"
 #include "internal.h"
 #include "kv_cache.h"
+#include "lora.h"
 #include "ops.h"
 #include "quant/fp16.h"
 #include "quant/traits.h"
@@ -47,6 +48,7 @@ struct jl_context {
     int64_t n_batch;
     jl_kv_cache kv;            /* shared by the sequences */
     jl_chunk rows;             /* the rows of the chunk being evaluated */
+    jl_lora_rows lora;         /* the batch's adapters and the chunk rows' scales */
     /* one chunk of at most n_batch rows */
     float *x;                  /* (n_batch, n_embd) the residual stream */
     float *xn;                 /* (n_batch, n_embd) normed input of a block */
@@ -289,6 +291,8 @@ jl_status jl_model_create(const jl_model_desc *desc, jl_model **model) {
     return JL_OK;
 }
 
+const jl_model_desc *jl_model_description(const jl_model *model) { return &model->desc; }
+
 /* ---- context ---------------------------------------------------------------------------- */
 
 void jl_context_free(jl_context *ctx) {
@@ -309,6 +313,7 @@ void jl_context_free(jl_context *ctx) {
     free(ctx->rows.seq_count);
     free(ctx->seq_next);
     free(ctx->seq_old_len);
+    jl_lora_rows_free(&ctx->lora);
     jl_kv_release(&ctx->kv);
     free(ctx);
 }
@@ -485,11 +490,14 @@ static jl_status matmul(const jl_tensor *w, const float *x, int64_t n, float *y,
     return jl_matmul(w->type, w->data, w->nbytes, w->ne1, w->ne0, x, n, y, n_threads);
 }
 
-/* y (n, rows) = x @ W.T (+ bias on every row) */
-static jl_status matmul_bias(const jl_tensor *w, const jl_tensor *bias, const float *x, int64_t n, float *y,
-                             int n_threads) {
+/* y (n, rows) = x @ W.T, plus the rows' LoRA terms for projection `target` of layer il, plus the bias
+ * (when bias is given and present) on every row */
+static jl_status project(jl_context *ctx, int il, int target, const jl_tensor *w, const jl_tensor *bias, const float *x,
+                         int64_t n, float *y, int n_threads) {
     jl_status st = matmul(w, x, n, y, n_threads);
-    const float *b = bias->data;
+    if (st == JL_OK && ctx->lora.n_lora)
+        st = jl_lora_apply(&ctx->lora, il, target, x, w->ne0, n, y, w->ne1, n_threads);
+    const float *b = bias ? bias->data : NULL;
     for (int64_t r = 0; b && st == JL_OK && r < n; r++)
         for (int64_t i = 0; i < w->ne1; i++) y[r * w->ne1 + i] += b[i];
     return st;
@@ -735,15 +743,18 @@ static jl_status glu(float *gate, const float *up, int64_t n_rows, int64_t n_ff,
 }
 
 /* proj (rows, n_embd) = the dense FFN of xn: gated when the layer has ffn_gate, biases where given */
-static jl_status dense_ffn(jl_context *ctx, const jl_layer_desc *L, int64_t rows, int n_threads) {
+static jl_status dense_ffn(jl_context *ctx, int il, int64_t rows, int n_threads) {
     const jl_model_desc *d = &ctx->model->desc;
+    const jl_layer_desc *L = &d->layers[il];
     jl_status st;
     const int gated = L->ffn_gate.data != NULL;
-    if ((gated && (st = matmul_bias(&L->ffn_gate, &L->ffn_gate_bias, ctx->xn, rows, ctx->gate, n_threads)) != JL_OK) ||
-        (st = matmul_bias(&L->ffn_up, &L->ffn_up_bias, ctx->xn, rows, gated ? ctx->up : ctx->gate, n_threads)) != JL_OK ||
+    if ((gated && (st = project(ctx, il, JL_LORA_FFN_GATE, &L->ffn_gate, &L->ffn_gate_bias, ctx->xn, rows, ctx->gate,
+                                n_threads)) != JL_OK) ||
+        (st = project(ctx, il, JL_LORA_FFN_UP, &L->ffn_up, &L->ffn_up_bias, ctx->xn, rows, gated ? ctx->up : ctx->gate,
+                      n_threads)) != JL_OK ||
         (st = glu(ctx->gate, gated ? ctx->up : NULL, rows, d->n_ff, d->ffn_activation, n_threads)) != JL_OK)
         return st;
-    return matmul_bias(&L->ffn_down, &L->ffn_down_bias, ctx->gate, rows, ctx->proj, n_threads);
+    return project(ctx, il, JL_LORA_FFN_DOWN, &L->ffn_down, &L->ffn_down_bias, ctx->gate, rows, ctx->proj, n_threads);
 }
 
 /* Each row's experts: softmax of the router logits, the n_expert_used most probable (ties to the
@@ -834,6 +845,7 @@ static void keep_rows(jl_context *ctx) {
         memcpy(ctx->rope_sin + i * angles, ctx->rope_sin + src * angles, (size_t)angles * sizeof(float));
         ch->pos[i] = ch->pos[src];
         ch->seq[i] = ch->seq[src];
+        jl_lora_move_row(&ctx->lora, i, src);
     }
     ch->n_rows = ch->n_out;
     group_rows(ctx);
@@ -870,8 +882,8 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, float *logit
         const int64_t prep_work = n_rows * ((int64_t)d->n_head + d->n_head_kv) * d->head_dim_k;
 
         block_norm(d, ctx->xn, ctx->x, &L->attn_norm, &L->attn_norm_bias, n_rows);
-        if ((st = matmul(&L->attn_k, ctx->xn, n_rows, ctx->k, n_threads)) != JL_OK ||
-            (st = matmul(&L->attn_v, ctx->xn, n_rows, ctx->v, n_threads)) != JL_OK)
+        if ((st = project(ctx, il, JL_LORA_ATTN_K, &L->attn_k, NULL, ctx->xn, n_rows, ctx->k, n_threads)) != JL_OK ||
+            (st = project(ctx, il, JL_LORA_ATTN_V, &L->attn_v, NULL, ctx->xn, n_rows, ctx->v, n_threads)) != JL_OK)
             return st;
         if (drop_rows) {
             /* every row's K and V go into the cache; only the output rows go on */
@@ -882,16 +894,17 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, float *logit
             prep = (prepare_job){.ctx = ctx, .layer = il, .do_q = 1, .do_kv = 0};
         }
         const int64_t rows = ch->n_rows;
-        if ((st = matmul(&L->attn_q, ctx->xn, rows, ctx->q, n_threads)) != JL_OK ||
+        if ((st = project(ctx, il, JL_LORA_ATTN_Q, &L->attn_q, NULL, ctx->xn, rows, ctx->q, n_threads)) != JL_OK ||
             (st = jl_parallel(threads_for(prep_work, n_threads), prepare_task, &prep)) != JL_OK ||
             (st = attention(ctx, il, n_threads)) != JL_OK ||
-            (st = matmul_bias(&L->attn_output, &L->attn_output_bias, ctx->attn, rows, ctx->proj, n_threads)) != JL_OK)
+            (st = project(ctx, il, JL_LORA_ATTN_OUTPUT, &L->attn_output, &L->attn_output_bias, ctx->attn, rows, ctx->proj,
+                          n_threads)) != JL_OK)
             return st;
         if (L->post_attention_norm.data) jl_rmsnorm(ctx->proj, ctx->proj, L->post_attention_norm.data, rows, E, d->norm_eps);
         add_scaled_rows(ctx->x, ctx->proj, rows * E, d->residual_scale);
 
         block_norm(d, ctx->xn, ctx->x, &L->ffn_norm, &L->ffn_norm_bias, rows);
-        if ((st = L->ffn_gate_inp.data ? moe_ffn(ctx, L, rows, n_threads) : dense_ffn(ctx, L, rows, n_threads)) != JL_OK)
+        if ((st = L->ffn_gate_inp.data ? moe_ffn(ctx, L, rows, n_threads) : dense_ffn(ctx, il, rows, n_threads)) != JL_OK)
             return st;
         if (L->post_ffw_norm.data) jl_rmsnorm(ctx->proj, ctx->proj, L->post_ffw_norm.data, rows, E, d->norm_eps);
         add_scaled_rows(ctx->x, ctx->proj, rows * E, d->residual_scale);
@@ -933,6 +946,8 @@ static jl_status check_batch(jl_context *ctx, const jl_batch *b, float *logits) 
         ctx->seq_next[seq]++;
         n_wanted += b->want_logits[i] != 0;
     }
+    jl_status st = jl_lora_check_batch(ctx->model, b);
+    if (st != JL_OK) return st;
     if (n_wanted > 0 && !logits) return jl_fail(JL_ERR_INVALID_ARG, "decode: %lld rows want logits but no buffer was given", (long long)n_wanted);
     int64_t pages = 0;
     for (int32_t s = 0; s < kv->n_seq; s++) pages += jl_kv_pages_to_grow(kv, s, ctx->seq_next[s]);
@@ -942,12 +957,23 @@ static jl_status check_batch(jl_context *ctx, const jl_batch *b, float *logits) 
     return JL_OK;
 }
 
+/* The most outputs or inputs of a layer projection: the LoRA scratch's row width. */
+static int64_t widest_projection(const jl_model_desc *d) {
+    const int64_t widths[] = {d->n_embd, d->n_ff, (int64_t)d->n_head * d->head_dim_k, (int64_t)d->n_head * d->head_dim_v,
+                              (int64_t)d->n_head_kv * d->head_dim_k, (int64_t)d->n_head_kv * d->head_dim_v};
+    int64_t widest = 0;
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++) widest = widths[i] > widest ? widths[i] : widest;
+    return widest;
+}
+
 jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logits, int n_threads) {
     if (!ctx) return jl_fail(JL_ERR_INVALID_ARG, "decode: NULL context");
     jl_status st = check_batch(ctx, batch, logits);
     if (st != JL_OK) return st;
     const int nth = jl_resolve_threads(n_threads);
-    if ((st = reserve_attention_scratch(ctx, nth)) != JL_OK) return st;
+    if ((st = reserve_attention_scratch(ctx, nth)) != JL_OK ||
+        (st = jl_lora_begin(&ctx->lora, batch, ctx->n_batch, widest_projection(&ctx->model->desc))) != JL_OK)
+        return st;
 
     jl_kv_cache *kv = &ctx->kv;
     memcpy(ctx->seq_old_len, kv->len, (size_t)kv->n_seq * sizeof *ctx->seq_old_len);
@@ -962,6 +988,7 @@ jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logit
             ch->seq[r] = batch->seq_ids[c0 + r];
             if (batch->want_logits[c0 + r]) ch->out_rows[ch->n_out++] = r;
         }
+        jl_lora_load_rows(&ctx->lora, batch, c0, ch->n_rows);
         if ((st = eval_chunk(ctx, batch->tokens + c0, logits, nth)) != JL_OK) {
             for (int32_t s = 0; s < kv->n_seq; s++) jl_kv_truncate(kv, s, ctx->seq_old_len[s]);
             return st;

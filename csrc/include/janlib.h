@@ -216,6 +216,11 @@ typedef struct {
     const int64_t *positions;    /* (n_tokens,) */
     const int32_t *seq_ids;      /* (n_tokens,) */
     const uint8_t *want_logits;  /* (n_tokens,) nonzero: the row's logits are returned */
+    /* LoRA: the adapters the rows may use (n_lora = 0: none) and each row's scale for each; a row adds
+     * adapter j's terms scaled by lora_scales[i * n_lora + j], and none of them where that is 0. */
+    int32_t n_lora;
+    const struct jl_lora *const *lora;  /* (n_lora,) each made for the context's model */
+    const float *lora_scales;           /* (n_tokens, n_lora) */
 } jl_batch;
 
 /* Run a batch: logits (n_wanted, n_vocab) for the rows with want_logits, in batch order. A row's
@@ -234,6 +239,37 @@ jl_status jl_context_seq_cp(jl_context *ctx, int32_t src, int32_t dst, int64_t p
 /* Context shift: drop positions [n_keep, n_keep + n_discard) of seq and move the later ones
  * down by n_discard, their keys rotated back by as many positions (RoPE is relative). */
 jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard);
+
+/* ---- LoRA adapters (lora.c) --------------------------------------------------------------
+ *
+ * An adapter adds scale * (alpha / rank) * B (A x) to some of the layers' projections, unmerged: the
+ * base weights stay as they are, so each token of a batch may use its own adapters and scales (see
+ * jl_batch). The projections an adapter may change: */
+typedef enum {
+    JL_LORA_ATTN_Q = 0,
+    JL_LORA_ATTN_K = 1,
+    JL_LORA_ATTN_V = 2,
+    JL_LORA_ATTN_OUTPUT = 3,
+    JL_LORA_FFN_GATE = 4,
+    JL_LORA_FFN_UP = 5,
+    JL_LORA_FFN_DOWN = 6,
+    JL_LORA_N_TARGETS = 7,
+} jl_lora_target;
+
+/* One adapted projection W (rows, k): its low-rank pair, both F32; a.data == NULL: not adapted. */
+typedef struct {
+    jl_tensor a;  /* (rank, k) */
+    jl_tensor b;  /* (rows, rank) */
+} jl_lora_pair;
+
+typedef struct jl_lora jl_lora;
+
+/* pairs (n_layer * JL_LORA_N_TARGETS,) layer by layer, in jl_lora_target order; their data is pointed
+ * at, not copied (it must outlive the adapter). Each pair's terms are multiplied by alpha / rank, or
+ * by 1 when alpha is 0 (as llama.cpp). Every shape is checked against the model's projection, and a
+ * mismatch is named. */
+jl_status jl_lora_create(const jl_model *model, const jl_lora_pair *pairs, float alpha, jl_lora **lora);
+void jl_lora_free(jl_lora *lora);  /* after every decode that uses it */
 
 #ifdef __cplusplus
 }

@@ -119,12 +119,17 @@ cdef extern from "janlib.h" nogil:
 
     jl_status jl_model_create(const jl_model_desc *desc, jl_model **model)
     void jl_model_free(jl_model *model)
+    ctypedef struct jl_lora:
+        pass
     ctypedef struct jl_batch:
         int64_t n_tokens
         const int32_t *tokens
         const int64_t *positions
         const int32_t *seq_ids
         const uint8_t *want_logits
+        int32_t n_lora
+        const jl_lora *const *lora
+        const float *lora_scales
 
     jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells,
                                 int type_k, int type_v, int64_t n_batch, jl_context **ctx)
@@ -139,3 +144,15 @@ cdef extern from "janlib.h" nogil:
     jl_status jl_context_seq_rm(jl_context *ctx, int32_t seq, int64_t p0, int64_t p1)
     jl_status jl_context_seq_cp(jl_context *ctx, int32_t src, int32_t dst, int64_t p0, int64_t p1)
     jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard)
+
+
+# LoRA adapters (csrc/lora.c).
+cdef extern from "janlib.h" nogil:
+    int JL_LORA_N_TARGETS
+
+    ctypedef struct jl_lora_pair:
+        jl_tensor a
+        jl_tensor b
+
+    jl_status jl_lora_create(const jl_model *model, const jl_lora_pair *pairs, float alpha, jl_lora **lora)
+    void jl_lora_free(jl_lora *lora)

@@ -293,24 +293,44 @@ cdef class Context:
         return n
 
     def decode(self, const int32_t[::1] tokens, const int64_t[::1] positions, const int32_t[::1] seq_ids,
-               const uint8_t[::1] want_logits, float[:, ::1] logits, int n_threads=0):
-        """logits (n_wanted, n_vocab) <- the rows of the batch with want_logits, in batch order."""
+               const uint8_t[::1] want_logits, float[:, ::1] logits, int n_threads=0, tuple adapters=(),
+               const float[:, ::1] adapter_scales=None):
+        """logits (n_wanted, n_vocab) <- the rows of the batch with want_logits, in batch order; row i adds
+        adapter j (a Lora of this model) scaled by adapter_scales[i, j]."""
         cdef jl_batch batch
         cdef jl_status status = JL_OK
         cdef float *out = &logits[0, 0] if logits.shape[0] > 0 else NULL
         cdef Py_ssize_t n = tokens.shape[0]
+        cdef Py_ssize_t n_lora = len(adapters)
+        cdef const jl_lora **loras = NULL
         if n == 0 or positions.shape[0] != n or seq_ids.shape[0] != n or want_logits.shape[0] != n:
             raise ValueError(f"decode: tokens, positions, seq_ids and want_logits must have one equal, positive length")
         if logits.shape[1] != self.model.n_vocab:
             raise ValueError(f"decode: logits have {logits.shape[1]} columns, not n_vocab = {self.model.n_vocab}")
+        if n_lora and (adapter_scales is None or adapter_scales.shape[0] != n or adapter_scales.shape[1] != n_lora):
+            raise ValueError(f"decode: {n_lora} adapters need scales of shape ({n}, {n_lora})")
         batch.n_tokens = n
         batch.tokens = &tokens[0]
         batch.positions = &positions[0]
         batch.seq_ids = &seq_ids[0]
         batch.want_logits = &want_logits[0]
-        with self._lock:
-            with nogil:
-                status = jl_context_decode(self.ctx, &batch, out, n_threads)
+        batch.n_lora = <int32_t>n_lora
+        batch.lora = NULL
+        batch.lora_scales = NULL
+        if n_lora:
+            loras = <const jl_lora **>calloc(n_lora, sizeof(jl_lora *))
+            if loras == NULL:
+                raise MemoryError("no memory for the adapter list")
+            for j in range(n_lora):
+                loras[j] = (<Lora?>adapters[j]).lora
+            batch.lora = loras
+            batch.lora_scales = &adapter_scales[0, 0]
+        try:
+            with self._lock:
+                with nogil:
+                    status = jl_context_decode(self.ctx, &batch, out, n_threads)
+        finally:
+            free(loras)
         check(status)
 
     def seq_rm(self, int32_t seq, int64_t p0, int64_t p1):
@@ -327,3 +347,48 @@ cdef class Context:
             with nogil:
                 status = jl_context_seq_shift(self.ctx, seq, n_keep, n_discard)
             check(status)
+
+
+LORA_TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+assert len(LORA_TARGETS) == JL_LORA_N_TARGETS
+
+
+cdef class Lora:
+    """A LoRA adapter of a ForwardModel: pairs maps (layer, target name) to float32 arrays A (rank, k)
+    and B (rows, rank), which it points at (kept alive here); alpha 0 means no alpha / rank factor."""
+    cdef jl_lora *lora
+    cdef readonly ForwardModel model  # outlives the adapter
+    cdef list _keep
+
+    def __cinit__(self, ForwardModel model, dict pairs, float alpha, int n_layer):
+        self.model = model
+        self._keep = []
+        cdef jl_lora_pair *table = <jl_lora_pair *>calloc(n_layer * JL_LORA_N_TARGETS, sizeof(jl_lora_pair))
+        if table == NULL:
+            raise MemoryError("no memory for the adapter's table")
+        try:
+            for (layer, target), (a, b) in pairs.items():
+                if not 0 <= layer < n_layer:
+                    raise ValueError(f"lora: layer {layer} is outside the model's {n_layer} layers")
+                at = layer * JL_LORA_N_TARGETS + LORA_TARGETS.index(target)
+                table[at].a = _f32_matrix(a, self._keep)
+                table[at].b = _f32_matrix(b, self._keep)
+            check(jl_lora_create(model.model, table, alpha, &self.lora))
+        finally:
+            free(table)
+
+    def __dealloc__(self):
+        jl_lora_free(self.lora)
+
+
+cdef jl_tensor _f32_matrix(object array, list keep) except *:
+    cdef const float[:, ::1] view = array
+    keep.append(view)
+    cdef jl_tensor out
+    out.data = &view[0, 0]
+    out.nbytes = view.shape[0] * view.shape[1] * sizeof(float)
+    out.type = JL_TYPE_F32
+    out.ne0 = view.shape[1]
+    out.ne1 = view.shape[0]
+    out.ne2 = 1
+    return out

@@ -22,6 +22,7 @@ import numpy as np
 
 from janlib import _core
 from janlib.errors import KVCacheFull
+from janlib.lora import batch_adapters
 
 __all__ = ["BatchContext", "KVCacheFull"]
 
@@ -103,7 +104,8 @@ class BatchContext:
 
     def decode(self, tokens: Sequence[int] | np.ndarray, positions: Sequence[int] | np.ndarray,
                seq_ids: Sequence[int] | np.ndarray, want_logits: Sequence[bool] | np.ndarray,
-               n_threads: int | None = None) -> np.ndarray:
+               n_threads: int | None = None, adapters: Sequence = (),
+               adapter_scales: np.ndarray | None = None) -> np.ndarray:
         """Run a batch and return float32 logits (n_wanted, n_vocab) for the rows with want_logits,
         in batch order.
 
@@ -111,7 +113,11 @@ class BatchContext:
         at consecutive positions starting at seq_len(seq) (they are appended; seq_rm first to
         overwrite); tokens of different sequences may interleave. The GIL is released while it
         runs. Raises KVCacheFull when the free cells do not suffice and ValueError for a bad
-        token, position or sequence id; nothing is changed then."""
+        token, position or sequence id; nothing is changed then.
+
+        LoRA: row i adds adapter j (a janlib.lora.LoraAdapter of this model) scaled by
+        adapter_scales[i, j] (n, len(adapters)); a row with scale 0 for every adapter is the base
+        model's, bit for bit. A row's logits depend on its own sequence's tokens and scales alone."""
         token_ids = _int_array("tokens", tokens)
         n = token_ids.size
         if n == 0:
@@ -130,10 +136,20 @@ class BatchContext:
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"decode: sequence id {int(seqs[i])} at row {i} is outside [0, n_seq_max = {self.n_seq_max})")
+        row_scales = None
+        if len(adapters):
+            row_scales = np.asarray(adapter_scales, dtype=np.float32) if adapter_scales is not None else None
+            if row_scales is None or row_scales.shape != (n, len(adapters)):
+                raise ValueError(f"adapter_scales must have shape ({n}, {len(adapters)}), got "
+                                 f"{None if row_scales is None else row_scales.shape}")
+            if not np.all(np.isfinite(row_scales)):
+                raise ValueError("adapter_scales must be finite")
+        loras, scales = batch_adapters(adapters, row_scales)
         threads = self.n_threads if n_threads is None else _positive_int("n_threads", n_threads)
         out = np.empty((int(np.count_nonzero(want)), self.n_vocab), dtype=np.float32)
         self._ctx.decode(np.ascontiguousarray(token_ids, dtype=np.int32), np.ascontiguousarray(pos, dtype=np.int64),
-                         np.ascontiguousarray(seqs, dtype=np.int32), want.view(np.uint8), out, threads or 0)
+                         np.ascontiguousarray(seqs, dtype=np.int32), want.view(np.uint8), out, threads or 0,
+                         loras, scales)
         return out
 
     def seq_rm(self, seq: int, p0: int = 0, p1: int = -1) -> None:

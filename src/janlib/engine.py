@@ -109,6 +109,7 @@ class Request:
     t_max_predict_ms: int = 0
     disconnected: Callable[[], bool] | None = None
     prompt_logprobs: int | None = None  # k: score the prompt (evaluated whole, no cached prefix) with top k
+    lora: Any = None  # LoRA adapter scales for this request (janlib.lora: {id: scale} or [{"id", "scale"}]); None: defaults
 
 
 @dataclass(frozen=True)
@@ -165,9 +166,10 @@ class Handle:
     """A submitted request: iterate its events (blocking; each event is delivered once), cancel it, or
     wait for its Result."""
 
-    def __init__(self, engine: Engine, request: Request, prompt: list[int]):
+    def __init__(self, engine: Engine, request: Request, prompt: list[int], lora_scales: tuple[float, ...] = ()):
         self.request = request
         self.prompt = prompt
+        self.lora_scales = lora_scales  # every adapter's scale for this request, fixed at submission
         self.id = next(engine._ids)
         self._engine = engine
         self._events: queue.Queue = queue.Queue()
@@ -257,6 +259,7 @@ class _Slot:
     def __init__(self, index: int):
         self.index = index
         self.cached: list[int] = []  # the tokens whose cells the context holds, positions 0..
+        self.lora_scales: tuple[float, ...] = ()  # the adapter scales those cells were computed with
         self.seq: _Sequence | None = None
         self.last_used = 0.0
         self.n_requests = 0
@@ -375,7 +378,7 @@ class Engine:
         """Queue request; returns its Handle at once. Raises ValueError for a bad request, QueueFull,
         EngineClosed while shutting down, EngineDead when the engine thread has died."""
         prompt = self._check(request)
-        handle = Handle(self, request, prompt)
+        handle = Handle(self, request, prompt, self.model.lora_scales(request.lora))
         with self._cond:
             if not self.healthy:
                 raise self._dead_error()
@@ -598,8 +601,7 @@ class Engine:
             if first.seq is not None:
                 return None
         else:
-            first = max(free, key=lambda s: (_common_prefix(s.cached, prompt) if request.cache_prompt else 0,
-                                             -s.last_used))
+            first = max(free, key=lambda s: (self._reusable(s, handle) if request.cache_prompt else 0, -s.last_used))
         # further choices overwrite their cells: take those whose cache is least useful
         rest = sorted((s for s in free if s is not first), key=lambda s: (len(s.cached) > 0, s.last_used))
         return [first] + rest[:request.n - 1]
@@ -640,17 +642,22 @@ class Engine:
         self._seqs[handle.id] = seqs
         handle.t_start = time.perf_counter()
 
+    @staticmethod
+    def _reusable(slot: _Slot, handle: Handle) -> int:
+        """The prompt tokens slot's cells hold for handle: cells computed under other adapter scales hold none."""
+        return _common_prefix(slot.cached, handle.prompt) if slot.lora_scales == handle.lora_scales else 0
+
     def _reuse_prefix(self, seq: _Sequence, cache_prompt: bool) -> None:
         """Keep the slot's cells that match the prompt, or copy a longer computed prefix from another
         sequence; the last prompt token is always evaluated, for its logits."""
         slot, prompt = seq.slot, seq.prompt
         limit = len(prompt) - 1
-        reuse = min(_common_prefix(slot.cached, prompt), limit) if cache_prompt else 0
+        reuse = min(self._reusable(slot, seq.handle), limit) if cache_prompt else 0
         source = None
         if cache_prompt:
             for other in self._slots:
                 if other is not slot:
-                    n = min(_common_prefix(other.cached, prompt), limit)
+                    n = min(self._reusable(other, seq.handle), limit)
                     if n > reuse:
                         reuse, source = n, other
         if source is not None:
@@ -659,6 +666,7 @@ class Engine:
         else:
             self.context.seq_rm(slot.index, reuse, -1)
         slot.cached = list(prompt[:reuse])
+        slot.lora_scales = seq.handle.lora_scales
         seq.n_done = seq.n_cached = reuse
 
     # one step -----------------------------------------------------------------
@@ -787,9 +795,14 @@ class Engine:
             want.extend([False] * (len(chunk) - n_rows) + [True] * n_rows)
         arrays = (np.array(tokens, np.int32), np.array(positions, np.int64), np.array(seq_ids, np.int32),
                   np.array(want, np.bool_))
+        adapters, scales = tuple(self.model.adapters), None
+        if adapters:  # each row takes its request's scales
+            scales = np.repeat(np.array([seq.handle.lora_scales for seq, _ in entries], np.float32),
+                               [len(chunk) for _, chunk in entries], axis=0)
         while True:
             try:
-                return self.context.decode(*arrays, n_threads=self.n_threads)
+                return self.context.decode(*arrays, n_threads=self.n_threads, adapters=adapters,
+                                           adapter_scales=scales)
             except KVCacheFull:
                 if self._evict_idle():
                     continue

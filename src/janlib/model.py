@@ -14,6 +14,7 @@ from janlib.chat import ChatTemplate
 from janlib.context import BatchContext
 from janlib.fetch import fetch_model
 from janlib.gguf import load_gguf
+from janlib.lora import LoraAdapter, LoraSelection, load_adapter, resolve_scales
 from janlib.models import load_runtime
 from janlib.registry import DEFAULT_MODEL
 from janlib.sampling import Sampler, SamplingParams, TokenProbs
@@ -49,7 +50,9 @@ class Generation(Iterator[GeneratedToken]):
 
 class Model:
     def __init__(self, path_or_name: str | None = None, n_ctx: int | None = None, n_threads: int | None = None,
-                 kv_type: str = "f16", kv_type_v: str | None = None):
+                 kv_type: str = "f16", kv_type_v: str | None = None,
+                 lora: Sequence[str | tuple[str, float]] = ()):
+        """lora: LoRA adapter files (or (file, default scale) pairs) to load, as load_lora."""
         self.path = fetch_model(path_or_name or DEFAULT_MODEL)
         self._file = load_gguf(self.path)
         self.metadata = self._file.metadata
@@ -58,6 +61,11 @@ class Model:
         self._runtime = load_runtime(self._file, n_ctx=n_ctx, kv_type=kv_type, n_threads=n_threads, kv_type_v=kv_type_v)
         self._cached: list[int] = []  # the tokens whose keys and values the context holds
         self._token_bytes: list[bytes] | None = None  # every token's text, built once for DRY
+        self.adapters: list[LoraAdapter] = []
+        self._cached_scales: tuple[float, ...] = ()  # the adapter scales the cached tokens were evaluated with
+        for entry in lora:
+            path, scale = (entry, 1.0) if isinstance(entry, (str, bytes)) or hasattr(entry, "__fspath__") else entry
+            self.load_lora(path, scale)
 
     @property
     def n_ctx(self) -> int:
@@ -79,6 +87,22 @@ class Model:
     @property
     def eos_token_ids(self) -> frozenset[int]:
         return self.tokenizer.eos_token_ids
+
+    def load_lora(self, path, scale: float = 1.0) -> LoraAdapter:
+        """Load a llama.cpp LoRA GGUF for this model (checked against its architecture and shapes);
+        its id is its index in self.adapters, scale its default (what a selection does not override)."""
+        adapter = load_adapter(path, self._runtime, len(self.adapters), scale)
+        self.adapters.append(adapter)
+        return adapter
+
+    def lora_scales(self, lora: LoraSelection = None) -> tuple[float, ...]:
+        """Every adapter's scale under the selection lora ({id or adapter: scale}, or the API's
+        [{"id": N, "scale": S}]): the named adapters as given, the others at their default scale."""
+        return resolve_scales(self.adapters, lora)
+
+    def _eval(self, ids, pos0: int, scales: tuple[float, ...]) -> np.ndarray:
+        """The last row's logits of ids at pos0.. with the adapters at scales."""
+        return self._runtime.eval(ids, pos0, "last", tuple(self.adapters), scales)[0]
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
@@ -110,13 +134,15 @@ class Model:
             token_bytes = self._token_bytes
         return Sampler(params, self.n_vocab, self.eos_token_ids, token_bytes, n_ctx=self.n_ctx)
 
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """float32 (n_vocab,) next-token logits after ids, from a fresh context."""
+    def logits(self, ids: Sequence[int], lora: LoraSelection = None) -> np.ndarray:
+        """float32 (n_vocab,) next-token logits after ids, from a fresh context; lora selects adapter
+        scales (see lora_scales)."""
+        scales = self.lora_scales(lora)
         self._check_prompt(ids)
         self._runtime.seq_rm(0)
         self._cached = []
-        out = self._runtime.eval(ids, 0, "last")[0]
-        self._cached = list(ids)
+        out = self._eval(ids, 0, scales)
+        self._cached, self._cached_scales = list(ids), scales
         return out
 
     def _check_prompt(self, ids: Sequence[int]) -> None:
@@ -125,25 +151,27 @@ class Model:
         if len(ids) > self.n_ctx:
             raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx}")
 
-    def _prefill(self, ids: Sequence[int]) -> tuple[np.ndarray, int]:
-        """Evaluate ids, reusing the cached common prefix; returns the last logits and the reused count."""
+    def _prefill(self, ids: Sequence[int], scales: tuple[float, ...]) -> tuple[np.ndarray, int]:
+        """Evaluate ids, reusing the cached common prefix (evaluated with the same adapter scales);
+        returns the last logits and the reused count."""
         reuse = 0
-        for a, b in zip(self._cached, ids):
+        cached = self._cached if scales == self._cached_scales else []
+        for a, b in zip(cached, ids):
             if a != b:
                 break
             reuse += 1
         reuse = min(reuse, len(ids) - 1)  # the last prompt token is always evaluated, for its logits
         self._runtime.seq_rm(reuse)
         self._cached = self._cached[:reuse]
-        logits = self._runtime.eval(ids[reuse:], reuse, "last")[0]
-        self._cached = list(ids)
+        logits = self._eval(ids[reuse:], reuse, scales)
+        self._cached, self._cached_scales = list(ids), scales
         return logits, reuse
 
     def generate(self, ids: Sequence[int], max_tokens: int = 256, stop: str | Sequence[str] | None = None,
                  ignore_eos: bool = False, sampling: SamplingParams | None = None,
                  context_shift: bool = False, n_keep: int = 0, n_indent: int = 0,
                  grammar: str | None = None, json_schema: dict | str | None = None,
-                 constraint: Constraint | None = None) -> Generation:
+                 constraint: Constraint | None = None, lora: LoraSelection = None) -> Generation:
         """Continuation of ids, greedy unless sampling is given: an iterator of GeneratedToken ending
         at an end-of-generation token, a stop string (whose text is never released), max_tokens or
         the end of the context, or (n_indent > 0) a line indented by fewer than n_indent
@@ -152,8 +180,10 @@ class Model:
         llama.cpp does, and generation goes on. grammar (llama.cpp GBNF), json_schema or a ready
         constraint (janlib.structured.Constraint, used for this one generation) restricts every token
         to the grammar; generation then stops (finish_reason "stop") when the grammar is complete,
-        and a grammar that cannot be compiled raises GrammarError."""
+        and a grammar that cannot be compiled raises GrammarError. lora selects the LoRA adapters'
+        scales for this generation (see lora_scales)."""
         ids = [int(i) for i in ids]
+        scales = self.lora_scales(lora)
         self._check_prompt(ids)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
             raise ValueError(f"max_tokens must be a non-negative int, got {max_tokens!r}")
@@ -163,7 +193,7 @@ class Model:
         constraint = self._constraint(grammar, json_schema, constraint)
         sampler = self.sampler(sampling, ignore_eos)
         sampler.accept_prompt(ids)
-        logits, reused = self._prefill(ids)
+        logits, reused = self._prefill(ids, scales)
         generation = Generation(iter(()), len(ids), reused)
         keep = None
         if context_shift:
@@ -171,7 +201,8 @@ class Model:
             if n_keep != -1 and ids[0] == self.tokenizer.bos_id:
                 keep += 1  # the BOS token is never shifted out (llama.cpp adds it to n_keep)
         filters = (StopStringFilter(stops), IndentLimit(n_indent))
-        generation._tokens = self._decode_loop(generation, logits, max_tokens, filters, sampler, keep, constraint)
+        generation._tokens = self._decode_loop(generation, logits, max_tokens, filters, sampler, keep, constraint,
+                                               scales)
         return generation
 
     def _constraint(self, grammar, json_schema, constraint) -> Constraint | None:
@@ -197,7 +228,8 @@ class Model:
 
     def _decode_loop(self, generation: Generation, logits: np.ndarray, max_tokens: int,
                      filters: tuple[StopStringFilter, IndentLimit], sampler: Sampler,
-                     keep: int | None, constraint: Constraint | None = None) -> Iterator[GeneratedToken]:
+                     keep: int | None, constraint: Constraint | None = None,
+                     scales: tuple[float, ...] = ()) -> Iterator[GeneratedToken]:
         decoder = self.tokenizer.decoder()
         stops, indent = filters
         eos = self.eos_token_ids
@@ -209,7 +241,7 @@ class Model:
                     if keep is None or not self._shift_context(keep):
                         break
                     generation.truncated = True
-                logits = self._runtime.eval([token], len(self._cached), "last")[0]
+                logits = self._eval([token], len(self._cached), scales)
                 self._cached.append(token)
             if constraint is not None:
                 sampler.set_allowed_tokens(constraint.allowed_mask())
@@ -245,11 +277,12 @@ class Model:
     def chat(self, messages: list[dict], max_tokens: int = 256, stream: bool = False,
              stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
              sampling: SamplingParams | None = None, grammar: str | None = None,
-             json_schema: dict | str | None = None, constraint: Constraint | None = None):
+             json_schema: dict | str | None = None, constraint: Constraint | None = None,
+             lora: LoraSelection = None):
         """The assistant's answer to messages (rendered with the model's chat template), or with
         stream=True an iterator of its text pieces."""
         _, ids = self.chat_prompt(messages)
         generation = self.generate(ids, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, sampling=sampling,
-                                   grammar=grammar, json_schema=json_schema, constraint=constraint)
+                                   grammar=grammar, json_schema=json_schema, constraint=constraint, lora=lora)
         pieces = (t.text for t in generation if t.text)
         return pieces if stream else "".join(pieces)

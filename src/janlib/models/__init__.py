@@ -12,6 +12,7 @@ from janlib import _core
 from janlib.context import check_kv_types
 from janlib.errors import UnsupportedError
 from janlib.gguf import GGUFFile, load_gguf
+from janlib.lora import batch_adapters
 from janlib.models import (gemma2, gemma3, granite, llama, olmo2, phi3, qwen2, qwen3, qwen3moe, smollm3, stablelm,
                            starcoder2)
 from janlib.models.base import Architecture, HParams
@@ -76,10 +77,12 @@ class Runtime:
         return self._ctx.seq_len(0)
 
     def eval(self, tokens: Sequence[int] | np.ndarray, pos0: int,
-             logits: str | Sequence[int] | np.ndarray = "last") -> np.ndarray:
+             logits: str | Sequence[int] | np.ndarray = "last", adapters: tuple = (),
+             adapter_scales: Sequence[float] = ()) -> np.ndarray:
         """Run tokens at positions pos0, pos0 + 1, ... (pos0 <= n_past; an earlier pos0 overwrites
         the cache from there) and return float32 logits (n_outputs, n_vocab) for the rows `logits`
-        names: "last", "all", or strictly increasing row indices into tokens."""
+        names: "last", "all", or strictly increasing row indices into tokens. Every row adds LoRA
+        adapter j (a janlib.lora.LoraAdapter of this model) scaled by adapter_scales[j]."""
         ids = np.asarray(tokens)
         if ids.ndim != 1 or ids.size == 0:
             raise ValueError(f"tokens must be a non-empty 1-D sequence of ids, got shape {ids.shape}")
@@ -101,9 +104,11 @@ class Runtime:
         want = np.zeros(ids.size, dtype=np.uint8)
         want[rows] = 1
         out = np.empty((rows.size, self.n_vocab), dtype=np.float32)
+        row_scales = np.tile(np.asarray(adapter_scales, np.float32), (ids.size, 1)) if len(adapters) else None
+        loras, scales = batch_adapters(adapters, row_scales)
         self._ctx.seq_rm(0, pos0, -1)
         self._ctx.decode(np.ascontiguousarray(ids, dtype=np.int32), np.arange(pos0, pos0 + ids.size, dtype=np.int64),
-                         np.zeros(ids.size, dtype=np.int32), want, out, self._n_threads or 0)
+                         np.zeros(ids.size, dtype=np.int32), want, out, self._n_threads or 0, loras, scales)
         return out
 
     @staticmethod
