@@ -156,9 +156,9 @@ def resolve_scales(adapters: Sequence[LoraAdapter], selection: LoraSelection) ->
     elif isinstance(selection, (list, tuple)):
         items = []
         for i, entry in enumerate(selection):
-            if not isinstance(entry, Mapping) or "id" not in entry:
+            if not isinstance(entry, Mapping) or "id" not in entry or "scale" not in entry:
                 raise ValueError(f"lora[{i}] must be an object with an id and a scale, got {entry!r}")
-            items.append((f"lora[{i}]", entry["id"], entry.get("scale", 1.0)))
+            items.append((f"lora[{i}]", entry["id"], entry["scale"]))
     else:
         raise ValueError(f"lora must be a mapping of adapter ids to scales or a list of {{id, scale}}, got {selection!r}")
     for where, key, value in items:

@@ -32,7 +32,7 @@ def test_llama_server_flags_map_onto_the_config(tmp_path):
     assert parse_args(["--no-metrics"]).metrics is False and parse_args([]).context_shift is True
 
 
-@pytest.mark.parametrize("argv, named", [(["--bogus-flag", "1"], "--bogus-flag"), (["-m", "x", "--lora", "a"], "--lora"),
+@pytest.mark.parametrize("argv, named", [(["--bogus-flag", "1"], "--bogus-flag"), (["-m", "x", "--lora-base", "a"], "--lora-base"),
                                          (["--chat-template-file", "/nonexistent/t.jinja"], "--chat-template-file"),
                                          (["-ctk", "iq4_nl"], "--cache-type-k")])
 def test_unknown_flags_and_unreadable_files_are_named(argv, named):

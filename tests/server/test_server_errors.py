@@ -95,12 +95,17 @@ def test_bad_values_name_the_field(api, body, param, validate):
 
 
 @pytest.mark.parametrize("extra, param", [
-    ({"lora": [{"id": 0, "scale": 1.0}]}, "lora"),
     ({"multimodal_data": ["aGVsbG8="]}, "multimodal_data"),
 ])
 def test_unsupported_features_are_refused_not_ignored(api, extra, param):
     envelope(post(api, json={"model": MODEL_ID, "messages": MSGS, **extra}), 400, param=param,
              code="unsupported_parameter")
+
+
+def test_lora_id_without_adapters_is_refused(api):
+    err = envelope(post(api, json={"model": MODEL_ID, "messages": MSGS, "lora": [{"id": 0, "scale": 1.0}]}), 400,
+                   param="lora")
+    assert "no LoRA adapter has id 0" in err["message"]
 
 
 def test_accepted_empty_forms(api):

@@ -40,6 +40,11 @@ def load_engine(config: ServerConfig) -> Engine:
     # the Model's own context is one slot's size: the engine's sequences are where the cells live
     model = Model(config.model, n_ctx=share(config.ctx_size) if config.ctx_size else None, n_threads=config.threads,
                   kv_type=config.cache_type_k, kv_type_v=config.cache_type_v)
+    for path, scale in config.lora:
+        try:
+            model.load_lora(path, 0.0 if config.lora_init_without_apply else scale)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"--lora {path}: {error}") from None
     if config.chat_template is not None:
         source = CHATML_TEMPLATE if config.chat_template == "chatml" else config.chat_template
         try:
@@ -109,7 +114,7 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
         st.http_requests[key] = st.http_requests.get(key, 0) + 1
         return response
 
-    from . import chat, misc, models as models_bp, native
+    from . import chat, lora, misc, models as models_bp, native
 
     app.register_blueprint(models_bp.bp)
     app.register_blueprint(chat.bp)
@@ -119,6 +124,7 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     app.register_blueprint(anthropic.bp)
     app.register_blueprint(native.bp)
     app.register_blueprint(misc.bp)
+    app.register_blueprint(lora.bp)
     if config.webui:
         app.register_blueprint(webui.bp)
     register_error_handlers(app)

@@ -11,6 +11,8 @@ import threading
 import time
 import warnings
 
+from janlib.lora import parse_lora_arg
+
 from .config import (API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, KV_CACHE_TYPES, POOLING, ConfigError, ServerConfig,
                      keys_from_env)
 
@@ -74,6 +76,13 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
     p.add_argument("--pooling", choices=POOLING, help="accepted with --embedding (see there)")
     p.add_argument("--reranking", "--rerank", action="store_true",
                    help="accepted; the rerank endpoints answer 501: janlib has no reranking models")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="load a LoRA adapter (llama.cpp's GGUF) at SCALE (default 1); repeatable; its id is its "
+                   "place among them, from 0")
+    p.add_argument("--lora-scaled", action="append", default=[], metavar="FILE:SCALE",
+                   help="as --lora (llama-server's name for a scaled adapter)")
+    p.add_argument("--lora-init-without-apply", action="store_true",
+                   help="load the adapters at scale 0, to be applied per request or by POST /lora-adapters")
     p.add_argument("--no-webui", "--no-ui", dest="webui", action="store_false", help="no chat page at /")
     p.add_argument("--cont-batching", "-cb", action="store_true",
                    help="accepted: janlib always batches new requests into running ones")
@@ -122,7 +131,9 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.serv
                         log_level=a.log_level, cors_origins=a.cors_origin, shutdown_timeout=a.shutdown_timeout,
                         seed=a.seed, temperature=a.temperature, chat_template=template, metrics=a.metrics,
                         slots=a.slots, props=a.props, slot_save_path=a.slot_save_path, embeddings=a.embeddings,
-                        pooling=a.pooling, webui=a.webui)
+                        pooling=a.pooling, webui=a.webui,
+                        lora=[parse_lora_arg(value) for value in a.lora + a.lora_scaled],
+                        lora_init_without_apply=a.lora_init_without_apply)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m janlib.server") -> int:

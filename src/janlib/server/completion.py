@@ -75,6 +75,11 @@ def apply_server_defaults(st: ServerState, fields: dict) -> None:
 
 def check_request_options(st: ServerState, fields: dict) -> None:
     apply_server_defaults(st, fields)
+    if fields.get("lora"):
+        try:
+            st.model.lora_scales(fields["lora"])
+        except ValueError as error:
+            raise invalid(str(error), "lora") from None
     n_vocab = st.model.n_vocab
     n_seq = st.engine.n_seq_max
     if fields["id_slot"] >= n_seq:
@@ -109,7 +114,7 @@ def make_request(st: ServerState, ids: list[int], fields: dict,
                   sampling=sampling, n=fields["n"], id_slot=fields["id_slot"], cache_prompt=fields["cache_prompt"],
                   t_max_predict_ms=fields["t_max_predict_ms"], context_shift=st.config.context_shift,
                   n_keep=fields["n_keep"], n_indent=fields["n_indent"], constraint=constraint, disconnected=probe,
-                  prompt_logprobs=prompt_logprobs)
+                  prompt_logprobs=prompt_logprobs, lora=fields.get("lora"))
     return job, max_tokens
 
 

@@ -58,6 +58,8 @@ class ServerConfig:
     slot_save_path: str | None = None  # POST /slots/{id}?action=save|restore reads and writes here
     embeddings: bool = False  # --embeddings: the decoder model cannot embed; see server/native.py
     pooling: str | None = None
+    lora: list[tuple[str, float]] = field(default_factory=list)  # LoRA adapter files and their scales (--lora)
+    lora_init_without_apply: bool = False  # load the adapters at scale 0 (POST /lora-adapters sets them)
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -221,6 +221,24 @@ def _parse_stop(value: Any) -> list[str]:
     return [s for s in value if s]
 
 
+def check_lora_item(item: Any, where: str) -> None:
+    """One {"id": N, "scale": S} entry of a LoRA selection (whether id names a loaded adapter is the
+    caller's check)."""
+    if not isinstance(item, dict):
+        raise invalid(f"'{where}' must be an object with id and scale, got {_json_type(item)}", where, "invalid_type")
+    unknown = sorted(set(item) - {"id", "scale"})
+    if unknown:
+        raise invalid(f"'{where}' has the unknown key {unknown[0]!r}: an entry is {{id, scale}}", f"{where}.{unknown[0]}")
+    adapter_id = item.get("id")
+    if isinstance(adapter_id, bool) or not isinstance(adapter_id, int) or adapter_id < 0:
+        raise invalid(f"'{where}.id' must be a non-negative integer, got {adapter_id!r}", f"{where}.id", "invalid_type")
+    if "scale" not in item:
+        raise invalid(f"'{where}.scale' is required", f"{where}.scale", "missing_required_parameter")
+    scale = item["scale"]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise invalid(f"'{where}.scale' must be a number, got {_json_type(scale)}", f"{where}.scale", "invalid_type")
+
+
 def _check_semantics(out: dict) -> None:
     constraints = [name for name in ("grammar", "json_schema") if out[name] not in (None, "")]
     fmt = out["response_format"]
@@ -234,12 +252,8 @@ def _check_semantics(out: dict) -> None:
     if len(constraints) > 1:  # as llama.cpp: one constraint per request
         raise invalid(f"only one of grammar, json_schema and response_format may constrain the output, got "
                       f"{' and '.join(constraints)}", constraints[1])
-    if out["lora"]:
-        for i, item in enumerate(out["lora"]):
-            if not isinstance(item, dict):
-                raise invalid(f"'lora[{i}]' must be an object with id and scale", f"lora[{i}]", "invalid_type")
-        raise APIError(400, "'lora': no LoRA adapters are loaded in this server", param="lora",
-                       code="unsupported_parameter")
+    for i, item in enumerate(out["lora"] or ()):
+        check_lora_item(item, f"lora[{i}]")
     if out["multimodal_data"]:
         raise APIError(400, "'multimodal_data': the model has no multimodal projector", param="multimodal_data",
                        code="unsupported_parameter")
