@@ -755,7 +755,7 @@ class Engine:
         source, best = None, seq.n_done
         for slot in self._slots:
             if slot is not seq.slot:
-                n = min(_common_prefix(slot.cached, seq.prompt), limit)
+                n = min(self._reusable(slot, seq.handle), limit)
                 if n > best:
                     source, best = slot, n
         if source is not None:
@@ -763,7 +763,8 @@ class Engine:
             self.context.seq_cp(source.index, seq.slot.index, 0, best)
             seq.slot.cached = list(seq.prompt[:best])
             seq.n_done = seq.n_cached = best
-        return any(min(_common_prefix(other.prompt, seq.prompt), limit) > seq.n_done for other in earlier)
+        return any(min(_common_prefix(other.prompt, seq.prompt), limit) > seq.n_done for other in earlier
+                   if other.handle.lora_scales == seq.handle.lora_scales)
 
     def _make_room(self, seq: _Sequence) -> None:
         """Before a generated token is evaluated: the time limit, then a full context (shift or end)."""
@@ -795,14 +796,14 @@ class Engine:
             want.extend([False] * (len(chunk) - n_rows) + [True] * n_rows)
         arrays = (np.array(tokens, np.int32), np.array(positions, np.int64), np.array(seq_ids, np.int32),
                   np.array(want, np.bool_))
-        adapters, scales = tuple(self.model.adapters), None
-        if adapters:  # each row takes its request's scales
-            scales = np.repeat(np.array([seq.handle.lora_scales for seq, _ in entries], np.float32),
-                               [len(chunk) for _, chunk in entries], axis=0)
+        lora = {}
+        if self.model.adapters:  # each row takes its request's scales
+            lora = {"adapters": tuple(self.model.adapters), "adapter_scales": np.repeat(
+                np.array([seq.handle.lora_scales for seq, _ in entries], np.float32),
+                [len(chunk) for _, chunk in entries], axis=0)}
         while True:
             try:
-                return self.context.decode(*arrays, n_threads=self.n_threads, adapters=adapters,
-                                           adapter_scales=scales)
+                return self.context.decode(*arrays, n_threads=self.n_threads, **lora)
             except KVCacheFull:
                 if self._evict_idle():
                     continue
