@@ -42,6 +42,11 @@ struct jl_model {
     float *rope_mscale;       /* (n_rope,) cos and sin are multiplied by it */
 };
 
+/* Attention walks the keys in position-aligned blocks of this many pages (flash-style): a block's
+ * weights are the only scores held, and a transposed V's dot products run over a whole block. */
+#define ATTN_BLOCK_PAGES 16
+#define ATTN_BLOCK (ATTN_BLOCK_PAGES * JL_KV_PAGE)
+
 struct jl_context {
     const jl_model *model;
     const int *layer_rope;     /* (n_layer,) the model's tables for this context's n_ctx */
@@ -72,7 +77,6 @@ struct jl_context {
     int64_t *seq_next;         /* (n_seq_max,) each sequence's length after the batch */
     int64_t *seq_old_len;      /* (n_seq_max,) each sequence's length before it */
     float *attn_scratch;       /* (attn_scratch_threads, attn_scratch_floats) */
-    const uint8_t **attn_pages;  /* (attn_scratch_threads, max_pages) the Vᵀ blocks an item reads */
     int attn_scratch_threads;
     size_t attn_scratch_floats;  /* JL_NC_MAX gathered queries + JL_NC_MAX rows of weights */
 };
@@ -301,7 +305,6 @@ void jl_context_free(jl_context *ctx) {
                         ctx->rope_cos, ctx->rope_sin, ctx->attn_scratch, ctx->router, ctx->expert_weight,
                         ctx->expert_x, ctx->expert_out};
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) free(buffers[i]);
-    free(ctx->attn_pages);
     free(ctx->expert_of);
     free(ctx->expert_entries);
     free(ctx->expert_start);
@@ -377,9 +380,8 @@ jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_
     ctx->seq_next = malloc((size_t)n_seq_max * sizeof *ctx->seq_next);
     ctx->seq_old_len = malloc((size_t)n_seq_max * sizeof *ctx->seq_old_len);
     /* per thread: JL_NC_MAX gathered queries (an activation row takes at most 4 bytes a value),
-     * JL_NC_MAX rows of weights over a sequence's pages, one dequantized V row */
-    ctx->attn_scratch_floats = (size_t)JL_NC_MAX * ((size_t)d->head_dim_k + (size_t)ctx->kv.max_pages * JL_KV_PAGE) +
-                               (size_t)d->head_dim_v;
+     * their weights over one block of keys, one dequantized V row: nothing grows with the context */
+    ctx->attn_scratch_floats = (size_t)JL_NC_MAX * ((size_t)d->head_dim_k + ATTN_BLOCK) + (size_t)d->head_dim_v;
     if (!ctx->x || !ctx->xn || !ctx->q || !ctx->k || !ctx->v || !ctx->attn || !ctx->proj || !ctx->gate || !ctx->up ||
         !ctx->rope_cos || !ctx->rope_sin || !ctx->rows.pos || !ctx->rows.seq || !ctx->rows.out_rows ||
         !ctx->rows.group_rows || !ctx->rows.group_start || !ctx->rows.seq_count || !ctx->seq_next || !ctx->seq_old_len ||
@@ -469,17 +471,9 @@ jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int
 static jl_status reserve_attention_scratch(jl_context *ctx, int n_threads) {
     if (n_threads <= ctx->attn_scratch_threads) return JL_OK;
     float *scratch = alloc_floats(n_threads, (int64_t)ctx->attn_scratch_floats);
-    const uint8_t **pages = malloc((size_t)n_threads * (size_t)ctx->kv.max_pages * sizeof *pages);
-    if (!scratch || !pages) {
-        free(scratch);
-        free(pages);
-        return jl_fail(JL_ERR_NOMEM, "decode: out of memory for attention scratch of %d threads", n_threads);
-    }
     if (!scratch) return jl_fail(JL_ERR_NOMEM, "decode: out of memory for attention scratch of %d threads", n_threads);
     free(ctx->attn_scratch);
-    free(ctx->attn_pages);
     ctx->attn_scratch = scratch;
-    ctx->attn_pages = pages;
     ctx->attn_scratch_threads = n_threads;
     return JL_OK;
 }
@@ -606,10 +600,14 @@ static inline int64_t first_visible(int64_t pos, int64_t window) {
     return window > 0 && pos >= window ? pos - window + 1 : 0;
 }
 
-/* Each query's result is a function of its own position and sequence alone: its scores are
- * one dot product per cache row; its weights are zero outside [first_visible, pos]; a transposed
- * V sums whole pages in order, a value's place in the sum fixed by its place in its page, so the
- * pages other queries of the item add where this one's weights are zero add exact zeros. */
+/* Flash-style: an item walks the position-aligned key blocks its queries see in increasing order,
+ * and each query keeps an online softmax (running max and sum, and its output row as the running
+ * weighted sum of V, rescaled when the max grows), so no score buffer grows with the context.
+ * Each query's result is a function of its own position and sequence alone: its scores are one
+ * dot product per cache row; in a block its weights are zero outside [first_visible, pos]; its
+ * running state changes only on the blocks it sees, always in the same order; a transposed V
+ * sums a block's pages in order, a value's place in the sum fixed by its place in its page, so
+ * the pages other queries of the item add where this one's weights are zero add exact zeros. */
 static void attention_task(void *arg, int ith, int nth) {
     const attention_job *job = arg;
     jl_context *ctx = job->ctx;
@@ -620,13 +618,13 @@ static void attention_task(void *arg, int ith, int nth) {
     const int Dk = d->head_dim_k, Dv = d->head_dim_v, group = d->n_head / d->n_head_kv;
     const int64_t window = L->sliding_window;
     float *scratch = ctx->attn_scratch + (size_t)ith * ctx->attn_scratch_floats;
-    uint8_t *queries = (uint8_t *)scratch;                                         /* (JL_NC_MAX, q_bytes) */
-    float *probs = scratch + (size_t)JL_NC_MAX * Dk;                               /* (JL_NC_MAX, width) */
-    float *v_row = probs + (size_t)JL_NC_MAX * kv->max_pages * JL_KV_PAGE;        /* (Dv,) */
-    const uint8_t **pages = ctx->attn_pages + (size_t)ith * kv->max_pages;
-    float s[JL_NC_MAX];
-    int64_t q_row[JL_NC_MAX], q_first[JL_NC_MAX], q_pos[JL_NC_MAX];
-    int q_head[JL_NC_MAX];
+    uint8_t *queries = (uint8_t *)scratch;                  /* (JL_NC_MAX, q_bytes) */
+    float *probs = scratch + (size_t)JL_NC_MAX * Dk;        /* (JL_NC_MAX, ATTN_BLOCK) one block's weights */
+    float *v_row = probs + (size_t)JL_NC_MAX * ATTN_BLOCK;  /* (Dv,) */
+    const uint8_t *pages[ATTN_BLOCK_PAGES];                 /* the Vᵀ blocks of the block's pages an item reads */
+    float s[JL_NC_MAX], q_max[JL_NC_MAX], q_sum[JL_NC_MAX], rescale[JL_NC_MAX];
+    int64_t q_first[JL_NC_MAX], q_pos[JL_NC_MAX];
+    float *out[JL_NC_MAX];  /* (Dv,) each query's output row: its running weighted sum of V */
     /* items interleave across threads: later rows see longer spans, so contiguous shares would not balance */
     for (int64_t item = ith; item < job->n_items; item += nth) {
         const int64_t chunk = item % job->head_chunks, g = item / job->head_chunks % d->n_head_kv,
@@ -640,54 +638,69 @@ static void attention_task(void *arg, int ith, int nth) {
         const int nq = nh * nr;
         int64_t lo = INT64_MAX, hi = 0;  /* the span of positions any of the queries sees */
         for (int qi = 0; qi < nq; qi++) {
-            q_row[qi] = rows[qi / nh];
-            q_head[qi] = h0 + qi % nh;
-            q_pos[qi] = ch->pos[q_row[qi]];
+            const int64_t row = rows[qi / nh], head = h0 + qi % nh;
+            q_pos[qi] = ch->pos[row];
             q_first[qi] = first_visible(q_pos[qi], window);
             lo = q_first[qi] < lo ? q_first[qi] : lo;
             hi = q_pos[qi] > hi ? q_pos[qi] : hi;
-            job->q_convert(ctx->q + (q_row[qi] * d->n_head + q_head[qi]) * Dk, queries + (size_t)qi * job->q_bytes, Dk);
-        }
-        const int64_t page_lo = lo / JL_KV_PAGE, page_hi = hi / JL_KV_PAGE, base = page_lo * JL_KV_PAGE,
-                      width = (page_hi - page_lo + 1) * JL_KV_PAGE;
-
-        for (int64_t p = lo; p <= hi; p++) {
-            const uint8_t *k_row = jl_kv_k(kv, jl_kv_page(kv, seq, p), job->layer, (int)g) + (size_t)(p % JL_KV_PAGE) * kv->k_row;
-            job->k_dot(Dk, k_row, queries, job->q_bytes, nq, s);
-            for (int qi = 0; qi < nq; qi++) probs[(size_t)qi * width + (p - base)] = s[qi] * d->attention_scale;
-        }
-        for (int qi = 0; qi < nq; qi++) {
-            float *p = probs + (size_t)qi * width;
-            for (int64_t j = 0; j < q_first[qi] - base; j++) p[j] = 0.0f;
-            for (int64_t j = q_pos[qi] - base + 1; j < width; j++) p[j] = 0.0f;
-            if (d->attn_logit_softcap > 0.0f)
-                jl_softcap(p + (q_first[qi] - base), q_pos[qi] - q_first[qi] + 1, d->attn_logit_softcap);
-            jl_softmax(p + (q_first[qi] - base), q_pos[qi] - q_first[qi] + 1);
+            job->q_convert(ctx->q + (row * d->n_head + head) * Dk, queries + (size_t)qi * job->q_bytes, Dk);
+            out[qi] = ctx->attn + (row * d->n_head + head) * Dv;
+            memset(out[qi], 0, (size_t)Dv * sizeof(float));
+            q_max[qi] = -INFINITY;
+            q_sum[qi] = 0.0f;
         }
 
-        if (!kv->v_trans) {
+        for (int64_t block = lo / ATTN_BLOCK; block <= hi / ATTN_BLOCK; block++) {
+            const int64_t base = block * ATTN_BLOCK, p_lo = lo > base ? lo : base,
+                          p_hi = hi < base + ATTN_BLOCK - 1 ? hi : base + ATTN_BLOCK - 1;
+            for (int64_t p = p_lo; p <= p_hi; p++) {
+                const uint8_t *k_row = jl_kv_k(kv, jl_kv_page(kv, seq, p), job->layer, (int)g) + (size_t)(p % JL_KV_PAGE) * kv->k_row;
+                job->k_dot(Dk, k_row, queries, job->q_bytes, nq, s);
+                for (int qi = 0; qi < nq; qi++) probs[qi * ATTN_BLOCK + (p - base)] = s[qi] * d->attention_scale;
+            }
+            int seen = 0;  /* bit qi: query qi sees part of this block */
+            for (int qi = 0; qi < nq; qi++) {
+                float *w = probs + qi * ATTN_BLOCK;
+                const int64_t a = (q_first[qi] > base ? q_first[qi] : base) - base, b = q_pos[qi] + 1 - base;
+                const int64_t end = b < ATTN_BLOCK ? b : ATTN_BLOCK;
+                if (a >= end) {
+                    memset(w, 0, ATTN_BLOCK * sizeof(float));
+                    continue;
+                }
+                seen |= 1 << qi;
+                if (d->attn_logit_softcap > 0.0f) jl_softcap(w + a, end - a, d->attn_logit_softcap);
+                rescale[qi] = jl_softmax_block(w, ATTN_BLOCK, a, end, &q_max[qi], &q_sum[qi]);
+            }
+            if (kv->v_trans) {
+                const int64_t page_lo = p_lo / JL_KV_PAGE, n_pages = p_hi / JL_KV_PAGE - page_lo + 1;
+                for (int64_t i = 0; i < n_pages; i++)
+                    pages[i] = jl_kv_v(kv, jl_kv_page(kv, seq, (page_lo + i) * JL_KV_PAGE), job->layer, (int)g);
+                const float *block_probs = probs + (page_lo * JL_KV_PAGE - base);
+                for (int dim = 0; dim < Dv; dim++) {
+                    job->v_dot_pages(JL_KV_PAGE, n_pages, pages, (size_t)dim * JL_KV_PAGE * kv->v_elem, block_probs,
+                                     ATTN_BLOCK * sizeof(float), nq, s);
+                    for (int qi = 0; qi < nq; qi++)
+                        if (seen >> qi & 1) out[qi][dim] = out[qi][dim] * rescale[qi] + s[qi];
+                }
+                continue;
+            }
+            /* V rows: positions in order, each query adding only the ones it sees */
             for (int qi = 0; qi < nq; qi++)
-                memset(ctx->attn + (q_row[qi] * d->n_head + q_head[qi]) * Dv, 0, (size_t)Dv * sizeof(float));
-            /* positions in order, each query adding only the ones it sees */
-            for (int64_t p = lo; p <= hi; p++) {
+                if (seen >> qi & 1)
+                    for (int dim = 0; dim < Dv; dim++) out[qi][dim] *= rescale[qi];
+            for (int64_t p = p_lo; p <= p_hi; p++) {
                 job->v_to_float(jl_kv_v(kv, jl_kv_page(kv, seq, p), job->layer, (int)g) + (size_t)(p % JL_KV_PAGE) * kv->v_row,
                                 v_row, Dv);
                 for (int qi = 0; qi < nq; qi++) {
                     if (p < q_first[qi] || p > q_pos[qi]) continue;
-                    const float weight = probs[(size_t)qi * width + (p - base)];
-                    float *out = ctx->attn + (q_row[qi] * d->n_head + q_head[qi]) * Dv;
-                    for (int dim = 0; dim < Dv; dim++) out[dim] += weight * v_row[dim];
+                    const float weight = probs[qi * ATTN_BLOCK + (p - base)];
+                    for (int dim = 0; dim < Dv; dim++) out[qi][dim] += weight * v_row[dim];
                 }
             }
-            continue;
         }
-        const int64_t n_pages = page_hi - page_lo + 1;
-        for (int64_t i = 0; i < n_pages; i++)
-            pages[i] = jl_kv_v(kv, jl_kv_page(kv, seq, (page_lo + i) * JL_KV_PAGE), job->layer, (int)g);
-        for (int dim = 0; dim < Dv; dim++) {
-            job->v_dot_pages(JL_KV_PAGE, n_pages, pages, (size_t)dim * JL_KV_PAGE * kv->v_elem, probs,
-                             (size_t)width * sizeof(float), nq, s);
-            for (int qi = 0; qi < nq; qi++) ctx->attn[(q_row[qi] * d->n_head + q_head[qi]) * Dv + dim] = s[qi];
+        for (int qi = 0; qi < nq; qi++) {
+            const float inv_sum = 1.0f / q_sum[qi];
+            for (int dim = 0; dim < Dv; dim++) out[qi][dim] *= inv_sum;
         }
     }
 }

@@ -132,6 +132,32 @@ void jl_softmax(float *x, int64_t n) {
     for (i = 0; i < n; i++) x[i] *= inv_sum;
 }
 
+float jl_softmax_block(float *x, int64_t n, int64_t a, int64_t b, float *max, float *sum) {
+    float lanes[LANES];
+    for (int j = 0; j < LANES; j++) lanes[j] = x[a];
+    int64_t i = a;
+    for (; i + LANES <= b; i += LANES)
+        for (int j = 0; j < LANES; j++) lanes[j] = x[i + j] > lanes[j] ? x[i + j] : lanes[j];
+    for (; i < b; i++) lanes[0] = x[i] > lanes[0] ? x[i] : lanes[0];
+    float block_max = lanes[0];
+    for (int j = 1; j < LANES; j++) block_max = lanes[j] > block_max ? lanes[j] : block_max;
+    const float old_max = *max, new_max = block_max > old_max ? block_max : old_max;
+    /* old_max - new_max <= 0; -inf before the first block, where there is nothing to rescale */
+    const float rescale = old_max == -INFINITY ? 0.0f
+                          : jl_exp_normal_range(old_max - new_max < -87.0f ? -87.0f : old_max - new_max);
+    for (i = a; i < b; i++) x[i] -= new_max;
+    exp_inplace(x + a, b - a);
+    for (i = 0; i < a; i++) x[i] = 0.0f;
+    for (i = b; i < n; i++) x[i] = 0.0f;
+    for (int j = 0; j < LANES; j++) lanes[j] = 0.0f;
+    for (i = a; i + LANES <= b; i += LANES)
+        for (int j = 0; j < LANES; j++) lanes[j] += x[i + j];
+    for (; i < b; i++) lanes[0] += x[i];
+    *max = new_max;
+    *sum = *sum * rescale + sum_lanes(lanes);
+    return rescale;
+}
+
 void jl_softcap(float *x, int64_t n, float cap) {
     /* cap * tanh(y) = cap * (2 / (1 + e^(-2y)) - 1), y = x / cap */
     float t[BLOCK];

@@ -19,6 +19,12 @@ void jl_rope(float *x, int n_heads, int head_dim, int n_rot, int layout, const f
 void jl_glu(float *gate, const float *up, int64_t n, int activation);
 /* x (n,) <- softmax(x), computed with the max subtracted */
 void jl_softmax(float *x, int64_t n);
+/* One block of keys of an online softmax. x (n,) holds the block's scores, of which [a, b)
+ * (a < b) are visible; *max and *sum are the running maximum and sum of e^(score - *max) over
+ * the earlier blocks (-INFINITY and 0 before the first). x becomes e^(x - new max) on [a, b) and
+ * 0 elsewhere, *max and *sum are updated, and the factor that rescales what the earlier blocks
+ * added up (e^(old max - new max)) is returned. */
+float jl_softmax_block(float *x, int64_t n, int64_t a, int64_t b, float *max, float *sum);
 /* x (n,) <- cap * tanh(x / cap) */
 void jl_softcap(float *x, int64_t n, float cap);
 
