@@ -1,9 +1,13 @@
 """Prompt processing (pp512) and generation (tg128) tokens/s per model and thread count, beside
-llama.cpp (llama-cpp-python) measured in the same run when it is importable; the share of
-decode time spent outside C; batched decode of several sequences in one context."""
+llama.cpp measured in the same run: through llama-cpp-python when it is importable, and through
+llama.cpp's own llama-bench when the LLAMA_BENCH environment variable names its binary; the share
+of decode time spent outside C; batched decode of several sequences in one context."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
 
 import numpy as np
@@ -39,6 +43,8 @@ class JanlibRunner:
 
 
 class LlamaCppRunner:
+    label, key = "llama.cpp", "llama_cpp"
+
     def __init__(self, path, n_threads):
         llama_cpp = pytest.importorskip("llama_cpp")
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=PP + TG + 8, n_batch=PP, n_ubatch=PP,
@@ -52,6 +58,37 @@ class LlamaCppRunner:
         self.llm.reset()
         for pos in range(TG + 1):
             self.llm.eval(ids[pos:pos + 1])
+
+    def rate(self, what, ids):
+        return best_rate(getattr(self, what[:2]), ids, PP if what == "pp512" else TG)
+
+
+class LlamaBenchRunner:
+    """llama.cpp's llama-bench (its binary named by LLAMA_BENCH) on the same file and thread
+    count; it times its own rounds over its own random tokens and reports the mean rate."""
+    label, key = "llama-bench", "llama_bench"
+
+    def __init__(self, path, n_threads):
+        binary = os.environ.get("LLAMA_BENCH")
+        if not binary:
+            pytest.skip("LLAMA_BENCH is not set")
+        self.command = [binary, "-m", str(path), "-t", str(n_threads), "-r", str(ROUNDS), "-o", "json"]
+
+    def rate(self, what, ids):
+        sizes = ["-p", str(PP), "-n", "0"] if what == "pp512" else ["-p", "0", "-n", str(TG)]
+        done = subprocess.run(self.command + sizes, capture_output=True, text=True, check=True, timeout=600)
+        return float(json.loads(done.stdout)[0]["avg_ts"])
+
+
+def peers(path, n_threads):
+    """The peers available here, each set up on the model."""
+    found = []
+    for runner in (LlamaCppRunner, LlamaBenchRunner):
+        try:
+            found.append(runner(path, n_threads))
+        except pytest.skip.Exception:
+            pass
+    return found
 
 
 def best_rate(fn, ids, n_tokens):
@@ -79,16 +116,13 @@ def test_pp512_tg128(benchmark, model_path, n_threads, report):
     rates = {"pp512": best_rate(ours.pp, ids, PP), "tg128": best_rate(ours.tg, ids, TG)}
     benchmark.pedantic(ours.tg, args=(ids,), rounds=1, iterations=1)
     benchmark.extra_info.update(rates)
-    try:
-        peer = LlamaCppRunner(path, n_threads)
-    except pytest.skip.Exception:
-        peer = None
+    others = peers(path, n_threads)
     for what, rate in rates.items():
         line = f"{name:8s} {what} {n_threads}T: janlib {rate:7.1f} t/s"
-        if peer is not None:
-            peer_rate = best_rate(getattr(peer, what[:2]), ids, PP if what == "pp512" else TG)
-            benchmark.extra_info[f"llama_cpp_{what}"] = peer_rate
-            line += f"   llama.cpp {peer_rate:7.1f} t/s   ratio {rate / peer_rate:5.2f}"
+        for peer in others:
+            peer_rate = peer.rate(what, ids)
+            benchmark.extra_info[f"{peer.key}_{what}"] = peer_rate
+            line += f"   {peer.label} {peer_rate:7.1f} t/s   ratio {rate / peer_rate:5.2f}"
         report(line)
 
 
