@@ -49,7 +49,7 @@ def test_port_in_use():
     assert "cannot listen" in line
 
 
-@pytest.mark.parametrize("args", [["--parallel", "0"], ["--port", "70000"], ["--ctx-size", "0"]])
+@pytest.mark.parametrize("args", [["--parallel", "0"], ["--port", "70000"], ["--ctx-size", "-1"]])  # 0 is the model's own size, as in llama-server
 def test_bad_settings(args):
     _one_line_error(run(*args))
 
