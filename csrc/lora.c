@@ -1,10 +1,11 @@
 /* lora.c — LoRA adapters, applied unmerged: y = W x + scale * (alpha / rank) * B (A x).
  *
- * The rows of a chunk that use an adapter in a projection are gathered and run through two small
- * float32 matmuls, x @ A.T then @ B.T, and each row adds its own scaled result, adapters in batch
- * order. Float matmul rows are bit-identical however many rows share the call, so a row's result
- * depends only on its own input and scales, never on which other rows use the adapter. A row with
- * scale 0 does none of this work, so it equals the base model bit for bit. */
+ * The rows of a chunk that use an adapter in a projection are gathered and multiplied by A in one
+ * float32 matmul, t = x @ A.T; then each row adds sum_j (s t_j) B[:, j] to its output, column j of B
+ * being row j of B^T (contiguous): rank passes over the row, where a matmul by B would take one short
+ * dot product (and its horizontal sum) per output. Float matmul rows are bit-identical however many
+ * rows share the call and each row's update reads only its own t, so a row's result depends only on
+ * its own input and scales. A row with scale 0 does none of this work: the base model bit for bit. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,12 +39,15 @@ static const jl_tensor *target_weight(const jl_layer_desc *L, int target) {
     }
 }
 
-static jl_status check_f32(const jl_tensor *t, int64_t rows, int64_t k, const char *name) {
+/* transposed: t holds the named matrix transposed, and the message gives the named matrix's shapes */
+static jl_status check_f32(const jl_tensor *t, int64_t rows, int64_t k, const char *name, int transposed) {
     if (t->type != JL_TYPE_F32)
         return jl_fail(JL_ERR_INVALID_ARG, "lora: %s must be F32, got type id %d", name, t->type);
-    if (t->ne0 != k || t->ne1 != rows || t->ne2 != 1)
+    if (t->ne0 != k || t->ne1 != rows || t->ne2 != 1) {
+        long long has[2] = {(long long)t->ne1, (long long)t->ne0}, needs[2] = {(long long)rows, (long long)k};
         return jl_fail(JL_ERR_INVALID_ARG, "lora: %s has shape (%lld, %lld), the model needs (%lld, %lld)", name,
-                       (long long)t->ne1, (long long)t->ne0, (long long)rows, (long long)k);
+                       has[transposed], has[!transposed], needs[transposed], needs[!transposed]);
+    }
     if (t->nbytes < (size_t)(rows * k) * sizeof(float))
         return jl_fail(JL_ERR_INVALID_ARG, "lora: %s holds %zu bytes, its shape needs %zu", name, t->nbytes,
                        (size_t)(rows * k) * sizeof(float));
@@ -55,7 +59,7 @@ static jl_status check_pair(const jl_model_desc *d, const jl_lora_pair *p, int i
     char a_name[80], b_name[80];
     snprintf(a_name, sizeof a_name, "blk.%d.%s.weight.lora_a", il, TARGET_NAMES[target]);
     snprintf(b_name, sizeof b_name, "blk.%d.%s.weight.lora_b", il, TARGET_NAMES[target]);
-    if (!p->a.data != !p->b.data)
+    if (!p->a.data != !p->b_t.data)
         return jl_fail(JL_ERR_INVALID_ARG, "lora: %s comes without its partner", p->a.data ? a_name : b_name);
     if (!p->a.data) return JL_OK;
     if (!w->data)
@@ -63,8 +67,8 @@ static jl_status check_pair(const jl_model_desc *d, const jl_lora_pair *p, int i
                        il, TARGET_NAMES[target]);
     const int64_t rank = p->a.ne1;
     if (rank < 1) return jl_fail(JL_ERR_INVALID_ARG, "lora: %s has rank %lld", a_name, (long long)rank);
-    jl_status st = check_f32(&p->a, rank, w->ne0, a_name);
-    if (st == JL_OK) st = check_f32(&p->b, w->ne1, rank, b_name);
+    jl_status st = check_f32(&p->a, rank, w->ne0, a_name, 0);
+    if (st == JL_OK) st = check_f32(&p->b_t, rank, w->ne1, b_name, 1);
     return st;
 }
 
@@ -145,7 +149,7 @@ jl_status jl_lora_begin(jl_lora_rows *lr, const jl_batch *b, int64_t n_batch, in
         if (b->lora[j]->rank_max > rank_max) rank_max = b->lora[j]->rank_max;
     if (!grow((void **)&lr->scales, &lr->scales_cap, n_batch * b->n_lora) ||
         !grow((void **)&lr->rows, &lr->rows_cap, n_batch) || !grow((void **)&lr->x, &lr->x_cap, n_batch * width_max) ||
-        !grow((void **)&lr->u, &lr->u_cap, n_batch * width_max) || !grow((void **)&lr->t, &lr->t_cap, n_batch * rank_max))
+        !grow((void **)&lr->t, &lr->t_cap, n_batch * rank_max))
         return jl_fail(JL_ERR_NOMEM, "decode: out of memory for the LoRA products of %lld-row chunks", (long long)n_batch);
     return JL_OK;
 }
@@ -162,6 +166,33 @@ void jl_lora_move_row(jl_lora_rows *lr, int64_t dst, int64_t src) {
 
 /* Below this many multiply-adds a product runs on the calling thread: a dispatch costs more. */
 #define MIN_PARALLEL_MACS (1 << 18)
+
+typedef struct {
+    const jl_lora_rows *lr;
+    int32_t j;                /* the adapter */
+    const float *b_t;         /* (rank, width) */
+    int64_t rank, width, n;   /* n rows: lr->rows[0 .. n) */
+    float pair_scale;
+    float *y;                 /* (n_rows, width) */
+} update_job;
+
+/* y[row] += sum over i of (scale * t[row, i]) * B^T[i] for each of the job's rows */
+static void update_task(void *arg, int ith, int nth) {
+    const update_job *job = arg;
+    const jl_lora_rows *lr = job->lr;
+    int64_t lo, hi;
+    jl_split(job->n, ith, nth, 1, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) {
+        const int64_t r = lr->rows[i];
+        const float s = lr->scales[r * lr->n_lora + job->j] * job->pair_scale;
+        float *restrict yr = job->y + r * job->width;
+        for (int64_t q = 0; q < job->rank; q++) {
+            const float c = s * lr->t[i * job->rank + q];
+            const float *restrict b = job->b_t + q * job->width;
+            for (int64_t col = 0; col < job->width; col++) yr[col] += c * b[col];
+        }
+    }
+}
 
 jl_status jl_lora_apply(jl_lora_rows *lr, int layer, int target, const float *x, int64_t k, int64_t n_rows, float *y,
                         int64_t width, int n_threads) {
@@ -183,15 +214,10 @@ jl_status jl_lora_apply(jl_lora_rows *lr, int layer, int target, const float *x,
         const int64_t rank = p->a.ne1;
         const int nth = n * rank * (k + width) < MIN_PARALLEL_MACS ? 1 : n_threads;
         jl_status st = jl_matmul(JL_TYPE_F32, p->a.data, p->a.nbytes, rank, k, xs, n, lr->t, nth);
-        if (st == JL_OK) st = jl_matmul(JL_TYPE_F32, p->b.data, p->b.nbytes, width, rank, lr->t, n, lr->u, nth);
+        update_job job = {.lr = lr, .j = j, .b_t = p->b_t.data, .rank = rank, .width = width, .n = n,
+                          .pair_scale = lora->pair_scale[at], .y = y};
+        if (st == JL_OK) st = jl_parallel(nth, update_task, &job);
         if (st != JL_OK) return st;
-        for (int64_t i = 0; i < n; i++) {
-            const int64_t r = lr->rows[i];
-            const float s = lr->scales[r * lr->n_lora + j] * lora->pair_scale[at];
-            float *yr = y + r * width;
-            const float *ur = lr->u + i * width;
-            for (int64_t c = 0; c < width; c++) yr[c] += s * ur[c];
-        }
     }
     return JL_OK;
 }
@@ -201,5 +227,4 @@ void jl_lora_rows_free(jl_lora_rows *lr) {
     free(lr->rows);
     free(lr->x);
     free(lr->t);
-    free(lr->u);
 }

@@ -15,8 +15,7 @@ typedef struct {
     int32_t *rows;               /* (n_batch,) the rows one adapter applies to */
     float *x;                    /* (n_batch, width_max) those rows' inputs, gathered */
     float *t;                    /* (n_batch, rank_max) A x */
-    float *u;                    /* (n_batch, width_max) B A x */
-    int64_t scales_cap, rows_cap, x_cap, t_cap, u_cap;  /* elements allocated */
+    int64_t scales_cap, rows_cap, x_cap, t_cap;  /* elements allocated */
 } jl_lora_rows;
 
 /* The model's description (model.c). */

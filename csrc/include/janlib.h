@@ -258,8 +258,8 @@ typedef enum {
 
 /* One adapted projection W (rows, k): its low-rank pair, both F32; a.data == NULL: not adapted. */
 typedef struct {
-    jl_tensor a;  /* (rank, k) */
-    jl_tensor b;  /* (rows, rank) */
+    jl_tensor a;    /* (rank, k) */
+    jl_tensor b_t;  /* (rank, rows): B transposed, so B t is rank contiguous row updates */
 } jl_lora_pair;
 
 typedef struct jl_lora jl_lora;

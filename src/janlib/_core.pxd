@@ -152,7 +152,7 @@ cdef extern from "janlib.h" nogil:
 
     ctypedef struct jl_lora_pair:
         jl_tensor a
-        jl_tensor b
+        jl_tensor b_t
 
     jl_status jl_lora_create(const jl_model *model, const jl_lora_pair *pairs, float alpha, jl_lora **lora)
     void jl_lora_free(jl_lora *lora)

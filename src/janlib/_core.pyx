@@ -355,7 +355,7 @@ assert len(LORA_TARGETS) == JL_LORA_N_TARGETS
 
 cdef class Lora:
     """A LoRA adapter of a ForwardModel: pairs maps (layer, target name) to float32 arrays A (rank, k)
-    and B (rows, rank), which it points at (kept alive here); alpha 0 means no alpha / rank factor."""
+    and B (rows, rank), which it keeps (B transposed); alpha 0 means no alpha / rank factor."""
     cdef jl_lora *lora
     cdef readonly ForwardModel model  # outlives the adapter
     cdef list _keep
@@ -372,7 +372,7 @@ cdef class Lora:
                     raise ValueError(f"lora: layer {layer} is outside the model's {n_layer} layers")
                 at = layer * JL_LORA_N_TARGETS + LORA_TARGETS.index(target)
                 table[at].a = _f32_matrix(a, self._keep)
-                table[at].b = _f32_matrix(b, self._keep)
+                table[at].b_t = _f32_matrix(np.ascontiguousarray(np.asarray(b).T), self._keep)
             check(jl_lora_create(model.model, table, alpha, &self.lora))
         finally:
             free(table)
