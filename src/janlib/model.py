@@ -12,6 +12,7 @@ import numpy as np
 
 from janlib.chat import ChatTemplate
 from janlib.context import BatchContext
+from janlib.embedding import Embedder, as_token_lists
 from janlib.fetch import fetch_model
 from janlib.gguf import load_gguf
 from janlib.lora import LoraAdapter, LoraSelection, load_adapter, resolve_scales
@@ -66,6 +67,7 @@ class Model:
         for entry in lora:
             path, scale = (entry, 1.0) if isinstance(entry, (str, bytes)) or hasattr(entry, "__fspath__") else entry
             self.load_lora(path, scale)
+        self._embedder: Embedder | None = None
 
     @property
     def n_ctx(self) -> int:
@@ -74,6 +76,33 @@ class Model:
     @property
     def n_vocab(self) -> int:
         return self._runtime.n_vocab
+
+    @property
+    def n_embd(self) -> int:
+        return self._runtime.hparams.n_embd
+
+    @property
+    def is_encoder(self) -> bool:
+        """An embedding model (bert, nomic-bert): it has no output head, so it gives embeddings, not text."""
+        return self._runtime.hparams.non_causal
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embeddings of this model (its own context, created on first use)."""
+        if self._embedder is None:
+            self._embedder = Embedder(self._runtime)
+        return self._embedder
+
+    def embed(self, inputs: str | Sequence[int] | Sequence[str | Sequence[int]], pooling: str | None = None,
+              normalize: int = 2) -> np.ndarray | list[np.ndarray]:
+        """Embeddings of a text or a token list, (n_embd,) float32, or of a list of them, (n, n_embd);
+        all inputs run in as few forward passes as fit. pooling: "mean", "cls", "last" or "none"
+        (then one (n_tokens, n_embd) array per input); None: the model's (the file's pooling_type,
+        "last" for a decoder). normalize: as llama.cpp's embd_normalize (2: unit length, -1: none).
+        Texts are tokenized with the model's special tokens (bert: [CLS] ... [SEP])."""
+        token_lists, single = as_token_lists(inputs, self.tokenize)
+        vectors = self.embedder.embed(token_lists, pooling, normalize)
+        return vectors[0] if single else vectors
 
     @property
     def chat_template(self) -> str | None:

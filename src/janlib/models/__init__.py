@@ -13,15 +13,16 @@ from janlib.context import check_kv_types
 from janlib.errors import UnsupportedError
 from janlib.gguf import GGUFFile, load_gguf
 from janlib.lora import batch_adapters
-from janlib.models import (gemma2, gemma3, granite, llama, olmo2, phi3, qwen2, qwen3, qwen3moe, smollm3, stablelm,
-                           starcoder2)
+from janlib.models import (bert, gemma2, gemma3, granite, llama, nomic_bert, olmo2, phi3, qwen2, qwen3, qwen3moe,
+                           smollm3, stablelm, starcoder2)
 from janlib.models.base import Architecture, HParams
 
 __all__ = ["ARCHITECTURES", "Architecture", "HParams", "Runtime", "load_runtime"]
 
 ARCHITECTURES: dict[str, Architecture] = {
     m.ARCH.name: m.ARCH
-    for m in (llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, phi3, granite, olmo2, smollm3, stablelm, starcoder2)
+    for m in (llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, phi3, granite, olmo2, smollm3, stablelm, starcoder2, bert,
+              nomic_bert)
 }
 
 DEFAULT_MAX_CTX = 4096

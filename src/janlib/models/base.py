@@ -37,6 +37,10 @@ EXTRA_LAYER_TENSORS = {
     "ffn_gate_bias": "ffn_gate.bias",
     "ffn_up_bias": "ffn_up.bias",
     "ffn_down_bias": "ffn_down.bias",
+    "attn_output_norm": "attn_output_norm.weight",
+    "attn_output_norm_bias": "attn_output_norm.bias",
+    "layer_output_norm": "layer_output_norm.weight",
+    "layer_output_norm_bias": "layer_output_norm.bias",
 }
 NORM_TENSORS = {"attn_norm": "attn_norm.weight", "ffn_norm": "ffn_norm.weight"}
 DENSE_FFN_TENSORS = {"ffn_gate": "ffn_gate.weight", "ffn_up": "ffn_up.weight", "ffn_down": "ffn_down.weight"}
@@ -49,9 +53,13 @@ EXPERT_TENSORS = {
 QKV_BIASES = ("attn_q_bias", "attn_k_bias", "attn_v_bias")
 FFN_BIASES = ("ffn_gate_bias", "ffn_up_bias", "ffn_down_bias")
 NORM_BIASES = ("attn_norm_bias", "ffn_norm_bias")
+# bert's post-norms of the residual stream, after the attention and after the FFN
+POST_LAYER_NORMS = ("attn_output_norm", "attn_output_norm_bias", "layer_output_norm", "layer_output_norm_bias")
+POOLING_TYPES = ("none", "mean", "cls", "last", "rank")  # llama.cpp's pooling_type numbers 0..4
 # Global tensors read by the generic rules, not by the layers
 GLOBAL_TENSORS = ("token_embd.weight", "output_norm.weight", "output_norm.bias", "output.weight", "rope_freqs.weight",
-                  "rope_factors_long.weight", "rope_factors_short.weight")
+                  "rope_factors_long.weight", "rope_factors_short.weight", "token_types.weight", "position_embd.weight",
+                  "token_embd_norm.weight", "token_embd_norm.bias")
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,8 @@ class HParams:
     n_ff_exp: int = 0
     expert_weights_norm: bool = False
     expert_weights_scale: float = 1.0
+    non_causal: bool = False  # an encoder: every token attends to its whole sequence
+    pooling_type: str = "none"  # of POOLING_TYPES: how the file's embeddings pool their tokens
 
 
 @dataclass(frozen=True)
@@ -127,18 +137,26 @@ class LayerWeights:
     ffn_gate_exps: GGUFTensor | None = None
     ffn_up_exps: GGUFTensor | None = None
     ffn_down_exps: GGUFTensor | None = None
+    attn_output_norm: GGUFTensor | None = None
+    attn_output_norm_bias: GGUFTensor | None = None
+    layer_output_norm: GGUFTensor | None = None
+    layer_output_norm_bias: GGUFTensor | None = None
 
 
 @dataclass(frozen=True)
 class ModelWeights:
     token_embd: GGUFTensor
-    output_norm: GGUFTensor
-    output: GGUFTensor  # token_embd itself when tied
+    output_norm: GGUFTensor | None  # None: an encoder, whose last layer gives the hidden state
+    output: GGUFTensor | None  # token_embd itself when tied; None: an encoder (embeddings only)
     rope_freqs: GGUFTensor | None
     layers: tuple[LayerWeights, ...]
     output_norm_bias: GGUFTensor | None = None
     rope_factors_long: GGUFTensor | None = None
     rope_factors_short: GGUFTensor | None = None
+    token_types: GGUFTensor | None = None
+    position_embd: GGUFTensor | None = None
+    token_embd_norm: GGUFTensor | None = None
+    token_embd_norm_bias: GGUFTensor | None = None
 
 
 def row_view(t: GGUFTensor, first: int, rows: int, name: str) -> GGUFTensor:
@@ -180,6 +198,13 @@ class Metadata:
 
 def default_attention_scale(meta: Metadata, n_layer: int, n_embd: int, n_head: int, head_dim_k: int) -> float:
     return float(meta.get("attention.scale", 0.0)) or 1.0 / math.sqrt(head_dim_k)
+
+
+def pooling_type(meta: Metadata) -> str:
+    value = int(meta.get("pooling_type", 0))
+    if not 0 <= value < len(POOLING_TYPES):
+        raise UnsupportedError(f"{meta.arch}.pooling_type {value} is not supported (janlib knows {POOLING_TYPES})")
+    return POOLING_TYPES[value]
 
 
 ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
@@ -258,6 +283,7 @@ class Architecture:
     nope_layer_step: int = 0
     experts: bool = False
     expert_weights_norm: bool = True
+    encoder: bool = False  # no output head (embeddings only); token_types, position_embd, token_embd_norm used
     attn_softcap: bool = False  # the file's attn_logit_softcapping caps the scores (gemma2)
     attention_scale: Callable[[Metadata, int, int, int, int], float] = field(default=default_attention_scale)
 
@@ -323,15 +349,22 @@ class Architecture:
                               if f != "ffn_gate" or self.ffn == "gated"})
             layers.append(LayerWeights(**found))
         token_embd = tensor("token_embd.weight")
+        encoder_inputs = {}
+        if self.encoder:
+            encoder_inputs = dict(token_types=tensor("token_types.weight", required=False),
+                                  position_embd=tensor("position_embd.weight", required=False),
+                                  token_embd_norm=tensor("token_embd_norm.weight", required=False),
+                                  token_embd_norm_bias=tensor("token_embd_norm.bias", required=False))
         weights = ModelWeights(
             token_embd=token_embd,
-            output_norm=tensor("output_norm.weight"),
-            output=tensor("output.weight", required=False) or token_embd,
+            output_norm=None if self.encoder else tensor("output_norm.weight"),
+            output=None if self.encoder else tensor("output.weight", required=False) or token_embd,
             rope_freqs=tensor("rope_freqs.weight", required=False),
             layers=tuple(layers),
             output_norm_bias=tensor("output_norm.bias", required=False) if self.norm == "layer" else None,
             rope_factors_long=tensor("rope_factors_long.weight", required=False),
             rope_factors_short=tensor("rope_factors_short.weight", required=False),
+            **encoder_inputs,
         )
         unused = sorted(name for name in gguf.tensors if name not in used)
         if unused:
@@ -457,4 +490,6 @@ class Architecture:
             n_ff_exp=experts[0].ffn_up_exps.ne[1] if experts else 0,
             expert_weights_norm=bool(meta.get("expert_weights_norm", self.expert_weights_norm)),
             expert_weights_scale=float(meta.get("expert_weights_scale", 0.0) or 1.0),
+            non_causal=not bool(meta.get("attention.causal", True)),
+            pooling_type=pooling_type(meta),
         )
