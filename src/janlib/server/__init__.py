@@ -123,6 +123,8 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     from . import anthropic  # noqa: E402  (Anthropic's Messages API)
     app.register_blueprint(anthropic.bp)
     app.register_blueprint(native.bp)
+    from . import embeddings  # noqa: E402  (/v1/embeddings, /embedding; an encoder refuses generation)
+    app.register_blueprint(embeddings.bp)
     app.register_blueprint(misc.bp)
     app.register_blueprint(lora.bp)
     if config.webui:

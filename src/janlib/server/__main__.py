@@ -72,8 +72,8 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
     p.add_argument("--slot-save-path", metavar="DIR",
                    help="directory where POST /slots/ID?action=save and restore keep slot files")
     p.add_argument("--embedding", "--embeddings", dest="embeddings", action="store_true",
-                   help="accepted; the embedding endpoints answer 501: janlib's models are decoders only")
-    p.add_argument("--pooling", choices=POOLING, help="accepted with --embedding (see there)")
+                   help="serve /v1/embeddings and /embedding with a text-generation model too (an encoder always does)")
+    p.add_argument("--pooling", choices=POOLING, help="how --embedding pools a sequence's final hidden states (default: the model's; last for a decoder)")
     p.add_argument("--reranking", "--rerank", action="store_true",
                    help="accepted; the rerank endpoints answer 501: janlib has no reranking models")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",

@@ -56,8 +56,8 @@ class ServerConfig:
     props: bool = False  # POST /props may change the defaults
     webui: bool = True  # the chat page at /
     slot_save_path: str | None = None  # POST /slots/{id}?action=save|restore reads and writes here
-    embeddings: bool = False  # --embeddings: the decoder model cannot embed; see server/native.py
-    pooling: str | None = None
+    embeddings: bool = False  # --embeddings: a text-generation model serves embeddings too (server/embeddings.py)
+    pooling: str | None = None  # --pooling for embeddings; None: the model's
     lora: list[tuple[str, float]] = field(default_factory=list)  # LoRA adapter files and their scales (--lora)
     lora_init_without_apply: bool = False  # load the adapters at scale 0 (POST /lora-adapters sets them)
 

@@ -1,6 +1,6 @@
 """llama-server's native API, so that its clients (SillyTavern, llama.vim, llama.vscode, scripts) can talk to
-janlib: POST /completion (alias /completions), /infill, /apply-template, POST /props, the /slots actions and
-the embedding endpoints' answer. Requests become janlib.Requests exactly as the OpenAI endpoints' do
+janlib: POST /completion (alias /completions), /infill, /apply-template, POST /props and the /slots actions
+(the embedding endpoints are server/embeddings.py). Requests become janlib.Requests exactly as the OpenAI endpoints' do
 (server/completion.py); only the prompt forms and the response shape are llama.cpp's."""
 
 from __future__ import annotations
@@ -451,15 +451,6 @@ def slot_action(id_slot: str):
                         "n_read": os.path.getsize(path),
                         "timings": {"restore_ms": (time.perf_counter() - t0) * 1000}})
     raise invalid(f"'action' must be save, restore or erase, got {action!r}", "action")
-
-
-# ---------------------------------------------------------------------------------------------- embeddings
-@bp.post("/embedding")
-@bp.post("/embeddings")
-@bp.post("/v1/embeddings")
-def embeddings():
-    raise not_supported("embeddings are not supported by this model: janlib serves decoder models for "
-                        "generation only")
 
 
 @bp.post("/rerank")
