@@ -57,26 +57,36 @@ def _one_request(base: str, rng: random.Random) -> str | None:
         return f"{kind}: {error}"
 
 
+def _run_clients(base: str, errors: list[str], seed0: int, n_requests: int) -> None:
+    """CLIENTS concurrent clients, n_requests each; what went wrong is appended to errors."""
+
+    def client(i: int) -> None:
+        rng = random.Random(seed0 + i)
+        for _ in range(n_requests):
+            problem = _one_request(base, rng)
+            if problem:
+                errors.append(problem)
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+
+
 def test_soak(report):
     from server_util import start
 
     server = start("--alias", "soak", "--parallel", "4", "--ctx-size", "1024", "--queue-size", "64")
     try:
         base, pid = server.base, server.proc.pid
-        warm = random.Random(0)
-        for _ in range(8):  # warm-up: every code path once, caches and pools grown
-            assert _one_request(base, warm) is None
-        rss_warm = _rss_mib(pid)
         errors: list[str] = []
+        # warm-up as loaded as the soak itself: every sequence's KV pages and every thread's arena in use once
+        _run_clients(base, errors, seed0=1000, n_requests=3)
+        assert not errors, errors[:5]
+        rss_warm = _rss_mib(pid)
         health_ms: list[float] = []
         done = threading.Event()
-
-        def client(i: int) -> None:
-            rng = random.Random(i + 1)
-            for _ in range(REQUESTS):
-                problem = _one_request(base, rng)
-                if problem:
-                    errors.append(problem)
 
         def poll_health() -> None:
             while not done.is_set():
@@ -90,11 +100,7 @@ def test_soak(report):
         poller = threading.Thread(target=poll_health)
         poller.start()
         start = time.perf_counter()
-        clients = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
-        for t in clients:
-            t.start()
-        for t in clients:
-            t.join()
+        _run_clients(base, errors, seed0=1, n_requests=REQUESTS)
         elapsed = time.perf_counter() - start
         done.set()
         poller.join()
