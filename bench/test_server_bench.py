@@ -1,13 +1,19 @@
 """Time to first token and per-token streaming latency through the server (SSE over HTTP on
 loopback) beside the engine alone (Model.generate in-process), same model, same settings, same run.
-Targets: at most 10 ms added to time to first token, at most 5% added per streamed token."""
+Targets: at most 10 ms added to time to first token, at most 5% added per streamed token.
+
+Concurrent streams, a long prompt beside running streams and resident memory, janlib's server alone and,
+when LLAMA_SERVER names a llama-server binary, side by side with it (the same flags, one server at a time)."""
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
-import threading
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -133,10 +139,7 @@ def test_server_concurrent_streams_and_memory(report):
                     "--log-level", "warning").wait_ready()
     try:
         _concurrent(server.base, [_story(0, 16)])  # warm
-        rates = {}
-        for n in (1, 4, 8):
-            wall, runs = _concurrent(server.base, [_story(i) for i in range(n)])
-            rates[n] = sum(len(times) for _, times in runs) / wall
+        rates = {n: _aggregate_rate(server.base, n) for n in (1, 4, 8)}
     finally:
         server.stop()
     report(f"server streams (2 threads, 128 tokens each): 1 stream {rates[1]:.0f} t/s, 4 streams {rates[4]:.0f} t/s "
@@ -158,35 +161,123 @@ def test_server_concurrent_streams_and_memory(report):
            f"full KV {kv_mb:.0f} MB + 150 MB = {weights_mb + kv_mb + 150:.0f} MB (target: RSS at most that)")
 
 
+LONG_TEXT = " ".join(f"item {i}," for i in range(255))  # about 1,500 tokens with the template
+
+
+def _long_prompt_beside_streams(base):
+    """While 3 streams decode, a ~1,500-token prompt arrives: (its tokens, worst gap between two tokens of
+    the running streams, its time to first token alone, beside the streams)."""
+    body = {"model": "bench", "messages": [{"role": "user", "content": LONG_TEXT}], "max_tokens": 4,
+            "ignore_eos": True, "temperature": 0, "cache_prompt": False}
+    n_prompt = requests.post(base + "/v1/chat/completions", json=body, timeout=600).json()["usage"]["prompt_tokens"]
+    body["stream"] = True  # the request above warmed the server
+    start, times = _stream_times(base, body)
+    alone = times[0] - start
+    out = {}
+
+    def streams():
+        out["runs"] = _concurrent(base, [_story(i, 300) for i in range(3)])[1]
+
+    runner = threading.Thread(target=streams)
+    runner.start()
+    time.sleep(1.0)  # the three are decoding
+    start, times = _stream_times(base, body)
+    beside = times[0] - start
+    runner.join()
+    worst = max(b - a for _, ts in out["runs"] for a, b in zip(ts, ts[1:]))
+    return n_prompt, worst, alone, beside
+
+
 def test_server_long_prompt_beside_streams(report):
     """While 3 streams decode, a 1,500-token prompt arrives: the worst gap between two tokens of the
     running streams, and that prompt's time to first token beside its time alone."""
     from server_util import Server
 
-    long_text = " ".join(f"item {i}," for i in range(255))  # about 1,500 tokens with the template
-    long_body = {"model": "bench", "messages": [{"role": "user", "content": long_text}], "max_tokens": 4,
-                 "ignore_eos": True, "temperature": 0, "stream": True, "cache_prompt": False}
     server = Server("--alias", "bench", "--parallel", "4", "--ctx-size", "8192", "--threads", "2",
                     "--log-level", "warning").wait_ready()
     try:
-        n_prompt = len(requests.post(server.base + "/tokenize", json={"content": long_text}).json()["tokens"])
-        _stream_times(server.base, long_body)  # warm
-        start, times = _stream_times(server.base, long_body)
-        alone = times[0] - start
-        out = {}
-
-        def streams():
-            out["runs"] = _concurrent(server.base, [_story(i, 300) for i in range(3)])[1]
-
-        runner = threading.Thread(target=streams)
-        runner.start()
-        time.sleep(1.0)  # the three are decoding
-        start, times = _stream_times(server.base, long_body)
-        beside = times[0] - start
-        runner.join()
+        n_prompt, worst, alone, beside = _long_prompt_beside_streams(server.base)
     finally:
         server.stop()
-    worst = max(b - a for _, ts in out["runs"] for a, b in zip(ts, ts[1:]))
     report(f"server: {n_prompt}-token prompt beside 3 decoding streams: worst gap {worst * 1000:.0f} ms "
            f"(target <= 250), its ttft {beside * 1000:.0f} ms vs {alone * 1000:.0f} ms alone, "
            f"{beside / alone:.2f}x (target <= 1.3x)")
+
+
+PEER_FLAGS = ("--alias", "bench", "--parallel", "4", "--ctx-size", "8192", "--threads", "2")
+
+
+def _llama_server(binary):
+    """llama-server on SmolLM2 with PEER_FLAGS, run and stopped like janlib's server."""
+    from janlib.fetch import fetch_model
+    from server_util import Server, free_port
+
+    class LlamaServer(Server):
+        def __init__(self):
+            self.port = free_port()
+            self.base = f"http://127.0.0.1:{self.port}"
+            self.args = [binary, "-m", str(fetch_model("smollm2-135m-instruct")), "--port", str(self.port),
+                         *PEER_FLAGS]
+            self.log = open(Path(tempfile.gettempdir()) / f"llama-server-{self.port}.log", "w+")
+            self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+
+    return LlamaServer()
+
+
+def _aggregate_rate(base, n_streams, rounds=2):
+    """Tokens/s of n concurrent 128-token streams, all streams' tokens over the wall time: the fastest of
+    rounds (the machine is shared; the fastest round is the one least disturbed)."""
+    best = 0.0
+    for _ in range(rounds):
+        wall, runs = _concurrent(base, [_story(i) for i in range(n_streams)])
+        best = max(best, sum(len(times) for _, times in runs) / wall)
+    return best
+
+
+def _n_choices(base):
+    """What a request for n: 3 returns: the number of choices, or the status and error message."""
+    body = {"model": "bench", "messages": PROMPT, "max_tokens": 8, "n": 3, "seed": 1}
+    r = requests.post(base + "/v1/chat/completions", json=body, timeout=300)
+    if r.status_code == 200:
+        n = len(r.json()["choices"])
+        return f"{n} choice{'s' if n != 1 else ''}"
+    message = r.json().get("error", {}).get("message", r.text) if r.headers.get("content-type", "").startswith(
+        "application/json") else r.text
+    return f"{r.status_code}: {message[:60]}"
+
+
+def _peer_row(server):
+    """One server's column of the issue's table, measured on the running server."""
+    try:
+        _concurrent(server.base, [_story(0, 16)])  # warm
+        one = _aggregate_rate(server.base, 1)
+        four = _aggregate_rate(server.base, 4)
+        n_prompt, worst, alone, beside = _long_prompt_beside_streams(server.base)
+        n3 = _n_choices(server.base)
+        rss = _rss_mb(server.proc.pid)
+    finally:
+        server.stop()
+    return {"1 stream": f"{one:.0f} t/s",
+            "4 streams, aggregate": f"{four:.0f} t/s ({four / one:.2f}x one stream)",
+            f"worst gap of 3 streams while a {n_prompt}-token prompt arrives": f"{worst * 1000:.0f} ms",
+            "that prompt's ttft beside them vs alone": f"{beside * 1000:.0f} / {alone * 1000:.0f} ms "
+                                                       f"({beside / alone:.2f}x)",
+            "resident memory after the runs": f"{rss:.0f} MB",
+            "n: 3": n3}
+
+
+def test_server_beside_llama_server(report):
+    """The issue's table: janlib's server and llama-server (LLAMA_SERVER names its binary; without it only
+    janlib's column) with the same flags on SmolLM2, one after the other, never both at once."""
+    from server_util import Server
+
+    columns = {"janlib": _peer_row(Server(*PEER_FLAGS, "--log-level", "warning").wait_ready())}
+    if os.environ.get("LLAMA_SERVER"):
+        columns["llama-server"] = _peer_row(_llama_server(os.environ["LLAMA_SERVER"]).wait_ready())
+    rows = list(columns["janlib"])
+    width = max(map(len, rows)) + 2
+    report(f"servers side by side ({' '.join(PEER_FLAGS[2:])}, 128 tokens a stream, load average "
+           f"{os.getloadavg()[0]:.1f}):")
+    report("".ljust(width) + "".join(name.ljust(34) for name in columns))
+    for i, row in enumerate(rows):
+        report(row.ljust(width) + "".join(list(col.values())[i].ljust(34) for col in columns.values()))
