@@ -757,7 +757,7 @@ static void attention_page_task(void *arg, int ith, int nth) {
     const int64_t window = d->layers[job->layer].sliding_window;
     float *queries = ctx->attn_scratch + (size_t)ith * ctx->attn_scratch_floats;  /* (FLASH_QUERIES, Dk) */
     int first[FLASH_QUERIES], end[FLASH_QUERIES];
-    int64_t q_first[FLASH_QUERIES], q_last[FLASH_QUERIES];
+    int64_t q_first[FLASH_QUERIES], q_pos[FLASH_QUERIES];
     float q_max[FLASH_QUERIES], q_sum[FLASH_QUERIES], *out[FLASH_QUERIES];
     jl_attend_page_args args = {.dk = Dk, .dv = Dv, .q = queries, .first = first, .end = end,
                                 .scale = d->attention_scale, .max = q_max, .sum = q_sum, .out = out,
@@ -775,10 +775,10 @@ static void attention_page_task(void *arg, int ith, int nth) {
         int64_t lo = INT64_MAX, hi = 0;
         for (int qi = 0; qi < args.nq; qi++) {
             const int64_t row = rows[qi / nh], head = h0 + qi % nh;
-            q_last[qi] = last_visible(ctx, row);
-            q_first[qi] = d->non_causal ? 0 : first_visible(ch->pos[row], window);
+            q_pos[qi] = ch->pos[row];
+            q_first[qi] = first_visible(q_pos[qi], window);
             lo = q_first[qi] < lo ? q_first[qi] : lo;
-            hi = q_last[qi] > hi ? q_last[qi] : hi;
+            hi = q_pos[qi] > hi ? q_pos[qi] : hi;
             memcpy(queries + (size_t)qi * Dk, ctx->q + (row * d->n_head + head) * Dk, (size_t)Dk * sizeof(float));
             out[qi] = ctx->attn + (row * d->n_head + head) * Dv;
             memset(out[qi], 0, (size_t)Dv * sizeof(float));
@@ -788,7 +788,7 @@ static void attention_page_task(void *arg, int ith, int nth) {
         for (int64_t page_index = lo / JL_KV_PAGE; page_index <= hi / JL_KV_PAGE; page_index++) {
             const int64_t base = page_index * JL_KV_PAGE;
             for (int qi = 0; qi < args.nq; qi++) {
-                const int64_t a = q_first[qi] - base, b = q_last[qi] + 1 - base;
+                const int64_t a = q_first[qi] - base, b = q_pos[qi] + 1 - base;
                 first[qi] = a < 0 ? 0 : a > JL_KV_PAGE ? JL_KV_PAGE : (int)a;
                 end[qi] = b < 0 ? 0 : b > JL_KV_PAGE ? JL_KV_PAGE : (int)b;
             }
