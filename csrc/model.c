@@ -22,10 +22,7 @@
  * n_ctx) per KV head, so both attention products are the kernel table's dot products: one cache
  * row against up to JL_NC_MAX query rows per call, the queries in the K type's activation format
  * (float32, or Q8_0 for a Q8_0 / Q4_0 K). A quantized V is kept as rows and each visible row is
- * dequantized once and added in, weighted, position by position. Where the active ISA has a page
- * kernel for the cache's float type (K and V of one type, no logit softcap), an item of up to
- * FLASH_QUERIES queries has each page converted and transposed once and the products run as
- * vertical multiply-adds instead. Either way the keys are walked with an online softmax. */
+ * dequantized once and added in, weighted, position by position. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,8 +49,6 @@ struct jl_model {
  * weights are the only scores held, and a transposed V's dot products run over a whole block. */
 #define ATTN_BLOCK_PAGES 16
 #define ATTN_BLOCK (ATTN_BLOCK_PAGES * JL_KV_PAGE)
-/* Queries an item of the page kernel (attend_page) holds: its transposes of a page are shared by them. */
-#define FLASH_QUERIES 64
 
 struct jl_context {
     const jl_model *model;
@@ -86,8 +81,7 @@ struct jl_context {
     int64_t *seq_old_len;      /* (n_seq_max,) each sequence's length before it */
     float *attn_scratch;       /* (attn_scratch_threads, attn_scratch_floats) */
     int attn_scratch_threads;
-    size_t attn_scratch_floats;
-    jl_attend_page_fn attend_page;  /* the chunk's page kernel (NULL: the generic attention), chosen as its rows are grouped */  /* JL_NC_MAX gathered queries + JL_NC_MAX rows of weights */
+    size_t attn_scratch_floats;  /* JL_NC_MAX gathered queries + JL_NC_MAX rows of weights */
 };
 
 /* ---- validating a description ------------------------------------------------------------- */
@@ -401,11 +395,8 @@ jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_
     ctx->seq_next = malloc((size_t)n_seq_max * sizeof *ctx->seq_next);
     ctx->seq_old_len = malloc((size_t)n_seq_max * sizeof *ctx->seq_old_len);
     /* per thread: JL_NC_MAX gathered queries (an activation row takes at most 4 bytes a value),
-     * their weights over one block of keys, one dequantized V row; or, for the page kernel,
-     * FLASH_QUERIES float queries and its transposed page: nothing grows with the context */
-    const size_t generic_floats = (size_t)JL_NC_MAX * ((size_t)d->head_dim_k + ATTN_BLOCK) + (size_t)d->head_dim_v,
-                 page_kernel_floats = (size_t)FLASH_QUERIES * d->head_dim_k + JL_ATTEND_SCRATCH(d->head_dim_k, d->head_dim_v);
-    ctx->attn_scratch_floats = generic_floats > page_kernel_floats ? generic_floats : page_kernel_floats;
+     * their weights over one block of keys, one dequantized V row: nothing grows with the context */
+    ctx->attn_scratch_floats = (size_t)JL_NC_MAX * ((size_t)d->head_dim_k + ATTN_BLOCK) + (size_t)d->head_dim_v;
     if (!ctx->x || !ctx->xn || !ctx->q || !ctx->k || !ctx->v || !ctx->attn || !ctx->proj || !ctx->gate || !ctx->up ||
         !ctx->rope_cos || !ctx->rope_sin || !ctx->rows.pos || !ctx->rows.seq || !ctx->rows.out_rows ||
         !ctx->rows.group_rows || !ctx->rows.group_start || !ctx->rows.seq_count || !ctx->seq_next || !ctx->seq_old_len ||
@@ -617,18 +608,7 @@ typedef struct {
     jl_from_float_fn q_convert;     /* a query into the K type's activation format */
     size_t q_bytes;                 /* bytes of one converted query */
     jl_to_float_fn v_to_float;      /* a V row (a quantized V) */
-    jl_attend_page_fn attend_page;  /* the page kernel, or NULL: the generic steps above */
 } attention_job;
-
-/* The page kernel of the active ISA when K and V are one float type it covers and there is no
- * logit softcap; NULL otherwise. */
-static jl_attend_page_fn page_kernel(const jl_context *ctx) {
-    const jl_kv_cache *kv = &ctx->kv;
-    if (kv->type_k != kv->type_v || !kv->v_trans || ctx->model->desc.attn_logit_softcap > 0.0f) return NULL;
-    return jl_traits(kv->type_k)->attend_page;
-}
-
-
 
 /* The first position a token at pos sees: the window keeps positions > pos - window. */
 static inline int64_t first_visible(int64_t pos, int64_t window) {
@@ -745,65 +725,6 @@ static void attention_task(void *arg, int ith, int nth) {
     }
 }
 
-/* The same walk with the page kernel: per page of the item's span, each query that sees part of
- * it updates its own online softmax; K and V of the page are converted once for all of them. */
-static void attention_page_task(void *arg, int ith, int nth) {
-    const attention_job *job = arg;
-    jl_context *ctx = job->ctx;
-    const jl_chunk *ch = &ctx->rows;
-    const jl_kv_cache *kv = &ctx->kv;
-    const jl_model_desc *d = &ctx->model->desc;
-    const int Dk = d->head_dim_k, Dv = d->head_dim_v, group = d->n_head / d->n_head_kv;
-    const int64_t window = d->layers[job->layer].sliding_window;
-    float *queries = ctx->attn_scratch + (size_t)ith * ctx->attn_scratch_floats;  /* (FLASH_QUERIES, Dk) */
-    int first[FLASH_QUERIES], end[FLASH_QUERIES];
-    int64_t q_first[FLASH_QUERIES], q_pos[FLASH_QUERIES];
-    float q_max[FLASH_QUERIES], q_sum[FLASH_QUERIES], *out[FLASH_QUERIES];
-    jl_attend_page_args args = {.dk = Dk, .dv = Dv, .q = queries, .first = first, .end = end,
-                                .scale = d->attention_scale, .max = q_max, .sum = q_sum, .out = out,
-                                .scratch = queries + (size_t)FLASH_QUERIES * Dk};
-    for (int64_t item = ith; item < job->n_items; item += nth) {
-        const int64_t chunk = item % job->head_chunks, g = item / job->head_chunks % d->n_head_kv,
-                      grp = item / (job->head_chunks * d->n_head_kv);
-        const int h0 = (int)(g * group + chunk * job->heads_per_item);
-        const int heads_left = (int)(group - chunk * job->heads_per_item);
-        const int nh = heads_left < job->heads_per_item ? heads_left : job->heads_per_item;
-        const int32_t *rows = ch->group_rows + ch->group_start[grp];
-        const int nr = (int)(ch->group_start[grp + 1] - ch->group_start[grp]);
-        const int32_t seq = ch->seq[rows[0]];
-        args.nq = nh * nr;
-        int64_t lo = INT64_MAX, hi = 0;
-        for (int qi = 0; qi < args.nq; qi++) {
-            const int64_t row = rows[qi / nh], head = h0 + qi % nh;
-            q_pos[qi] = ch->pos[row];
-            q_first[qi] = first_visible(q_pos[qi], window);
-            lo = q_first[qi] < lo ? q_first[qi] : lo;
-            hi = q_pos[qi] > hi ? q_pos[qi] : hi;
-            memcpy(queries + (size_t)qi * Dk, ctx->q + (row * d->n_head + head) * Dk, (size_t)Dk * sizeof(float));
-            out[qi] = ctx->attn + (row * d->n_head + head) * Dv;
-            memset(out[qi], 0, (size_t)Dv * sizeof(float));
-            q_max[qi] = -INFINITY;
-            q_sum[qi] = 0.0f;
-        }
-        for (int64_t page_index = lo / JL_KV_PAGE; page_index <= hi / JL_KV_PAGE; page_index++) {
-            const int64_t base = page_index * JL_KV_PAGE;
-            for (int qi = 0; qi < args.nq; qi++) {
-                const int64_t a = q_first[qi] - base, b = q_pos[qi] + 1 - base;
-                first[qi] = a < 0 ? 0 : a > JL_KV_PAGE ? JL_KV_PAGE : (int)a;
-                end[qi] = b < 0 ? 0 : b > JL_KV_PAGE ? JL_KV_PAGE : (int)b;
-            }
-            const int32_t page = jl_kv_page(kv, seq, base);
-            args.k = jl_kv_k(kv, page, job->layer, (int)g);
-            args.vt = jl_kv_v(kv, page, job->layer, (int)g);
-            job->attend_page(&args);
-        }
-        for (int qi = 0; qi < args.nq; qi++) {
-            const float inv_sum = 1.0f / q_sum[qi];
-            for (int dim = 0; dim < Dv; dim++) out[qi][dim] *= inv_sum;
-        }
-    }
-}
-
 static jl_status attention(jl_context *ctx, int layer, int n_threads) {
     const jl_model_desc *d = &ctx->model->desc;
     const int group = d->n_head / d->n_head_kv;
@@ -811,9 +732,7 @@ static jl_status attention(jl_context *ctx, int layer, int n_threads) {
     const jl_type_traits *tk = jl_traits(ctx->kv.type_k), *tq = jl_traits(tk->activation), *tv = jl_traits(ctx->kv.type_v);
     attention_job job = {.ctx = ctx, .layer = layer, .k_dot = tk->vec_dot, .v_dot_pages = tv->vec_dot_pages,
                          .q_convert = tq->from_float, .q_bytes = jl_row_bytes(tq, d->head_dim_k), .v_to_float = tv->to_float};
-    job.attend_page = ctx->attend_page;
-    const int per_item = job.attend_page ? FLASH_QUERIES : JL_NC_MAX;
-    job.heads_per_item = group < per_item ? group : per_item;
+    job.heads_per_item = group < JL_NC_MAX ? group : JL_NC_MAX;
     job.head_chunks = (group + job.heads_per_item - 1) / job.heads_per_item;
     job.n_items = ctx->rows.n_groups * d->n_head_kv * job.head_chunks;
     int64_t span = 0;
@@ -823,15 +742,14 @@ static jl_status attention(jl_context *ctx, int layer, int n_threads) {
     int64_t work = d->n_head * span * (d->head_dim_k + d->head_dim_v) / 16;
     int nth = threads_for(work, n_threads);
     if (nth > job.n_items) nth = (int)job.n_items;
-    return jl_parallel(nth, job.attend_page ? attention_page_task : attention_task, &job);
+    return jl_parallel(nth, attention_task, &job);
 }
 
-/* Heads of one KV group share an item first; when a group has fewer heads than an item holds
- * queries, rows of one sequence join it. */
+/* Heads of one KV group share an item first; when a group has fewer than JL_NC_MAX heads,
+ * rows of one sequence join it. */
 static void group_rows(jl_context *ctx) {
-    ctx->attend_page = page_kernel(ctx);
-    const int group = ctx->model->desc.n_head / ctx->model->desc.n_head_kv, per_item = ctx->attend_page ? FLASH_QUERIES : JL_NC_MAX;
-    jl_chunk_group_rows(&ctx->rows, ctx->kv.n_seq, group < per_item ? per_item / group : 1);
+    const int group = ctx->model->desc.n_head / ctx->model->desc.n_head_kv;
+    jl_chunk_group_rows(&ctx->rows, ctx->kv.n_seq, group < JL_NC_MAX ? JL_NC_MAX / group : 1);
 }
 
 typedef struct {

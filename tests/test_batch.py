@@ -110,24 +110,6 @@ def test_long_sequences_across_attention_blocks(runtime):
     assert_within_rounding(whole, exact, emulated)
 
 
-@pytest.mark.skipif("avx512" not in janlib.cpu_features()["available"], reason="no AVX-512 here")
-@pytest.mark.parametrize("arch", sorted(TINY))
-@pytest.mark.parametrize("kv_type", ["f16", "f32"])
-def test_page_kernel_agrees_with_the_generic_attention(arch, kv_type, tmp_path):
-    """AVX-512 attends a float cache with its page kernel (transposed pages, vertical products);
-    the AVX2 level takes the generic dot-product steps. On float weights (no activation rounding
-    to flip) they agree over two attention blocks."""
-    runtime = load_runtime(write_tiny_model(tmp_path / f"{arch}.gguf", arch, weights="float"))
-    n = 600
-    ids = tokens(22, n)
-    logits = {}
-    for isa in ("avx2", "avx512"):
-        with janlib.use_isa(isa):
-            ctx = janlib.BatchContext(runtime, n_ctx=n, n_seq_max=1, n_batch=n, kv_type=kv_type)
-            logits[isa] = ctx.decode(ids, np.arange(n), np.zeros(n, int), np.ones(n, bool), n_threads=1)
-    np.testing.assert_allclose(logits["avx512"], logits["avx2"], rtol=0, atol=1e-4 * np.abs(logits["avx2"]).max())
-
-
 def test_only_wanted_rows_come_back_in_batch_order(runtime):
     ids = tokens(6, 40)
     ctx = janlib.BatchContext(runtime, n_ctx=64, n_seq_max=2, n_batch=16)  # three chunks

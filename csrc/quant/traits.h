@@ -45,25 +45,6 @@ typedef void (*jl_vec_dot_pages_fn)(int64_t page_len, int64_t n_pages, const uin
                                     size_t w_offset, const float *restrict x, size_t x_stride, int nc,
                                     float *restrict s);
 
-/* One page of flash attention for nq queries of one KV head, the page's K rows (JL_KV_PAGE, dk)
- * and transposed V (dv, JL_KV_PAGE) both of this type. Query c sees the page's slots
- * [first[c], end[c]) (none when first[c] >= end[c]: its state is left alone); its scores are
- * scale * q_c . k; *max[c], *sum[c] and out[c] (dv,) are its online softmax's running max, sum of
- * e^(score - max) and weighted sum of V, updated as jl_softmax_block (ops.h) says. A query's
- * arithmetic depends only on its own q, slots and state: never on nq or the other queries. */
-typedef struct {
-    int dk, dv, nq;
-    const float *q;  /* (nq, dk) */
-    const uint8_t *k, *vt;
-    const int *first, *end;  /* (nq,) */
-    float scale;
-    float *max, *sum;  /* (nq,) */
-    float *const *out;  /* (nq,) rows of dv */
-    float *scratch;  /* (JL_ATTEND_SCRATCH(dk, dv),) */
-} jl_attend_page_args;
-#define JL_ATTEND_SCRATCH(dk, dv) (32 * ((size_t)(dk) + (size_t)(dv)))
-typedef void (*jl_attend_page_fn)(const jl_attend_page_args *a);
-
 typedef struct {
     const char *name;
     int64_t block_size;         /* values per block */
@@ -74,7 +55,6 @@ typedef struct {
     jl_vec_dot_fn vec_dot;        /* set for the weight types */
     const jl_gemm_kernels *gemm;  /* set where a GEMM beats vec_dot for many rows */
     jl_vec_dot_pages_fn vec_dot_pages;  /* set for the KV cache types */
-    jl_attend_page_fn attend_page;      /* optional, for a float KV cache whose K and V are both this type */
 } jl_type_traits;
 
 /* The scalar reference table (quant/ref.c): every supported type has every kernel it needs. */
@@ -83,7 +63,6 @@ void jl_ref_register(jl_type_traits *table);
 void jl_avx2_register(jl_type_traits *table);
 void jl_avx512_register(jl_type_traits *table);
 void jl_avx512_gemm_register(jl_type_traits *table);
-void jl_avx512_attention_register(jl_type_traits *table);
 
 /* Active table entry for a type, or NULL when the type is not supported. */
 const jl_type_traits *jl_traits(int type);
