@@ -18,6 +18,7 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from janlib.errors import JanlibError
+from janlib.reasoning import without_thinking
 
 __all__ = ["CHATML_TEMPLATE", "ChatTemplate", "ChatTemplateError"]
 
@@ -146,11 +147,16 @@ class ChatTemplate:
         passed as transformers passes them ([{"type": "function", "function": {...}}]).
 
         continue_final_message: the text ends inside the last message (prefill), which the model
-        continues instead of starting a new turn; the message is rendered in full, its closing cut off."""
+        continues instead of starting a new turn; the message is rendered in full, its closing cut off.
+        enable_thinking=False (a template variable) also closes a thinking block the generation prompt
+        leaves open, so the model answers at once whether or not the template reads the variable."""
         checked = _checked_messages(messages, "developer" if self.knows_developer else "system")
         if continue_final_message:
             return self._render_continued(checked, tools, extra)
-        return self._render(checked, add_generation_prompt, tools, extra)
+        text = self._render(checked, add_generation_prompt, tools, extra)
+        if add_generation_prompt and extra.get("enable_thinking") is False:
+            text = without_thinking(text, self.source)
+        return text
 
     def _render_continued(self, checked: list[dict], tools: list | None, extra: dict) -> str:
         if not checked:

@@ -32,9 +32,21 @@ def test_llama_server_flags_map_onto_the_config(tmp_path):
     assert parse_args(["--no-metrics"]).metrics is False and parse_args([]).context_shift is True
 
 
+def test_llama_server_flags_with_a_janlib_meaning_or_none(tmp_path):
+    c = parse_args(["--reasoning", "off", "--reasoning-format", "none", "--cors-origins", "localhost, http://a.example",
+                    "--cors-origin", "*", "--swa-full", "--cache-ram", "100", "--no-cache-idle-slots", "--backend_sampling",
+                    "-bs", "--media-path", str(tmp_path), "--tools", "all", "--ui-mcp-proxy"])
+    assert (c.reasoning, c.reasoning_format) == ("off", "none")
+    assert c.cors_origins == ["localhost", "http://a.example", "*"]
+    c.validate()
+    defaults = parse_args([])
+    assert (defaults.reasoning, defaults.reasoning_format, defaults.cors_origins) == ("auto", "deepseek", [])
+
+
 @pytest.mark.parametrize("argv, named", [(["--bogus-flag", "1"], "--bogus-flag"), (["-m", "x", "--lora-base", "a"], "--lora-base"),
                                          (["--chat-template-file", "/nonexistent/t.jinja"], "--chat-template-file"),
-                                         (["-ctk", "iq4_nl"], "--cache-type-k")])
+                                         (["-ctk", "iq4_nl"], "--cache-type-k"), (["--reasoning", "maybe"], "--reasoning"),
+                                         (["--media-path", "/nonexistent/media"], "--media-path")])
 def test_unknown_flags_and_unreadable_files_are_named(argv, named):
     r = subprocess.run([sys.executable, "-m", "janlib.server", *argv], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and named in r.stderr.splitlines()[-1]
@@ -64,6 +76,28 @@ def test_endpoint_switches_act():
     assert client.post("/props", json={"temperature": 0.5}).get_json() == {"success": True}
     assert client.get("/props").get_json()["default_generation_settings"]["params"]["temperature"] == 0.5
     assert client.post("/props", json={"bogus": 1}).status_code == 400
+    app.extensions["janlib"].engine.close()
+
+
+THINKING_TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+                     "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}")  # always opens, as DeepSeek-R1's
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reasoning, prompt_end", [("auto", "<|assistant|><think>\n"),
+                                                   ("off", "<|assistant|><think>\n</think>")])
+def test_reasoning_off_closes_the_thinking_before_the_answer(reasoning, prompt_end):
+    from janlib.server import create_app
+
+    app = create_app(parse_args(["-c", "256", "-t", "1", "--reasoning", reasoning, "--chat-template", THINKING_TEMPLATE]))
+    client = app.test_client()
+    messages = [{"role": "user", "content": "Hi"}]
+    assert client.post("/apply-template", json={"messages": messages}).get_json()["prompt"].endswith(prompt_end)
+    answer = client.post("/v1/chat/completions", json={"model": app.extensions["janlib"].model_id, "messages": messages,
+                                                      "max_tokens": 3, "temperature": 0}).get_json()
+    message = answer["choices"][0]["message"]
+    # off: the model starts after </think>, so what it says is content; auto: it starts inside the thinking
+    assert ("reasoning_content" in message) == (reasoning == "auto")
     app.extensions["janlib"].engine.close()
 
 

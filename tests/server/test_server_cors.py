@@ -126,3 +126,24 @@ def test_a_bad_origin_stops_the_start(origin):
                             capture_output=True, text=True, timeout=60, env=_env(), stdin=subprocess.DEVNULL)
     assert result.returncode == 2
     assert result.stderr.startswith("janlib.server: error: --cors-origin") and repr(origin) in result.stderr
+
+
+@pytest.mark.parametrize("origin, allowed", [
+    ("http://localhost", True), ("http://localhost:8080", True), ("http://127.0.0.1:3000", True),
+    ("http://[::1]", True), ("https://[::1]:3000", True),
+    ("http://localhost.evil.com", False), ("http://notlocalhost", False), ("http://evil.com", False),
+    ("http://[::1", False)])
+def test_the_origin_localhost_stands_for_this_machine(origin, allowed):
+    """llama-server's --cors-origins localhost: an origin on this machine is reflected, any other gets nothing."""
+    from flask import Flask
+
+    from janlib.server import cors
+
+    app = Flask(__name__)
+    app.add_url_rule("/v1/models", view_func=lambda: "{}")
+    cors.install(app, ["localhost"])
+    client = app.test_client()
+    answers = [client.options("/v1/models", headers={"Origin": origin, "Access-Control-Request-Method": "GET"}),
+               client.get("/v1/models", headers={"Origin": origin})]
+    for r in answers:
+        assert r.status_code == 200 and r.headers.get("Access-Control-Allow-Origin") == (origin if allowed else None)

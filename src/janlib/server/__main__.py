@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import _thread
 import logging
+import os
 import signal
 import sys
 import threading
@@ -12,6 +13,7 @@ import time
 import warnings
 
 from janlib.lora import parse_lora_arg
+from janlib.reasoning import REASONING_FORMATS, REASONING_MODES
 
 from .config import (API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, KV_CACHE_TYPES, POOLING, ConfigError, ServerConfig,
                      keys_from_env)
@@ -60,6 +62,12 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
     p.add_argument("--chat-template", metavar="JINJA_TEMPLATE",
                    help="a Jinja chat template (or the name chatml) instead of the model's")
     p.add_argument("--chat-template-file", metavar="PATH", help="read the chat template from this file")
+    p.add_argument("--reasoning", "-rea", choices=REASONING_MODES, default="auto",
+                   help="thinking of reasoning models: the chat template's enable_thinking, true for on and auto "
+                   "(default), false for off, which also closes a thinking block the template opens")
+    p.add_argument("--reasoning-format", choices=REASONING_FORMATS, default="deepseek",
+                   help="where chat requests that name no reasoning_format get the thinking: deepseek (or auto) in "
+                   "reasoning_content (default), none in the content")
     p.add_argument("--jinja", action="store_true", help="accepted: janlib always renders Jinja templates")
     p.add_argument("--no-jinja", dest="jinja", action="store_false",
                    help="accepted: janlib has no other template engine, so templates are still Jinja")
@@ -92,8 +100,23 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
                    help="accepted: janlib has one attention kernel")
     p.add_argument("--ubatch-size", "-ub", type=int, help="accepted: janlib has no separate physical batch")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                   help="let web pages from ORIGIN (e.g. http://localhost:3000, or *) call the API from a browser "
-                   "(repeatable; default: none, same origin only)")
+                   help="let web pages from ORIGIN (e.g. http://localhost:3000, * for any, localhost for any on "
+                   "this machine) call the API from a browser (repeatable; default: none, same origin only)")
+    p.add_argument("--cors-origins", dest="cors_origin", action="extend", type=_comma_separated, metavar="ORIGINS",
+                   help="as --cors-origin, comma-separated (llama-server's name)")
+    p.add_argument("--swa-full", action="store_true",
+                   help="accepted: janlib keeps sliding-window layers' cache full size anyway")
+    p.add_argument("--cache-ram", "-cram", type=int, metavar="MIB",
+                   help="accepted: janlib's prompt cache is the slots' own KV cells, no copy in RAM besides")
+    p.add_argument("--cache-idle-slots", "--no-cache-idle-slots", action="store_true",
+                   help="accepted: an idle slot keeps its cells until another request needs them")
+    p.add_argument("--backend-sampling", "--backend_sampling", "-bs", action="store_true",
+                   help="accepted: janlib samples on the CPU, beside the model")
+    p.add_argument("--media-path", metavar="DIR",
+                   help="accepted (must be a directory): janlib serves text models, so it reads no media files")
+    p.add_argument("--tools", metavar="TOOL1,TOOL2", help="accepted and ignored: janlib has no built-in tools")
+    p.add_argument("--ui-mcp-proxy", "--webui-mcp-proxy", "--no-ui-mcp-proxy", "--no-webui-mcp-proxy",
+                   action="store_true", help="accepted and ignored: janlib's chat page has no MCP proxy")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, requests in flight may finish for this long; those still generating "
                    "then end with finish_reason length (default 10)")
@@ -102,6 +125,10 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
     p.add_argument("--verbose", "-v", dest="log_level", action="store_const", const="debug",
                    help="log level debug")
     return p
+
+
+def _comma_separated(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.server") -> ServerConfig:
@@ -119,6 +146,11 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.serv
                 template = f.read()
         except OSError as error:
             p.error(f"--chat-template-file: cannot read {a.chat_template_file!r}: {error.strerror or error}")
+    if a.media_path is not None and not os.path.isdir(a.media_path):
+        p.error(f"--media-path must be an existing directory, got {a.media_path!r}")
+    for flag, given, missing in (("--tools", a.tools, "built-in tools"), ("--ui-mcp-proxy", a.ui_mcp_proxy, "MCP proxy")):
+        if given:  # a feature the launcher asked for and will not get: say so rather than drop it silently
+            print(f"{prog}: warning: {flag} ignored: janlib has no {missing}", file=sys.stderr)
     api_keys = [k.strip() for given in a.api_key for k in given.split(",") if k.strip()] + keys_from_env()
     aliases = sorted({n.strip() for n in (a.alias or "").split(",") if n.strip()})
     return ServerConfig(model=a.model, host=a.host, port=a.port, api_keys=api_keys,
@@ -129,7 +161,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.serv
                         tags=[t.strip() for t in (a.tags or "").split(",") if t.strip()],
                         n_predict=a.n_predict, context_shift=a.context_shift, max_body=a.max_body,
                         log_level=a.log_level, cors_origins=a.cors_origin, shutdown_timeout=a.shutdown_timeout,
-                        seed=a.seed, temperature=a.temperature, chat_template=template, metrics=a.metrics,
+                        seed=a.seed, temperature=a.temperature, chat_template=template, reasoning=a.reasoning,
+                        reasoning_format=a.reasoning_format, metrics=a.metrics,
                         slots=a.slots, props=a.props, slot_save_path=a.slot_save_path, embeddings=a.embeddings,
                         pooling=a.pooling, webui=a.webui,
                         lora=[parse_lora_arg(value) for value in a.lora + a.lora_scaled],

@@ -8,6 +8,7 @@ from flask import Blueprint, jsonify, request
 
 from janlib import tools
 from janlib.chat import ChatTemplateError
+from janlib.reasoning import thinking_variables
 from janlib.structured import GrammarError
 
 from . import completion as c
@@ -41,8 +42,9 @@ def prepare(st, messages: list[dict], options: dict, fields: dict):
             st.model, messages, tools=options["tools"], tool_choice=options["tool_choice"],
             parallel_tool_calls=options["parallel_tool_calls"],
             add_generation_prompt=not continue_final if add_prompt is None else add_prompt,
-            continue_final_message=continue_final, reasoning_format=options["reasoning_format"],
-            template_kwargs=options["chat_template_kwargs"])
+            continue_final_message=continue_final,
+            reasoning_format=options["reasoning_format"] or st.config.reasoning_format,
+            template_kwargs={**thinking_variables(st.config.reasoning), **options["chat_template_kwargs"]})
     except ChatTemplateError as error:  # the messages don't fit the template
         raise invalid(f"the messages cannot be rendered with the model's chat template: {error}",
                       "messages") from None

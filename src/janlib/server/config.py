@@ -8,6 +8,8 @@ import re
 import socket
 from dataclasses import dataclass, field
 
+from janlib.reasoning import REASONING_FORMATS, REASONING_MODES
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1337
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -42,13 +44,16 @@ class ServerConfig:
     n_predict: int = -1  # server-wide cap on generated tokens per request; -1 = none
     context_shift: bool = True  # False: a full context ends generation with finish_reason "length"
     max_body: int = DEFAULT_MAX_BODY
-    cors_origins: list[str] = field(default_factory=list)  # browser origins allowed, "*" any; empty = same origin
+    # browser origins allowed: "*" any, "localhost" those of this machine (llama-server's); empty = same origin
+    cors_origins: list[str] = field(default_factory=list)
     log_level: str = "info"
     shutdown_timeout: float = 10.0  # seconds in-flight requests may run on after SIGTERM/SIGINT
     # request defaults where a request does not say (llama-server's --seed, --temp)
     seed: int = -1
     temperature: float | None = None
     chat_template: str | None = None  # a Jinja template replacing the model's (--chat-template[-file])
+    reasoning: str = "auto"  # --reasoning on|off|auto: the templates' enable_thinking default (janlib.reasoning)
+    reasoning_format: str = "deepseek"  # --reasoning-format: where a chat request that names none gets its thinking
     tags: list[str] = field(default_factory=list)  # shown in /v1/models (llama-server's --tags)
     # llama-server's endpoint switches
     metrics: bool = True  # GET /metrics (llama-server: off unless --metrics; janlib has always served it)
@@ -97,9 +102,14 @@ class ServerConfig:
         if any(not k for k in self.api_keys):
             raise ConfigError("an API key must not be empty")
         for origin in self.cors_origins:
-            if origin != "*" and not ORIGIN_RE.fullmatch(origin):
-                raise ConfigError(f"--cors-origin must be * or an origin such as https://example.com:8080 "
+            if origin not in ("*", "localhost") and not ORIGIN_RE.fullmatch(origin):
+                raise ConfigError(f"--cors-origin must be *, localhost or an origin such as https://example.com:8080 "
                                   f"(scheme://host[:port], no path), got {origin!r}")
+        if self.reasoning not in REASONING_MODES:
+            raise ConfigError(f"--reasoning must be one of {', '.join(REASONING_MODES)}, got {self.reasoning!r}")
+        if self.reasoning_format not in REASONING_FORMATS:
+            raise ConfigError(f"--reasoning-format must be one of {', '.join(REASONING_FORMATS)}, "
+                              f"got {self.reasoning_format!r}")
         if self.alias is not None and not self.alias:
             raise ConfigError("--alias must not be empty")
         if not self.api_keys and not is_loopback(self.host):

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from janlib.chat import ChatTemplateError
 from janlib.engine import EngineError
+from janlib.reasoning import thinking_variables
 
 from . import completion as c
 from . import schema, sse
@@ -353,7 +354,8 @@ def apply_template():
     add_generation_prompt = schema.get_typed(body, "add_generation_prompt", "boolean", True)
     tools = schema.get_typed(body, "tools", "array", None) or None
     try:
-        prompt = st.model.template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+        prompt = st.model.template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                          **thinking_variables(st.config.reasoning))
     except ChatTemplateError as error:
         raise invalid(f"the messages cannot be rendered with the model's chat template: {error}",
                       "messages") from None

@@ -450,8 +450,8 @@ def parse_chat_options(body: dict) -> dict:
         raise invalid("'continue_final_message' and 'add_generation_prompt' cannot both be true: the first "
                       "continues the last message, the second starts a new one", "continue_final_message")
     kwargs = get_typed(body, "chat_template_kwargs", "object", {})
-    reasoning_format = get_typed(body, "reasoning_format", "string", "deepseek")
-    if reasoning_format not in REASONING_FORMATS:
+    reasoning_format = get_typed(body, "reasoning_format", "string", None)  # None: the server's default
+    if reasoning_format is not None and reasoning_format not in REASONING_FORMATS:
         raise invalid(f"'reasoning_format' must be one of {', '.join(REASONING_FORMATS)}, got {reasoning_format!r}",
                       "reasoning_format")
     if tools and choice != "none" and body.get("grammar"):
