@@ -579,6 +579,14 @@ class AssistantParser:
             self._content_started = True
             self._emit(out, "content", body)
 
+    def parse(self, text: str) -> tuple[dict, list[dict]]:
+        """A whole answer at once: its parts (content, reasoning_content) and its tool calls."""
+        parts = self.feed(text)
+        tail, calls = self.finish()
+        for key, value in tail.items():
+            parts[key] = parts.get(key, "") + value
+        return parts, calls
+
     def finish(self) -> tuple[dict, list[dict]]:
         """The held-back text as a last delta, and the tool calls ([] when none)."""
         out: dict[str, str] = {}

@@ -15,7 +15,7 @@ from flask import Blueprint, jsonify, request
 
 from . import completion as c
 from . import schema, sse
-from .chat import prepare
+from .chat import prepare, submit
 from .errors import APIError, invalid
 from .state import state
 
@@ -164,10 +164,7 @@ def messages():
     st = state()
     body = schema.parse_json_body(request.get_data(cache=False))
     setup, fields = _setup(st, body)
-    job, _max_tokens = c.make_request(st, setup.ids, fields)
-    if setup.constraint is not None:
-        job.constraint = setup.constraint
-    handle = c.submit(st, job)
+    handle, _ = submit(st, setup, fields)
     message = {"id": c.new_id("msg"), "type": "message", "role": "assistant", "model": st.model_id, "content": [],
                "stop_reason": None, "stop_sequence": None}
     if fields["stream"]:
@@ -176,11 +173,7 @@ def messages():
         return c.stream_response(_stream(itertools.chain(first, events), setup.parser(), message), handle)
     out = c.collect(handle, lambda: None)
     choice = out.choices[0]
-    parser = setup.parser()
-    delta = parser.feed(choice.text)
-    tail, calls = parser.finish()
-    for key, value in tail.items():
-        delta[key] = delta.get(key, "") + value
+    delta, calls = setup.parser().parse(choice.text)
     content = []
     if delta.get("reasoning_content"):
         content.append({"type": "thinking", "thinking": delta["reasoning_content"], "signature": ""})

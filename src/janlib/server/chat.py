@@ -63,10 +63,7 @@ def chat_completions():
     options = schema.parse_chat_options(body)
     c.check_request_options(st, fields)
     setup = prepare(st, messages, options, fields)
-    job, max_tokens = c.make_request(st, setup.ids, fields)
-    if setup.constraint is not None:
-        job.constraint = setup.constraint
-    handle = c.submit(st, job)
+    handle, max_tokens = submit(st, setup, fields)
     cid, created = c.new_id("chatcmpl"), c.now()
     legacy = options["legacy_functions"]
     if fields["stream"]:
@@ -82,13 +79,18 @@ def chat_completions():
     return _response(st, out, fields, max_tokens, setup.prompt, cid, created, "chat.completion", choices)
 
 
+def submit(st, setup, fields: dict):
+    """Queue a prepared chat request (its tool-call constraint included): (handle, max_tokens)."""
+    job, max_tokens = c.make_request(st, setup.ids, fields)
+    if setup.constraint is not None:
+        job.constraint = setup.constraint
+    return c.submit(st, job), max_tokens
+
+
 def assistant_message(parser, text: str, finish_reason: str, legacy: bool = False) -> tuple[dict, str]:
     """The OpenAI message for a whole output and its finish_reason: content null when there are only
     calls, finish_reason tool_calls (function_call for the legacy functions) when the model called."""
-    delta = parser.feed(text)
-    tail, calls = parser.finish()
-    for key, value in tail.items():
-        delta[key] = delta.get(key, "") + value
+    delta, calls = parser.parse(text)
     message = {"role": "assistant", "content": delta.get("content", None if calls else "")}
     if "reasoning_content" in delta:
         message["reasoning_content"] = delta["reasoning_content"]

@@ -14,7 +14,7 @@ from flask import Blueprint, jsonify, request
 
 from . import completion as c
 from . import schema, sse
-from .chat import prepare
+from .chat import prepare, submit
 from .errors import APIError, invalid
 from .state import state
 
@@ -141,10 +141,7 @@ def create_response():
     options = schema.parse_chat_options(chat)
     c.check_request_options(st, fields)
     setup = prepare(st, messages, options, fields)
-    job, _max_tokens = c.make_request(st, setup.ids, fields)
-    if setup.constraint is not None:
-        job.constraint = setup.constraint
-    handle = c.submit(st, job)
+    handle, _ = submit(st, setup, fields)
     shell = _shell(st, body, options)
     if fields["stream"]:
         events = iter(handle)
@@ -152,11 +149,7 @@ def create_response():
         return c.stream_response(_stream(itertools.chain(first, events), setup.parser(), shell), handle)
     out = c.collect(handle, lambda: None)
     choice = out.choices[0]
-    parser = setup.parser()
-    delta = parser.feed(choice.text)
-    tail, calls = parser.finish()
-    for key, value in tail.items():
-        delta[key] = delta.get(key, "") + value
+    delta, calls = setup.parser().parse(choice.text)
     items = []
     if delta.get("reasoning_content"):
         items.append(_reasoning_item(delta["reasoning_content"]))
