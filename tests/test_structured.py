@@ -161,11 +161,10 @@ def test_pathological_grammar_is_bounded(tok, grammar):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(alphabet=st.sampled_from(list('root::= |()[]^-*+?{},."\\xu0123456789abc#\n')), max_size=40))
 def test_fuzzed_grammars_never_crash(tok, text):
-    try:
-        c = Constraint.from_gbnf("root ::= " + text, tok)
+    try:  # a typed error, at build time or at the first mask (llguidance checks some grammars lazily), is fine
+        Constraint.from_gbnf("root ::= " + text, tok).allowed_mask()
     except GrammarError:
-        return
-    c.allowed_mask()
+        pass
 
 
 # ------------------------------------------------------------ generation with SmolLM2

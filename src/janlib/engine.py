@@ -876,12 +876,7 @@ class Engine:
         """Draw the next token of seq from its logits row and release what it completes."""
         seq.pending = None
         sampler, constraint = seq.sampler, seq.constraint
-        if constraint is not None:
-            sampler.set_allowed_tokens(constraint.allowed_mask())
-            token = sampler.sample(logits)
-            constraint.accept(token)
-        else:
-            token = sampler.sample(logits)
+        token = sampler.sample(logits, constraint)
         if token in self.model.eos_token_ids:
             self._finish(seq, "stop")
             return

@@ -272,12 +272,7 @@ class Model:
                     generation.truncated = True
                 logits = self._eval([token], len(self._cached), scales)
                 self._cached.append(token)
-            if constraint is not None:
-                sampler.set_allowed_tokens(constraint.allowed_mask())
-                token = sampler.sample(logits)
-                constraint.accept(token)
-            else:
-                token = sampler.sample(logits)
+            token = sampler.sample(logits, constraint)
             if token in eos:
                 generation.finish_reason = "stop"
                 break

@@ -252,9 +252,15 @@ class Sampler:
             *_pack(b.encode() for b in params.dry_sequence_breakers),
             *_pack(token_bytes if uses_dry else ()))
 
-    def sample(self, logits: np.ndarray) -> int:
-        """The next token for logits (float32, contiguous, n_vocab); it joins the history."""
-        return self._chain.sample(logits)
+    def sample(self, logits: np.ndarray, constraint=None) -> int:
+        """The next token for logits (float32, contiguous, n_vocab); it joins the history. With a
+        constraint (janlib.structured.Constraint) only the tokens it allows are drawn, and it takes the token."""
+        if constraint is None:
+            return self._chain.sample(logits)
+        self.set_allowed_tokens(constraint.allowed_mask())
+        token = self._chain.sample(logits)
+        constraint.accept(token)
+        return token
 
     def accept(self, token: int) -> None:
         """A token that entered the context without being sampled here."""
