@@ -214,3 +214,16 @@ class Reference:
             self.matmul(x, self.output_name, slice(r0, r0 + OUTPUT_ROWS_PER_CHUNK))
             for r0 in range(0, self.n_vocab, OUTPUT_ROWS_PER_CHUNK)
         ], axis=1)
+
+    def logits_after_shift(self, prompt: list[int], token: int, n_keep: int, n_discard: int) -> np.ndarray:
+        """(1, n_vocab): token's logits after a context shift dropped prompt positions [n_keep, n_keep +
+        n_discard) and moved the rest down; the prompt's own rows are the original pass."""
+        n = len(prompt)
+        moved = np.array([j if j < n_keep else j - n_discard for j in range(n)] + [n - n_discard], dtype=np.float64)
+        pos = np.append(np.arange(n, dtype=np.float64), n - n_discard)
+        key_pos = np.tile(pos, (n + 1, 1))
+        key_pos[n] = moved
+        visible = np.tril(np.ones((n + 1, n + 1), dtype=bool))
+        visible[n, n_keep:n_keep + n_discard] = False
+        visible[:n, n] = False
+        return self.logits(list(prompt) + [token], key_pos=key_pos, visible=visible, pos=pos)[-1:]

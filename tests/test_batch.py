@@ -190,14 +190,7 @@ def test_seq_shift_against_the_reference(arch, tmp_path):
     ctx.seq_shift(0, n_keep, d)
     assert ctx.seq_len(0) == n - d
     got = ctx.decode([token], [n - d], [0], [True])
-    cache_pos = np.array([j if j < n_keep else j - d for j in range(n)] + [n - d], dtype=np.float64)
-    pos = np.append(np.arange(n, dtype=np.float64), n - d)
-    key_pos = np.tile(np.append(np.arange(n, dtype=np.float64), n - d), (n + 1, 1))
-    key_pos[n] = cache_pos
-    visible = np.tril(np.ones((n + 1, n + 1), dtype=bool))
-    visible[n, n_keep:n_keep + d] = False
-    visible[:n, n] = False
-    expected = Reference(path).logits(list(prompt) + [token], key_pos=key_pos, visible=visible, pos=pos)[-1:]
+    expected = Reference(path).logits_after_shift(list(prompt), token, n_keep, d)
     assert_close(got, expected, FLOAT_RTOL)
     # the sequence that shared the pages still sees the unshifted prompt
     ctx.seq_rm(1, n)

@@ -246,15 +246,7 @@ def test_context_shift_rotates_the_moved_keys(arch, tmp_path):
     runtime.shift(n_keep, d)
     assert runtime.n_past == n - d
     got = runtime.eval([token], n - d, "last")
-    # rows 0..n-1: the original pass; row n: the new token at cache position n - d
-    cache_pos = np.array([j if j < n_keep else j - d for j in range(n)] + [n - d], dtype=np.float64)
-    pos = np.append(np.arange(n, dtype=np.float64), n - d)
-    key_pos = np.tile(np.append(np.arange(n, dtype=np.float64), n - d), (n + 1, 1))
-    key_pos[n] = cache_pos
-    visible = np.tril(np.ones((n + 1, n + 1), dtype=bool))
-    visible[n, n_keep:n_keep + d] = False
-    visible[:n, n] = False
-    expected = Reference(path).logits(list(PROMPT) + [token], key_pos=key_pos, visible=visible, pos=pos)[-1:]
+    expected = Reference(path).logits_after_shift(list(PROMPT), token, n_keep, d)
     assert_close(got, expected, FLOAT_RTOL)
     with pytest.raises(ValueError, match="shift"):
         runtime.shift(0, n)
