@@ -312,6 +312,7 @@ def test_chat_ctrl_c_stops_an_answer_and_the_prompt_comes_back(chat):
     chat.expect(r"\(max_tokens = 4\)")
     chat.type("Thanks!\n")  # the conversation goes on after the interruption
     chat.expect(">>> ")
+    time.sleep(0.5)  # readline must own the terminal again, or the Ctrl-D byte is read in cooked mode and lost
     chat.type("\x04")  # Ctrl-D leaves
     assert chat.wait() == 0
 
