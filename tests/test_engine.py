@@ -126,7 +126,7 @@ def test_prompt_chunks_stay_within_the_budget_and_report_progress(make_engine):
     engine, ctx = make_engine(n_batch=8)
     handle = engine.submit(Request(ids(30), max_tokens=2, ignore_eos=True))
     progress = [e.info for e in handle if e.kind == "progress"]
-    assert [p["processed"] for p in progress] == [8, 16, 24, 30]
+    assert [p["processed"] for p in progress] == [0, 8, 16, 24, 30]  # 0: admitted, nothing evaluated yet
     assert all(p["total"] == 30 and p["cache"] == 0 for p in progress)
     assert all(len(tokens) <= 8 for tokens, _, _ in ctx.batches)
 

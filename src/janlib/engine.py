@@ -115,7 +115,8 @@ class Request:
 @dataclass(frozen=True)
 class Event:
     """What a handle yields. kind:
-    "progress" — a chunk of the prompt was evaluated: info {total, cache, processed, time_ms};
+    "progress" — the prompt was admitted (processed = cache), then after each evaluated chunk:
+                 info {total, cache, processed, time_ms};
     "prompt_logprobs" — with Request.prompt_logprobs, per prompt chunk: info {first (the position of the
                  first token scored), tokens, logprobs, top_ids, top_logprobs}; the first prompt token has none;
     "start"    — the prompt is done: info {slot, n_prompt, n_cached, prompt_ms};
@@ -641,6 +642,7 @@ class Engine:
             seq.slot.n_requests += 1
         self._seqs[handle.id] = seqs
         handle.t_start = time.perf_counter()
+        self._progress(leader, handle.t_start)  # 0% (only the reused prefix): the prompt's work has started
 
     @staticmethod
     def _reusable(slot: _Slot, handle: Handle) -> int:
