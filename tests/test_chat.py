@@ -194,3 +194,23 @@ def test_developer_role_reaches_templates_that_name_it():
     assert template.render(messages) == "[dev]a[system]b"
     assert ChatTemplate(None).render([{"role": "developer", "content": "a"}], add_generation_prompt=False) == (
         "<|im_start|>system\na<|im_end|>\n")
+
+
+def test_todays_date_reaches_templates_as_llamacpp_passes_it():
+    """Llama 3.x prints date_string (else a fixed 2024 date), firefunction-v2 datetime; a caller's value wins."""
+    import datetime
+
+    source = ("{% if not date_string is defined %}{% set date_string = '26 Jul 2024' %}{% endif %}"
+              "{{ date_string }}|{{ datetime }}")
+    today = datetime.date.today()
+    expected = f"{today.strftime('%d %b %Y')}|{today.strftime('%b %d %Y')}"
+    assert ChatTemplate(source).render([]) == expected
+    assert ChatTemplate(source).render([], date_string="1 Jan 2000").startswith("1 Jan 2000|")
+
+
+def test_string_plus_missing_or_null_is_the_string():
+    """A template written for llama.cpp's engine (firefunction-v2 adds an unset `functions`) renders there."""
+    template = ChatTemplate("{{ 'a' + functions + 'b' }}|{{ none_value + 'c' }}|{{ 1 + 2 }}")
+    assert template.render([], none_value=None) == "ab|c|3"
+    with pytest.raises(ChatTemplateError):
+        ChatTemplate("{{ 1 + functions }}").render([])

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, NoReturn
 
-from jinja2 import TemplateSyntaxError
+from jinja2 import TemplateSyntaxError, Undefined
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
@@ -44,6 +44,19 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
         raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe")
 
+    # Templates written for llama.cpp's engine add strings to variables the caller may not set
+    # (firefunction-v2: `suffix + "\n" + functions`); llama.cpp reads a missing or null operand of a
+    # string `+` as "", so the same template renders the same text here instead of failing.
+    intercepted_binops = frozenset({"+"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "+":
+            if isinstance(left, str) and (right is None or isinstance(right, Undefined)):
+                return left
+            if isinstance(right, str) and (left is None or isinstance(left, Undefined)):
+                return right
+        return super().call_binop(context, operator, left, right)
+
 
 def _raise_exception(message: str) -> NoReturn:
     raise ChatTemplateError(f"chat template error: {message}")
@@ -51,6 +64,13 @@ def _raise_exception(message: str) -> NoReturn:
 
 def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
+
+
+def today() -> dict[str, str]:
+    """Today's date under the names llama.cpp gives every template: Llama 3.x prints `date_string` in its
+    system header (falling back to a fixed 2024 date when it is missing), firefunction-v2 prints `datetime`."""
+    now = datetime.now()
+    return {"date_string": now.strftime("%d %b %Y"), "datetime": now.strftime("%b %d %Y")}
 
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
@@ -176,7 +196,7 @@ class ChatTemplate:
         return text[:at] + content
 
     def _render(self, checked: list[dict], add_generation_prompt: bool, tools: list | None, extra: dict) -> str:
-        variables = {"bos_token": self.bos_token, "eos_token": self.eos_token, **extra,
+        variables = {"bos_token": self.bos_token, "eos_token": self.eos_token, **today(), **extra,
                      "messages": checked,
                      "add_generation_prompt": add_generation_prompt,
                      "tools": tools}
