@@ -1,6 +1,6 @@
-/* batch.h — the rows of one chunk of a batch as the forward pass sees them: each row's position
- * and sequence, the rows whose logits are wanted, and the groups of rows that attention work
- * items take (rows of one sequence, so an item reads one page table). */
+/* batch.h — the rows of one chunk of a batch as the forward pass sees them: each row's position,
+ * sequence and last position it attends to, the rows whose logits are wanted, and the groups of
+ * rows that attention work items take (rows of one sequence, so an item reads one page table). */
 #ifndef JANLIB_BATCH_H
 #define JANLIB_BATCH_H
 
@@ -10,6 +10,8 @@
 typedef struct {
     int64_t n_rows;
     int64_t *pos;          /* (n_batch,) */
+    int64_t *last;         /* (n_batch,) the last position the row attends to: its own, its block's last
+                              (a non-causal block), or its sequence's last after the batch (an encoder) */
     int32_t *seq;          /* (n_batch,) */
     int64_t *out_rows;     /* (n_batch,) strictly increasing: the rows whose logits are wanted */
     int64_t n_out;

@@ -1,13 +1,15 @@
 /* model.c — the transformer forward pass over a KV cache, one function for every architecture
  * the description can express (they differ only in flags, scales and optional tensors).
  *
- * The input: x = embedding_scale * token_embd[token] (+ token_types[0] + position_embd[pos], then a norm: bert).
+ * The input: x = embedding_scale * token_embd[token], or a row of the batch's embd as given (an image's
+ * embeddings), (+ token_types[0] + position_embd[pos], then a norm: bert).
  * Per layer, on the n rows of a batch:
  *   xn = norm(x)                         RMSNorm or LayerNorm (+ bias); none when the layer has no weights
  *   q, k, v = xn @ Wq.T, Wk.T, Wv.T (+ biases); rmsnorm of q, k (per head or whole row); rope(q, k)
  *                                        on the first n_rot dimensions (not on NoPE layers); k, v -> cache
  *   a = softmax(softcap(scale * q . K)) . V   over the cache: causal, windowed on sliding layers; an
- *                                        encoder (non_causal) sees its whole sequence
+ *                                        encoder (non_causal) sees its whole sequence, a row of a
+ *                                        non-causal block its whole block
  *   x += residual_scale * post_norm(a @ Wo.T (+ bias));  x = norm(x) where the layer has an attn_output_norm (bert)
  *   xn = norm(x)
  *   x += residual_scale * post_norm(ffn(xn)), then x = norm(x) where it has a layer_output_norm; ffn one of
@@ -324,6 +326,7 @@ void jl_context_free(jl_context *ctx) {
     free(ctx->expert_entries);
     free(ctx->expert_start);
     free(ctx->rows.pos);
+    free(ctx->rows.last);
     free(ctx->rows.seq);
     free(ctx->rows.out_rows);
     free(ctx->rows.group_rows);
@@ -387,6 +390,7 @@ jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_
     ctx->rope_cos = alloc_floats(B * n_rope, half);
     ctx->rope_sin = alloc_floats(B * n_rope, half);
     ctx->rows.pos = malloc((size_t)B * sizeof *ctx->rows.pos);
+    ctx->rows.last = malloc((size_t)B * sizeof *ctx->rows.last);
     ctx->rows.seq = malloc((size_t)B * sizeof *ctx->rows.seq);
     ctx->rows.out_rows = malloc((size_t)B * sizeof *ctx->rows.out_rows);
     ctx->rows.group_rows = malloc((size_t)B * sizeof *ctx->rows.group_rows);
@@ -398,7 +402,7 @@ jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_
      * their weights over one block of keys, one dequantized V row: nothing grows with the context */
     ctx->attn_scratch_floats = (size_t)JL_NC_MAX * ((size_t)d->head_dim_k + ATTN_BLOCK) + (size_t)d->head_dim_v;
     if (!ctx->x || !ctx->xn || !ctx->q || !ctx->k || !ctx->v || !ctx->attn || !ctx->proj || !ctx->gate || !ctx->up ||
-        !ctx->rope_cos || !ctx->rope_sin || !ctx->rows.pos || !ctx->rows.seq || !ctx->rows.out_rows ||
+        !ctx->rope_cos || !ctx->rope_sin || !ctx->rows.pos || !ctx->rows.last || !ctx->rows.seq || !ctx->rows.out_rows ||
         !ctx->rows.group_rows || !ctx->rows.group_start || !ctx->rows.seq_count || !ctx->seq_next || !ctx->seq_old_len ||
         !moe_ok) {
         jl_context_free(ctx);
@@ -615,9 +619,9 @@ static inline int64_t first_visible(int64_t pos, int64_t window) {
     return window > 0 && pos >= window ? pos - window + 1 : 0;
 }
 
-/* The last position row r sees: its own (causal), or its sequence's last after the batch (an encoder). */
+/* The last position row r sees (set with the chunk's rows). */
 static inline int64_t last_visible(const jl_context *ctx, int64_t r) {
-    return ctx->model->desc.non_causal ? ctx->seq_next[ctx->rows.seq[r]] - 1 : ctx->rows.pos[r];
+    return ctx->rows.last[r];
 }
 
 /* Flash-style: an item walks the position-aligned key blocks its queries see in increasing order,
@@ -875,6 +879,7 @@ static void keep_rows(jl_context *ctx) {
         memcpy(ctx->rope_cos + i * angles, ctx->rope_cos + src * angles, (size_t)angles * sizeof(float));
         memcpy(ctx->rope_sin + i * angles, ctx->rope_sin + src * angles, (size_t)angles * sizeof(float));
         ch->pos[i] = ch->pos[src];
+        ch->last[i] = ch->last[src];
         ch->seq[i] = ch->seq[src];
         jl_lora_move_row(&ctx->lora, i, src);
     }
@@ -889,22 +894,29 @@ static void add_embedding_row(float *x, const jl_tensor *table, int64_t row, int
     for (int64_t i = 0; i < n_embd; i++) x[i] += tmp[i];
 }
 
-/* One chunk: ctx->rows describes its rows; for the rows out_rows, out gets logits (n_out, n_vocab) or,
- * with embeddings, the final hidden states (n_out, n_embd). */
-static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, float *out, int embeddings, int n_threads) {
+/* One chunk: ctx->rows describes its rows, tokens (n_rows,) their tokens, embd (the JL_TOKEN_EMBD rows
+ * among them, n_embd wide) their inputs in order; for the rows out_rows, out gets logits (n_out, n_vocab)
+ * or, with embeddings, the final hidden states (n_out, n_embd). */
+static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, const float *embd, float *out, int embeddings,
+                            int n_threads) {
     const jl_model *m = ctx->model;
     const jl_model_desc *d = &m->desc;
     jl_chunk *ch = &ctx->rows;
     const int64_t E = d->n_embd, half = d->n_rot / 2;
     jl_status st;
 
-    const jl_type_traits *embd = jl_traits(d->token_embd.type);
-    const size_t embd_row = jl_row_bytes(embd, E);
+    const jl_type_traits *embd_type = jl_traits(d->token_embd.type);
+    const size_t embd_row = jl_row_bytes(embd_type, E);
     for (int64_t r = 0; r < ch->n_rows; r++) {
         float *x = ctx->x + r * E;
-        embd->to_float((const uint8_t *)d->token_embd.data + (size_t)tokens[r] * embd_row, x, E);
-        if (d->embedding_scale != 1.0f)
-            for (int64_t i = 0; i < E; i++) x[i] *= d->embedding_scale;
+        if (tokens[r] == JL_TOKEN_EMBD) {
+            memcpy(x, embd, (size_t)E * sizeof *x);
+            embd += E;
+        } else {
+            embd_type->to_float((const uint8_t *)d->token_embd.data + (size_t)tokens[r] * embd_row, x, E);
+            if (d->embedding_scale != 1.0f)
+                for (int64_t i = 0; i < E; i++) x[i] *= d->embedding_scale;
+        }
         if (d->token_types.data) add_embedding_row(x, &d->token_types, 0, E, ctx->xn + r * E);
         if (d->position_embd.data) add_embedding_row(x, &d->position_embd, ch->pos[r], E, ctx->xn + r * E);
         for (int c = 0; c < m->n_rope; c++) {
@@ -975,10 +987,11 @@ static jl_status check_batch(jl_context *ctx, const jl_batch *b, float *logits, 
     if (!b || b->n_tokens < 1 || !b->tokens || !b->positions || !b->seq_ids || !b->want_logits)
         return jl_fail(JL_ERR_INVALID_ARG, "decode: needs at least one token with its position, sequence and logits flag");
     memcpy(ctx->seq_next, kv->len, (size_t)kv->n_seq * sizeof *ctx->seq_next);
-    int64_t n_wanted = 0;
+    int64_t n_wanted = 0, n_embd_rows = 0;
     for (int64_t i = 0; i < b->n_tokens; i++) {
         const int32_t seq = b->seq_ids[i];
-        if (b->tokens[i] < 0 || b->tokens[i] >= d->n_vocab)
+        n_embd_rows += b->tokens[i] == JL_TOKEN_EMBD;
+        if (b->tokens[i] != JL_TOKEN_EMBD && (b->tokens[i] < 0 || b->tokens[i] >= d->n_vocab))
             return jl_fail(JL_ERR_INVALID_ARG, "decode: token %d at row %lld is outside the vocabulary [0, %d)",
                            b->tokens[i], (long long)i, d->n_vocab);
         if (seq < 0 || seq >= kv->n_seq)
@@ -997,7 +1010,20 @@ static jl_status check_batch(jl_context *ctx, const jl_batch *b, float *logits, 
                            (long long)b->positions[i], (long long)i, (long long)d->position_embd.ne1);
         ctx->seq_next[seq]++;
         n_wanted += b->want_logits[i] != 0;
+        if (b->non_causal_blocks && i > 0 && b->non_causal_blocks[i] != 0 &&
+            b->non_causal_blocks[i] == b->non_causal_blocks[i - 1]) {
+            if (seq != b->seq_ids[i - 1])
+                return jl_fail(JL_ERR_INVALID_ARG, "decode: non-causal block %d spans sequences %d and %d at row %lld",
+                               b->non_causal_blocks[i], b->seq_ids[i - 1], seq, (long long)i);
+            if (i % ctx->n_batch == 0)
+                return jl_fail(JL_ERR_INVALID_ARG, "decode: non-causal block %d crosses the chunk boundary at row %lld "
+                               "(n_batch = %lld): its rows attend to each other, so they must be evaluated together",
+                               b->non_causal_blocks[i], (long long)i, (long long)ctx->n_batch);
+        }
     }
+    if (n_embd_rows != b->n_embd_rows || (n_embd_rows > 0 && !b->embd))
+        return jl_fail(JL_ERR_INVALID_ARG, "decode: %lld rows take an embedding (token %d) but %lld embedding rows were given",
+                       (long long)n_embd_rows, JL_TOKEN_EMBD, (long long)(b->embd ? b->n_embd_rows : 0));
     jl_status st = jl_lora_check_batch(ctx->model, b);
     if (st != JL_OK) return st;
     if (n_wanted > 0 && !logits) return jl_fail(JL_ERR_INVALID_ARG, "decode: %lld rows want logits but no buffer was given", (long long)n_wanted);
@@ -1035,22 +1061,33 @@ static jl_status decode(jl_context *ctx, const jl_batch *batch, float *out, int 
     jl_kv_cache *kv = &ctx->kv;
     memcpy(ctx->seq_old_len, kv->len, (size_t)kv->n_seq * sizeof *ctx->seq_old_len);
     for (int32_t s = 0; s < kv->n_seq; s++) jl_kv_grow(kv, s, ctx->seq_next[s]);
-    const int64_t out_width = embeddings ? ctx->model->desc.n_embd : ctx->model->desc.n_vocab;
+    const jl_model_desc *d = &ctx->model->desc;
+    const int64_t out_width = embeddings ? d->n_embd : d->n_vocab;
+    const int32_t *blocks = batch->non_causal_blocks;
+    const float *embd = batch->embd;  /* the chunk's first embedding row */
     jl_chunk *ch = &ctx->rows;
     for (int64_t c0 = 0; c0 < batch->n_tokens; c0 += ctx->n_batch) {
         ch->n_rows = batch->n_tokens - c0 < ctx->n_batch ? batch->n_tokens - c0 : ctx->n_batch;
         ch->n_out = 0;
-        for (int64_t r = 0; r < ch->n_rows; r++) {
-            ch->pos[r] = batch->positions[c0 + r];
-            ch->seq[r] = batch->seq_ids[c0 + r];
-            if (batch->want_logits[c0 + r]) ch->out_rows[ch->n_out++] = r;
+        int64_t n_embd_rows = 0;
+        for (int64_t r = ch->n_rows - 1; r >= 0; r--) {  /* backwards: a block's rows take its last row's position */
+            const int64_t i = c0 + r;
+            ch->pos[r] = batch->positions[i];
+            ch->seq[r] = batch->seq_ids[i];
+            if (d->non_causal) ch->last[r] = ctx->seq_next[ch->seq[r]] - 1;
+            else if (blocks && blocks[i] != 0 && r + 1 < ch->n_rows && blocks[i + 1] == blocks[i]) ch->last[r] = ch->last[r + 1];
+            else ch->last[r] = ch->pos[r];
+            n_embd_rows += batch->tokens[i] == JL_TOKEN_EMBD;
         }
+        for (int64_t r = 0; r < ch->n_rows; r++)
+            if (batch->want_logits[c0 + r]) ch->out_rows[ch->n_out++] = r;
         jl_lora_load_rows(&ctx->lora, batch, c0, ch->n_rows);
-        if ((st = eval_chunk(ctx, batch->tokens + c0, out, embeddings, nth)) != JL_OK) {
+        if ((st = eval_chunk(ctx, batch->tokens + c0, embd, out, embeddings, nth)) != JL_OK) {
             for (int32_t s = 0; s < kv->n_seq; s++) jl_kv_truncate(kv, s, ctx->seq_old_len[s]);
             return st;
         }
         if (out) out += ch->n_out * out_width;
+        if (n_embd_rows) embd += n_embd_rows * d->n_embd;
     }
     return JL_OK;
 }

@@ -220,11 +220,16 @@ int64_t jl_context_page_size(void);
 /* The cache holds positions [0, *len) of seq. */
 jl_status jl_context_seq_len(const jl_context *ctx, int32_t seq, int64_t *len);
 
+/* A row whose token is JL_TOKEN_EMBD takes the batch's next embd row as its input instead of a
+ * token_embd lookup, unscaled (embedding_scale is the token embeddings', as llama.cpp applies
+ * gemma's sqrt(n_embd) to token rows only): an image's embeddings from a projector. */
+#define JL_TOKEN_EMBD (-1)
+
 /* A batch of tokens from any sequences, in any interleaving. A sequence's tokens are at
  * consecutive positions starting at its length (they are appended to its cache). */
 typedef struct {
     int64_t n_tokens;
-    const int32_t *tokens;       /* (n_tokens,) */
+    const int32_t *tokens;       /* (n_tokens,) a token id, or JL_TOKEN_EMBD */
     const int64_t *positions;    /* (n_tokens,) */
     const int32_t *seq_ids;      /* (n_tokens,) */
     const uint8_t *want_logits;  /* (n_tokens,) nonzero: the row's logits are returned */
@@ -233,6 +238,14 @@ typedef struct {
     int32_t n_lora;
     const struct jl_lora *const *lora;  /* (n_lora,) each made for the context's model */
     const float *lora_scales;           /* (n_tokens, n_lora) */
+    /* Embedding rows: the inputs of the JL_TOKEN_EMBD rows, in batch order (n_embd_rows = 0: none). */
+    int64_t n_embd_rows;
+    const float *embd;                  /* (n_embd_rows, n_embd) */
+    /* NULL, or (n_tokens,) labels: a run of consecutive rows with the same nonzero label is a
+     * block whose rows attend to each other both ways (and causally to what precedes it), as
+     * llama.cpp's mtmd decodes a gemma3 image. A block's rows are of one sequence and must lie in
+     * one chunk of n_batch rows (rows [k * n_batch, (k + 1) * n_batch)). */
+    const int32_t *non_causal_blocks;
 } jl_batch;
 
 /* Run a batch: logits (n_wanted, n_vocab) for the rows with want_logits, in batch order. A row's

@@ -131,6 +131,7 @@ cdef extern from "janlib.h" nogil:
     void jl_model_free(jl_model *model)
     ctypedef struct jl_lora:
         pass
+    enum: JL_TOKEN_EMBD
     ctypedef struct jl_batch:
         int64_t n_tokens
         const int32_t *tokens
@@ -140,6 +141,9 @@ cdef extern from "janlib.h" nogil:
         int32_t n_lora
         const jl_lora *const *lora
         const float *lora_scales
+        int64_t n_embd_rows
+        const float *embd
+        const int32_t *non_causal_blocks
 
     jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells,
                                 int type_k, int type_v, int64_t n_batch, jl_context **ctx)

@@ -263,6 +263,7 @@ cdef class ForwardModel:
 
 
 PAGE_SIZE = jl_context_page_size()
+TOKEN_EMBD = JL_TOKEN_EMBD  # a batch row whose input is a row of embd, not a token's embedding
 
 
 cdef class Context:
@@ -305,20 +306,26 @@ cdef class Context:
 
     def decode(self, const int32_t[::1] tokens, const int64_t[::1] positions, const int32_t[::1] seq_ids,
                const uint8_t[::1] want_logits, float[:, ::1] logits, int n_threads=0, tuple adapters=(),
-               const float[:, ::1] adapter_scales=None):
+               const float[:, ::1] adapter_scales=None, const float[:, ::1] embd=None,
+               const int32_t[::1] non_causal_blocks=None):
         """logits (n_wanted, n_vocab) <- the rows of the batch with want_logits, in batch order; row i adds
-        adapter j (a Lora of this model) scaled by adapter_scales[i, j]."""
-        self._decode(tokens, positions, seq_ids, want_logits, logits, n_threads, adapters, adapter_scales, False)
+        adapter j (a Lora of this model) scaled by adapter_scales[i, j]; the rows whose token is TOKEN_EMBD
+        take the rows of embd (k, n_embd) in order as their input; non_causal_blocks (n,) labels blocks."""
+        self._decode(tokens, positions, seq_ids, want_logits, logits, n_threads, adapters, adapter_scales, embd,
+                     non_causal_blocks, False)
 
     def decode_embeddings(self, const int32_t[::1] tokens, const int64_t[::1] positions, const int32_t[::1] seq_ids,
                           const uint8_t[::1] want, float[:, ::1] embeddings, int n_threads=0, tuple adapters=(),
-                          const float[:, ::1] adapter_scales=None):
+                          const float[:, ::1] adapter_scales=None, const float[:, ::1] embd=None,
+                          const int32_t[::1] non_causal_blocks=None):
         """embeddings (n_wanted, n_embd) <- the final hidden states of the rows with want, in batch order."""
-        self._decode(tokens, positions, seq_ids, want, embeddings, n_threads, adapters, adapter_scales, True)
+        self._decode(tokens, positions, seq_ids, want, embeddings, n_threads, adapters, adapter_scales, embd,
+                     non_causal_blocks, True)
 
     cdef _decode(self, const int32_t[::1] tokens, const int64_t[::1] positions, const int32_t[::1] seq_ids,
                  const uint8_t[::1] want, float[:, ::1] out, int n_threads, tuple adapters,
-                 const float[:, ::1] adapter_scales, bint embeddings):
+                 const float[:, ::1] adapter_scales, const float[:, ::1] embd, const int32_t[::1] non_causal_blocks,
+                 bint embeddings):
         cdef jl_batch batch
         cdef jl_status status = JL_OK
         cdef float *dst = &out[0, 0] if out.shape[0] > 0 else NULL
@@ -333,6 +340,10 @@ cdef class Context:
             raise ValueError(f"decode: the output has {out.shape[1]} columns, not {what} = {width}")
         if n_lora and (adapter_scales is None or adapter_scales.shape[0] != n or adapter_scales.shape[1] != n_lora):
             raise ValueError(f"decode: {n_lora} adapters need scales of shape ({n}, {n_lora})")
+        if embd is not None and embd.shape[0] > 0 and embd.shape[1] != self.model.n_embd:
+            raise ValueError(f"decode: embd has {embd.shape[1]} columns, not n_embd = {self.model.n_embd}")
+        if non_causal_blocks is not None and non_causal_blocks.shape[0] != n:
+            raise ValueError(f"decode: non_causal_blocks has {non_causal_blocks.shape[0]} entries, tokens has {n}")
         batch.n_tokens = n
         batch.tokens = &tokens[0]
         batch.positions = &positions[0]
@@ -341,6 +352,9 @@ cdef class Context:
         batch.n_lora = <int32_t>n_lora
         batch.lora = NULL
         batch.lora_scales = NULL
+        batch.n_embd_rows = embd.shape[0] if embd is not None else 0
+        batch.embd = &embd[0, 0] if batch.n_embd_rows > 0 else NULL
+        batch.non_causal_blocks = &non_causal_blocks[0] if non_causal_blocks is not None else NULL
         if n_lora:
             loras = <const jl_lora **>calloc(n_lora, sizeof(jl_lora *))
             if loras == NULL:

@@ -24,7 +24,9 @@ from janlib import _core
 from janlib.errors import KVCacheFull
 from janlib.lora import batch_adapters
 
-__all__ = ["BatchContext", "KVCacheFull"]
+__all__ = ["BatchContext", "KVCacheFull", "TOKEN_EMBD"]
+
+TOKEN_EMBD = _core.TOKEN_EMBD  # a row whose input is the next row of decode's embd, not a token's embedding
 
 
 def check_kv_types(kv_type: str, kv_type_v: str | None) -> tuple[str, str]:
@@ -106,7 +108,8 @@ class BatchContext:
     def decode(self, tokens: Sequence[int] | np.ndarray, positions: Sequence[int] | np.ndarray,
                seq_ids: Sequence[int] | np.ndarray, want_logits: Sequence[bool] | np.ndarray,
                n_threads: int | None = None, adapters: Sequence = (),
-               adapter_scales: np.ndarray | None = None, embeddings: bool = False) -> np.ndarray:
+               adapter_scales: np.ndarray | None = None, embeddings: bool = False, embd: np.ndarray | None = None,
+               non_causal_blocks: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Run a batch and return float32 logits (n_wanted, n_vocab) for the rows with want_logits,
         in batch order; with embeddings, their final hidden states (n_wanted, n_embd) instead (after
         the output norm where the model has one; an encoder gives only these).
@@ -119,7 +122,14 @@ class BatchContext:
 
         LoRA: row i adds adapter j (a janlib.lora.LoraAdapter of this model) scaled by
         adapter_scales[i, j] (n, len(adapters)); a row with scale 0 for every adapter is the base
-        model's, bit for bit. A row's logits depend on its own sequence's tokens and scales alone."""
+        model's, bit for bit. A row's logits depend on its own sequence's tokens and scales alone.
+
+        Embedding rows (an image's embeddings): a row whose token is TOKEN_EMBD takes the next row of
+        embd (k, n_embd) float32 as its input, as given: no token lookup and no input scaling (gemma's
+        sqrt(n_embd) applies to token rows only, as in llama.cpp). non_causal_blocks (n,) ints: a
+        run of consecutive rows with the same nonzero label is a block whose rows attend to each
+        other both ways (gemma3 decodes an image so, as llama.cpp's mtmd); a block's rows are of one
+        sequence and lie in one chunk of n_batch rows."""
         token_ids = _int_array("tokens", tokens)
         n = token_ids.size
         if n == 0:
@@ -130,7 +140,7 @@ class BatchContext:
         if want.shape != (n,) or want.dtype != np.bool_:
             raise ValueError(f"want_logits must be {n} bools, got {want.dtype} of shape {want.shape}")
         # range checks before the narrowing casts below, so no value wraps into range
-        bad = (token_ids < 0) | (token_ids >= self.n_vocab)
+        bad = ((token_ids < 0) & (token_ids != TOKEN_EMBD)) | (token_ids >= self.n_vocab)
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"decode: token {int(token_ids[i])} at row {i} is outside the vocabulary [0, {self.n_vocab})")
@@ -147,10 +157,21 @@ class BatchContext:
             if not np.all(np.isfinite(row_scales)):
                 raise ValueError("adapter_scales must be finite")
         loras, scales = batch_adapters(adapters, row_scales)
+        n_embd_rows = int(np.count_nonzero(token_ids == TOKEN_EMBD))
+        if n_embd_rows or embd is not None:
+            embd = np.ascontiguousarray(embd if embd is not None else np.empty((0, self.n_embd)), dtype=np.float32)
+            if embd.shape != (n_embd_rows, self.n_embd):
+                raise ValueError(f"embd must have shape ({n_embd_rows}, {self.n_embd}) for the {n_embd_rows} rows whose "
+                                 f"token is TOKEN_EMBD, got {embd.shape}")
+            if not np.all(np.isfinite(embd)):
+                raise ValueError("embd must be finite")
+        if non_causal_blocks is not None:
+            non_causal_blocks = np.ascontiguousarray(_int_array("non_causal_blocks", non_causal_blocks, n), dtype=np.int32)
         threads = self.n_threads if n_threads is None else _positive_int("n_threads", n_threads)
         out = np.empty((int(np.count_nonzero(want)), self.n_embd if embeddings else self.n_vocab), dtype=np.float32)
         args = (np.ascontiguousarray(token_ids, dtype=np.int32), np.ascontiguousarray(pos, dtype=np.int64),
-                np.ascontiguousarray(seqs, dtype=np.int32), want.view(np.uint8), out, threads or 0, loras, scales)
+                np.ascontiguousarray(seqs, dtype=np.int32), want.view(np.uint8), out, threads or 0, loras, scales, embd,
+                non_causal_blocks)
         (self._ctx.decode_embeddings if embeddings else self._ctx.decode)(*args)
         return out
 

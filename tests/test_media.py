@@ -1,0 +1,178 @@
+"""Images on the text side: forward-pass rows given as embeddings instead of token ids, and
+non-causal image blocks (gemma3).
+
+* Embedding rows: rows whose embeddings are token_embd[token] as gguf-py dequantizes it, times the
+  input scale the architecture applies to token rows (gemma: sqrt(n_embd); granite: its file's
+  embedding_scale), give the logits of the tokens themselves bit for bit, for every tiny architecture and
+  SmolLM2: the embedding path neither looks a row up nor scales it.
+* Non-causal blocks: against the float64 reference with the block's rows attending to each
+  other both ways (and the sliding window still bounding what a row sees from below).
+* Batch invariance holds with embedding rows and blocks mixed among other sequences' tokens."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+import janlib
+from janlib.context import TOKEN_EMBD
+from janlib.models import load_runtime
+from reference_forward import Reference
+from test_forward import FLOAT_RTOL, N_VOCAB, TINY, assert_close, write_tiny_model
+
+ARCH_FIXTURES = sorted((Path(__file__).parent / "fixtures" / "archs").glob("*.gguf"))
+
+
+def token_inputs(path, tokens) -> np.ndarray:
+    """(n, n_embd) float32: what the model's input is for tokens, computed from the file alone."""
+    reader = gguf.GGUFReader(str(path))
+    fields = {f.name: f.contents() for f in reader.fields.values()}
+    arch = fields["general.architecture"]
+    table = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    rows = gguf.quants.dequantize(np.asarray(table.data[np.asarray(tokens)]), table.tensor_type).astype(np.float32)
+    n_embd = int(fields[f"{arch}.embedding_length"])
+    scale = math.sqrt(n_embd) if arch.startswith("gemma") else fields.get(f"{arch}.embedding_scale", 1.0)
+    return rows * np.float32(scale)
+
+
+def decode_all(runtime, ids, embd=None, blocks=None, kv_type="f16") -> np.ndarray:
+    """Logits of every row of ids, one batch in a fresh one-sequence context."""
+    ctx = janlib.BatchContext(runtime, n_ctx=256, n_seq_max=1, kv_type=kv_type)
+    n = len(ids)
+    return ctx.decode(ids, np.arange(n), np.zeros(n, int), np.ones(n, bool), embd=embd, non_causal_blocks=blocks)
+
+
+def check_embedding_rows_equal_tokens(path, n_vocab: int, n_tokens: int = 20) -> None:
+    runtime = load_runtime(path, n_ctx=256)
+    ids = np.random.default_rng(3).integers(0, n_vocab, n_tokens)
+    as_embd = np.zeros(n_tokens, bool)
+    as_embd[4:11] = True  # a block of embedding rows between token rows, and the last row
+    as_embd[-1] = True
+    mixed = np.where(as_embd, TOKEN_EMBD, ids)
+    got = decode_all(runtime, mixed, embd=token_inputs(path, ids[as_embd]))
+    np.testing.assert_array_equal(got, decode_all(runtime, ids))
+
+
+@pytest.mark.parametrize("path", ARCH_FIXTURES, ids=lambda p: p.stem)
+def test_embedding_rows_equal_their_tokens_fixtures(path):
+    n_vocab = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "token_embd.weight").shape[1]
+    check_embedding_rows_equal_tokens(path, int(n_vocab))
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def tiny(request, tmp_path_factory):
+    """A quantized tiny model of each architecture (gemma3: sqrt(n_embd) input scale, window 4)."""
+    return write_tiny_model(tmp_path_factory.mktemp(request.param) / "m.gguf", request.param)
+
+
+def test_embedding_rows_equal_their_tokens_tiny(tiny):
+    check_embedding_rows_equal_tokens(tiny, N_VOCAB)
+
+
+@pytest.mark.slow
+def test_embedding_rows_equal_their_tokens_smollm2():
+    path = janlib.fetch_model("smollm2-135m-instruct")
+    check_embedding_rows_equal_tokens(path, 49152, n_tokens=12)
+
+
+def non_causal_reference(path, ids, *blocks: slice) -> np.ndarray:
+    """float64 logits with the rows of each block attending to each other both ways."""
+    n = len(ids)
+    pos = np.arange(n, dtype=np.float64)
+    visible = np.tril(np.ones((n, n), dtype=bool))
+    for block in blocks:
+        visible[block, block] = True
+    return Reference(path).logits(ids, key_pos=np.tile(pos, (n, 1)), visible=visible, pos=pos)
+
+
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_non_causal_block_matches_reference(arch, tmp_path):
+    path = write_tiny_model(tmp_path / "m.gguf", arch, weights="float")
+    runtime = load_runtime(path, n_ctx=256)
+    ids = np.random.default_rng(4).integers(0, N_VOCAB, 16)
+    block = slice(3, 10)  # 7 rows: longer than gemma3's window of 4
+    labels = np.zeros(16, np.int32)
+    labels[block] = 1
+    got = decode_all(runtime, ids, blocks=labels, kv_type="f32")
+    assert_close(got, non_causal_reference(path, ids, block), FLOAT_RTOL)
+    # the block's rows as embeddings: the same logits
+    as_embd = np.where(labels == 1, TOKEN_EMBD, ids)
+    assert_close(decode_all(runtime, as_embd, embd=token_inputs(path, ids[block]), blocks=labels, kv_type="f32"), got,
+                 FLOAT_RTOL)
+    # two adjacent blocks are two blocks
+    labels[7:10] = 2
+    split = decode_all(runtime, ids, blocks=labels, kv_type="f32")
+    assert not np.allclose(split[3:7], got[3:7])
+    assert_close(split, non_causal_reference(path, ids, slice(3, 7), slice(7, 10)), FLOAT_RTOL)
+
+
+def test_mixed_batches_with_embedding_rows_are_bit_identical(tiny):
+    """Sequence 0 holds an image block of embedding rows (non-causal); it is prefilled in three
+    steps beside other sequences' tokens, the rows shuffled except the block's, which stay
+    together inside one chunk of 16 rows."""
+    runtime = load_runtime(tiny, n_ctx=256)
+    rng = np.random.default_rng(6)
+    n0, block = 30, slice(9, 21)
+    tokens0 = rng.integers(0, N_VOCAB, n0)
+    tokens0[block] = TOKEN_EMBD
+    image = rng.standard_normal((block.stop - block.start, runtime.hparams.n_embd)).astype(np.float32)
+    labels0 = np.zeros(n0, np.int32)
+    labels0[block] = 7
+    seqs = {0: tokens0, 1: rng.integers(0, N_VOCAB, 25), 2: rng.integers(0, N_VOCAB, 18)}
+    alone0 = decode_all(runtime, tokens0, embd=image, blocks=labels0)
+    assert not np.array_equal(alone0[block], decode_all(runtime, tokens0, embd=image)[block])  # the block matters
+
+    ctx = janlib.BatchContext(runtime, n_ctx=64, n_seq_max=3, n_batch=16)
+    got = {s: [] for s in seqs}
+    done = {s: 0 for s in seqs}
+    # (rows per sequence, where the block's rows go: None = shuffled with the rest)
+    for step, block_at in [({0: 9, 1: 5, 2: 3}, None), ({0: 12, 1: 3, 2: 1}, 2), ({0: 9, 1: 17, 2: 14}, None)]:
+        labels = [s for s, size in step.items() if block_at is None or s != 0 for _ in range(size)]
+        rng.shuffle(labels)
+        if block_at is not None:
+            labels[block_at:block_at] = [0] * step[0]
+        rows = []
+        for s in labels:  # a sequence's own rows stay in position order
+            rows.append((s, done[s]))
+            done[s] += 1
+        ids = np.array([seqs[s][p] for s, p in rows])
+        labels = np.array([labels0[p] if s == 0 else 0 for s, p in rows])
+        embd = image[[p - block.start for s, p in rows if s == 0 and block.start <= p < block.stop]]
+        out = ctx.decode(ids, np.array([p for _, p in rows]), np.array([s for s, _ in rows]), np.ones(len(rows), bool),
+                         n_threads=2, embd=embd if len(embd) else None, non_causal_blocks=labels)
+        for row, (s, _) in enumerate(rows):
+            got[s].append(out[row])
+    np.testing.assert_array_equal(np.array(got[0]), alone0)
+    for s in (1, 2):
+        np.testing.assert_array_equal(np.array(got[s]), decode_all(runtime, seqs[s]), err_msg=f"sequence {s}")
+
+
+def test_bad_embedding_batches_are_refused(tiny):
+    runtime = load_runtime(tiny, n_ctx=256)
+    E = runtime.hparams.n_embd
+    ctx = janlib.BatchContext(runtime, n_ctx=64, n_seq_max=2, n_batch=8)
+    ids = np.array([1, TOKEN_EMBD, TOKEN_EMBD, 2])
+    n = np.arange(4), np.zeros(4, int), np.ones(4, bool)
+    with pytest.raises(ValueError, match=r"embd must have shape \(2, "):
+        ctx.decode(ids, *n, embd=np.zeros((3, E), np.float32))
+    with pytest.raises(ValueError, match=r"embd must have shape \(2, "):
+        ctx.decode(ids, *n)
+    with pytest.raises(ValueError, match="embd must be finite"):
+        ctx.decode(ids, *n, embd=np.full((2, E), np.nan, np.float32))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        ctx.decode(np.array([1, -2]), np.arange(2), np.zeros(2, int), np.ones(2, bool))
+    with pytest.raises(ValueError, match="non_causal_blocks has 3 entries"):
+        ctx.decode(ids, *n, embd=np.zeros((2, E), np.float32), non_causal_blocks=[0, 1, 1])
+    # a block across sequences, a block across a chunk boundary: refused, nothing changed
+    with pytest.raises(ValueError, match="spans sequences 0 and 1"):
+        ctx.decode(np.array([1, 2]), np.zeros(2, int), np.array([0, 1]), np.ones(2, bool), non_causal_blocks=[1, 1])
+    with pytest.raises(ValueError, match="crosses the chunk boundary at row 8"):
+        ctx.decode(np.arange(10), np.arange(10), np.zeros(10, int), np.ones(10, bool), non_causal_blocks=[0] * 6 + [1] * 4)
+    assert ctx.seq_len(0) == 0 and ctx.seq_len(1) == 0
+    # a block that fills a chunk exactly is fine
+    out = ctx.decode(np.arange(16), np.arange(16), np.zeros(16, int), np.ones(16, bool), non_causal_blocks=[1] * 8 + [2] * 8)
+    assert out.shape == (16, N_VOCAB)
