@@ -120,8 +120,8 @@ def write_shim(path: Path, model: str, command: str) -> Path:
     return path
 
 
-def run_suite(python: Path, tests: Path, files: list[str], shim: Path, report: Path, timeout: int) -> None:
-    env = dict(os.environ, LLAMA_SERVER_BIN_PATH=str(shim), PORT="8180")
+def run_suite(python: Path, tests: Path, files: list[str], shim: Path, report: Path, timeout: int, port: int) -> None:
+    env = dict(os.environ, LLAMA_SERVER_BIN_PATH=str(shim), PORT=str(port))
     env.pop("SLOW_TESTS", None)
     cmd = [python, "-m", "pytest", *[f"unit/{f}" for f in files], "-m", "not slow", "-q", "-p", "no:cacheprovider",
            f"--junitxml={report}", "-o", "junit_family=xunit1"]
@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--servers", nargs="*", default=["janlib", "llama-server"], choices=["janlib", "llama-server"])
     p.add_argument("--jobs", type=int, default=2, help="build jobs (default 2)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per server's run (default 3600)")
+    p.add_argument("--port", type=int, default=8180,
+                   help="the port the tests start their servers on (default 8180; runs side by side need two)")
     p.add_argument("--reuse-reports", action="store_true",
                    help="a server whose JUnit report from an earlier run is in --workdir is not run again")
     args = p.parse_args(argv)
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         report = workdir / f"{server}.xml"
         if not (args.reuse_reports and report.exists()):
             report.unlink(missing_ok=True)
-            run_suite(python, tests, files, shim, report, args.timeout)
+            run_suite(python, tests, files, shim, report, args.timeout, args.port)
         results[server] = outcomes(report)
 
     names = sorted(set().union(*results.values()))

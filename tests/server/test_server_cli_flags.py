@@ -107,3 +107,37 @@ def test_health_is_503_while_the_model_loads():
     seen = []
     body = _AppHolder(None)({"PATH_INFO": "/health"}, lambda status, headers: seen.append(status))
     assert seen == ["503 Service Unavailable"] and b'"loading"' in b"".join(body)
+
+
+def test_several_hosts_each_get_a_socket():
+    """--host 127.0.0.1,::1 (llama-server's form) listens on both addresses with the same port."""
+    import socket
+
+    from janlib.server import make_server
+    from server_util import free_port
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    config = parse_args(["--host", "127.0.0.1,::1", "--port", str(free_port())])
+    config.validate()  # both loopback: no API key needed
+    server, _ = make_server(config)
+    try:
+        assert sorted(addr[0] for addr in server.effective_listen) == ["127.0.0.1", "::1"]
+    finally:
+        server.close()
+    with pytest.raises(ConfigError, match="without an API key"):
+        parse_args(["--host", "127.0.0.1,0.0.0.0"]).validate()
+
+
+@pytest.mark.slow
+def test_models_lists_every_alias_and_the_given_tags():
+    from janlib.server import create_app
+
+    app = create_app(parse_args(["-c", "256", "-t", "1", "-a", "tinyllama-2,fim,code", "--tags", "chat,small"]))
+    model = app.test_client().get("/models").get_json()["data"][0]
+    assert model["id"] == "code" and model["aliases"] == ["code", "fim", "tinyllama-2"]
+    assert model["tags"] == ["chat", "small"]
+    app.extensions["janlib"].engine.close()

@@ -195,3 +195,41 @@ def test_legacy_logprobs_without_echo_and_bad_values(base):
                        ({"echo": True, "stream": True}, "echo")):
         r = post(base, "/v1/completions", **{**body, **bad})
         assert r.status_code == 400 and r.json()["error"]["param"] == param, bad
+
+
+def test_ignore_eos_lists_the_banned_end_tokens(base, model):
+    banned = post(base, "/completion", prompt="Hi", ignore_eos=True, **GREEDY).json()["generation_settings"]
+    assert {e["token"] for e in banned["logit_bias"]} == set(model.eos_token_ids)
+    assert all(e["bias"] is None for e in banned["logit_bias"])  # -inf, which JSON has no number for
+    plain = post(base, "/completion", prompt="Hi", logit_bias=[[5, -2.5]], **GREEDY).json()["generation_settings"]
+    assert plain["logit_bias"] == [{"bias": -2.5, "token": 5}]
+
+
+def test_chat_input_tokens_counts_the_rendered_prompt(base, model):
+    messages = [{"role": "system", "content": "Book"}, {"role": "user", "content": "What is the best book"}]
+    for path, named in (("/chat/completions/input_tokens", {}), ("/v1/chat/completions/input_tokens",
+                                                                  {"model": MODEL_ID})):
+        r = post(base, path, messages=messages, **named)
+        assert r.status_code == 200 and r.json() == {"input_tokens": len(model.chat_prompt(messages)[1])}
+    r = post(base, "/chat/completions/input_tokens", messages="Hi")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = post(base, "/v1/chat/completions/input_tokens", messages=messages)  # /v1 follows OpenAI: model required
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+
+
+def test_first_progress_event_comes_before_any_prompt_token(base):
+    body = {"prompt": "Count: " + " ".join(map(str, range(200))), "stream": True, "return_progress": True,
+            "cache_prompt": False, **GREEDY}
+    lines = requests.post(base + "/completion", json=body, timeout=120).text.split("\n\n")
+    progress = [json.loads(line[6:])["prompt_progress"] for line in lines if '"prompt_progress"' in line]
+    assert progress[0]["processed"] == progress[0]["cache"] == 0
+    assert progress[-1]["processed"] == progress[-1]["total"] and len(progress) >= 2
+
+
+def test_llamacpp_routes_serve_the_loaded_model_when_none_is_named(base):
+    """llama-server's own routes need no model; /v1 ones follow OpenAI (required, and it must exist)."""
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "temperature": 0}
+    assert post(base, "/chat/completions", **body).status_code == 200
+    assert post(base, "/completions", prompt="Hi", max_tokens=2).status_code == 200
+    assert post(base, "/v1/chat/completions", **body).json()["error"]["param"] == "model"
+    assert post(base, "/chat/completions", model="other", **body).status_code == 404

@@ -143,8 +143,12 @@ def make_server(config: ServerConfig, app=None):
     # send_bytes=1: every SSE event goes out at once; channel_request_lookahead lets a request thread
     # see that its client has gone (waitress.client_disconnected), which cancels its generation.
     # Flask enforces max_body (413 in the envelope); Waitress's own cap is only a backstop above it.
+    hosts = config.hosts
+    # several addresses: one socket each (waitress's listen="h1:port [h2]:port")
+    where = {"host": hosts[0], "port": config.port} if len(hosts) == 1 else \
+        {"listen": " ".join(f"[{h}]:{config.port}" if ":" in h else f"{h}:{config.port}" for h in hosts)}
     server = waitress.server.create_server(
-        holder, host=config.host, port=config.port, threads=threads, channel_request_lookahead=1,
+        holder, **where, threads=threads, channel_request_lookahead=1,
         send_bytes=1, ident="janlib", max_request_body_size=4 * config.max_body + 65536,
         clear_untrusted_proxy_headers=True)
     return server, holder

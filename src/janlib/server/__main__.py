@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m janlib.server") -
         server.close()
         return 1
     st = holder.app.extensions["janlib"]
-    host = server.effective_host if hasattr(server, "effective_host") else config.host
+    host = server.effective_host if hasattr(server, "effective_host") else config.hosts[0]
     port = server.effective_port if hasattr(server, "effective_port") else config.port
     if ":" in str(host):
         host = f"[{host}]"
@@ -222,7 +222,7 @@ def _drain_on_signals(server, st, timeout: float, log) -> None:
     def drain():
         st.engine.close(timeout)
         deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and any(_unfinished(channel) for channel in list(server._map.values())):
+        while time.monotonic() < deadline and any(_unfinished(channel) for channel in list(_channels(server))):
             time.sleep(0.05)
         _thread.interrupt_main()
 
@@ -235,6 +235,11 @@ def _drain_on_signals(server, st, timeout: float, log) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+
+def _channels(server):
+    """The server's connections: one Waitress server's map, or the shared map of one bound to several hosts."""
+    return (server._map if hasattr(server, "_map") else server.map).values()
 
 
 def _unfinished(channel) -> bool:

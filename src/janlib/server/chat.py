@@ -79,6 +79,21 @@ def chat_completions():
     return _response(st, out, fields, max_tokens, setup.prompt, cid, created, "chat.completion", choices)
 
 
+@bp.post("/v1/chat/completions/input_tokens")
+@bp.post("/chat/completions/input_tokens")
+def chat_input_tokens():
+    """How many tokens the chat request's prompt is (template, tools and all), without generating:
+    {"input_tokens": n}, as llama-server answers it."""
+    st = state()
+    body = schema.parse_json_body(request.get_data(cache=False))
+    c.check_model_name(st, body)
+    messages = schema.parse_messages(body.get("messages", schema._MISSING))
+    fields = schema.parse_fields(body)
+    c.check_request_options(st, fields)
+    setup = prepare(st, messages, schema.parse_chat_options(body), fields)
+    return jsonify({"input_tokens": len(setup.ids)})
+
+
 def submit(st, setup, fields: dict):
     """Queue a prepared chat request (its tool-call constraint included): (handle, max_tokens)."""
     job, max_tokens = c.make_request(st, setup.ids, fields)

@@ -30,6 +30,10 @@ def system_fingerprint(st: ServerState) -> str:
 
 
 def check_model_name(st: ServerState, body: dict) -> None:
+    """The /v1 routes follow OpenAI's schema: model is required and must name the served model. llama-server's
+    own routes (no /v1: /chat/completions, /completions) serve the loaded model when none is named, as it does."""
+    if body.get("model") is None and not request.path.startswith("/v1/"):
+        return
     name = schema.require_model(body)
     if not st.accepts_model(name):
         raise APIError(404, f"the model '{name}' does not exist: this server serves '{st.model_id}'",
@@ -144,10 +148,20 @@ def engine_dead(error: Exception) -> APIError:
 
 def generation_settings(st: ServerState, fields: dict, max_tokens: int) -> dict:
     out = {k: v for k, v in fields.items() if not k.startswith("_") and k not in ("stream_options",)}
+    out["logit_bias"] = settings_logit_bias(st, fields)
     out["n_predict"] = max_tokens
     out["model"] = st.model_id
     out["n_ctx"] = st.model.n_ctx
     return out
+
+
+def settings_logit_bias(st: ServerState, fields: dict) -> list[dict]:
+    """The biases the sampler applies, as llama.cpp lists them: [{"bias", "token"}], a ban (-inf) as null, and
+    with ignore_eos every end-of-generation token banned."""
+    bias = schema.check_logit_bias(fields["logit_bias"], st.model.n_vocab)
+    if fields["ignore_eos"]:
+        bias.update(dict.fromkeys(sorted(st.model.eos_token_ids), -math.inf))
+    return [{"bias": None if math.isinf(value) else value, "token": token} for token, value in bias.items()]
 
 
 def timings(start: dict | None, done: dict | None, n_predicted: int) -> dict:

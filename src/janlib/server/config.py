@@ -28,7 +28,7 @@ KV_CACHE_TYPES = ("f16", "f32", "q8_0", "q4_0")
 @dataclass
 class ServerConfig:
     model: str | None = None  # path or registry name; None = the default model
-    host: str = DEFAULT_HOST
+    host: str = DEFAULT_HOST  # one address, or several separated by commas (llama-server's "127.0.0.1,::1")
     port: int = DEFAULT_PORT
     api_keys: list[str] = field(default_factory=list)
     threads: int | None = None  # compute threads of each slot's model; None = the engine's choice
@@ -112,10 +112,17 @@ class ServerConfig:
                               f"got {self.reasoning_format!r}")
         if self.alias is not None and not self.alias:
             raise ConfigError("--alias must not be empty")
-        if not self.api_keys and not is_loopback(self.host):
+        if not self.hosts:
+            raise ConfigError("--host must name an address")
+        if not self.api_keys and not all(is_loopback(h) for h in self.hosts):
             raise ConfigError(
                 f"refusing to serve {self.host} without an API key: pass --api-key or set {API_KEY_ENV}, "
                 f"or bind a loopback address such as {DEFAULT_HOST}")
+
+
+    @property
+    def hosts(self) -> list[str]:
+        return [h.strip() for h in self.host.split(",") if h.strip()]
 
 
 def keys_from_env(environ=os.environ) -> list[str]:

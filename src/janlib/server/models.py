@@ -27,7 +27,7 @@ def model_dto(st: ServerState) -> dict:
     model = st.model
     md = model.metadata
     tags = md.get("general.tags")
-    tags = [str(t) for t in tags] if isinstance(tags, (list, tuple)) else []
+    tags = st.config.tags or ([str(t) for t in tags] if isinstance(tags, (list, tuple)) else [])  # --tags first
     repo = _text(md, "general.source.huggingface.repository", "general.base_model.0.repo_url")
     source_url = _text(md, "general.source.url", "general.url", "general.base_model.0.repo_url")
     if not source_url and repo:
@@ -56,6 +56,7 @@ def model_dto(st: ServerState) -> dict:
         "presence_penalty": defaults["presence_penalty"].default,
         "author": _text(md, "general.author", "general.organization"),
         "tags": tags,
+        "aliases": sorted({st.model_id, *st.config.aliases}),  # every name the model answers to (-a a,b,c)
         "size": int(os.path.getsize(st.model_path)) if os.path.exists(st.model_path) else 0,
         "cover": "",
         "engine": "janlib",
