@@ -37,8 +37,9 @@ _UINT32, _INT32, _FLOAT32, _BOOL, _STRING, _ARRAY = 4, 5, 6, 7, 8, 9
 # llama.cpp's token types
 _NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4
 
-# sentence-transformers pooling modes -> llama.cpp's pooling_type
-_POOLING_TYPES = {"pooling_mode_mean_tokens": 1, "pooling_mode_cls_token": 2, "pooling_mode_lasttoken": 3}
+# sentence-transformers pooling modes (older configs: one pooling_mode_<mode> flag true; newer ones:
+# "pooling_mode": "<mode>") -> llama.cpp's pooling_type
+_POOLING_TYPES = {"mean_tokens": 1, "mean": 1, "cls_token": 2, "cls": 2, "lasttoken": 3}
 
 _SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
 
@@ -69,7 +70,20 @@ def gguf_chunks(model_dir: str | Path, name: str) -> Iterator[bytes]:
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json")
     _check_architecture(config)
-    metadata = [
+    try:
+        metadata = _metadata(model_dir, config, name)
+    except KeyError as missing:
+        raise UnsupportedError(f"the model's configuration lacks {missing}") from None
+    with open(model_dir / "model.safetensors", "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        tensors = _gguf_tensors(data, config["num_hidden_layers"])
+        yield _header(metadata, tensors)
+        for _, _, start, end in tensors:
+            yield data[start:end]
+            yield bytes(_padding(end - start))
+
+
+def _metadata(model_dir: Path, config: dict[str, Any], name: str) -> list[tuple[str, int, Any]]:
+    return [
         ("general.architecture", _STRING, "bert"),
         ("general.type", _STRING, "model"),
         ("general.name", _STRING, name),
@@ -86,12 +100,6 @@ def gguf_chunks(model_dir: str | Path, name: str) -> Iterator[bytes]:
         ("tokenizer.ggml.token_type_count", _UINT32, config.get("type_vocab_size", 1)),
         *_vocabulary(model_dir, config["vocab_size"]),
     ]
-    with open(model_dir / "model.safetensors", "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        tensors = _gguf_tensors(data, config["num_hidden_layers"])
-        yield _header(metadata, tensors)
-        for _, _, start, end in tensors:
-            yield data[start:end]
-            yield bytes(_padding(end - start))
 
 
 def _read_json(path: Path) -> Any:
@@ -122,10 +130,12 @@ def _pooling_type(model_dir: Path) -> int:
     if pooling_dir is None:
         raise UnsupportedError("modules.json has no Pooling module")
     pooling = _read_json(model_dir / pooling_dir / "config.json")
-    for mode, pooling_type in _POOLING_TYPES.items():
-        if pooling.get(mode):
-            return pooling_type
-    raise UnsupportedError(f"pooling {pooling!r}: only mean, cls and last token pooling are converted")
+    modes = [key.removeprefix("pooling_mode_") for key, on in pooling.items() if key.startswith("pooling_mode_") and on]
+    if isinstance(pooling.get("pooling_mode"), str):
+        modes.append(pooling["pooling_mode"])
+    if len(modes) != 1 or modes[0] not in _POOLING_TYPES:  # several modes are concatenated: no pooling_type says so
+        raise UnsupportedError(f"pooling {', '.join(modes) or 'none'}: only one of mean, cls and last token is converted")
+    return _POOLING_TYPES[modes[0]]
 
 
 def _vocabulary(model_dir: Path, vocab_size: int) -> list[tuple[str, int, Any]]:
@@ -142,8 +152,9 @@ def _vocabulary(model_dir: Path, vocab_size: int) -> list[tuple[str, int, Any]]:
     token_types = {token: _NORMAL for token in ids}
     token_types.update((token, _CONTROL if special else _USER_DEFINED) for token, special in added.items())
     by_id = sorted(ids, key=ids.__getitem__)
-    special_id = {role: ids[tokenizer_config[f"{role}_token"]] for role in ("cls", "sep", "unk", "pad", "mask")}
-    _check_template(tokenizer.get("post_processor"), tokenizer_config)
+    special = {role: _special_token(tokenizer_config, role) for role in ("cls", "sep", "unk", "pad", "mask")}
+    special_id = {role: ids[token] for role, token in special.items()}
+    _check_template(tokenizer.get("post_processor"), special)
     lowercase = [("tokenizer.ggml.normalizer.lowercase", _BOOL, normalizer["lowercase"])]
     strip_accents = normalizer.get("strip_accents")  # None: follows lowercase, as llama.cpp reads a missing key
     if strip_accents is not None:
@@ -169,11 +180,16 @@ def _vocabulary(model_dir: Path, vocab_size: int) -> list[tuple[str, int, Any]]:
     ]
 
 
-def _check_template(post_processor: dict[str, Any] | None, tokenizer_config: dict[str, Any]) -> None:
+def _special_token(tokenizer_config: dict[str, Any], role: str) -> str:
+    token = tokenizer_config[f"{role}_token"]  # a string, or an AddedToken as a dict
+    return token["content"] if isinstance(token, dict) else token
+
+
+def _check_template(post_processor: dict[str, Any] | None, special: dict[str, str]) -> None:
     """add_bos and add_eos are written as true: the tokenizer must frame a text as [CLS] text [SEP]."""
     single = (post_processor or {}).get("single", [])
     framing = [item.get("SpecialToken", {}).get("id") for item in single[:1] + single[-1:]]
-    if framing != [tokenizer_config["cls_token"], tokenizer_config["sep_token"]]:
+    if framing != [special["cls"], special["sep"]]:
         raise UnsupportedError(f"tokenizer post-processor {post_processor!r}: only [CLS] text [SEP] is converted")
 
 
