@@ -233,3 +233,11 @@ def test_llamacpp_routes_serve_the_loaded_model_when_none_is_named(base):
     assert post(base, "/completions", prompt="Hi", max_tokens=2).status_code == 200
     assert post(base, "/v1/chat/completions", **body).json()["error"]["param"] == "model"
     assert post(base, "/chat/completions", model="other", **body).status_code == 404
+
+
+def test_anthropic_messages_answer_any_model_name(base):
+    """Claude Code and other Anthropic clients send Anthropic's model names; the served model answers them."""
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}
+    answer = post(base, "/v1/messages", **body)
+    assert answer.status_code == 200 and answer.json()["type"] == "message"
+    assert post(base, "/v1/messages", **{**body, "model": None}).status_code == 400  # still required there

@@ -29,12 +29,19 @@ def system_fingerprint(st: ServerState) -> str:
     return f"{FINGERPRINT_PREFIX}-{__version__}-{st.engine.n_ctx}"
 
 
+ANTHROPIC_PATH = "/v1/messages"
+
+
 def check_model_name(st: ServerState, body: dict) -> None:
     """The /v1 routes follow OpenAI's schema: model is required and must name the served model. llama-server's
-    own routes (no /v1: /chat/completions, /completions) serve the loaded model when none is named, as it does."""
+    own routes (no /v1: /chat/completions, /completions) serve the loaded model when none is named, as it does.
+    Anthropic's /v1/messages takes any name: its clients (Claude Code) send Anthropic's model names, which a
+    one-model server can only answer with its model (llama-server does the same)."""
     if body.get("model") is None and not request.path.startswith("/v1/"):
         return
     name = schema.require_model(body)
+    if request.path.startswith(ANTHROPIC_PATH):
+        return
     if not st.accepts_model(name):
         raise APIError(404, f"the model '{name}' does not exist: this server serves '{st.model_id}'",
                        param="model", code="model_not_found")
