@@ -433,3 +433,76 @@ cdef jl_tensor _f32_matrix(object array, list keep) except *:
     out.ne1 = view.shape[0]
     out.ne2 = 1
     return out
+
+
+# ---- the vision encoder (csrc/vision.c) ----------------------------------------------------
+cdef extern from "vision.h" nogil:
+    int JL_VIT_GELU_QUICK
+    ctypedef struct jl_vit_layer_desc:
+        pass
+    ctypedef struct jl_vit_desc:
+        int32_t n_layer, n_embd, n_head, n_ff, patch_dim, n_patches, ffn_activation
+        float norm_eps
+        jl_tensor patch_embd, patch_bias, class_embd, position_embd, pre_ln, pre_ln_bias, post_ln, post_ln_bias
+        const jl_vit_layer_desc *layers
+    ctypedef struct jl_vit:
+        pass
+    jl_status jl_vit_create(const jl_vit_desc *desc, jl_vit **vit)
+    void jl_vit_free(jl_vit *vit)
+    jl_status jl_vit_encode(const jl_vit *vit, const float *patches, int64_t n_images, float *out, int n_threads)
+
+# jl_vit_layer_desc's tensors, in its order (it holds nothing else)
+VIT_LAYER_FIELDS = ("ln1", "ln1_bias", "attn_q", "attn_q_bias", "attn_k", "attn_k_bias", "attn_v", "attn_v_bias",
+                    "attn_out", "attn_out_bias", "ln2", "ln2_bias", "ffn_up", "ffn_up_bias", "ffn_down", "ffn_down_bias")
+VIT_ACTIVATIONS = {"gelu_tanh": JL_FFN_GELU_TANH, "gelu_erf": JL_FFN_GELU_ERF, "silu": JL_FFN_SILU,
+                   "gelu_quick": JL_VIT_GELU_QUICK}
+
+
+cdef class VisionTower:
+    """A C vision encoder. sizes: n_layer, n_embd, n_head, n_ff, patch_dim, n_patches, activation (a
+    VIT_ACTIVATIONS name), norm_eps; tensors: the jl_vit_desc tensor names -> GGUFTensor-like (raw, type_id,
+    ne) or None; layers: one such dict per block, keyed by VIT_LAYER_FIELDS."""
+    cdef jl_vit *vit
+    cdef list _keep        # the tensors' byte views: the mapping cannot close under the C pointers
+    cdef readonly int64_t n_patches, n_pos, n_embd, patch_dim
+
+    def __cinit__(self, dict sizes, dict tensors, list layers):
+        self._keep = []
+        cdef jl_vit_desc d
+        cdef jl_tensor *fields = <jl_tensor *>calloc(len(layers) * len(VIT_LAYER_FIELDS), sizeof(jl_tensor))
+        if fields == NULL:
+            raise MemoryError("no memory for the vision tower's layers")
+        try:
+            for il, layer in enumerate(layers):
+                for i, name in enumerate(VIT_LAYER_FIELDS):
+                    fields[il * len(VIT_LAYER_FIELDS) + i] = _tensor(layer.get(name), self._keep)
+            d.n_layer, d.n_embd, d.n_head, d.n_ff = len(layers), sizes["n_embd"], sizes["n_head"], sizes["n_ff"]
+            d.patch_dim, d.n_patches = sizes["patch_dim"], sizes["n_patches"]
+            d.ffn_activation, d.norm_eps = VIT_ACTIVATIONS[sizes["activation"]], sizes["norm_eps"]
+            d.patch_embd, d.patch_bias = _tensor(tensors["patch_embd"], self._keep), _tensor(tensors.get("patch_bias"), self._keep)
+            d.class_embd = _tensor(tensors.get("class_embd"), self._keep)
+            d.position_embd = _tensor(tensors["position_embd"], self._keep)
+            d.pre_ln, d.pre_ln_bias = _tensor(tensors.get("pre_ln"), self._keep), _tensor(tensors.get("pre_ln_bias"), self._keep)
+            d.post_ln, d.post_ln_bias = _tensor(tensors.get("post_ln"), self._keep), _tensor(tensors.get("post_ln_bias"), self._keep)
+            d.layers = <const jl_vit_layer_desc *>fields
+            check(jl_vit_create(&d, &self.vit))
+        finally:
+            free(fields)
+        self.n_patches, self.n_pos = d.n_patches, d.n_patches + (1 if tensors.get("class_embd") is not None else 0)
+        self.n_embd, self.patch_dim = d.n_embd, d.patch_dim
+
+    def __dealloc__(self):
+        jl_vit_free(self.vit)
+
+    def encode(self, const float[:, :, ::1] patches, int n_threads=0):
+        """(n_images, n_pos, n_embd) float32 <- the tower over patches (n_images, n_patches, patch_dim)."""
+        if patches.shape[0] == 0 or patches.shape[1] != self.n_patches or patches.shape[2] != self.patch_dim:
+            raise ValueError(f"vision: patches of shape {tuple(patches.shape)[:3]}, the tower takes "
+                             f"(n_images > 0, {self.n_patches}, {self.patch_dim})")
+        out = np.empty((patches.shape[0], self.n_pos, self.n_embd), dtype=np.float32)
+        cdef float[:, :, ::1] out_view = out
+        cdef jl_status status
+        with nogil:
+            status = jl_vit_encode(self.vit, &patches[0, 0, 0], patches.shape[0], &out_view[0, 0, 0], n_threads)
+        check(status)
+        return out

@@ -11,3 +11,13 @@ class UnsupportedError(JanlibError, ValueError):
 
 class KVCacheFull(JanlibError, RuntimeError):
     """A batch needs more KV cache cells than are free; nothing was changed."""
+
+
+class InvalidMediaError(JanlibError, ValueError):
+    """Image data that cannot be used (not an image, an unsupported format, corrupt); the message names the
+    request field it came from."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
