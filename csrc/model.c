@@ -987,7 +987,7 @@ static jl_status check_batch(jl_context *ctx, const jl_batch *b, float *logits, 
     if (!b || b->n_tokens < 1 || !b->tokens || !b->positions || !b->seq_ids || !b->want_logits)
         return jl_fail(JL_ERR_INVALID_ARG, "decode: needs at least one token with its position, sequence and logits flag");
     memcpy(ctx->seq_next, kv->len, (size_t)kv->n_seq * sizeof *ctx->seq_next);
-    int64_t n_wanted = 0, n_embd_rows = 0;
+    int64_t n_wanted = 0, n_embd_rows = 0, block_rows = 0;
     for (int64_t i = 0; i < b->n_tokens; i++) {
         const int32_t seq = b->seq_ids[i];
         n_embd_rows += b->tokens[i] == JL_TOKEN_EMBD;
@@ -1010,14 +1010,15 @@ static jl_status check_batch(jl_context *ctx, const jl_batch *b, float *logits, 
                            (long long)b->positions[i], (long long)i, (long long)d->position_embd.ne1);
         ctx->seq_next[seq]++;
         n_wanted += b->want_logits[i] != 0;
-        if (b->non_causal_blocks && i > 0 && b->non_causal_blocks[i] != 0 &&
-            b->non_causal_blocks[i] == b->non_causal_blocks[i - 1]) {
-            if (seq != b->seq_ids[i - 1])
+        if (b->non_causal_blocks && b->non_causal_blocks[i] != 0) {
+            const int continues = i > 0 && b->non_causal_blocks[i] == b->non_causal_blocks[i - 1];
+            if (continues && seq != b->seq_ids[i - 1])
                 return jl_fail(JL_ERR_INVALID_ARG, "decode: non-causal block %d spans sequences %d and %d at row %lld",
                                b->non_causal_blocks[i], b->seq_ids[i - 1], seq, (long long)i);
-            if (i % ctx->n_batch == 0)
-                return jl_fail(JL_ERR_INVALID_ARG, "decode: non-causal block %d crosses the chunk boundary at row %lld "
-                               "(n_batch = %lld): its rows attend to each other, so they must be evaluated together",
+            block_rows = continues ? block_rows + 1 : 1;
+            if (block_rows > ctx->n_batch)
+                return jl_fail(JL_ERR_INVALID_ARG, "decode: non-causal block %d at row %lld is longer than n_batch = %lld "
+                               "rows: its rows attend to each other, so they must be evaluated in one chunk",
                                b->non_causal_blocks[i], (long long)i, (long long)ctx->n_batch);
         }
     }
@@ -1049,6 +1050,16 @@ static int64_t widest_projection(const jl_model_desc *d) {
     return widest;
 }
 
+/* The end of the chunk that starts at row c0: n_batch rows, fewer where that would split a non-causal block
+ * (the block then starts the next chunk; check_batch saw that none is longer than n_batch). */
+static int64_t chunk_end(const jl_context *ctx, const jl_batch *b, int64_t c0) {
+    const int32_t *blocks = b->non_causal_blocks;
+    int64_t end = b->n_tokens - c0 < ctx->n_batch ? b->n_tokens : c0 + ctx->n_batch;
+    if (blocks && end < b->n_tokens)
+        while (end > c0 + 1 && blocks[end] != 0 && blocks[end] == blocks[end - 1]) end--;
+    return end;
+}
+
 static jl_status decode(jl_context *ctx, const jl_batch *batch, float *out, int embeddings, int n_threads) {
     if (!ctx) return jl_fail(JL_ERR_INVALID_ARG, "decode: NULL context");
     jl_status st = check_batch(ctx, batch, out, embeddings);
@@ -1066,8 +1077,9 @@ static jl_status decode(jl_context *ctx, const jl_batch *batch, float *out, int 
     const int32_t *blocks = batch->non_causal_blocks;
     const float *embd = batch->embd;  /* the chunk's first embedding row */
     jl_chunk *ch = &ctx->rows;
-    for (int64_t c0 = 0; c0 < batch->n_tokens; c0 += ctx->n_batch) {
-        ch->n_rows = batch->n_tokens - c0 < ctx->n_batch ? batch->n_tokens - c0 : ctx->n_batch;
+    for (int64_t c0 = 0, c1; c0 < batch->n_tokens; c0 = c1) {
+        c1 = chunk_end(ctx, batch, c0);
+        ch->n_rows = c1 - c0;  /* keep_rows cuts it to the output rows */
         ch->n_out = 0;
         int64_t n_embd_rows = 0;
         for (int64_t r = ch->n_rows - 1; r >= 0; r--) {  /* backwards: a block's rows take its last row's position */

@@ -113,7 +113,7 @@ def test_non_causal_block_matches_reference(arch, tmp_path):
 def test_mixed_batches_with_embedding_rows_are_bit_identical(tiny):
     """Sequence 0 holds an image block of embedding rows (non-causal); it is prefilled in three
     steps beside other sequences' tokens, the rows shuffled except the block's, which stay
-    together inside one chunk of 16 rows."""
+    together (crossing the end of the first chunk of 16 rows)."""
     runtime = load_runtime(tiny, n_ctx=256)
     rng = np.random.default_rng(6)
     n0, block = 30, slice(9, 21)
@@ -130,7 +130,7 @@ def test_mixed_batches_with_embedding_rows_are_bit_identical(tiny):
     got = {s: [] for s in seqs}
     done = {s: 0 for s in seqs}
     # (rows per sequence, where the block's rows go: None = shuffled with the rest)
-    for step, block_at in [({0: 9, 1: 5, 2: 3}, None), ({0: 12, 1: 3, 2: 1}, 2), ({0: 9, 1: 17, 2: 14}, None)]:
+    for step, block_at in [({0: 9, 1: 5, 2: 3}, None), ({0: 12, 1: 6, 2: 1}, 6), ({0: 9, 1: 14, 2: 14}, None)]:
         labels = [s for s, size in step.items() if block_at is None or s != 0 for _ in range(size)]
         rng.shuffle(labels)
         if block_at is not None:
@@ -167,12 +167,25 @@ def test_bad_embedding_batches_are_refused(tiny):
         ctx.decode(np.array([1, -2]), np.arange(2), np.zeros(2, int), np.ones(2, bool))
     with pytest.raises(ValueError, match="non_causal_blocks has 3 entries"):
         ctx.decode(ids, *n, embd=np.zeros((2, E), np.float32), non_causal_blocks=[0, 1, 1])
-    # a block across sequences, a block across a chunk boundary: refused, nothing changed
+    # a block across sequences, a block longer than n_batch: refused, nothing changed
     with pytest.raises(ValueError, match="spans sequences 0 and 1"):
         ctx.decode(np.array([1, 2]), np.zeros(2, int), np.array([0, 1]), np.ones(2, bool), non_causal_blocks=[1, 1])
-    with pytest.raises(ValueError, match="crosses the chunk boundary at row 8"):
-        ctx.decode(np.arange(10), np.arange(10), np.zeros(10, int), np.ones(10, bool), non_causal_blocks=[0] * 6 + [1] * 4)
+    with pytest.raises(ValueError, match="longer than n_batch = 8"):
+        ctx.decode(np.arange(12), np.arange(12), np.zeros(12, int), np.ones(12, bool), non_causal_blocks=[0] * 3 + [1] * 9)
     assert ctx.seq_len(0) == 0 and ctx.seq_len(1) == 0
-    # a block that fills a chunk exactly is fine
-    out = ctx.decode(np.arange(16), np.arange(16), np.zeros(16, int), np.ones(16, bool), non_causal_blocks=[1] * 8 + [2] * 8)
-    assert out.shape == (16, N_VOCAB)
+
+
+def test_a_chunk_ends_early_rather_than_split_a_block(tiny):
+    """n_batch 8: the block of rows 6..13 would cross the first chunk's end; it starts the second chunk
+    instead, and the logits equal one unchunked pass."""
+    runtime = load_runtime(tiny, n_ctx=256)
+    ids = np.random.default_rng(8).integers(0, N_VOCAB, 20)
+    labels = np.zeros(20, np.int32)
+    labels[6:14] = 1
+    chunked = janlib.BatchContext(runtime, n_ctx=64, n_seq_max=1, n_batch=8)
+    got = chunked.decode(ids, np.arange(20), np.zeros(20, int), np.ones(20, bool), non_causal_blocks=labels)
+    np.testing.assert_array_equal(got, decode_all(runtime, ids, blocks=labels))
+    chunked.seq_rm(0)
+    want_last = np.arange(20) == 19
+    last = chunked.decode(ids, np.arange(20), np.zeros(20, int), want_last, non_causal_blocks=labels)
+    np.testing.assert_array_equal(last, got[-1:])

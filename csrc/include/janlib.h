@@ -243,8 +243,8 @@ typedef struct {
     const float *embd;                  /* (n_embd_rows, n_embd) */
     /* NULL, or (n_tokens,) labels: a run of consecutive rows with the same nonzero label is a
      * block whose rows attend to each other both ways (and causally to what precedes it), as
-     * llama.cpp's mtmd decodes a gemma3 image. A block's rows are of one sequence and must lie in
-     * one chunk of n_batch rows (rows [k * n_batch, (k + 1) * n_batch)). */
+     * llama.cpp's mtmd decodes a gemma3 image. A block's rows are of one sequence, at most n_batch
+     * of them: a chunk ends early rather than split one. */
     const int32_t *non_causal_blocks;
 } jl_batch;
 

@@ -74,6 +74,7 @@ class BatchContext:
         self.n_vocab = runtime.n_vocab
         self.n_embd = runtime.hparams.n_embd
         self._runtime = runtime  # the mapping the weights' pointers point into
+        self.n_batch = n_batch
         self._ctx = _core.Context(runtime.forward_model, n_ctx, n_seq_max, n_cells, kv_type, n_batch, kv_type_v)
 
     @property
@@ -129,7 +130,7 @@ class BatchContext:
         sqrt(n_embd) applies to token rows only, as in llama.cpp). non_causal_blocks (n,) ints: a
         run of consecutive rows with the same nonzero label is a block whose rows attend to each
         other both ways (gemma3 decodes an image so, as llama.cpp's mtmd); a block's rows are of one
-        sequence and lie in one chunk of n_batch rows."""
+        sequence, at most n_batch of them (a chunk ends early rather than split a block)."""
         token_ids = _int_array("tokens", tokens)
         n = token_ids.size
         if n == 0:
