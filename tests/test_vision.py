@@ -85,6 +85,37 @@ def test_embed_image_gives_llamacpp_layout_and_the_reference_prompt(case, name):
     assert is_image == ref[f"{key}-is_image"].tolist()
 
 
+@pytest.mark.parametrize("name", IMAGES)
+def test_image_prompt_logits_match_transformers(case, name):
+    """End to end below the Model API: embed_image's pieces as one batch (text rows as tokens, image rows as
+    embeddings, gemma3's image a non-causal block) give transformers' last-position logits. F32 KV cache: the
+    reference is float32 throughout."""
+    from janlib import BatchContext
+    from janlib.context import TOKEN_EMBD
+    from janlib.models import load_runtime
+
+    arch, projector, ref = case
+    key = Path(name).stem
+    layout = json.loads(str(ref[f"{key}-layout"]))
+    tokenizer = Tokenizer.from_metadata(load_gguf(VLM / f"{arch}.gguf").metadata)
+    ids, blocks, embd = [], [], []
+    for label, piece in enumerate([layout[0], *projector.embed_image(image_bytes(name)), layout[-1]], start=1):
+        if isinstance(piece, str):
+            piece_ids = tokenizer.encode(piece, add_special=False, parse_special=True)
+            ids += piece_ids
+            blocks += [0] * len(piece_ids)
+        else:
+            ids += [TOKEN_EMBD] * len(piece)
+            blocks += [label if projector.non_causal else 0] * len(piece)
+            embd.append(piece)
+    n = len(ids)
+    context = BatchContext(load_runtime(VLM / f"{arch}.gguf", n_ctx=256), n_ctx=256, n_seq_max=1, kv_type="f32")
+    logits = context.decode(ids, np.arange(n), np.zeros(n, int), np.arange(n) == n - 1, embd=np.concatenate(embd),
+                            non_causal_blocks=blocks)[0]
+    expected = ref[f"{key}-logits"]
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
 def test_projector_facts(case):
     arch, projector, _ = case
     assert projector.projector_type == arch
