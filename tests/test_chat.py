@@ -214,3 +214,19 @@ def test_string_plus_missing_or_null_is_the_string():
     assert template.render([], none_value=None) == "ab|c|3"
     with pytest.raises(ChatTemplateError):
         ChatTemplate("{{ 1 + functions }}").render([])
+
+
+def test_named_templates_write_llamacpp_builtin_formats():
+    """--chat-template NAME takes llama.cpp's built-in formats (src/llama-chat.cpp): content trimmed where it trims."""
+    from janlib.chat import NAMED_TEMPLATES
+
+    messages = [{"role": "system", "content": "You are a test."}, {"role": "user", "content": " Hi there "}]
+    assert ChatTemplate(NAMED_TEMPLATES["command-r"]).render(messages) == (
+        "<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>You are a test.<|END_OF_TURN_TOKEN|>"
+        "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>Hi there<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>")
+    assert ChatTemplate(NAMED_TEMPLATES["llama3"]).render(messages, add_generation_prompt=False) == (
+        "<|start_header_id|>system<|end_header_id|>\n\nYou are a test.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>")
+    assert ChatTemplate(NAMED_TEMPLATES["gemma"]).render(messages) == (
+        "<start_of_turn>user\nYou are a test.\n\nHi there<end_of_turn>\n<start_of_turn>model\n")
+    assert ChatTemplate(NAMED_TEMPLATES["phi3"]).render(messages[1:]) == "<|user|>\n Hi there <|end|>\n<|assistant|>\n"

@@ -20,7 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from janlib.errors import JanlibError
 from janlib.reasoning import without_thinking
 
-__all__ = ["CHATML_TEMPLATE", "ChatTemplate", "ChatTemplateError"]
+__all__ = ["CHATML_TEMPLATE", "NAMED_TEMPLATES", "ChatTemplate", "ChatTemplateError"]
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -32,6 +32,38 @@ CHATML_TEMPLATE = (
 because llama.cpp (llama-server, llama-cli) falls back to ChatML too, so a prompt gets the same
 text here as there. For a base model any template is plain prompt text; ChatML's markers are at
 least the most widespread ones a model may have seen."""
+
+
+def _turns(open_: str, close: str, generation: str, trim: bool = True) -> str:
+    """A template writing each message as open_ + content + close (Jinja expressions), then generation."""
+    content = "message['content'] | trim" if trim else "message['content']"
+    return (f"{{% for message in messages %}}{{{{ {open_} + {content} + {close} }}}}{{% endfor %}}"
+            f"{{% if add_generation_prompt %}}{{{{ {generation} }}}}{{% endif %}}")
+
+
+_ROLE = "message['role']"
+
+
+NAMED_TEMPLATES = {
+    # llama.cpp's built-in templates by the names --chat-template takes (src/llama-chat.cpp), the same text here
+    "chatml": CHATML_TEMPLATE,
+    "llama3": _turns(f"'<|start_header_id|>' + {_ROLE} + '<|end_header_id|>\\n\\n'", "'<|eot_id|>'",
+                     "'<|start_header_id|>assistant<|end_header_id|>\\n\\n'"),
+    "command-r": _turns("'<|START_OF_TURN_TOKEN|><|' + {'system': 'SYSTEM', 'user': 'USER', 'assistant': 'CHATBOT'}"
+                        f"[{_ROLE}] + '_TOKEN|>'", "'<|END_OF_TURN_TOKEN|>'",
+                        "'<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>'"),
+    "phi3": _turns(f"'<|' + {_ROLE} + '|>\\n'", "'<|end|>\\n'", "'<|assistant|>\\n'", trim=False),
+    "zephyr": _turns(f"'<|' + {_ROLE} + '|>\\n'", "'<|endoftext|>\\n'", "'<|assistant|>\\n'", trim=False),
+    # no system role: system text goes before the next user turn's
+    "gemma": ("{% set ns = namespace(system='') %}{% for message in messages %}"
+              "{% if message['role'] == 'system' %}{% set ns.system = ns.system + message['content'] | trim %}"
+              "{% else %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+              "{{ '<start_of_turn>' + role + '\\n' }}"
+              "{% if ns.system and role != 'model' %}{{ ns.system + '\\n\\n' }}{% set ns.system = '' %}{% endif %}"
+              "{{ message['content'] | trim + '<end_of_turn>\\n' }}{% endif %}{% endfor %}"
+              "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"),
+}
+"""A --chat-template value that is one of these names means that template; any other value is Jinja source."""
 
 
 class ChatTemplateError(JanlibError, ValueError):

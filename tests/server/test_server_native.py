@@ -241,3 +241,19 @@ def test_anthropic_messages_answer_any_model_name(base):
     answer = post(base, "/v1/messages", **body)
     assert answer.status_code == 200 and answer.json()["type"] == "message"
     assert post(base, "/v1/messages", **{**body, "model": None}).status_code == 400  # still required there
+
+
+def test_context_overflow_has_llamacpp_type_on_its_routes(base):
+    messages = [{"role": "user", "content": "word " * 1500}]
+    native = post(base, "/chat/completions", messages=messages).json()["error"]
+    assert native["type"] == "exceed_context_size_error" and native["n_ctx"] == 1024 and native["n_prompt_tokens"] > 1024
+    openai = post(base, "/v1/chat/completions", model=MODEL_ID, messages=messages).json()["error"]
+    assert (openai["type"], openai["code"]) == ("invalid_request_error", "context_length_exceeded")
+
+
+def test_verbose_adds_the_native_result(base, model):
+    messages = [{"role": "user", "content": "Hi"}]
+    answer = post(base, "/chat/completions", messages=messages, max_tokens=2, verbose=True).json()
+    assert answer["__verbose"]["prompt"] == model.detokenize(model.chat_prompt(messages)[1])
+    assert answer["__verbose"]["content"] == answer["choices"][0]["message"]["content"]
+    assert "__verbose" not in post(base, "/chat/completions", messages=messages, max_tokens=2).json()

@@ -31,7 +31,7 @@ PUBLIC_PATHS = ("/health", "/v1/health")
 def load_engine(config: ServerConfig) -> Engine:
     """One Model (weights, tokenizer, template, loaded once) served by one Engine: --parallel sequences
     sharing --ctx-size KV cells, each holding its share (or all of them with --kv-unified), as llama-server."""
-    from janlib.chat import CHATML_TEMPLATE, ChatTemplate, ChatTemplateError
+    from janlib.chat import NAMED_TEMPLATES, ChatTemplate, ChatTemplateError
     from janlib.model import Model
 
     def share(total: int) -> int:
@@ -46,7 +46,7 @@ def load_engine(config: ServerConfig) -> Engine:
         except (OSError, ValueError) as error:
             raise ConfigError(f"--lora {path}: {error}") from None
     if config.chat_template is not None:
-        source = CHATML_TEMPLATE if config.chat_template == "chatml" else config.chat_template
+        source = NAMED_TEMPLATES.get(config.chat_template, config.chat_template)
         try:
             model.template = ChatTemplate(source, model.template.bos_token, model.template.eos_token)
         except ChatTemplateError as error:

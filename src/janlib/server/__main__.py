@@ -60,7 +60,8 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
                    "comma-separated: several names, the alphabetically first is the id")
     p.add_argument("--tags", help="comma-separated tags shown in /v1/models")
     p.add_argument("--chat-template", metavar="JINJA_TEMPLATE",
-                   help="a Jinja chat template (or the name chatml) instead of the model's")
+                   help="a Jinja chat template instead of the model's, or one of llama.cpp's built-in names: "
+                        "chatml, llama3, command-r, gemma, phi3, zephyr")
     p.add_argument("--chat-template-file", metavar="PATH", help="read the chat template from this file")
     p.add_argument("--reasoning", "-rea", choices=REASONING_MODES, default="auto",
                    help="thinking of reasoning models: the chat template's enable_thinking, true for on and auto "

@@ -12,7 +12,7 @@ from janlib.reasoning import thinking_variables
 from janlib.structured import GrammarError
 
 from . import completion as c
-from . import schema, sse
+from . import native, schema, sse
 from .errors import APIError, invalid
 from .state import state
 
@@ -76,7 +76,8 @@ def chat_completions():
     for i, choice in enumerate(out.choices):
         message, finish = assistant_message(setup.parser(), choice.text, choice.done["finish_reason"], legacy)
         choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": choice.logprobs})
-    return _response(st, out, fields, max_tokens, setup.prompt, cid, created, "chat.completion", choices)
+    return _response(st, out, fields, max_tokens, setup.prompt, cid, created, "chat.completion", choices,
+                     verbose_ids=setup.ids if verbose(st, body) else None)
 
 
 @bp.post("/v1/chat/completions/input_tokens")
@@ -137,8 +138,14 @@ def call_deltas(calls: list[dict], legacy: bool) -> list[dict]:
     return out
 
 
-def _response(st, out, fields, max_tokens, prompt, cid, created, kind, choices):
-    """The non-stream answer of either endpoint around its choices."""
+def verbose(st, body: dict) -> bool:
+    """llama-server's `verbose` request field, on by default when the server runs with --verbose."""
+    return schema.get_typed(body, "verbose", "boolean", st.config.log_level == "debug")
+
+
+def _response(st, out, fields, max_tokens, prompt, cid, created, kind, choices, verbose_ids=None):
+    """The non-stream answer of either endpoint around its choices; with verbose_ids (the prompt's tokens),
+    llama-server's debugging copy of the first choice in its native shape under "__verbose"."""
     done = [choice.done for choice in out.choices]
     response = {
         "id": cid, "object": kind, "created": created, "model": st.model_id,
@@ -155,6 +162,10 @@ def _response(st, out, fields, max_tokens, prompt, cid, created, kind, choices):
     }
     if fields["return_tokens"]:
         response["tokens"] = out.choices[0].tokens
+    if verbose_ids is not None:
+        first = out.choices[0]
+        response["__verbose"] = native.final_result(st, fields, max_tokens, verbose_ids, out.start, first.done,
+                                                    first.text, first.tokens, 0)
     return jsonify(c.select_fields(response, fields["response_fields"]))
 
 
@@ -284,7 +295,8 @@ def completions():
                 "logprobs": choice.logprobs if legacy_top is None else c.legacy_logprobs(
                     st, choice.logprobs["content"], out.prompt_logprobs if echo else None, ids)}
                for i, choice in enumerate(out.choices)]
-    return _response(st, out, fields, max_tokens, prompt_text, cid, created, "text_completion", choices)
+    return _response(st, out, fields, max_tokens, prompt_text, cid, created, "text_completion", choices,
+                     verbose_ids=ids if verbose(st, body) else None)
 
 
 def _text_chunks(st, events, first, handle, fields, cid, created, legacy_top=None):

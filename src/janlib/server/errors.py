@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("janlib.server")
@@ -48,10 +48,13 @@ def invalid(message: str, param: str | None, code: str = "invalid_value") -> API
 
 def context_length_exceeded(n_prompt_tokens: int, n_ctx: int, param: str) -> APIError:
     """OpenAI's message and code, with the two numbers llama.cpp's server adds so that a client can
-    trim its prompt by the right amount."""
+    trim its prompt by the right amount. On llama-server's own routes (no /v1) the type is llama-server's
+    exceed_context_size_error, which its clients look for; the /v1 routes keep OpenAI's."""
+    native = has_request_context() and not request.path.startswith("/v1/")
     return APIError(400, f"This model's maximum context length is {n_ctx} tokens. However, your prompt resulted in "
                     f"{n_prompt_tokens} tokens, leaving no room for a completion.", param=param,
-                    code="context_length_exceeded", details={"n_prompt_tokens": n_prompt_tokens, "n_ctx": n_ctx})
+                    code="context_length_exceeded", type="exceed_context_size_error" if native else None,
+                    details={"n_prompt_tokens": n_prompt_tokens, "n_ctx": n_ctx})
 
 
 def error_response(error: APIError):
