@@ -11,6 +11,7 @@ non-causal image blocks (gemma3).
 
 from __future__ import annotations
 
+import base64
 import math
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import numpy as np
 import pytest
 
 import janlib
+import janlib.errors
+import janlib.media
 from janlib.context import TOKEN_EMBD
 from janlib.models import load_runtime
 from reference_forward import Reference
@@ -189,3 +192,145 @@ def test_a_chunk_ends_early_rather_than_split_a_block(tiny):
     want_last = np.arange(20) == 19
     last = chunked.decode(ids, np.arange(20), np.zeros(20, int), want_last, non_causal_blocks=labels)
     np.testing.assert_array_equal(last, got[-1:])
+
+
+# ---- the library: Model.media_prompt, Model(mmproj=...), Engine ---------------------------------------
+
+VLM = Path(__file__).parent / "fixtures" / "vlm"
+VLM_CASES = sorted(p.stem for p in VLM.glob("*.npz"))
+IMAGES = {"landscape": "landscape.png", "portrait": "portrait.jpg"}
+PROMPT_TEXT = "hello world, <__media__> what is this?"  # the fixtures' PREFIX, the image, SUFFIX (no BOS)
+
+
+@pytest.fixture(scope="module", params=VLM_CASES)
+def vlm(request):
+    case = request.param
+    model = janlib.Model(str(VLM / f"{case}.gguf"), mmproj=str(VLM / f"{case}-mmproj.gguf"), kv_type="f32")
+    with np.load(VLM / f"{case}.npz") as f:
+        ref = {k: f[k] for k in f.files}
+    return case, model, ref
+
+
+def image_bytes(name: str) -> bytes:
+    return (VLM / IMAGES[name]).read_bytes()
+
+
+def test_vlm_fixtures_exist():
+    assert {"gemma3", "idefics3"} <= set(VLM_CASES)
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_image_prompt_logits_match_transformers(vlm, image):
+    """The text GGUF and the mmproj through Model(mmproj=...): llama.cpp's prompt layout (the fixture's
+    tokens, the image rows where transformers put its image tokens) and transformers' last-position
+    logits, within float tolerance."""
+    case, model, ref = vlm
+    prompt = model.media_prompt(PROMPT_TEXT, [image_bytes(image)], add_special=False)
+    tokens, is_image = ref[f"{image}-tokens"], ref[f"{image}-is_image"]
+    assert len(prompt) == len(tokens)
+    np.testing.assert_array_equal(np.array(prompt.tokens) < 0, is_image)
+    np.testing.assert_array_equal(np.array(prompt.tokens)[~is_image], tokens[~is_image])
+    want = ref[f"{image}-logits"]
+    tolerance = 1e-5 * np.abs(want).max() + 2e-5
+    got = model.logits(prompt)
+    assert np.abs(got - want).max() <= tolerance, f"{case}/{image}: max |diff| {np.abs(got - want).max():.3g}"
+    if model.projector.non_causal:  # the bidirectional image block matters: causal rows miss the reference
+        ctx = model.create_context(n_ctx=64, n_seq_max=1, kv_type="f32")
+        ids, embd, _, _ = prompt.rows(0, len(prompt), 0)
+        causal = ctx.decode(ids, np.arange(len(ids)), np.zeros(len(ids), int), np.arange(len(ids)) == len(ids) - 1,
+                            embd=embd)[0]
+        assert np.abs(causal - want).max() > 10 * tolerance
+
+
+def test_media_prompt_errors(vlm):
+    _, model, _ = vlm
+    with pytest.raises(ValueError, match="1 <__media__> markers but 2 images"):
+        model.media_prompt(PROMPT_TEXT, [image_bytes("landscape")] * 2)
+    with pytest.raises(janlib.errors.InvalidMediaError, match=r"^multimodal_data\[0\]: "):
+        model.media_prompt(PROMPT_TEXT, [b"not an image"], fields=["multimodal_data[0]"])
+    with pytest.raises(janlib.errors.InvalidMediaError, match=r"^images\[0\]: an image must be bytes"):
+        model.media_prompt(PROMPT_TEXT, ["a string"])
+    text_only = janlib.Model(str(VLM / "gemma3.gguf"))
+    with pytest.raises(ValueError, match="no multimodal projector"):
+        text_only.media_prompt(PROMPT_TEXT, [image_bytes("landscape")])
+
+
+def test_the_same_image_is_neither_encoded_nor_evaluated_again(vlm):
+    """Turn two repeats turn one's image: its embeddings come from the cache (the projector is not
+    called) and Model.generate reuses its cells (the cached prefix reaches past the image)."""
+    _, model, _ = vlm
+    landscape = image_bytes("landscape")
+    model._media_cache = janlib.media.EmbeddingCache()  # what earlier tests encoded is forgotten
+    first = model.media_prompt(PROMPT_TEXT, [landscape])
+    calls = []
+    encode = model.projector.embed_image
+    model.projector.embed_image = lambda *args: calls.append(args) or encode(*args)
+    try:
+        answer = "".join(t.text for t in model.generate(first, max_tokens=4))
+        second = model.media_prompt(PROMPT_TEXT + answer + " and this: <__media__>?", [landscape, image_bytes("portrait")])
+        assert len(calls) == 1  # the portrait only
+        generation = model.generate(second, max_tokens=4)
+        list(generation)
+    finally:
+        del model.projector.embed_image
+    assert generation.n_cached_tokens > first.images[-1].stop
+    # the reused cells give what a fresh evaluation gives
+    np.testing.assert_array_equal(model.logits(second), janlib.Model(model.path, mmproj=model.projector.path,
+                                                                     kv_type="f32").logits(second))
+
+
+def test_engine_with_images_equals_model(vlm):
+    """Engine requests with images (n_batch 6: prompt chunks that would end inside an image block wait for
+    it or take it whole) give Model.generate's greedy tokens; the next turn reuses the image's cells."""
+    case, model, _ = vlm
+    engine = janlib.Engine(model, n_seq_max=2, n_ctx=256, n_batch=6 if case == "gemma3" else 16, max_gap_ms=None,
+                           kv_type="f32")
+    try:
+        prompts = [model.media_prompt(PROMPT_TEXT, [image_bytes(name)]) for name in sorted(IMAGES)]
+        results = engine.generate(prompts, max_tokens=6)
+        for prompt, result in zip(prompts, results):
+            assert result.choices[0].tokens == [t.id for t in model.generate(prompt, max_tokens=6) if t.id is not None]
+        follow_up = model.media_prompt(PROMPT_TEXT + results[0].text + " again <__media__>",
+                                       [image_bytes(sorted(IMAGES)[0])] * 2)
+        again = engine.submit(janlib.Request(follow_up, max_tokens=4)).result()
+        assert again.n_cached_tokens >= len(prompts[0])
+        assert again.choices[0].tokens == [t.id for t in model.generate(follow_up, max_tokens=4) if t.id is not None]
+    finally:
+        engine.close()
+
+
+def test_engine_refuses_what_it_cannot_run_with_images(vlm):
+    case, model, _ = vlm
+    prompt = model.media_prompt(PROMPT_TEXT, [image_bytes("landscape")])
+    engine = janlib.Engine(model, n_seq_max=1, n_ctx=256, n_batch=2)
+    try:
+        with pytest.raises(ValueError, match="prompt_logprobs"):
+            engine.submit(janlib.Request(prompt, prompt_logprobs=1))
+        if model.projector.non_causal:
+            with pytest.raises(ValueError, match="n_batch"):
+                engine.submit(janlib.Request(prompt))
+    finally:
+        engine.close()
+    with pytest.raises(ValueError, match="mmproj"):
+        janlib.Engine(model, mmproj=model.projector.path)
+
+
+def test_chat_with_an_image_url_part(vlm):
+    """OpenAI image_url parts with data: URIs become markers where the image goes in the template."""
+    _, model, _ = vlm
+    url = "data:image/png;base64," + base64.b64encode(image_bytes("landscape")).decode()
+    messages = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                             {"type": "image_url", "image_url": {"url": url}}]}]
+    marked, images, fields = janlib.media.image_parts_to_markers(messages)
+    assert marked[0]["content"][1] == {"type": "text", "text": "<__media__>"}
+    assert images == [image_bytes("landscape")] and fields == ["messages[0].content[1].image_url"]
+    _, prompt = model.chat_prompt(marked, images, fields)
+    assert isinstance(prompt, janlib.MediaPrompt) and len(prompt.images) >= 1
+    want = "".join(t.text for t in model.generate(prompt, max_tokens=4))
+    assert model.chat(messages, max_tokens=4) == want
+    bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}]
+    with pytest.raises(janlib.errors.InvalidMediaError, match=r"^messages\[0\]\.content\[0\]\.image_url: not valid base64"):
+        model.chat(bad)
+    remote = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}]
+    with pytest.raises(janlib.errors.InvalidMediaError, match="only data: URIs"):
+        model.chat(remote)

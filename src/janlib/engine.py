@@ -26,6 +26,11 @@ choices evaluates its prompt once on its first sequence; the others copy it and 
 logits. Choice i of a request seeded s draws with seed s + i (mod 2**64), so choice 0 repeats the
 same request with n = 1; unseeded choices each draw a random seed.
 
+Images: a prompt may be a MediaPrompt (Model.media_prompt; Engine(..., mmproj=...) loads the projector).
+Its image positions hold pseudo ids from a hash of the image's bytes, so the prefix cache above reuses an
+image's cells like tokens'. A chunk never ends inside a non-causal image block (gemma3): the block goes
+whole into one step, even past that step's token budget.
+
 Supervision: an exception while serving one request fails that request only (its handle gets an
 "error" event; the traceback is logged). If the engine thread itself dies, every waiting and later
 request fails at once with EngineDead and `healthy` is False."""
@@ -45,6 +50,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from janlib.errors import JanlibError, KVCacheFull
+from janlib.media import MediaPrompt
 from janlib.model import GREEDY, GeneratedToken, Model
 from janlib.sampling import SamplingParams, TokenProbs
 from janlib.stop import IndentLimit, StopStringFilter
@@ -86,13 +92,13 @@ class RequestFailed(EngineError):
 
 @dataclass
 class Request:
-    """One completion request: the prompt (text, tokenized with special tokens added, or token ids)
-    and how to continue it. The fields mean what Model.generate's arguments mean; beside them:
+    """One completion request: the prompt (text, tokenized with special tokens added, token ids, or a
+    janlib.MediaPrompt with images) and how to continue it. The fields mean what Model.generate's arguments mean; beside them:
     n (1..8) choices sharing the prompt, id_slot (a sequence id to run on; -1: the engine's choice),
     cache_prompt (reuse cached prefixes), t_max_predict_ms (stop generating after this long, 0: never)
     and disconnected (a probe: True once the consumer has gone, which cancels the request)."""
 
-    prompt: str | Sequence[int]
+    prompt: str | Sequence[int] | MediaPrompt
     max_tokens: int = 256
     sampling: SamplingParams | None = None  # None: greedy
     stop: str | Sequence[str] | None = None
@@ -169,7 +175,8 @@ class Handle:
 
     def __init__(self, engine: Engine, request: Request, prompt: list[int], lora_scales: tuple[float, ...] = ()):
         self.request = request
-        self.prompt = prompt
+        self.prompt = prompt  # token ids; an image's positions hold its pseudo id (janlib.media.image_key)
+        self.media = request.prompt if isinstance(request.prompt, MediaPrompt) else None
         self.lora_scales = lora_scales  # every adapter's scale for this request, fixed at submission
         self.id = next(engine._ids)
         self._engine = engine
@@ -327,19 +334,23 @@ class Engine:
     generate, the prompt chunk beside them is sized from the measured throughput so that a step (the gap
     between two of their tokens) takes about this long (None: n_batch whatever it costs); queue_size: requests that may
     wait for a sequence beyond the idle ones (None: no limit; past it submit raises QueueFull);
-    context: a ready multi-sequence context (default: model.create_context(...))."""
+    context: a ready multi-sequence context (default: model.create_context(...)); mmproj: a multimodal
+    projector GGUF for a model loaded here (prompts may then be MediaPrompts with images)."""
 
     def __init__(self, model: Model | str | None = None, n_seq_max: int = 4, n_ctx: int | None = None,
                  n_threads: int | None = None, n_batch: int = DEFAULT_BATCH, queue_size: int | None = None,
                  kv_type: str = "f16", n_cells: int | None = None, context: Any = None,
-                 max_gap_ms: float | None = DEFAULT_MAX_GAP_MS, kv_type_v: str | None = None):
+                 max_gap_ms: float | None = DEFAULT_MAX_GAP_MS, kv_type_v: str | None = None,
+                 mmproj: str | None = None):
         for name, value, low in (("n_seq_max", n_seq_max, 1), ("n_batch", n_batch, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if queue_size is not None and (not isinstance(queue_size, int) or queue_size < 0):
             raise ValueError(f"queue_size must be None or an int >= 0, got {queue_size!r}")
+        if isinstance(model, Model) and mmproj is not None:
+            raise ValueError("mmproj loads with the model: give it to Model(..., mmproj=...) for a ready Model")
         self.model = model if isinstance(model, Model) else \
-            Model(model, n_ctx=n_ctx, n_threads=n_threads, kv_type=kv_type, kv_type_v=kv_type_v)
+            Model(model, n_ctx=n_ctx, n_threads=n_threads, kv_type=kv_type, kv_type_v=kv_type_v, mmproj=mmproj)
         if context is None:
             context = self.model.create_context(n_ctx=n_ctx or self.model.n_ctx, n_seq_max=n_seq_max,
                                                 n_cells=n_cells, kv_type=kv_type, n_batch=n_batch, kv_type_v=kv_type_v)
@@ -466,13 +477,15 @@ class Engine:
             raise TypeError(f"submit takes a janlib.Request, got {type(request).__name__}")
         if isinstance(request.prompt, str):
             prompt = self.model.tokenize(request.prompt)
+        elif isinstance(request.prompt, MediaPrompt):
+            prompt = self._check_media(request)
         else:
             prompt = [int(t) for t in request.prompt]
         if not prompt:
             raise ValueError("the prompt is empty: at least one token is needed")
         if len(prompt) > self.n_ctx:
             raise ValueError(f"the prompt has {len(prompt)} tokens but a sequence holds {self.n_ctx}")
-        bad = [t for t in prompt if not 0 <= t < self.model.n_vocab]
+        bad = [t for t in prompt if t >= self.model.n_vocab or t < 0 and not isinstance(request.prompt, MediaPrompt)]
         if bad:
             raise ValueError(f"token {bad[0]} is outside the vocabulary [0, {self.model.n_vocab})")
         if request.prompt_logprobs is not None and (isinstance(request.prompt_logprobs, bool) or not isinstance(
@@ -490,6 +503,20 @@ class Engine:
         if request.id_slot >= self.n_seq_max:
             raise ValueError(f"id_slot must be -1 or a sequence id in 0..{self.n_seq_max - 1}, got {request.id_slot}")
         return prompt
+
+    def _check_media(self, request: Request) -> list[int]:
+        media = request.prompt
+        if request.prompt_logprobs is not None:
+            raise ValueError("prompt_logprobs cannot score a prompt with images (its image positions have no tokens)")
+        n_batch = getattr(self.context, "n_batch", self.n_batch)
+        for block in media.images:
+            if block.non_causal and len(block.embd) > n_batch:
+                raise ValueError(f"an image of {len(block.embd)} embeddings is evaluated in one batch, but n_batch is "
+                                 f"{n_batch}: raise n_batch (--batch-size) to at least {len(block.embd)}")
+            if block.embd.shape[1:] != (self.model.n_embd,):
+                raise ValueError(f"an image block has embeddings of shape {block.embd.shape}, the model's n_embd is "
+                                 f"{self.model.n_embd}")
+        return list(media.tokens)
 
     # ------------------------------------------------------------------ engine thread
     def _run(self) -> None:
@@ -613,7 +640,7 @@ class Engine:
         constraint = request.constraint if request.constraint is not None else \
             model._constraint(request.grammar, request.json_schema, None)
         keep = None
-        if request.context_shift:
+        if request.context_shift and handle.media is None:  # no shift across images, as llama-server
             keep = len(prompt) if request.n_keep == -1 else request.n_keep
             if request.n_keep != -1 and prompt[0] == model.tokenizer.bos_id:
                 keep += 1  # the BOS token is never shifted out (llama.cpp adds it to n_keep)
@@ -625,7 +652,7 @@ class Engine:
             if i and params.seed != -1:
                 choice_params = dataclasses.replace(params, seed=(params.seed + i) % (1 << 64))
             sampler = model.sampler(choice_params, request.ignore_eos)
-            sampler.accept_prompt(prompt)
+            sampler.accept_prompt(handle.media.text_tokens if handle.media is not None else prompt)
             choice_constraint = constraint
             if i and constraint is not None:
                 choice_constraint = constraint.copy()
@@ -743,7 +770,11 @@ class Engine:
                 break
             if self._share_prefix(seq, prompts[:i]):
                 continue
-            chunk = seq.prompt[seq.n_done:seq.n_done + budget]
+            end = seq.n_done + budget
+            block = seq.handle.media.block_at(end) if seq.handle.media is not None else None
+            if block is not None:  # a non-causal image goes whole: wait for it, or take it past the budget
+                end = block.start if block.start > seq.n_done else block.stop
+            chunk = seq.prompt[seq.n_done:end]
             entries.append((seq, chunk))
             budget -= len(chunk)
         return entries
@@ -789,15 +820,30 @@ class Engine:
 
     def _decode(self, entries: list[tuple[_Sequence, list[int]]]) -> np.ndarray | None:
         tokens, positions, seq_ids, want = [], [], [], []
+        embd, labels, label = [], [], 0  # image rows' embeddings; non-causal block labels, unique in the batch
         for seq, chunk in entries:
             n0 = len(seq.slot.cached)
-            tokens.extend(chunk)
+            media = seq.handle.media if seq.in_prompt else None
+            if media is not None:
+                ids, rows, blocks, label = media.rows(n0, n0 + len(chunk), label)
+                tokens.extend(ids)
+                if rows is not None:
+                    embd.append(rows)
+                labels.append(blocks if blocks is not None else np.zeros(len(chunk), np.int32))
+            else:
+                tokens.extend(chunk)
+                labels.append(np.zeros(len(chunk), np.int32))
             positions.extend(range(n0, n0 + len(chunk)))
             seq_ids.extend([seq.slot.index] * len(chunk))
             n_rows = self._wants_logits(seq, chunk)
             want.extend([False] * (len(chunk) - n_rows) + [True] * n_rows)
         arrays = (np.array(tokens, np.int32), np.array(positions, np.int64), np.array(seq_ids, np.int32),
                   np.array(want, np.bool_))
+        media_rows = {}
+        if embd:
+            media_rows["embd"] = np.concatenate(embd)
+        if label:
+            media_rows["non_causal_blocks"] = np.concatenate(labels)
         lora = {}
         if self.model.adapters:  # each row takes its request's scales
             lora = {"adapters": tuple(self.model.adapters), "adapter_scales": np.repeat(
@@ -805,7 +851,7 @@ class Engine:
                 [len(chunk) for _, chunk in entries], axis=0)}
         while True:
             try:
-                return self.context.decode(*arrays, n_threads=self.n_threads, **lora)
+                return self.context.decode(*arrays, n_threads=self.n_threads, **lora, **media_rows)
             except KVCacheFull:
                 if self._evict_idle():
                     continue

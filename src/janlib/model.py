@@ -16,6 +16,7 @@ from janlib.embedding import Embedder, as_token_lists
 from janlib.fetch import fetch_model
 from janlib.gguf import load_gguf
 from janlib.lora import LoraAdapter, LoraSelection, load_adapter, resolve_scales
+from janlib.media import EmbeddingCache, MediaPrompt, build_media_prompt, image_parts_to_markers
 from janlib.models import load_runtime
 from janlib.registry import DEFAULT_MODEL
 from janlib.sampling import Sampler, SamplingParams, TokenProbs
@@ -52,8 +53,9 @@ class Generation(Iterator[GeneratedToken]):
 class Model:
     def __init__(self, path_or_name: str | None = None, n_ctx: int | None = None, n_threads: int | None = None,
                  kv_type: str = "f16", kv_type_v: str | None = None,
-                 lora: Sequence[str | tuple[str, float]] = ()):
-        """lora: LoRA adapter files (or (file, default scale) pairs) to load, as load_lora."""
+                 lora: Sequence[str | tuple[str, float]] = (), mmproj: str | None = None):
+        """lora: LoRA adapter files (or (file, default scale) pairs) to load, as load_lora; mmproj: a
+        llama.cpp multimodal projector GGUF for the model, which lets prompts hold images (media_prompt)."""
         self.path = fetch_model(path_or_name or DEFAULT_MODEL)
         self._file = load_gguf(self.path)
         self.metadata = self._file.metadata
@@ -68,6 +70,14 @@ class Model:
             path, scale = (entry, 1.0) if isinstance(entry, (str, bytes)) or hasattr(entry, "__fspath__") else entry
             self.load_lora(path, scale)
         self._embedder: Embedder | None = None
+        self.projector = None
+        self._media_cache = EmbeddingCache()
+        if mmproj is not None:
+            from janlib.vision import load_projector  # Pillow and the vision tower only load with a projector
+
+            projector = load_projector(mmproj, n_threads=n_threads)
+            projector.check_text_model(self)
+            self.projector = projector
 
     @property
     def n_ctx(self) -> int:
@@ -129,9 +139,26 @@ class Model:
         [{"id": N, "scale": S}]): the named adapters as given, the others at their default scale."""
         return resolve_scales(self.adapters, lora)
 
-    def _eval(self, ids, pos0: int, scales: tuple[float, ...]) -> np.ndarray:
-        """The last row's logits of ids at pos0.. with the adapters at scales."""
-        return self._runtime.eval(ids, pos0, "last", tuple(self.adapters), scales)[0]
+    def _eval(self, ids, pos0: int, scales: tuple[float, ...], media: MediaPrompt | None = None) -> np.ndarray:
+        """The last row's logits of ids at pos0.. with the adapters at scales; ids are media's positions
+        pos0.. when it is given (its images' rows take their embeddings)."""
+        embd = blocks = None
+        if media is not None:
+            ids, embd, blocks, _ = media.rows(pos0, pos0 + len(ids), 0)
+        return self._runtime.eval(ids, pos0, "last", tuple(self.adapters), scales, embd, blocks)[0]
+
+    def media_prompt(self, text: str, images: Sequence[bytes], fields: Sequence[str] | None = None,
+                     add_special: bool = True, parse_special: bool = True) -> MediaPrompt:
+        """A prompt with images for logits, generate and Engine requests: each image (encoded bytes: PNG,
+        JPEG, WebP, GIF) goes where a <__media__> marker is in text, laid out as llama.cpp's mtmd lays it for
+        the projector (its text pieces and embeddings). The markers and images must match in number
+        (ValueError); bad image data raises janlib.errors.InvalidMediaError naming fields[i] (default
+        "images[i]"). The first text gets the special tokens (BOS) with add_special; special tokens in the
+        text are parsed with parse_special. An image seen recently is not encoded again."""
+        if self.projector is None:
+            raise ValueError("this model has no multimodal projector (load it with mmproj=...): it cannot take images")
+        return build_media_prompt(text, images, self.projector, self.tokenize, self._media_cache, fields,
+                                  add_special, parse_special)
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
@@ -163,14 +190,15 @@ class Model:
             token_bytes = self._token_bytes
         return Sampler(params, self.n_vocab, self.eos_token_ids, token_bytes, n_ctx=self.n_ctx)
 
-    def logits(self, ids: Sequence[int], lora: LoraSelection = None) -> np.ndarray:
-        """float32 (n_vocab,) next-token logits after ids, from a fresh context; lora selects adapter
-        scales (see lora_scales)."""
+    def logits(self, ids: Sequence[int] | MediaPrompt, lora: LoraSelection = None) -> np.ndarray:
+        """float32 (n_vocab,) next-token logits after ids (token ids or a media_prompt), from a fresh
+        context; lora selects adapter scales (see lora_scales)."""
         scales = self.lora_scales(lora)
+        media, ids = _split_media(ids)
         self._check_prompt(ids)
         self._runtime.seq_rm(0)
         self._cached = []
-        out = self._eval(ids, 0, scales)
+        out = self._eval(ids, 0, scales, media)
         self._cached, self._cached_scales = list(ids), scales
         return out
 
@@ -180,7 +208,8 @@ class Model:
         if len(ids) > self.n_ctx:
             raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx}")
 
-    def _prefill(self, ids: Sequence[int], scales: tuple[float, ...]) -> tuple[np.ndarray, int]:
+    def _prefill(self, ids: Sequence[int], scales: tuple[float, ...],
+                 media: MediaPrompt | None = None) -> tuple[np.ndarray, int]:
         """Evaluate ids, reusing the cached common prefix (evaluated with the same adapter scales);
         returns the last logits and the reused count."""
         reuse = 0
@@ -192,11 +221,11 @@ class Model:
         reuse = min(reuse, len(ids) - 1)  # the last prompt token is always evaluated, for its logits
         self._runtime.seq_rm(reuse)
         self._cached = self._cached[:reuse]
-        logits = self._eval(ids[reuse:], reuse, scales)
+        logits = self._eval(ids[reuse:], reuse, scales, media)
         self._cached, self._cached_scales = list(ids), scales
         return logits, reuse
 
-    def generate(self, ids: Sequence[int], max_tokens: int = 256, stop: str | Sequence[str] | None = None,
+    def generate(self, ids: Sequence[int] | MediaPrompt, max_tokens: int = 256, stop: str | Sequence[str] | None = None,
                  ignore_eos: bool = False, sampling: SamplingParams | None = None,
                  context_shift: bool = False, n_keep: int = 0, n_indent: int = 0,
                  grammar: str | None = None, json_schema: dict | str | None = None,
@@ -210,7 +239,10 @@ class Model:
         constraint (janlib.structured.Constraint, used for this one generation) restricts every token
         to the grammar; generation then stops (finish_reason "stop") when the grammar is complete,
         and a grammar that cannot be compiled raises GrammarError. lora selects the LoRA adapters'
-        scales for this generation (see lora_scales)."""
+        scales for this generation (see lora_scales). ids may be a media_prompt (images): its image
+        positions are reused from the cache like tokens when the same image comes again; such a
+        prompt does not shift the context (as llama-server with a projector)."""
+        media, ids = _split_media(ids)
         ids = [int(i) for i in ids]
         scales = self.lora_scales(lora)
         self._check_prompt(ids)
@@ -221,11 +253,11 @@ class Model:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         constraint = self._constraint(grammar, json_schema, constraint)
         sampler = self.sampler(sampling, ignore_eos)
-        sampler.accept_prompt(ids)
-        logits, reused = self._prefill(ids, scales)
+        sampler.accept_prompt(media.text_tokens if media is not None else ids)
+        logits, reused = self._prefill(ids, scales, media)
         generation = Generation(iter(()), len(ids), reused)
         keep = None
-        if context_shift:
+        if context_shift and media is None:
             keep = len(ids) if n_keep == -1 else n_keep
             if n_keep != -1 and ids[0] == self.tokenizer.bos_id:
                 keep += 1  # the BOS token is never shifted out (llama.cpp adds it to n_keep)
@@ -289,13 +321,17 @@ class Model:
         if tail:
             yield GeneratedToken(None, tail)
 
-    def chat_prompt(self, messages: list[dict], **render_options) -> tuple[str, list[int]]:
+    def chat_prompt(self, messages: list[dict], images: Sequence[bytes] = (), image_fields: Sequence[str] | None = None,
+                    **render_options) -> tuple[str, list[int] | MediaPrompt]:
         """The rendered chat prompt for messages, ready for the assistant's turn, and its tokens;
-        render_options go to ChatTemplate.render (tools, continue_final_message, template variables)."""
+        render_options go to ChatTemplate.render (tools, continue_final_message, template variables).
+        With images (their <__media__> markers in the messages' text), a MediaPrompt instead of tokens."""
         prompt = self.template.render(messages, **{"add_generation_prompt": True, **render_options})
         # templates that write the BOS text themselves (Gemma's) must not get a second one
         bos_text = self.tokenizer.token_text(self.tokenizer.bos_id) if self.tokenizer.bos_id is not None else None
         add_special = not (bos_text and prompt.startswith(bos_text))
+        if images:
+            return prompt, self.media_prompt(prompt, images, image_fields, add_special=add_special)
         return prompt, self.tokenize(prompt, add_special=add_special, parse_special=True)
 
     def chat(self, messages: list[dict], max_tokens: int = 256, stream: bool = False,
@@ -304,9 +340,16 @@ class Model:
              json_schema: dict | str | None = None, constraint: Constraint | None = None,
              lora: LoraSelection = None):
         """The assistant's answer to messages (rendered with the model's chat template), or with
-        stream=True an iterator of its text pieces."""
-        _, ids = self.chat_prompt(messages)
+        stream=True an iterator of its text pieces. A message's content parts may hold images, as OpenAI's
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}} (a model with a projector)."""
+        messages, images, fields = image_parts_to_markers(messages)
+        _, ids = self.chat_prompt(messages, images, fields)
         generation = self.generate(ids, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, sampling=sampling,
                                    grammar=grammar, json_schema=json_schema, constraint=constraint, lora=lora)
         pieces = (t.text for t in generation if t.text)
         return pieces if stream else "".join(pieces)
+
+
+def _split_media(ids: Sequence[int] | MediaPrompt) -> tuple[MediaPrompt | None, Sequence[int]]:
+    """(the media prompt or None, the prompt's position ids)."""
+    return (ids, ids.tokens) if isinstance(ids, MediaPrompt) else (None, ids)

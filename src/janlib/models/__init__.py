@@ -79,17 +79,19 @@ class Runtime:
 
     def eval(self, tokens: Sequence[int] | np.ndarray, pos0: int,
              logits: str | Sequence[int] | np.ndarray = "last", adapters: tuple = (),
-             adapter_scales: Sequence[float] = ()) -> np.ndarray:
+             adapter_scales: Sequence[float] = (), embd: np.ndarray | None = None,
+             non_causal_blocks: np.ndarray | None = None) -> np.ndarray:
         """Run tokens at positions pos0, pos0 + 1, ... (pos0 <= n_past; an earlier pos0 overwrites
         the cache from there) and return float32 logits (n_outputs, n_vocab) for the rows `logits`
         names: "last", "all", or strictly increasing row indices into tokens. Every row adds LoRA
-        adapter j (a janlib.lora.LoraAdapter of this model) scaled by adapter_scales[j]."""
+        adapter j (a janlib.lora.LoraAdapter of this model) scaled by adapter_scales[j]. Rows whose token is
+        TOKEN_EMBD take embd's rows instead (see BatchContext.decode, as non_causal_blocks)."""
         ids = np.asarray(tokens)
         if ids.ndim != 1 or ids.size == 0:
             raise ValueError(f"tokens must be a non-empty 1-D sequence of ids, got shape {ids.shape}")
         if not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"tokens must be integers, got dtype {ids.dtype}")
-        bad = (ids < 0) | (ids >= self.n_vocab)
+        bad = ((ids < 0) & ((ids != _core.TOKEN_EMBD) | (embd is None))) | (ids >= self.n_vocab)
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"token {int(ids[i])} at row {i} is outside the vocabulary [0, {self.n_vocab})")
@@ -109,7 +111,8 @@ class Runtime:
         loras, scales = batch_adapters(adapters, row_scales)
         self._ctx.seq_rm(0, pos0, -1)
         self._ctx.decode(np.ascontiguousarray(ids, dtype=np.int32), np.arange(pos0, pos0 + ids.size, dtype=np.int64),
-                         np.zeros(ids.size, dtype=np.int32), want, out, self._n_threads or 0, loras, scales)
+                         np.zeros(ids.size, dtype=np.int32), want, out, self._n_threads or 0, loras, scales, embd,
+                         non_causal_blocks)
         return out
 
     @staticmethod
