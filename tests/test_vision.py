@@ -170,27 +170,36 @@ def test_bad_image_data_is_an_invalid_media_error_naming_the_field(data, reason)
 
 
 # ---- loading errors ---------------------------------------------------------------------------------------
-def write_mmproj(path: Path, projector_type: str = "idefics3", extra_tensor: str | None = None) -> Path:
-    """A minimal idefics3-shaped projector: 1 block of width 8, 32x32 images of 16x16 patches, merged 2x2."""
+def write_mmproj(path: Path, projector_type: str = "idefics3", extra_tensor: str | None = None, *, n_layer: int = 1,
+                 n_embd: int = 8, n_head: int = 2, n_ff: int = 16, image_size: int = 32, patch_size: int = 16,
+                 scale: int = 2, n_embd_text: int = 8, dtype=np.float32) -> Path:
+    """A random idefics3-shaped projector (by default 1 block of width 8, 32x32 tiles of 16x16 patches, merged
+    2x2); matrices of dtype (float32 or float16), vectors float32."""
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(path, "clip")
     writer.add_string("clip.projector_type", projector_type)
     writer.add_bool("clip.has_vision_encoder", True)
     writer.add_bool("clip.use_gelu", True)
-    for key, value in {"image_size": 32, "patch_size": 16, "embedding_length": 8, "feed_forward_length": 16,
-                       "block_count": 1, "attention.head_count": 2, "projector.scale_factor": 2}.items():
+    for key, value in {"image_size": image_size, "patch_size": patch_size, "embedding_length": n_embd,
+                       "feed_forward_length": n_ff, "block_count": n_layer, "attention.head_count": n_head,
+                       "projector.scale_factor": scale}.items():
         writer.add_uint32(f"clip.vision.{key}", value)
     writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
     writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
     writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
-    shapes = {"v.patch_embd.weight": (8, 3, 16, 16), "v.position_embd.weight": (4, 8), "mm.model.fc.weight": (8, 32),
-              **{f"v.blk.0.{n}.weight": (8, 8) for n in ("attn_q", "attn_k", "attn_v", "attn_out")},
-              "v.blk.0.ffn_up.weight": (16, 8), "v.blk.0.ffn_down.weight": (8, 16),
-              "v.blk.0.ln1.weight": (8,), "v.blk.0.ln2.weight": (8,)}
+    n_patches = (image_size // patch_size) ** 2
+    shapes = {"v.patch_embd.weight": (n_embd, 3, patch_size, patch_size), "v.position_embd.weight": (n_patches, n_embd),
+              "mm.model.fc.weight": (n_embd_text, n_embd * scale * scale)}
+    for il in range(n_layer):
+        shapes |= {f"v.blk.{il}.{n}.weight": (n_embd, n_embd) for n in ("attn_q", "attn_k", "attn_v", "attn_out")}
+        shapes |= {f"v.blk.{il}.ffn_up.weight": (n_ff, n_embd), f"v.blk.{il}.ffn_down.weight": (n_embd, n_ff),
+                   f"v.blk.{il}.ln1.weight": (n_embd,), f"v.blk.{il}.ln2.weight": (n_embd,)}
     if extra_tensor:
-        shapes[extra_tensor] = (8,)
+        shapes[extra_tensor] = (n_embd,)
     for name, shape in shapes.items():
-        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+        matrix = len(shape) == 2 and name != "v.position_embd.weight"
+        values = rng.standard_normal(shape, dtype=np.float32) / (np.sqrt(shape[-1]) if matrix else 1)
+        writer.add_tensor(name, values.astype(dtype if matrix else np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
