@@ -66,3 +66,13 @@ def idefics3_tiles(image: Image.Image, tile: int, longest_edge: int) -> tuple[li
     tiles = [refined.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile))
              for r in range(n_rows) for c in range(n_cols)]
     return tiles + [refined.resize((tile, tile), Image.Resampling.LANCZOS)], n_rows, n_cols
+
+
+def pad_to_square(image: Image.Image, size: int, color: tuple[int, int, int]) -> Image.Image:
+    """llama.cpp's llava preprocessing: the image scaled (bicubic) to fit a size x size square, aspect kept and
+    each side rounded up, centred on `color`."""
+    scale = min(size / image.width, size / image.height)
+    width, height = min(math.ceil(image.width * scale), size), min(math.ceil(image.height * scale), size)
+    square = Image.new("RGB", (size, size), color)
+    square.paste(image.resize((width, height), Image.Resampling.BICUBIC), ((size - width) // 2, (size - height) // 2))
+    return square

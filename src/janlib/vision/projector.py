@@ -14,7 +14,7 @@ from PIL import Image
 from janlib import _core, kernels
 from janlib.errors import UnsupportedError
 from janlib.gguf import GGUFError, GGUFFile, GGUFTensor, load_gguf
-from janlib.vision.image import decode_image, idefics3_tiles, normalize, unfold_patches
+from janlib.vision.image import decode_image, idefics3_tiles, normalize, pad_to_square, unfold_patches
 
 # the text pieces and image blocks of one image's prompt: a str is text (tokenized with special tokens
 # parsed), an int the index of a tile whose embeddings go there
@@ -116,12 +116,37 @@ class Projector:
         # the convolution kernel as a matrix (n_embd, 3 * patch_size^2): one matmul over unfolded patches
         tensors["patch_embd"] = SimpleNamespace(raw=patch.raw, type_id=patch.type_id,
                                                 ne=(3 * self.patch_size ** 2, n_embd))
-        layers = [{field: self.tensor(f"v.blk.{il}.{name}", required=not field.endswith("_bias"))
-                   for field, name in LAYER_TENSORS.items()} for il in range(n_layer)]
-        sizes = dict(n_embd=n_embd, n_head=n_head, n_ff=self._meta_int("clip.vision.feed_forward_length"),
+        n_ff = self._meta_int("clip.vision.feed_forward_length")
+        layers = [self._layer(il, n_embd, n_ff) for il in range(n_layer)][:self._layers_run(n_layer)]
+        sizes = dict(n_embd=n_embd, n_head=n_head, n_ff=n_ff,
                      patch_dim=3 * self.patch_size ** 2, n_patches=side * side, activation=activation,
                      norm_eps=self.norm_eps)
         return _core.VisionTower(sizes, tensors, layers)
+
+    def _layer(self, il: int, n_embd: int, n_ff: int) -> dict:
+        layer = {field: self.tensor(f"v.blk.{il}.{name}", required=not field.endswith("_bias"))
+                 for field, name in LAYER_TENSORS.items()}
+        if layer["ffn_down"].ne == (n_embd, n_ff) and n_ff != n_embd:
+            # older conversions (llava's legacy script among them) named the FFN's matrices the other way
+            # round; llama.cpp tells them apart by shape, as here
+            layer["ffn_up"], layer["ffn_down"] = layer["ffn_down"], layer["ffn_up"]
+            layer["ffn_up_bias"], layer["ffn_down_bias"] = layer["ffn_down_bias"], layer["ffn_up_bias"]
+        return layer
+
+    def _layers_run(self, n_layer: int) -> int:
+        """The blocks whose output feeds the projector: all, except for llava's, where llama.cpp stops at the
+        deepest clip.vision.feature_layer (an index into the hidden states, 0 the embeddings) and else leaves
+        out the file's last block."""
+        if self.projector_type != "mlp":
+            return n_layer
+        feature_layers = self._file.metadata.get("clip.vision.feature_layer") or []
+        if len(feature_layers) > 1:
+            raise UnsupportedError(f"{self.path!r}: several vision feature layers {feature_layers} (stacked "
+                                   "features, as granite-vision has) are not supported")
+        n_run = feature_layers[0] if feature_layers else n_layer - 1
+        if not 1 <= n_run <= n_layer:
+            raise GGUFError(f"{self.path!r}: vision feature layer {n_run} is outside the {n_layer} blocks")
+        return n_run
 
     # ---- the contract ----
     @property
@@ -237,7 +262,45 @@ class Gemma3Head:
         return (normed @ self.proj).astype(np.float32)
 
 
-HEADS: dict[str, type] = {"idefics3": Idefics3Head, "gemma3": Gemma3Head}
+def gelu_erf(x: np.ndarray) -> np.ndarray:
+    """0.5 x (1 + erf(x / sqrt 2)), erf by Abramowitz and Stegun 7.1.26 (error < 1.5e-7): numpy has no erf."""
+    z = np.abs(x) * np.float32(1 / math.sqrt(2))
+    t = 1 / (1 + np.float32(0.3275911) * z)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    erf = np.copysign(1 - poly * np.exp(-z * z), x)
+    return (0.5 * x * (1 + erf)).astype(np.float32)
+
+
+class MlpHead:
+    """LLaVA-1.5 style ("mlp"): one square tile (the image fitted on llama.cpp's pad colour, bicubic), the class
+    row dropped, then mm.0, GELU, mm.2. Prompt: the embeddings alone. The GELU is the exact one of the models'
+    configs (llama.cpp's graph uses the tanh approximation; they differ by < 1e-3)."""
+    non_causal = False
+    PAD_COLOR = (122, 116, 104)
+
+    def __init__(self, p: Projector) -> None:
+        self.p = p
+        for key in ("clip.vision.image_grid_pinpoints", "clip.vision.mm_patch_merge_type"):
+            if key in p._file.metadata:  # llava-1.6's tiling
+                raise UnsupportedError(f"{p.path!r}: {key} (llava-1.6 style tiling) is not supported")
+        self.fc1, self.fc2 = p.tensor("mm.0.weight"), p.tensor("mm.2.weight")
+        self.b1, self.b2 = _dense(p.tensor("mm.0.bias")), _dense(p.tensor("mm.2.bias"))
+        self.n_embd_text = self.fc2.shape[0]
+        if self.fc1.shape[1] != p.tower.n_embd or self.fc2.shape[1] != self.fc1.shape[0]:
+            raise GGUFError(f"{p.path!r}: mm.0.weight {self.fc1.shape} and mm.2.weight {self.fc2.shape} do not "
+                            f"chain from the tower's width {p.tower.n_embd}")
+
+    def tiles(self, image: Image.Image) -> tuple[list[Image.Image], Layout]:
+        return [pad_to_square(image, self.p.image_size, self.PAD_COLOR)], [0]
+
+    def project(self, hidden: np.ndarray) -> np.ndarray:
+        n = hidden.shape[0]
+        patches = hidden[:, hidden.shape[1] - self.p.tower.n_patches:].reshape(-1, hidden.shape[2])
+        x = gelu_erf(kernels.matmul(self.fc1, patches, self.p.n_threads or None) + self.b1)
+        return (kernels.matmul(self.fc2, x, self.p.n_threads or None) + self.b2).reshape(n, -1, self.n_embd_text)
+
+
+HEADS: dict[str, type] = {"idefics3": Idefics3Head, "gemma3": Gemma3Head, "mlp": MlpHead}
 
 
 def load_projector(path: str | os.PathLike[str], n_threads: int | None = None) -> Projector:
