@@ -154,6 +154,8 @@ def test_decodes_png_jpeg_webp_and_the_first_gif_frame():
     assert decode_image(gif).getpixel((3, 3)) == (255, 0, 0)
     rgba = decode_image(encoded(Image.new("RGBA", (4, 4), (10, 20, 30, 0)), "PNG"))
     assert rgba.mode == "RGB" and rgba.getpixel((0, 0)) == (10, 20, 30)  # alpha dropped, as llama.cpp does
+    grey16 = decode_image(encoded(Image.fromarray(np.full((4, 4), 40000, np.uint16)), "PNG"))
+    assert grey16.getpixel((0, 0)) == (156, 156, 156)  # 40000 >> 8
 
 
 @pytest.mark.parametrize("data, reason", [

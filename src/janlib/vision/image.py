@@ -25,6 +25,8 @@ def decode_image(data: bytes, field: str = "image") -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=list(FORMATS))
         image.load()  # the first frame, decoded in full: truncated or corrupt data fails here
+        if image.mode.startswith("I"):  # 16-bit grey: its high byte, as llama.cpp's loader (Pillow would clip)
+            image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
         return image.convert("RGB")
     except Image.DecompressionBombError as exc:
         raise InvalidMediaError(field, f"the image is too large to decode ({exc})") from None
