@@ -61,6 +61,16 @@ def test_image_features_match_transformers(case, name):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
+def test_tiles_encoded_a_few_per_tower_call_give_the_same_features(case, monkeypatch):
+    import janlib.vision.projector
+
+    _, projector, ref = case
+    pixels = ref["landscape-pixels"]
+    whole = projector.encode(pixels)
+    monkeypatch.setattr(janlib.vision.projector, "TOWER_ROWS", 1)  # one tile per call
+    np.testing.assert_array_equal(projector.encode(pixels), whole)
+
+
 @pytest.mark.parametrize("name", IMAGES)
 def test_embed_image_gives_llamacpp_layout_and_the_reference_prompt(case, name):
     """Text pieces tokenized (specials parsed) with image rows between them give the reference's tokens."""

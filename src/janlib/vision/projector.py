@@ -24,6 +24,7 @@ TOWER_TENSORS = {"patch_embd": "v.patch_embd.weight", "patch_bias": "v.patch_emb
                  "class_embd": "v.class_embd", "position_embd": "v.position_embd.weight",
                  "pre_ln": "v.pre_ln.weight", "pre_ln_bias": "v.pre_ln.bias",
                  "post_ln": "v.post_ln.weight", "post_ln_bias": "v.post_ln.bias"}
+TOWER_ROWS = 4096  # patch rows per tower call (4 SmolVLM tiles, 1 gemma3 image): ~150 MB of scratch at width 768
 # _core.VIT_LAYER_FIELDS name -> the GGUF tensor name within v.blk.N.
 LAYER_TENSORS = {field: field.replace("_bias", ".bias") if field.endswith("_bias") else field + ".weight"
                  for field in _core.VIT_LAYER_FIELDS}
@@ -172,9 +173,13 @@ class Projector:
         return np.stack([normalize(tile, self.mean, self.std) for tile in tiles]), layout
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
-        """(n_tiles, n_tokens, n_embd_text) float32: the tower and projector over preprocessed tiles."""
-        hidden = self.tower.encode(unfold_patches(pixels, self.patch_size), self.n_threads)
-        return self.head.project(hidden)
+        """(n_tiles, n_tokens, n_embd_text) float32: the tower and projector over preprocessed tiles, a few tiles
+        per tower call (about TOWER_ROWS patch rows: the weights stream once per call, and the scratch stays
+        bounded for a many-tile image)."""
+        patches = unfold_patches(pixels, self.patch_size)
+        step = max(1, TOWER_ROWS // self.tower.n_pos)
+        return np.concatenate([self.head.project(self.tower.encode(patches[i:i + step], self.n_threads))
+                               for i in range(0, len(patches), step)])
 
     def embed_image(self, data: bytes, field: str = "image") -> list[str | np.ndarray]:
         """llama.cpp's prompt layout for one image: text pieces (to tokenize with special tokens parsed) and
