@@ -257,3 +257,29 @@ def test_verbose_adds_the_native_result(base, model):
     assert answer["__verbose"]["prompt"] == model.detokenize(model.chat_prompt(messages)[1])
     assert answer["__verbose"]["content"] == answer["choices"][0]["message"]["content"]
     assert "__verbose" not in post(base, "/chat/completions", messages=messages, max_tokens=2).json()
+
+
+def test_anthropic_thinking_blocks_reach_templates_that_keep_them():
+    """An agent loop's earlier thinking (Anthropic thinking blocks) is the message's reasoning_content, which
+    Qwen3's template renders after the last user query."""
+    from pathlib import Path
+
+    from janlib.server import create_app
+    from janlib.server.__main__ import parse_args
+
+    template = Path(__file__).resolve().parents[1] / "templates" / "Qwen-Qwen3-0.6B.jinja"
+    app = create_app(parse_args(["-c", "256", "-t", "1", "--chat-template-file", str(template)]))
+    call = {"type": "tool_use", "id": "call_1", "name": "list_files", "input": {"path": "."}}
+    thought = {"type": "thinking", "thinking": "I should look at the project first."}
+
+    def count(assistant_blocks):
+        messages = [{"role": "user", "content": "Fix the bug"}, {"role": "assistant", "content": assistant_blocks},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "a.py"}]}]
+        r = app.test_client().post("/v1/messages/count_tokens", json={"model": "any", "messages": messages})
+        assert r.status_code == 200, r.get_json()
+        return r.get_json()["input_tokens"]
+
+    try:
+        assert count([thought, call]) > count([call])
+    finally:
+        app.extensions["janlib"].engine.close()

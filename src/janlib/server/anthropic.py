@@ -80,7 +80,7 @@ def chat_messages(body: dict) -> list[dict]:
         if not isinstance(content, list):
             raise invalid(f"'{p}.content' must be a string or an array of content blocks", f"{p}.content",
                           "invalid_type")
-        texts, calls = [], []
+        texts, calls, thoughts = [], [], []
         for j, block in enumerate(content):
             q = f"{p}.content[{j}]"
             kind = block.get("type") if isinstance(block, dict) else None
@@ -95,8 +95,10 @@ def chat_messages(body: dict) -> list[dict]:
                 if block.get("is_error"):
                     text = f"Error: {text}"
                 out.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text})
+            elif kind == "thinking" and isinstance(block.get("thinking"), str):
+                thoughts.append(block["thinking"])  # reasoning_content: templates that keep it (Qwen3) render it
             elif kind in ("thinking", "redacted_thinking"):
-                continue  # past thinking: templates drop it from earlier turns
+                continue
             elif kind in ("image", "document"):
                 raise APIError(400, f"'{q}': {kind} content is not supported: the model has no multimodal "
                                "projector", param=q, code="unsupported_parameter")
@@ -106,6 +108,8 @@ def chat_messages(body: dict) -> list[dict]:
             message_out = {"role": role, "content": "\n".join(texts) if texts else None}
             if calls:
                 message_out["tool_calls"] = calls
+            if thoughts:
+                message_out["reasoning_content"] = "\n".join(thoughts)
             out.append(message_out)
     return schema.parse_messages(out)
 
