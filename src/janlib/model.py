@@ -73,11 +73,7 @@ class Model:
         self.projector = None
         self._media_cache = EmbeddingCache()
         if mmproj is not None:
-            from janlib.vision import load_projector  # Pillow and the vision tower only load with a projector
-
-            projector = load_projector(mmproj, n_threads=n_threads)
-            projector.check_text_model(self)
-            self.projector = projector
+            self.load_projector(mmproj)
 
     @property
     def n_ctx(self) -> int:
@@ -133,6 +129,21 @@ class Model:
         adapter = load_adapter(path, self._runtime, len(self.adapters), scale)
         self.adapters.append(adapter)
         return adapter
+
+    def load_projector(self, path) -> None:
+        """Load a llama.cpp multimodal projector GGUF (mmproj) for this model, checked against it (ValueError
+        naming a mismatch; GGUFError / UnsupportedError for a file janlib cannot run): prompts may then hold
+        images (media_prompt)."""
+        from janlib.vision import load_projector  # Pillow and the vision tower load only with a projector
+
+        projector = load_projector(path, n_threads=self._runtime.n_threads)
+        try:
+            projector.check_text_model(self)
+        except ValueError:
+            projector.close()
+            raise
+        self.projector = projector
+        self._media_cache = EmbeddingCache()
 
     def lora_scales(self, lora: LoraSelection = None) -> tuple[float, ...]:
         """Every adapter's scale under the selection lora ({id or adapter: scale}, or the API's
@@ -327,12 +338,16 @@ class Model:
         render_options go to ChatTemplate.render (tools, continue_final_message, template variables).
         With images (their <__media__> markers in the messages' text), a MediaPrompt instead of tokens."""
         prompt = self.template.render(messages, **{"add_generation_prompt": True, **render_options})
-        # templates that write the BOS text themselves (Gemma's) must not get a second one
-        bos_text = self.tokenizer.token_text(self.tokenizer.bos_id) if self.tokenizer.bos_id is not None else None
-        add_special = not (bos_text and prompt.startswith(bos_text))
+        add_special = self.chat_add_special(prompt)
         if images:
             return prompt, self.media_prompt(prompt, images, image_fields, add_special=add_special)
         return prompt, self.tokenize(prompt, add_special=add_special, parse_special=True)
+
+    def chat_add_special(self, prompt: str) -> bool:
+        """Whether a rendered chat prompt gets the special tokens (BOS): not when the template wrote the BOS
+        text itself (Gemma's), which must not come twice."""
+        bos_text = self.tokenizer.token_text(self.tokenizer.bos_id) if self.tokenizer.bos_id is not None else None
+        return not (bos_text and prompt.startswith(bos_text))
 
     def chat(self, messages: list[dict], max_tokens: int = 256, stream: bool = False,
              stop: str | Sequence[str] | None = None, ignore_eos: bool = False,

@@ -40,6 +40,11 @@ def load_engine(config: ServerConfig) -> Engine:
     # the Model's own context is one slot's size: the engine's sequences are where the cells live
     model = Model(config.model, n_ctx=share(config.ctx_size) if config.ctx_size else None, n_threads=config.threads,
                   kv_type=config.cache_type_k, kv_type_v=config.cache_type_v)
+    if config.mmproj is not None:
+        try:
+            model.load_projector(config.mmproj)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"--mmproj {config.mmproj}: {error}") from None
     for path, scale in config.lora:
         try:
             model.load_lora(path, 0.0 if config.lora_init_without_apply else scale)

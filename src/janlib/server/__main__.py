@@ -92,6 +92,10 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
                    help="as --lora (llama-server's name for a scaled adapter)")
     p.add_argument("--lora-init-without-apply", action="store_true",
                    help="load the adapters at scale 0, to be applied per request or by POST /lora-adapters")
+    p.add_argument("--mmproj", "-mm", metavar="FILE",
+                   help="the model's multimodal projector (llama.cpp's mmproj GGUF): requests may then hold images")
+    p.add_argument("--allow-remote-media", action="store_true",
+                   help="fetch http(s) image URLs in requests (size-limited, with a timeout); default: inline data only")
     p.add_argument("--no-webui", "--no-ui", dest="webui", action="store_false", help="no chat page at /")
     p.add_argument("--cont-batching", "-cb", action="store_true",
                    help="accepted: janlib always batches new requests into running ones")
@@ -114,7 +118,8 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
     p.add_argument("--backend-sampling", "--backend_sampling", "-bs", action="store_true",
                    help="accepted: janlib samples on the CPU, beside the model")
     p.add_argument("--media-path", metavar="DIR",
-                   help="accepted (must be a directory): janlib serves text models, so it reads no media files")
+                   help="accepted (must be a directory): janlib reads no local media files; images come inline, or "
+                   "over http(s) with --allow-remote-media")
     p.add_argument("--tools", metavar="TOOL1,TOOL2", help="accepted and ignored: janlib has no built-in tools")
     p.add_argument("--ui-mcp-proxy", "--webui-mcp-proxy", "--no-ui-mcp-proxy", "--no-webui-mcp-proxy",
                    action="store_true", help="accepted and ignored: janlib's chat page has no MCP proxy")
@@ -167,7 +172,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.serv
                         slots=a.slots, props=a.props, slot_save_path=a.slot_save_path, embeddings=a.embeddings,
                         pooling=a.pooling, webui=a.webui,
                         lora=[parse_lora_arg(value) for value in a.lora + a.lora_scaled],
-                        lora_init_without_apply=a.lora_init_without_apply)
+                        lora_init_without_apply=a.lora_init_without_apply, mmproj=a.mmproj,
+                        allow_remote_media=a.allow_remote_media)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m janlib.server") -> int:

@@ -14,7 +14,7 @@ import json
 from flask import Blueprint, jsonify, request
 
 from . import completion as c
-from . import schema, sse
+from . import media, schema, sse
 from .chat import prepare, submit
 from .errors import APIError, invalid
 from .state import state
@@ -57,10 +57,11 @@ def _text(content, p: str) -> str:
     return "\n".join(texts)
 
 
-def chat_messages(body: dict) -> list[dict]:
+def chat_messages(st, body: dict) -> tuple[list[dict], list[bytes], list[str]]:
     """system and messages as chat messages: a user turn's tool_result blocks become tool messages (before
-    its text), an assistant turn's tool_use blocks its tool_calls."""
-    out = []
+    its text), an assistant turn's tool_use blocks its tool_calls, an image block a <__media__> marker in its
+    text; and the images' bytes and fields."""
+    out, images, image_fields = [], [], []
     system = body.get("system")
     if system is not None:
         out.append({"role": "system", "content": _text(system, "system")})
@@ -99,9 +100,12 @@ def chat_messages(body: dict) -> list[dict]:
                 thoughts.append(block["thinking"])  # reasoning_content: templates that keep it (Qwen3) render it
             elif kind in ("thinking", "redacted_thinking"):
                 continue
-            elif kind in ("image", "document"):
-                raise APIError(400, f"'{q}': {kind} content is not supported: the model has no multimodal "
-                               "projector", param=q, code="unsupported_parameter")
+            elif kind == "image":
+                images.append(media.anthropic_image(st, block, q))
+                image_fields.append(q)
+                texts.append(media.MEDIA_MARKER)
+            elif kind == "document":
+                raise APIError(400, f"'{q}': document content is not supported", param=q, code="unsupported_parameter")
             else:
                 raise invalid(f"'{q}.type' {kind!r} is not a content block a {role} message can hold", f"{q}.type")
         if texts or calls:
@@ -111,7 +115,7 @@ def chat_messages(body: dict) -> list[dict]:
             if thoughts:
                 message_out["reasoning_content"] = "\n".join(thoughts)
             out.append(message_out)
-    return schema.parse_messages(out)
+    return schema.parse_messages(out), images, image_fields
 
 
 def chat_body(body: dict) -> dict:
@@ -146,12 +150,14 @@ def chat_body(body: dict) -> dict:
 
 def _setup(st, body: dict):
     c.check_model_name(st, body)
-    messages = chat_messages(body)
+    messages, images, image_fields = chat_messages(st, body)
     chat = chat_body(body)
     fields = schema.parse_fields(chat)
     options = schema.parse_chat_options(chat)
     c.check_request_options(st, fields)
-    return prepare(st, messages, options, fields), fields
+    setup = prepare(st, messages, options, fields)
+    media.add_chat_images(st, setup, images, image_fields, "messages")
+    return setup, fields
 
 
 @bp.post("/v1/messages/count_tokens")

@@ -12,7 +12,7 @@ from janlib.reasoning import thinking_variables
 from janlib.structured import GrammarError
 
 from . import completion as c
-from . import native, schema, sse
+from . import media, native, schema, sse
 from .errors import APIError, invalid
 from .state import state
 
@@ -52,17 +52,32 @@ def prepare(st, messages: list[dict], options: dict, fields: dict):
         raise invalid(f"the tools cannot constrain the output: {error.reason}", "tools") from None
 
 
+def prepare_body(st, body: dict):
+    """A chat request body's setup (prepare) and fields; its images (image_url content parts, or
+    multimodal_data for the <__media__> markers in the messages' text) go into setup.ids, a MediaPrompt."""
+    raw_messages, images, image_fields = media.chat_images(st, body.get("messages", schema._MISSING))
+    data = media.multimodal_data(st, body.pop("multimodal_data", None), "multimodal_data")
+    if data and images:
+        raise invalid("give images either as multimodal_data (for <__media__> markers in the text) or as image_url "
+                      "content parts, not both", "multimodal_data")
+    if data:
+        images, image_fields = data, [f"multimodal_data[{i}]" for i in range(len(data))]
+    messages = schema.parse_messages(raw_messages)
+    fields = schema.parse_fields(body)
+    options = schema.parse_chat_options(body)
+    c.check_request_options(st, fields)
+    setup = prepare(st, messages, options, fields)
+    media.add_chat_images(st, setup, images, image_fields, "multimodal_data" if data else "messages")
+    return setup, fields, options
+
+
 @bp.post("/v1/chat/completions")
 @bp.post("/chat/completions")
 def chat_completions():
     st = state()
     body = schema.parse_json_body(request.get_data(cache=False))
     c.check_model_name(st, body)
-    messages = schema.parse_messages(body.get("messages", schema._MISSING))
-    fields = schema.parse_fields(body)
-    options = schema.parse_chat_options(body)
-    c.check_request_options(st, fields)
-    setup = prepare(st, messages, options, fields)
+    setup, fields, options = prepare_body(st, body)
     handle, max_tokens = submit(st, setup, fields)
     cid, created = c.new_id("chatcmpl"), c.now()
     legacy = options["legacy_functions"]
@@ -88,10 +103,7 @@ def chat_input_tokens():
     st = state()
     body = schema.parse_json_body(request.get_data(cache=False))
     c.check_model_name(st, body)
-    messages = schema.parse_messages(body.get("messages", schema._MISSING))
-    fields = schema.parse_fields(body)
-    c.check_request_options(st, fields)
-    setup = prepare(st, messages, schema.parse_chat_options(body), fields)
+    setup, _fields, _options = prepare_body(st, body)
     return jsonify({"input_tokens": len(setup.ids)})
 
 
@@ -264,6 +276,7 @@ def completions():
     body = schema.parse_json_body(request.get_data(cache=False))
     c.check_model_name(st, body)
     prompt_value = schema.parse_prompt(body.get("prompt", schema._MISSING), st.model.n_vocab)
+    images = media.multimodal_data(st, body.pop("multimodal_data", None), "multimodal_data")
     body, legacy_top = c.legacy_logprobs_request(body)
     fields = schema.parse_fields(body)
     if body.get("suffix"):
@@ -274,7 +287,10 @@ def completions():
     if body.get("best_of") not in (None, 1):
         raise invalid("'best_of' must be 1", "best_of")
     c.check_request_options(st, fields)
-    if isinstance(prompt_value, str):
+    if images:
+        ids = media.text_prompt(st, prompt_value, images, "multimodal_data")
+        prompt_text = prompt_value
+    elif isinstance(prompt_value, str):
         ids = st.model.tokenize(prompt_value, add_special=True, parse_special=True)
         prompt_text = prompt_value
     else:

@@ -65,6 +65,8 @@ class ServerConfig:
     pooling: str | None = None  # --pooling for embeddings; None: the model's
     lora: list[tuple[str, float]] = field(default_factory=list)  # LoRA adapter files and their scales (--lora)
     lora_init_without_apply: bool = False  # load the adapters at scale 0 (POST /lora-adapters sets them)
+    mmproj: str | None = None  # --mmproj: the model's multimodal projector GGUF (requests may then hold images)
+    allow_remote_media: bool = False  # --allow-remote-media: image URLs over http(s), not only inline data
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -97,6 +99,8 @@ class ServerConfig:
             raise ConfigError(f"--n-predict must be -1 (no cap) or more, got {self.n_predict}")
         if not self.shutdown_timeout >= 0:
             raise ConfigError(f"--shutdown-timeout must be 0 or more seconds, got {self.shutdown_timeout}")
+        if self.mmproj is not None and not os.path.isfile(self.mmproj):
+            raise ConfigError(f"--mmproj must be an existing file, got {self.mmproj!r}")
         if self.max_body < 1:
             raise ConfigError(f"--max-body must be positive, got {self.max_body}")
         if any(not k for k in self.api_keys):

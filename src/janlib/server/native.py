@@ -16,10 +16,11 @@ from flask import Blueprint, Response, jsonify, request
 
 from janlib.chat import ChatTemplateError
 from janlib.engine import EngineError
+from janlib.media import MediaPrompt
 from janlib.reasoning import thinking_variables
 
 from . import completion as c
-from . import schema, sse
+from . import media, schema, sse
 from .errors import APIError, invalid
 from .state import ServerState, state
 
@@ -35,19 +36,20 @@ def not_supported(message: str) -> APIError:
 
 
 # ---------------------------------------------------------------------------------------------- prompts
-def _subprompt(st: ServerState, value: Any, param: str) -> list[int]:
-    """One prompt: text, token ids, text and ids mixed (only the first text gets BOS), or {prompt_string}."""
+def _subprompt(st: ServerState, value: Any, param: str) -> list[int] | MediaPrompt:
+    """One prompt: text, token ids, text and ids mixed (only the first text gets BOS), or {prompt_string}
+    (with multimodal_data: the images for its <__media__> markers)."""
     model = st.model
     if isinstance(value, str):
         return model.tokenize(value, add_special=True, parse_special=True)
     if isinstance(value, dict):
-        if value.get("multimodal_data"):
-            raise APIError(400, f"'{param}.multimodal_data': the model has no multimodal projector",
-                           param=f"{param}.multimodal_data", code="unsupported_parameter")
+        images = media.multimodal_data(st, value.get("multimodal_data"), f"{param}.multimodal_data")
         text = value.get(PROMPT_STRING_KEY)
         if not isinstance(text, str):
             raise invalid(f"'{param}.{PROMPT_STRING_KEY}' must be a string", f"{param}.{PROMPT_STRING_KEY}",
                           "invalid_type")
+        if images:
+            return media.text_prompt(st, text, images, f"{param}.multimodal_data")
         return model.tokenize(text, add_special=True, parse_special=True)
     if isinstance(value, list):
         ids: list[int] = []
@@ -114,8 +116,12 @@ def _native_fields(st: ServerState, body: dict) -> dict:
 def completion():
     st = state()
     body = schema.parse_json_body(request.get_data(cache=False))
+    images = media.multimodal_data(st, body.pop("multimodal_data", None), "multimodal_data")
     fields = _native_fields(st, body)
-    prompts = parse_prompts(st, body.get("prompt", schema._MISSING))
+    if images:  # the images of a text prompt's markers, as in {prompt_string, multimodal_data}
+        prompts = [media.text_prompt(st, body.get("prompt"), images, "multimodal_data")]
+    else:
+        prompts = parse_prompts(st, body.get("prompt", schema._MISSING))
     return run_native(st, prompts, fields)
 
 
@@ -163,7 +169,7 @@ def final_result(st: ServerState, fields: dict, max_tokens: int, ids: list[int],
         "index": index, "content": text, "tokens": tokens if fields["return_tokens"] else [],
         "id_slot": done.get("slot", start.get("slot", -1)), "stop": True, "model": st.model_id,
         "tokens_predicted": done["n_predicted"], "tokens_evaluated": start.get("n_prompt", len(ids)),
-        "generation_settings": settings, "prompt": st.model.detokenize(ids), "has_new_line": "\n" in text,
+        "generation_settings": settings, "prompt": media.prompt_text(st, ids), "has_new_line": "\n" in text,
         "truncated": bool(done["context_full"]), "stop_type": _stop_type(done),
         "stopping_word": done.get("stop_word") or "", "tokens_cached": start.get("n_prompt", 0) + done["n_predicted"],
         "timings": c.timings(start, done, done["n_predicted"]),

@@ -254,9 +254,9 @@ def _check_semantics(out: dict) -> None:
                       f"{' and '.join(constraints)}", constraints[1])
     for i, item in enumerate(out["lora"] or ()):
         check_lora_item(item, f"lora[{i}]")
-    if out["multimodal_data"]:
-        raise APIError(400, "'multimodal_data': the model has no multimodal projector", param="multimodal_data",
-                       code="unsupported_parameter")
+    if out["multimodal_data"]:  # the endpoints that take images read it before the fields are parsed
+        raise APIError(400, "'multimodal_data' is taken by /v1/chat/completions, /v1/completions and /completion "
+                       "only", param="multimodal_data", code="unsupported_parameter")
     options = out["stream_options"]
     if options is not None:
         include = options.get("include_usage")
