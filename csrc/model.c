@@ -344,7 +344,7 @@ static float *alloc_floats(int64_t rows, int64_t cols) {
 }
 
 jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells, int type_k,
-                            int type_v, int64_t n_batch, jl_context **out) {
+                            int type_v, int64_t n_batch, int swa_full, jl_context **out) {
     if (!model || !out) return jl_fail(JL_ERR_INVALID_ARG, "context: NULL model or output pointer");
     *out = NULL;
     if (n_ctx < 1 || n_ctx > INT32_MAX || n_batch < 1 || n_seq_max < 1 || n_cells < 1)
@@ -352,9 +352,17 @@ jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_
                        (long long)n_ctx, (long long)n_batch, n_seq_max, (long long)n_cells);
     const jl_model_desc *d = &model->desc;
     jl_context *ctx = calloc(1, sizeof *ctx);
-    if (!ctx) return jl_fail(JL_ERR_NOMEM, "context: out of memory");
-    jl_status st = jl_kv_init(&ctx->kv, d->n_layer, d->n_head_kv, d->head_dim_k, d->head_dim_v, type_k, type_v,
-                              n_ctx, n_seq_max, n_cells);
+    /* the sliding-window layers' caches keep only their windows, unless asked to keep everything */
+    int32_t *layer_window = malloc((size_t)d->n_layer * sizeof *layer_window);
+    if (!ctx || !layer_window) {
+        free(ctx);
+        free(layer_window);
+        return jl_fail(JL_ERR_NOMEM, "context: out of memory");
+    }
+    for (int il = 0; il < d->n_layer; il++) layer_window[il] = d->non_causal ? 0 : d->layers[il].sliding_window;
+    jl_status st = jl_kv_init(&ctx->kv, d->n_layer, swa_full ? NULL : layer_window, d->n_head_kv, d->head_dim_k,
+                              d->head_dim_v, type_k, type_v, n_ctx, n_seq_max, n_cells);
+    free(layer_window);
     if (st != JL_OK) {
         free(ctx);
         return st;
@@ -414,8 +422,15 @@ jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_
 
 int64_t jl_context_n_ctx(const jl_context *ctx) { return ctx ? ctx->kv.n_ctx : 0; }
 int32_t jl_context_n_seq_max(const jl_context *ctx) { return ctx ? ctx->kv.n_seq : 0; }
-int64_t jl_context_n_cells(const jl_context *ctx) { return ctx ? (int64_t)ctx->kv.n_pages * JL_KV_PAGE : 0; }
-int64_t jl_context_n_free_cells(const jl_context *ctx) { return ctx ? (int64_t)ctx->kv.n_free * JL_KV_PAGE : 0; }
+/* every pool has the same pages; the one with the fewest free ones bounds what still fits */
+int64_t jl_context_n_cells(const jl_context *ctx) { return ctx ? (int64_t)ctx->kv.pools[0].n_pages * JL_KV_PAGE : 0; }
+int64_t jl_context_n_free_cells(const jl_context *ctx) {
+    if (!ctx) return 0;
+    int32_t n_free = ctx->kv.pools[0].n_free;
+    for (int i = 1; i < ctx->kv.n_pools; i++) n_free = ctx->kv.pools[i].n_free < n_free ? ctx->kv.pools[i].n_free : n_free;
+    return (int64_t)n_free * JL_KV_PAGE;
+}
+size_t jl_context_kv_bytes(const jl_context *ctx) { return ctx ? jl_kv_bytes_in_use(&ctx->kv) : 0; }
 int64_t jl_context_page_size(void) { return JL_KV_PAGE; }
 
 static jl_status check_seq(const jl_context *ctx, int32_t seq, const char *what) {
@@ -431,6 +446,14 @@ jl_status jl_context_seq_len(const jl_context *ctx, int32_t seq, int64_t *len) {
     return st;
 }
 
+jl_status jl_context_seq_pos_min(const jl_context *ctx, int32_t seq, int64_t *pos_min, int64_t *cut_min) {
+    jl_status st = check_seq(ctx, seq, "seq_pos_min");
+    if (st != JL_OK) return st;
+    *pos_min = jl_kv_pos_min(&ctx->kv, seq);
+    *cut_min = jl_kv_cut_min(&ctx->kv, seq);
+    return JL_OK;
+}
+
 jl_status jl_context_seq_rm(jl_context *ctx, int32_t seq, int64_t p0, int64_t p1) {
     jl_status st = check_seq(ctx, seq, "seq_rm");
     if (st != JL_OK) return st;
@@ -440,6 +463,10 @@ jl_status jl_context_seq_rm(jl_context *ctx, int32_t seq, int64_t p0, int64_t p1
     if (p1 >= 0 && p1 < len && p0 < p1)
         return jl_fail(JL_ERR_INVALID_ARG, "seq_rm: only a suffix can be removed: [%lld, %lld) ends before the %lld cached positions of sequence %d",
                        (long long)p0, (long long)p1, (long long)len, seq);
+    if (p0 < len && !jl_kv_can_cut(&ctx->kv, seq, p0))
+        return jl_fail(JL_ERR_INVALID_ARG, "seq_rm: sequence %d can be cut back to 0 or to %lld positions or more, not %lld: "
+                       "its sliding-window layers gave back the positions before %lld (recompute them)",
+                       seq, (long long)jl_kv_cut_min(&ctx->kv, seq), (long long)p0, (long long)jl_kv_pos_min(&ctx->kv, seq));
     if (p0 < len) jl_kv_truncate(&ctx->kv, seq, p0);
     return JL_OK;
 }
@@ -592,9 +619,9 @@ static void prepare_task(void *arg, int ith, int nth) {
                 jl_rmsnorm(k, k, L->attn_k_norm.data, k_width / L->attn_k_norm.ne0, L->attn_k_norm.ne0, d->norm_eps);
             if (rope >= 0) jl_rope(k, d->n_head_kv, Dk, d->n_rot, d->rope_layout, cos_a, sin_a);
             const int64_t pos = ctx->rows.pos[r], slot = pos % JL_KV_PAGE;
-            const int32_t page = jl_kv_page(kv, ctx->rows.seq[r], pos);
+            const int32_t page = jl_kv_page(kv, job->layer, ctx->rows.seq[r], pos);
             for (int g = 0; g < d->n_head_kv; g++)
-                jl_kv_write(kv, page, job->layer, g, (int)slot, k + (int64_t)g * Dk, v + (int64_t)g * Dv);
+                jl_kv_write(kv, job->layer, page, g, (int)slot, k + (int64_t)g * Dk, v + (int64_t)g * Dv);
         }
     }
 }
@@ -678,7 +705,7 @@ static void attention_task(void *arg, int ith, int nth) {
             const int64_t base = block * ATTN_BLOCK, p_lo = lo > base ? lo : base,
                           p_hi = hi < base + ATTN_BLOCK - 1 ? hi : base + ATTN_BLOCK - 1;
             for (int64_t p = p_lo; p <= p_hi; p++) {
-                const uint8_t *k_row = jl_kv_k(kv, jl_kv_page(kv, seq, p), job->layer, (int)g) + (size_t)(p % JL_KV_PAGE) * kv->k_row;
+                const uint8_t *k_row = jl_kv_k(kv, job->layer, jl_kv_page(kv, job->layer, seq, p), (int)g) + (size_t)(p % JL_KV_PAGE) * kv->k_row;
                 job->k_dot(Dk, k_row, queries, job->q_bytes, nq, s);
                 for (int qi = 0; qi < nq; qi++) probs[qi * ATTN_BLOCK + (p - base)] = s[qi] * d->attention_scale;
             }
@@ -698,7 +725,7 @@ static void attention_task(void *arg, int ith, int nth) {
             if (kv->v_trans) {
                 const int64_t page_lo = p_lo / JL_KV_PAGE, n_pages = p_hi / JL_KV_PAGE - page_lo + 1;
                 for (int64_t i = 0; i < n_pages; i++)
-                    pages[i] = jl_kv_v(kv, jl_kv_page(kv, seq, (page_lo + i) * JL_KV_PAGE), job->layer, (int)g);
+                    pages[i] = jl_kv_v(kv, job->layer, jl_kv_page(kv, job->layer, seq, (page_lo + i) * JL_KV_PAGE), (int)g);
                 const float *block_probs = probs + (page_lo * JL_KV_PAGE - base);
                 for (int dim = 0; dim < Dv; dim++) {
                     job->v_dot_pages(JL_KV_PAGE, n_pages, pages, (size_t)dim * JL_KV_PAGE * kv->v_elem, block_probs,
@@ -713,7 +740,7 @@ static void attention_task(void *arg, int ith, int nth) {
                 if (seen >> qi & 1)
                     for (int dim = 0; dim < Dv; dim++) out[qi][dim] *= rescale[qi];
             for (int64_t p = p_lo; p <= p_hi; p++) {
-                job->v_to_float(jl_kv_v(kv, jl_kv_page(kv, seq, p), job->layer, (int)g) + (size_t)(p % JL_KV_PAGE) * kv->v_row,
+                job->v_to_float(jl_kv_v(kv, job->layer, jl_kv_page(kv, job->layer, seq, p), (int)g) + (size_t)(p % JL_KV_PAGE) * kv->v_row,
                                 v_row, Dv);
                 for (int qi = 0; qi < nq; qi++) {
                     if (p < q_first[qi] || p > q_last[qi]) continue;
@@ -980,10 +1007,20 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, const float 
     return JL_OK;
 }
 
+/* The end of the chunk that starts at row c0: n_batch rows, fewer where that would split a non-causal block
+ * (the block then starts the next chunk; check_batch saw that none is longer than n_batch). */
+static int64_t chunk_end(const jl_context *ctx, const jl_batch *b, int64_t c0) {
+    const int32_t *blocks = b->non_causal_blocks;
+    int64_t end = b->n_tokens - c0 < ctx->n_batch ? b->n_tokens : c0 + ctx->n_batch;
+    if (blocks && end < b->n_tokens)
+        while (end > c0 + 1 && blocks[end] != 0 && blocks[end] == blocks[end - 1]) end--;
+    return end;
+}
+
 /* Every token, sequence and position of the batch is valid; seq_next ends as each sequence's length after it. */
 static jl_status check_batch(jl_context *ctx, const jl_batch *b, float *logits, int embeddings) {
     const jl_model_desc *d = &ctx->model->desc;
-    const jl_kv_cache *kv = &ctx->kv;
+    jl_kv_cache *kv = &ctx->kv;
     if (!b || b->n_tokens < 1 || !b->tokens || !b->positions || !b->seq_ids || !b->want_logits)
         return jl_fail(JL_ERR_INVALID_ARG, "decode: needs at least one token with its position, sequence and logits flag");
     memcpy(ctx->seq_next, kv->len, (size_t)kv->n_seq * sizeof *ctx->seq_next);
@@ -1033,11 +1070,16 @@ static jl_status check_batch(jl_context *ctx, const jl_batch *b, float *logits, 
     if (d->non_causal && b->n_tokens > ctx->n_batch)
         return jl_fail(JL_ERR_INVALID_ARG, "decode: an encoder's batch of %lld tokens must fit one chunk of n_batch = %lld "
                        "(every token attends to its whole sequence)", (long long)b->n_tokens, (long long)ctx->n_batch);
-    int64_t pages = 0;
-    for (int32_t s = 0; s < kv->n_seq; s++) pages += jl_kv_pages_to_grow(kv, s, ctx->seq_next[s]);
-    if (pages > kv->n_free)
-        return jl_fail(JL_ERR_KV_FULL, "decode: the KV cache is full: the batch needs %lld more cells, %lld of %lld are free",
-                       (long long)pages * JL_KV_PAGE, (long long)kv->n_free * JL_KV_PAGE, (long long)kv->n_pages * JL_KV_PAGE);
+    jl_kv_plan_begin(kv);
+    for (int64_t c0 = 0, c1; c0 < b->n_tokens; c0 = c1) {
+        c1 = chunk_end(ctx, b, c0);
+        jl_kv_plan_chunk(kv, b->seq_ids + c0, c1 - c0);
+    }
+    for (int i = 0; i < kv->n_pools; i++)
+        if (kv->plan_need[i] > kv->pools[i].n_free)
+            return jl_fail(JL_ERR_KV_FULL, "decode: the KV cache is full: the batch needs %lld more cells%s, %lld of %lld are free",
+                           (long long)kv->plan_need[i] * JL_KV_PAGE, kv->pools[i].window ? " in its sliding-window layers" : "",
+                           (long long)kv->pools[i].n_free * JL_KV_PAGE, (long long)kv->pools[i].n_pages * JL_KV_PAGE);
     return JL_OK;
 }
 
@@ -1048,16 +1090,6 @@ static int64_t widest_projection(const jl_model_desc *d) {
     int64_t widest = 0;
     for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++) widest = widths[i] > widest ? widths[i] : widest;
     return widest;
-}
-
-/* The end of the chunk that starts at row c0: n_batch rows, fewer where that would split a non-causal block
- * (the block then starts the next chunk; check_batch saw that none is longer than n_batch). */
-static int64_t chunk_end(const jl_context *ctx, const jl_batch *b, int64_t c0) {
-    const int32_t *blocks = b->non_causal_blocks;
-    int64_t end = b->n_tokens - c0 < ctx->n_batch ? b->n_tokens : c0 + ctx->n_batch;
-    if (blocks && end < b->n_tokens)
-        while (end > c0 + 1 && blocks[end] != 0 && blocks[end] == blocks[end - 1]) end--;
-    return end;
 }
 
 static jl_status decode(jl_context *ctx, const jl_batch *batch, float *out, int embeddings, int n_threads) {
@@ -1071,7 +1103,6 @@ static jl_status decode(jl_context *ctx, const jl_batch *batch, float *out, int 
 
     jl_kv_cache *kv = &ctx->kv;
     memcpy(ctx->seq_old_len, kv->len, (size_t)kv->n_seq * sizeof *ctx->seq_old_len);
-    for (int32_t s = 0; s < kv->n_seq; s++) jl_kv_grow(kv, s, ctx->seq_next[s]);
     const jl_model_desc *d = &ctx->model->desc;
     const int64_t out_width = embeddings ? d->n_embd : d->n_vocab;
     const int32_t *blocks = batch->non_causal_blocks;
@@ -1094,10 +1125,16 @@ static jl_status decode(jl_context *ctx, const jl_batch *batch, float *out, int 
         for (int64_t r = 0; r < ch->n_rows; r++)
             if (batch->want_logits[c0 + r]) ch->out_rows[ch->n_out++] = r;
         jl_lora_load_rows(&ctx->lora, batch, c0, ch->n_rows);
+        /* pages are taken chunk by chunk and windowed ones given back after each: a long prompt
+         * never holds more than its window and a chunk */
+        jl_kv_begin_chunk(kv, ch->seq, ch->n_rows);
         if ((st = eval_chunk(ctx, batch->tokens + c0, embd, out, embeddings, nth)) != JL_OK) {
-            for (int32_t s = 0; s < kv->n_seq; s++) jl_kv_truncate(kv, s, ctx->seq_old_len[s]);
+            /* a sequence whose earlier chunks gave back windowed pages its old length needs starts over */
+            for (int32_t s = 0; s < kv->n_seq; s++)
+                jl_kv_truncate(kv, s, jl_kv_can_cut(kv, s, ctx->seq_old_len[s]) ? ctx->seq_old_len[s] : 0);
             return st;
         }
+        jl_kv_end_chunk(kv);
         if (out) out += ch->n_out * out_width;
         if (n_embd_rows) embd += n_embd_rows * d->n_embd;
     }

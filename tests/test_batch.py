@@ -145,7 +145,7 @@ def test_copied_prefix_then_diverging_continuations(runtime, p0):
 def test_copy_into_a_sequence_that_holds_the_start_of_a_page(runtime):
     """dst computed the first 20 positions itself, then takes src's [20, 40): mid-page, so copied."""
     prompt, cont = tokens(8, 40), tokens(9, 6)
-    ctx = janlib.BatchContext(runtime, n_ctx=128, n_seq_max=2)
+    ctx = janlib.BatchContext(runtime, n_ctx=128, n_seq_max=2, swa_full=True)  # cut below gemma3's window
     ctx.decode(prompt, np.arange(40), np.zeros(40, int), np.zeros(40, bool))
     ctx.decode(prompt[:20], np.arange(20), np.ones(20, int), np.zeros(20, bool))
     ctx.seq_cp(0, 1, 20, 40)
@@ -160,7 +160,7 @@ def test_copy_into_a_sequence_that_holds_the_start_of_a_page(runtime):
 
 def test_seq_rm_forgets_a_suffix_and_frees_its_pages(runtime):
     first, other = tokens(11, 2 * PAGE + 5), tokens(12, 9)
-    ctx = janlib.BatchContext(runtime, n_ctx=128, n_seq_max=2)
+    ctx = janlib.BatchContext(runtime, n_ctx=128, n_seq_max=2, swa_full=True)  # cut below gemma3's window
     n = len(first)
     ctx.decode(first, np.arange(n), np.zeros(n, int), np.zeros(n, bool))
     assert ctx.n_free_cells == ctx.n_cells - 3 * PAGE

@@ -208,17 +208,23 @@ void jl_model_free(jl_model *model);  /* after every context made from it */
  * each sequence holding at most n_ctx positions; type_k and type_v (the K and V cache types) are
  * each JL_TYPE_F16, F32, Q8_0 or Q4_0 (a quantized type needs a head dimension that is a multiple
  * of 32); scratch for n_batch tokens at a time (longer batches run in chunks of n_batch). Any
- * number of contexts may share one model. */
+ * number of contexts may share one model. Sliding-window layers keep only the pages their window
+ * can still see (their own pool of n_cells cells), unless swa_full keeps every position. */
 jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells, int type_k,
-                            int type_v, int64_t n_batch, jl_context **ctx);
+                            int type_v, int64_t n_batch, int swa_full, jl_context **ctx);
 void jl_context_free(jl_context *ctx);
 int64_t jl_context_n_ctx(const jl_context *ctx);
 int32_t jl_context_n_seq_max(const jl_context *ctx);
 int64_t jl_context_n_cells(const jl_context *ctx);
 int64_t jl_context_n_free_cells(const jl_context *ctx);  /* in whole free pages */
+size_t jl_context_kv_bytes(const jl_context *ctx);        /* bytes of the KV pages in use */
 int64_t jl_context_page_size(void);
 /* The cache holds positions [0, *len) of seq. */
 jl_status jl_context_seq_len(const jl_context *ctx, int32_t seq, int64_t *len);
+/* The smallest position every layer of seq still holds (its sliding-window layers give back what
+ * no later query sees), and the shortest length other than 0 that seq_rm can cut it back to and
+ * seq_cp copy up to (the window of that length must still be held). Both are 0 when nothing was given back. */
+jl_status jl_context_seq_pos_min(const jl_context *ctx, int32_t seq, int64_t *pos_min, int64_t *cut_min);
 
 /* A row whose token is JL_TOKEN_EMBD takes the batch's next embd row as its input instead of a
  * token_embd lookup, unscaled (embedding_scale is the token embeddings', as llama.cpp applies
@@ -258,14 +264,16 @@ jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logit
 /* Like jl_context_decode, but the rows with want_logits give their final hidden state (after output_norm
  * where the model has one): embeddings (n_wanted, n_embd), in batch order (pooling is the caller's). */
 jl_status jl_context_decode_embeddings(jl_context *ctx, const jl_batch *batch, float *embeddings, int n_threads);
-/* Forget positions [p0, p1) of seq, p1 < 0 meaning its end; only a suffix may be removed. */
+/* Forget positions [p0, p1) of seq, p1 < 0 meaning its end; only a suffix may be removed, down to
+ * 0 or to at least its cut_min (jl_context_seq_pos_min). */
 jl_status jl_context_seq_rm(jl_context *ctx, int32_t seq, int64_t p0, int64_t p1);
 /* dst, cut to p0 first, gets src's cached positions [p0, p1) (p1 < 0: src's end) without
  * recomputing them: whole pages are shared, copied only when one of them writes into it.
- * dst must hold at least p0 positions. */
+ * dst must hold at least p0 positions, and the two together the window of p1 in sliding-window layers. */
 jl_status jl_context_seq_cp(jl_context *ctx, int32_t src, int32_t dst, int64_t p0, int64_t p1);
 /* Context shift: drop positions [n_keep, n_keep + n_discard) of seq and move the later ones
- * down by n_discard, their keys rotated back by as many positions (RoPE is relative). */
+ * down by n_discard, their keys rotated back by as many positions (RoPE is relative). Refused when
+ * sliding-window layers would need kept positions they gave back. */
 jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard);
 
 /* ---- LoRA adapters (lora.c) --------------------------------------------------------------

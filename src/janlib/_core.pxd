@@ -146,14 +146,16 @@ cdef extern from "janlib.h" nogil:
         const int32_t *non_causal_blocks
 
     jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells,
-                                int type_k, int type_v, int64_t n_batch, jl_context **ctx)
+                                int type_k, int type_v, int64_t n_batch, int swa_full, jl_context **ctx)
     void jl_context_free(jl_context *ctx)
     int64_t jl_context_n_ctx(const jl_context *ctx)
     int32_t jl_context_n_seq_max(const jl_context *ctx)
     int64_t jl_context_n_cells(const jl_context *ctx)
     int64_t jl_context_n_free_cells(const jl_context *ctx)
+    size_t jl_context_kv_bytes(const jl_context *ctx)
     int64_t jl_context_page_size()
     jl_status jl_context_seq_len(const jl_context *ctx, int32_t seq, int64_t *len)
+    jl_status jl_context_seq_pos_min(const jl_context *ctx, int32_t seq, int64_t *pos_min, int64_t *cut_min)
     jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logits, int n_threads)
     jl_status jl_context_decode_embeddings(jl_context *ctx, const jl_batch *batch, float *embeddings, int n_threads)
     jl_status jl_context_seq_rm(jl_context *ctx, int32_t seq, int64_t p0, int64_t p1)

@@ -274,11 +274,11 @@ cdef class Context:
     cdef object _lock      # calls run without the GIL; one at a time per context
 
     def __cinit__(self, ForwardModel model, int64_t n_ctx, int32_t n_seq_max, int64_t n_cells, str kv_type,
-                  int64_t n_batch, str kv_type_v):
+                  int64_t n_batch, str kv_type_v, bint swa_full=False):
         self.model = model
         self._lock = threading.Lock()
         check(jl_context_create(model.model, n_ctx, n_seq_max, n_cells, KV_TYPES[kv_type], KV_TYPES[kv_type_v],
-                                n_batch, &self.ctx))
+                                n_batch, swa_full, &self.ctx))
 
     def __dealloc__(self):
         jl_context_free(self.ctx)
@@ -298,6 +298,16 @@ cdef class Context:
     @property
     def n_free_cells(self):
         return jl_context_n_free_cells(self.ctx)
+
+    @property
+    def kv_bytes(self):
+        return jl_context_kv_bytes(self.ctx)
+
+    def seq_pos_min(self, int32_t seq):
+        """(pos_min, cut_min) of seq: see jl_context_seq_pos_min."""
+        cdef int64_t pos_min = 0, cut_min = 0
+        check(jl_context_seq_pos_min(self.ctx, seq, &pos_min, &cut_min))
+        return pos_min, cut_min
 
     def seq_len(self, int32_t seq):
         cdef int64_t n = 0

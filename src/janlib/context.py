@@ -60,11 +60,14 @@ class BatchContext:
     Create it with Model.create_context. n_cells defaults to n_ctx * n_seq_max and is rounded up
     to whole pages; kv_type is the K cache's type, "f16", "f32", "q8_0" or "q4_0", and kv_type_v
     the V cache's (None: kv_type); batches longer than n_batch tokens run in chunks.
+    Sliding-window layers keep only the pages their window can still see, so a sequence can be
+    cut back (seq_rm) or copied (seq_cp) only to 0 or to at least seq_pos_min(seq)[1] positions;
+    swa_full keeps every position in every layer (llama.cpp's --swa-full).
     Calls from several threads are serialized."""
 
     def __init__(self, runtime, n_ctx: int = 2048, n_seq_max: int = 4, n_cells: int | None = None,
                  kv_type: str = "f16", n_batch: int = 512, n_threads: int | None = None,
-                 kv_type_v: str | None = None) -> None:
+                 kv_type_v: str | None = None, swa_full: bool = False) -> None:
         n_ctx = _positive_int("n_ctx", n_ctx)
         n_seq_max = _positive_int("n_seq_max", n_seq_max)
         n_cells = n_ctx * n_seq_max if n_cells is None else _positive_int("n_cells", n_cells)
@@ -75,7 +78,8 @@ class BatchContext:
         self.n_embd = runtime.hparams.n_embd
         self._runtime = runtime  # the mapping the weights' pointers point into
         self.n_batch = n_batch
-        self._ctx = _core.Context(runtime.forward_model, n_ctx, n_seq_max, n_cells, kv_type, n_batch, kv_type_v)
+        self._ctx = _core.Context(runtime.forward_model, n_ctx, n_seq_max, n_cells, kv_type, n_batch, kv_type_v,
+                                  bool(swa_full))
 
     @property
     def n_ctx(self) -> int:
@@ -101,6 +105,17 @@ class BatchContext:
     @property
     def page_size(self) -> int:
         return _core.PAGE_SIZE
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the KV pages in use, all sequences together (the memory they commit)."""
+        return self._ctx.kv_bytes
+
+    def seq_pos_min(self, seq: int) -> tuple[int, int]:
+        """(pos_min, cut_min): the smallest position every layer of seq still holds (its
+        sliding-window layers give back what no later query sees), and the shortest length other
+        than 0 it can be cut back to (seq_rm) or copied up to (seq_cp); (0, 0) while it holds all."""
+        return self._ctx.seq_pos_min(self._seq("seq", seq))
 
     def seq_len(self, seq: int) -> int:
         """The sequence holds positions [0, seq_len)."""
