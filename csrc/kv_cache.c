@@ -449,22 +449,31 @@ static void shift_pool(jl_kv_cache *c, jl_kv_pool *p, int32_t seq, int64_t q_lo,
     }
 }
 
+/* The first new position a pool's shift moves a key to: the kept ones stay, and a windowed pool
+ * moves only what its new length's window sees. */
+static int64_t shift_start(const jl_kv_pool *p, int64_t n_keep, int64_t new_len) {
+    const int64_t lo = window_start(p, new_len);
+    return n_keep > lo ? n_keep : lo;
+}
+
+int jl_kv_can_shift(const jl_kv_cache *c, int32_t seq, int64_t n_keep, int64_t n_discard) {
+    const int64_t new_len = c->len[seq] - n_discard;
+    for (int i = 0; i < c->n_pools; i++)
+        if (!holds_range(&c->pools[i], c, seq, window_start(&c->pools[i], new_len), shift_start(&c->pools[i], n_keep, new_len)))
+            return 0;
+    return 1;
+}
+
 jl_status jl_kv_shift(jl_kv_cache *c, int32_t seq, int64_t n_keep, int64_t n_discard, const float *rope_cos,
                       const float *rope_sin, int n_rot, int rope_layout) {
     const int64_t new_len = c->len[seq] - n_discard;
-    /* each pool moves the positions its new length's window needs (all of them in a full pool); the
-     * kept positions in that window must still be there */
+    if (!jl_kv_can_shift(c, seq, n_keep, n_discard))
+        return jl_fail(JL_ERR_INVALID_ARG,
+                       "shift: the sliding-window layers of sequence %d no longer hold the kept positions that its new "
+                       "length of %lld sees (they keep positions from %lld): recompute them",
+                       seq, (long long)new_len, (long long)jl_kv_pos_min(c, seq));
     int64_t q_lo[2];
-    for (int i = 0; i < c->n_pools; i++) {
-        const jl_kv_pool *p = &c->pools[i];
-        const int64_t lo = window_start(p, new_len);
-        q_lo[i] = n_keep > lo ? n_keep : lo;
-        if (!holds_range(p, c, seq, lo, q_lo[i]))
-            return jl_fail(JL_ERR_INVALID_ARG,
-                           "shift: the sliding-window layers of sequence %d no longer hold kept positions [%lld, %lld) "
-                           "that its new length of %lld needs (they keep positions from %lld): recompute them",
-                           seq, (long long)lo, (long long)n_keep, (long long)new_len, (long long)jl_kv_pos_min(c, seq));
-    }
+    for (int i = 0; i < c->n_pools; i++) q_lo[i] = shift_start(&c->pools[i], n_keep, new_len);
     /* the pages that receive moved positions are written: each must be seq's own */
     for (int i = 0; i < c->n_pools; i++) {
         const jl_kv_pool *p = &c->pools[i];

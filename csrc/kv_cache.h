@@ -130,8 +130,10 @@ jl_status jl_kv_copy(jl_kv_cache *c, int32_t src, int32_t dst, int64_t p0, int64
 /* Drop positions [n_keep, n_keep + n_discard) of seq and move the later ones down, each key
  * rotated back by n_discard positions: rope_cos/rope_sin (n_layer, head_dim_k / 2) hold the angles
  * of -n_discard positions for each layer, for the first n_rot / 2 pairs; rope_layout is a jl_rope_layout.
- * A windowed pool moves only what the new length's window needs; JL_ERR_INVALID_ARG when that
- * window reaches into kept positions seq no longer holds; nothing was changed then. */
+ * A windowed pool moves only what the new length's window needs; the shift is refused
+ * (jl_kv_can_shift 0, JL_ERR_INVALID_ARG) when that window reaches into kept positions seq no
+ * longer holds; nothing was changed then. */
+int jl_kv_can_shift(const jl_kv_cache *c, int32_t seq, int64_t n_keep, int64_t n_discard);
 jl_status jl_kv_shift(jl_kv_cache *c, int32_t seq, int64_t n_keep, int64_t n_discard, const float *rope_cos,
                       const float *rope_sin, int n_rot, int rope_layout);
 

@@ -485,13 +485,25 @@ jl_status jl_context_seq_cp(jl_context *ctx, int32_t src, int32_t dst, int64_t p
     return src == dst ? JL_OK : jl_kv_copy(&ctx->kv, src, dst, p0, p1);
 }
 
-jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard) {
+static jl_status check_shift(const jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard) {
     jl_status st = check_seq(ctx, seq, "shift");
     if (st != JL_OK) return st;
     const int64_t len = ctx->kv.len[seq];
     if (n_keep < 0 || n_discard <= 0 || n_keep + n_discard > len)
         return jl_fail(JL_ERR_INVALID_ARG, "shift: cannot keep %lld and discard %lld of %lld cached positions",
                        (long long)n_keep, (long long)n_discard, (long long)len);
+    return JL_OK;
+}
+
+jl_status jl_context_seq_can_shift(const jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard, int *ok) {
+    jl_status st = check_shift(ctx, seq, n_keep, n_discard);
+    if (st == JL_OK) *ok = jl_kv_can_shift(&ctx->kv, seq, n_keep, n_discard);
+    return st;
+}
+
+jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard) {
+    jl_status st = check_shift(ctx, seq, n_keep, n_discard);
+    if (st != JL_OK) return st;
     const jl_model *m = ctx->model;
     const jl_model_desc *d = &m->desc;
     const int half = d->head_dim_k / 2, rot_half = d->n_rot / 2;

@@ -19,10 +19,12 @@ from janlib.sampling import SamplingParams
 
 class FakeContext:
     """The BatchContext contract in Python. A row's logits depend only on its sequence's tokens
-    (as the C side guarantees); every batch is recorded for the assertions."""
+    (as the C side guarantees); every batch is recorded for the assertions. window > 0: the
+    cache gives back the positions a query at the sequence's length no longer sees (a sliding
+    window, one-position pages), so cuts and copies below the window are refused."""
 
     def __init__(self, n_vocab: int, n_ctx: int = 256, n_seq_max: int = 4, n_cells: int | None = None,
-                 delay_s: float = 0.0):
+                 delay_s: float = 0.0, window: int = 0):
         self.n_vocab, self.n_ctx, self.n_seq_max = n_vocab, n_ctx, n_seq_max
         self.n_cells = n_cells or n_ctx * n_seq_max
         self.seqs: list[list[int]] = [[] for _ in range(n_seq_max)]
@@ -30,6 +32,8 @@ class FakeContext:
         self.copies: list[tuple[int, int, int]] = []  # (src, dst, n)
         self.delay_s = delay_s
         self.fail_with: BaseException | None = None
+        self.window = window
+        self.gone = [0] * n_seq_max  # positions [0, gone) were given back
 
     @property
     def n_free_cells(self) -> int:
@@ -38,19 +42,37 @@ class FakeContext:
     def seq_len(self, seq: int) -> int:
         return len(self.seqs[seq])
 
+    def _window_start(self, n: int) -> int:
+        return max(0, n - self.window + 1) if self.window else 0
+
+    def seq_pos_min(self, seq: int) -> tuple[int, int]:
+        gone = self.gone[seq]
+        return gone, gone + self.window - 1 if gone else 0
+
     def seq_rm(self, seq: int, p0: int = 0, p1: int = -1) -> None:
         assert p1 == -1, "only a suffix may be removed"
+        assert p0 == 0 or p0 >= len(self.seqs[seq]) or p0 >= self.seq_pos_min(seq)[1], "cut below the window"
         del self.seqs[seq][p0:]
+        if p0 == 0:
+            self.gone[seq] = 0
 
     def seq_cp(self, src: int, dst: int, p0: int = 0, p1: int = -1) -> None:
         assert len(self.seqs[dst]) == p0
         end = len(self.seqs[src]) if p1 == -1 else p1
         assert end <= len(self.seqs[src])
+        assert end == len(self.seqs[src]) or end >= self.seq_pos_min(src)[1], "copy below the window"
         self.seqs[dst] += self.seqs[src][p0:end]
+        self.gone[dst] = max(self.gone[src], self._window_start(end)) if self.gone[src] else 0
         self.copies.append((src, dst, end - p0))
 
+    def seq_can_shift(self, seq: int, n_keep: int, n_discard: int) -> bool:
+        lo = self._window_start(len(self.seqs[seq]) - n_discard)
+        return n_keep <= lo or self.gone[seq] <= lo
+
     def seq_shift(self, seq: int, n_keep: int, n_discard: int) -> None:
+        assert self.seq_can_shift(seq, n_keep, n_discard)
         del self.seqs[seq][n_keep:n_keep + n_discard]
+        self.gone[seq] = self._window_start(len(self.seqs[seq]))
 
     def logits_after(self, tokens: list[int]) -> np.ndarray:
         rng = np.random.default_rng([len(tokens), *tokens[-8:]])
@@ -68,6 +90,8 @@ class FakeContext:
             self.seqs[seq].append(token)
             if want:
                 rows.append(self.logits_after(self.seqs[seq]))
+        for seq in set(seq_ids.tolist()):
+            self.gone[seq] = max(self.gone[seq], self._window_start(len(self.seqs[seq])))
         self.batches.append((tokens.copy(), seq_ids.copy(), want_logits.copy()))
         time.sleep(self.delay_s)
         return np.array(rows, np.float32).reshape(len(rows), self.n_vocab)
@@ -83,7 +107,7 @@ def make_engine(model):
     engines = []
 
     def make(n_seq_max=4, n_batch=32, n_ctx=256, **kw):
-        ctx_kw = {k: kw.pop(k) for k in ("n_cells", "delay_s") if k in kw}
+        ctx_kw = {k: kw.pop(k) for k in ("n_cells", "delay_s", "window") if k in kw}
         ctx = FakeContext(model.n_vocab, n_ctx=n_ctx, n_seq_max=n_seq_max, **ctx_kw)
         engine = Engine(model, n_batch=n_batch, context=ctx, **kw)
         engines.append(engine)

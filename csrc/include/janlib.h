@@ -275,6 +275,8 @@ jl_status jl_context_seq_cp(jl_context *ctx, int32_t src, int32_t dst, int64_t p
  * down by n_discard, their keys rotated back by as many positions (RoPE is relative). Refused when
  * sliding-window layers would need kept positions they gave back. */
 jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard);
+/* *ok: whether that shift can run (the caller recomputes the kept and moved tokens otherwise). */
+jl_status jl_context_seq_can_shift(const jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard, int *ok);
 
 /* ---- LoRA adapters (lora.c) --------------------------------------------------------------
  *

@@ -161,6 +161,7 @@ cdef extern from "janlib.h" nogil:
     jl_status jl_context_seq_rm(jl_context *ctx, int32_t seq, int64_t p0, int64_t p1)
     jl_status jl_context_seq_cp(jl_context *ctx, int32_t src, int32_t dst, int64_t p0, int64_t p1)
     jl_status jl_context_seq_shift(jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard)
+    jl_status jl_context_seq_can_shift(const jl_context *ctx, int32_t seq, int64_t n_keep, int64_t n_discard, int *ok)
 
 
 # LoRA adapters (csrc/lora.c).

@@ -306,7 +306,8 @@ cdef class Context:
     def seq_pos_min(self, int32_t seq):
         """(pos_min, cut_min) of seq: see jl_context_seq_pos_min."""
         cdef int64_t pos_min = 0, cut_min = 0
-        check(jl_context_seq_pos_min(self.ctx, seq, &pos_min, &cut_min))
+        with self._lock:
+            check(jl_context_seq_pos_min(self.ctx, seq, &pos_min, &cut_min))
         return pos_min, cut_min
 
     def seq_len(self, int32_t seq):
@@ -398,6 +399,12 @@ cdef class Context:
             with nogil:
                 status = jl_context_seq_shift(self.ctx, seq, n_keep, n_discard)
             check(status)
+
+    def seq_can_shift(self, int32_t seq, int64_t n_keep, int64_t n_discard):
+        cdef int ok = 0
+        with self._lock:
+            check(jl_context_seq_can_shift(self.ctx, seq, n_keep, n_discard, &ok))
+        return bool(ok)
 
 
 LORA_TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")

@@ -203,8 +203,15 @@ class BatchContext:
 
     def seq_shift(self, seq: int, n_keep: int, n_discard: int) -> None:
         """Context shift: drop positions [n_keep, n_keep + n_discard) of seq and move the later
-        ones down by n_discard (their keys are rotated back by as many positions)."""
+        ones down by n_discard (their keys are rotated back by as many positions). A ValueError
+        when seq_can_shift is False."""
         self._ctx.seq_shift(self._seq("seq", seq), self._position("n_keep", n_keep), _positive_int("n_discard", n_discard))
+
+    def seq_can_shift(self, seq: int, n_keep: int, n_discard: int) -> bool:
+        """Whether seq_shift(seq, n_keep, n_discard) can run: False when the sliding-window layers
+        gave back kept positions the new length's window sees (recompute the kept tokens instead)."""
+        return self._ctx.seq_can_shift(self._seq("seq", seq), self._position("n_keep", n_keep),
+                                       _positive_int("n_discard", n_discard))
 
     def _seq(self, name: str, seq) -> int:
         if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or not 0 <= seq < self.n_seq_max:

@@ -287,6 +287,7 @@ class _Sequence:
     n_done: int = 0  # prompt tokens in the cells
     n_cached: int = 0  # of which reused
     pending: int | None = None  # the sampled token to evaluate next step
+    refill: list[int] = field(default_factory=list)  # tokens a context shift evaluates again before it
     n_generated: int = 0
     truncated: bool = False
     timed_out: bool = False
@@ -671,22 +672,25 @@ class Engine:
         handle.t_start = time.perf_counter()
         self._progress(leader, handle.t_start)  # 0% (only the reused prefix): the prompt's work has started
 
-    @staticmethod
-    def _reusable(slot: _Slot, handle: Handle) -> int:
-        """The prompt tokens slot's cells hold for handle: cells computed under other adapter scales hold none."""
-        return _common_prefix(slot.cached, handle.prompt) if slot.lora_scales == handle.lora_scales else 0
+    def _reusable(self, slot: _Slot, handle: Handle) -> int:
+        """The prompt tokens slot's cells hold for handle, short of the last one (always evaluated, for
+        its logits): none when computed under other adapter scales, or when the slot's sliding-window
+        layers gave back that prefix's window (the prompt is then recomputed)."""
+        if slot.lora_scales != handle.lora_scales:
+            return 0
+        n = min(_common_prefix(slot.cached, handle.prompt), len(handle.prompt) - 1)
+        return n if n >= self.context.seq_pos_min(slot.index)[1] else 0
 
     def _reuse_prefix(self, seq: _Sequence, cache_prompt: bool) -> None:
         """Keep the slot's cells that match the prompt, or copy a longer computed prefix from another
         sequence; the last prompt token is always evaluated, for its logits."""
         slot, prompt = seq.slot, seq.prompt
-        limit = len(prompt) - 1
-        reuse = min(self._reusable(slot, seq.handle), limit) if cache_prompt else 0
+        reuse = self._reusable(slot, seq.handle) if cache_prompt else 0
         source = None
         if cache_prompt:
             for other in self._slots:
                 if other is not slot:
-                    n = min(self._reusable(other, seq.handle), limit)
+                    n = self._reusable(other, seq.handle)
                     if n > reuse:
                         reuse, source = n, other
         if source is not None:
@@ -760,8 +764,9 @@ class Engine:
                     prompts.append(seq)
                 elif seq.pending is not None and self._guarded(handle, self._make_room, seq):
                     if seq.pending is not None:
-                        entries.append((seq, [seq.pending]))
-                        budget -= 1
+                        entries.append((seq, seq.refill + [seq.pending]))
+                        budget -= 1 + len(seq.refill)
+                        seq.refill = []
         if entries and self.max_gap_ms and self._rate:  # keep the generating sequences' gaps short
             budget = min(budget, max(int(self._rate * self.max_gap_ms / 1000) - len(entries), MIN_CHUNK))
         budget = max(budget, 1)  # a prompt always advances, so a full batch of streams cannot starve it
@@ -788,7 +793,7 @@ class Engine:
         source, best = None, seq.n_done
         for slot in self._slots:
             if slot is not seq.slot:
-                n = min(self._reusable(slot, seq.handle), limit)
+                n = self._reusable(slot, seq.handle)
                 if n > best:
                     source, best = slot, n
         if source is not None:
@@ -814,8 +819,12 @@ class Engine:
         if seq.keep is None or n_discard <= 0:
             self._finish(seq, "length")
             return
-        self.context.seq_shift(slot.index, keep, n_discard)
-        del slot.cached[keep:keep + n_discard]
+        if self.context.seq_can_shift(slot.index, keep, n_discard):
+            self.context.seq_shift(slot.index, keep, n_discard)
+            del slot.cached[keep:keep + n_discard]
+        else:  # sliding-window layers gave back kept positions the new window sees: evaluate them again
+            seq.refill = slot.cached[:keep] + slot.cached[keep + n_discard:]
+            self._forget(slot)
         seq.truncated = True
 
     def _decode(self, entries: list[tuple[_Sequence, list[int]]]) -> np.ndarray | None:

@@ -230,6 +230,8 @@ class Model:
                 break
             reuse += 1
         reuse = min(reuse, len(ids) - 1)  # the last prompt token is always evaluated, for its logits
+        if reuse < self._runtime.cut_min():  # sliding-window layers gave back that prefix's window
+            reuse = 0
         self._runtime.seq_rm(reuse)
         self._cached = self._cached[:reuse]
         logits = self._eval(ids[reuse:], reuse, scales, media)
@@ -288,14 +290,21 @@ class Model:
             return Constraint.from_json_schema(json_schema, self)
         return constraint
 
-    def _shift_context(self, keep: int) -> bool:
+    def _shift_context(self, keep: int, scales: tuple[float, ...]) -> bool:
         """Drop half of the cached tokens after the first keep; False when nothing can go."""
         keep = min(keep, len(self._cached))
         n_discard = (len(self._cached) - keep) // 2
         if n_discard <= 0:
             return False
-        self._runtime.shift(keep, n_discard)
-        del self._cached[keep:keep + n_discard]
+        if self._runtime.can_shift(keep, n_discard):
+            self._runtime.shift(keep, n_discard)
+            del self._cached[keep:keep + n_discard]
+        else:  # sliding-window layers gave back kept positions the new window sees: recompute
+            kept = self._cached[:keep] + self._cached[keep + n_discard:]
+            self._runtime.seq_rm(0)
+            self._cached = []
+            self._eval(kept, 0, scales)
+            self._cached = kept
         return True
 
     def _decode_loop(self, generation: Generation, logits: np.ndarray, max_tokens: int,
@@ -310,7 +319,7 @@ class Model:
         for _ in range(max_tokens):
             if token is not None:  # evaluate the previous token only when another one is wanted
                 if len(self._cached) >= self.n_ctx:
-                    if keep is None or not self._shift_context(keep):
+                    if keep is None or not self._shift_context(keep, scales):
                         break
                     generation.truncated = True
                 logits = self._eval([token], len(self._cached), scales)

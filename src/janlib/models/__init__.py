@@ -132,12 +132,22 @@ class Runtime:
         return rows
 
     def seq_rm(self, from_pos: int) -> None:
-        """Forget cached positions >= from_pos (0 clears the cache), to reuse a prompt's prefix."""
+        """Forget cached positions >= from_pos (0 clears the cache, else from_pos >= cut_min()), to
+        reuse a prompt's prefix."""
         self._ctx.seq_rm(0, int(from_pos), -1)
 
     def shift(self, n_keep: int, n_discard: int) -> None:
         """Drop cached positions [n_keep, n_keep + n_discard); later ones move down (context shift)."""
         self._ctx.seq_shift(0, int(n_keep), int(n_discard))
+
+    def cut_min(self) -> int:
+        """The shortest cached length other than 0 seq_rm can cut back to (sliding-window layers
+        give back the positions no later query sees)."""
+        return self._ctx.seq_pos_min(0)[1]
+
+    def can_shift(self, n_keep: int, n_discard: int) -> bool:
+        """Whether shift(n_keep, n_discard) can run (else the kept tokens must be recomputed)."""
+        return self._ctx.seq_can_shift(0, int(n_keep), int(n_discard))
 
 
 def load_runtime(gguf_file: GGUFFile | str | os.PathLike[str], n_ctx: int | None = None, kv_type: str = "f16",
