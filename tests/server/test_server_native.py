@@ -283,3 +283,16 @@ def test_anthropic_thinking_blocks_reach_templates_that_keep_them():
         assert count([thought, call]) > count([call])
     finally:
         app.extensions["janlib"].engine.close()
+
+
+def test_responses_stream_carries_llamacpp_telemetry(base):
+    body = {"input": "This is a test " * 20, "max_output_tokens": 4, "stream": True, "timings_per_token": True,
+            "return_progress": True}
+    lines = requests.post(base + "/responses", json=body, timeout=120).text.split("\n")
+    events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    progress = [e for e in events if "prompt_progress" in e]
+    assert progress and all(e["type"] == "response.in_progress" for e in progress)
+    assert progress[-1]["prompt_progress"]["processed"] == progress[-1]["prompt_progress"]["total"]
+    deltas = [e for e in events if e["type"] == "response.output_text.delta"]
+    assert deltas and all(e["timings"]["predicted_n"] >= 1 for e in deltas)
+    assert events[-1]["timings"]["predicted_n"] == 4

@@ -24,7 +24,7 @@ bp = Blueprint("responses", __name__)
 _RENAMED = {"max_output_tokens": "max_tokens"}
 _PASSED = ("temperature", "top_p", "seed", "stream", "parallel_tool_calls", "top_k", "min_p", "repeat_penalty",
            "presence_penalty", "frequency_penalty", "stop", "user", "model", "reasoning_format",
-           "chat_template_kwargs")
+           "chat_template_kwargs", "return_progress", "timings_per_token")
 
 
 def chat_body(body: dict) -> dict:
@@ -145,8 +145,8 @@ def create_response():
     shell = _shell(st, body, options)
     if fields["stream"]:
         events = iter(handle)
-        first = c.first_events(events, False)
-        return c.stream_response(_stream(itertools.chain(first, events), setup.parser(), shell), handle)
+        first = c.first_events(events, fields["return_progress"])
+        return c.stream_response(_stream(itertools.chain(first, events), setup.parser(), shell, fields), handle)
     out = c.collect(handle, lambda: None)
     choice = out.choices[0]
     delta, calls = setup.parser().parse(choice.text)
@@ -206,7 +206,10 @@ class _Events:
         return sse.named_event(kind, {"type": kind, "sequence_number": next(self.sequence), **payload})
 
 
-def _stream(events, parser, shell):
+def _stream(events, parser, shell, fields):
+    """The Responses event sequence; llama-server's telemetry on request: return_progress adds prompt_progress
+    to further response.in_progress events, timings_per_token adds timings to the text deltas, and the final
+    event carries timings."""
     emit = _Events()
     yield emit("response.created", response=shell)
     yield emit("response.in_progress", response=shell)
@@ -251,13 +254,18 @@ def _stream(events, parser, shell):
             index = len(items) - 1
             open_item["content"][0]["text"] += text
             name = "response.output_text.delta" if kind == "message" else "response.reasoning_text.delta"
-            yield emit(name, item_id=open_item["id"], output_index=index, content_index=0, delta=text)
+            timings = {"timings": c.timings(start, None, n_tokens)} if fields["timings_per_token"] else {}
+            yield emit(name, item_id=open_item["id"], output_index=index, content_index=0, delta=text, **timings)
 
     start: dict = {}
+    n_tokens = 0
     for event in events:
-        if event.kind == "start":
+        if event.kind == "progress" and fields["return_progress"]:
+            yield emit("response.in_progress", response=shell, prompt_progress=event.info)
+        elif event.kind == "start":
             start = event.info
         elif event.kind == "token":
+            n_tokens += event.token.id is not None
             if event.token.text:
                 yield from deltas(parser.feed(event.token.text))
         elif event.kind == "done":
@@ -282,7 +290,7 @@ def _stream(events, parser, shell):
                 yield emit("response.output_item.done", output_index=index, item=item)
             final = _finished(shell, items, event.info, start)
             yield emit("response.completed" if final["status"] == "completed" else "response.incomplete",
-                       response=final)
+                       response=final, timings=c.timings(start, event.info, event.info["n_predicted"]))
             return
         elif event.kind in ("error", "cancelled"):
             try:
