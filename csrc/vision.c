@@ -233,7 +233,8 @@ static jl_status encode(const jl_vit *vit, vit_scratch *s, const float *patches,
 
 jl_status jl_vit_encode(const jl_vit *vit, const float *patches, int64_t n_images, float *out, int n_threads) {
     if (!vit || !patches || !out || n_images < 1)
-        return jl_fail(JL_ERR_INVALID_ARG, "vision: NULL tower, patches or output, or %lld images", (long long)n_images);
+        return jl_fail(JL_ERR_INVALID_ARG, "vision: NULL tower, patches or output, or %lld images",
+                       (long long)n_images);
     const jl_vit_desc *d = &vit->desc;
     const int64_t e = d->n_embd, n = vit->n_pos, rows = n_images * n, dh = e / d->n_head;
     /* h also takes the patch embeddings, n_images * n_patches <= rows of them */

@@ -13,7 +13,7 @@ from PIL import Image
 
 from janlib import _core, kernels
 from janlib.errors import UnsupportedError
-from janlib.gguf import GGUFError, GGUFFile, GGUFTensor, load_gguf
+from janlib.gguf import GGUFError, GGUFTensor, load_gguf
 from janlib.vision.image import decode_image, idefics3_tiles, normalize, pad_to_square, unfold_patches
 
 # the text pieces and image blocks of one image's prompt: a str is text (tokenized with special tokens
@@ -195,10 +195,6 @@ class Projector:
         return f"Projector({self.path!r}, {self.projector_type}, n_embd_text={self.n_embd_text})"
 
 
-def _dense(tensor: GGUFTensor) -> np.ndarray:
-    return kernels.dequantize(tensor)
-
-
 class Idefics3Head:
     """SmolVLM / Idefics3: the image split into tiles plus an overview tile; each tile's patches pixel-shuffled
     (scale_factor^2 neighbours concatenated) and projected by one matrix. Prompt, as llama.cpp's mtmd:
@@ -247,9 +243,9 @@ class Gemma3Head:
         self.p = p
         self.merge = p._meta_int("clip.vision.projector.scale_factor", 4)
         side = p.image_size // p.patch_size
-        self.norm = _dense(p.tensor("mm.soft_emb_norm.weight"))  # (n_embd,), the converter added Gemma's 1
+        self.norm = kernels.dequantize(p.tensor("mm.soft_emb_norm.weight"))  # (n_embd,), the converter added Gemma's 1
         proj = p.tensor("mm.input_projection.weight")  # numpy shape (n_embd, n_embd_text): y = x @ W
-        self.proj = _dense(proj)
+        self.proj = kernels.dequantize(proj)
         self.n_embd_text = self.proj.shape[1]
         if side % self.merge or self.proj.shape[0] != p.tower.n_embd or self.norm.shape != (p.tower.n_embd,):
             raise GGUFError(f"{p.path!r}: the gemma3 projector ({proj.shape}, pooling {self.merge}) does not fit "
@@ -289,7 +285,7 @@ class MlpHead:
             if key in p._file.metadata:  # llava-1.6's tiling
                 raise UnsupportedError(f"{p.path!r}: {key} (llava-1.6 style tiling) is not supported")
         self.fc1, self.fc2 = p.tensor("mm.0.weight"), p.tensor("mm.2.weight")
-        self.b1, self.b2 = _dense(p.tensor("mm.0.bias")), _dense(p.tensor("mm.2.bias"))
+        self.b1, self.b2 = kernels.dequantize(p.tensor("mm.0.bias")), kernels.dequantize(p.tensor("mm.2.bias"))
         self.n_embd_text = self.fc2.shape[0]
         if self.fc1.shape[1] != p.tower.n_embd or self.fc2.shape[1] != self.fc1.shape[0]:
             raise GGUFError(f"{p.path!r}: mm.0.weight {self.fc1.shape} and mm.2.weight {self.fc2.shape} do not "
