@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -120,17 +122,24 @@ def write_shim(path: Path, model: str, command: str) -> Path:
     return path
 
 
-def run_suite(python: Path, tests: Path, files: list[str], shim: Path, report: Path, timeout: int, port: int) -> None:
+def start_suite(python: Path, tests: Path, files: list[str], shim: Path, report: Path, port: int) -> subprocess.Popen:
     env = dict(os.environ, LLAMA_SERVER_BIN_PATH=str(shim), PORT=str(port))
     env.pop("SLOW_TESTS", None)
     cmd = [python, "-m", "pytest", *[f"unit/{f}" for f in files], "-m", "not slow", "-q", "-p", "no:cacheprovider",
            f"--junitxml={report}", "-o", "junit_family=xunit1"]
     print("+", " ".join(map(str, cmd)), flush=True)
+    with open(report.with_suffix(".log"), "w") as log:  # its own session: a timeout ends the tests' servers too
+        return subprocess.Popen([str(c) for c in cmd], cwd=tests, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_suite(process: subprocess.Popen, name: str, deadline: float) -> None:
     try:
-        subprocess.run([str(c) for c in cmd], cwd=tests, env=env, timeout=timeout,
-                       stdout=open(report.with_suffix(".log"), "w"), stderr=subprocess.STDOUT)
+        process.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        print(f"the run against {shim.name} passed its {timeout} s limit; results so far only", flush=True)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        print(f"the run against {name} passed its time limit; results so far only", flush=True)
 
 
 def outcomes(report: Path) -> dict[str, str]:
@@ -158,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="build jobs (default 2)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per server's run (default 3600)")
     p.add_argument("--port", type=int, default=8180,
-                   help="the port the tests start their servers on (default 8180; runs side by side need two)")
+                   help="the port the tests start their servers on (default 8180; the second server's run gets the next)")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="run both servers' suites at the same time (about half the wall time; the tests assert no durations)")
     p.add_argument("--reuse-reports", action="store_true",
                    help="a server whose JUnit report from an earlier run is in --workdir is not run again")
     args = p.parse_args(argv)
@@ -176,13 +187,21 @@ def main(argv: list[str] | None = None) -> int:
     if "llama-server" in args.servers:
         commands["llama-server"] = shlex.quote(str(build_llama_server(root, workdir / "build-cpu", args.jobs)))
     results = {}
-    for server in args.servers:
+    running = []
+    for i, server in enumerate(args.servers):
         shim = write_shim(workdir / f"{server}-shim", model, commands[server])
         report = workdir / f"{server}.xml"
-        if not (args.reuse_reports and report.exists()):
-            report.unlink(missing_ok=True)
-            run_suite(python, tests, files, shim, report, args.timeout, args.port)
-        results[server] = outcomes(report)
+        if args.reuse_reports and report.exists():
+            continue
+        report.unlink(missing_ok=True)
+        process = start_suite(python, tests, files, shim, report, args.port + i)
+        running.append((process, server, time.monotonic() + args.timeout))
+        if not args.side_by_side:
+            wait_suite(*running.pop())
+    for run in running:
+        wait_suite(*run)
+    for server in args.servers:
+        results[server] = outcomes(workdir / f"{server}.xml")
 
     names = sorted(set().union(*results.values()))
     width = max(len(f) for f in files) + 2
