@@ -186,7 +186,8 @@ def write_mmproj(path: Path, projector_type: str = "idefics3", extra_tensor: str
                  n_embd: int = 8, n_head: int = 2, n_ff: int = 16, image_size: int = 32, patch_size: int = 16,
                  scale: int = 2, n_embd_text: int = 8, dtype=np.float32) -> Path:
     """A random idefics3-shaped projector (by default 1 block of width 8, 32x32 tiles of 16x16 patches, merged
-    2x2); matrices of dtype (float32 or float16), vectors float32."""
+    2x2); matrices of dtype (float32, float16, or "q8_0": the tower's and projector's matrices quantized by
+    gguf-py), vectors float32."""
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(path, "clip")
     writer.add_string("clip.projector_type", projector_type)
@@ -211,7 +212,11 @@ def write_mmproj(path: Path, projector_type: str = "idefics3", extra_tensor: str
     for name, shape in shapes.items():
         matrix = len(shape) == 2 and name != "v.position_embd.weight"
         values = rng.standard_normal(shape, dtype=np.float32) / (np.sqrt(shape[-1]) if matrix else 1)
-        writer.add_tensor(name, values.astype(dtype if matrix else np.float32))
+        if matrix and dtype == "q8_0":
+            writer.add_tensor(name, gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0),
+                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, values.astype(dtype if matrix else np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -224,6 +229,21 @@ def test_minimal_projector_runs(tmp_path):
     pieces = projector.embed_image(encoded(Image.new("RGB", (40, 30), (9, 99, 199)), "PNG"))
     blocks = [p for p in pieces if not isinstance(p, str)]
     assert len(blocks) == 2 and all(b.shape == (1, 8) and np.isfinite(b).all() for b in blocks)  # tile + overview
+
+
+def test_quantized_projector_runs_on_the_quantized_kernels(tmp_path):
+    """Q8_0 matrices (as in llama.cpp's quantized mmproj files) give the float32 file's features to Q8_0's
+    precision."""
+    sizes = dict(n_embd=64, n_ff=128, n_layer=2, n_embd_text=32)
+    image = encoded(Image.new("RGB", (40, 30), (9, 99, 199)), "PNG")
+    exact = load_projector(write_mmproj(tmp_path / "f32.gguf", **sizes)).embed_image(image)
+    quantized = load_projector(write_mmproj(tmp_path / "q8.gguf", dtype="q8_0", **sizes)).embed_image(image)
+    for a, b in zip(exact, quantized):
+        if isinstance(a, str):
+            assert a == b
+        else:
+            np.testing.assert_allclose(b, a, rtol=0, atol=0.03 * np.abs(a).max())
+            assert not np.array_equal(a, b)  # the quantized weights were used
 
 
 def test_unsupported_projector_type_is_named(tmp_path):
