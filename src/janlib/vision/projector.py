@@ -234,9 +234,10 @@ class Idefics3Head:
 
 
 class Gemma3Head:
-    """Gemma 3: one square tile (bilinear resize); the patches average-pooled n_merge x n_merge, RMS-normed
-    (mm.soft_emb_norm) and projected. Prompt: <start_of_image> embeddings <end_of_image>, which the text model
-    attends to bidirectionally."""
+    """Gemma 3: one square tile, the image stretched to it (bilinear) as transformers' Gemma3ImageProcessor does
+    and the model was trained (llama.cpp letterboxes it on black instead); the patches average-pooled
+    n_merge x n_merge, RMS-normed (mm.soft_emb_norm) and projected. Prompt: <start_of_image> embeddings
+    <end_of_image>, which the text model attends to bidirectionally."""
     non_causal = True
 
     def __init__(self, p: Projector) -> None:
@@ -273,8 +274,9 @@ def gelu_erf(x: np.ndarray) -> np.ndarray:
 
 
 class MlpHead:
-    """LLaVA-1.5 style ("mlp"): one square tile (the image fitted on llama.cpp's pad colour, bicubic), the class
-    row dropped, then mm.0, GELU, mm.2. Prompt: the embeddings alone. The GELU is the exact one of the models'
+    """LLaVA-1.5 style ("mlp"): one square tile, the image fitted on llama.cpp's pad colour (bicubic), as
+    LLaVA's own "pad" preprocessing (transformers' processor crops the centre instead); the class row dropped,
+    then mm.0, GELU, mm.2. Prompt: the embeddings alone. The GELU is the exact one of the models'
     configs (llama.cpp's graph uses the tanh approximation; they differ by < 1e-3)."""
     non_causal = False
     PAD_COLOR = (122, 116, 104)
