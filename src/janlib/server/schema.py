@@ -321,9 +321,12 @@ def _text_of(content: Any, param: str) -> str:
                 raise invalid(f"'{p}' must be a content part object", p, "invalid_type")
             kind = part.get("type")
             if kind != "text":
-                if kind in ("image_url", "input_audio", "file", "image"):
-                    raise APIError(400, f"'{p}': {kind} content is not supported: the model has no multimodal "
-                                   "projector", param=p, code="unsupported_parameter")
+                if kind in ("image_url", "image"):  # /v1/chat/completions turns image_url parts into markers first
+                    raise APIError(400, f"'{p}': {kind} content is not taken here: send images to "
+                                   "/v1/chat/completions as image_url parts", param=p, code="unsupported_parameter")
+                if kind in ("input_audio", "file"):
+                    raise APIError(400, f"'{p}': {kind} content is not supported (janlib takes images only)",
+                                   param=p, code="unsupported_parameter")
                 raise invalid(f"'{p}.type' must be 'text', got {kind!r}", f"{p}.type")
             text = part.get("text")
             if not isinstance(text, str):
