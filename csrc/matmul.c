@@ -7,8 +7,11 @@
  *
  * From GEMM_MIN_ROWS activation rows on, types with a GEMM (traits->gemm) take it instead: the
  * quantized rows are repacked once into the kernel's layout, and each thread repacks its weight
- * rows a strip of panels at a time (cache-resident, so no repacked copy of any tensor is kept)
- * and runs the strip against every activation row. Its outputs equal vec_dot's bit for bit. */
+ * rows a strip of panels at a time (cache-resident) and runs the strip against every activation
+ * row. Where the caller gives a packed-weight cache and the type's panels are worth keeping
+ * (gemm->keep_packed), a tensor is packed whole at its first batched use and kept, so the GEMM
+ * pays from CACHED_GEMM_MIN_ROWS rows: batched decode. Its outputs equal vec_dot's bit for bit. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +20,7 @@
 
 #define COL_BLOCK 64   /* activation rows kept hot in L2 per pass over a thread's weight rows */
 #define GEMM_MIN_ROWS 8   /* below this the weight repacking costs more than the GEMM saves (measured: at 8 rows it wins or ties) */
+#define CACHED_GEMM_MIN_ROWS 1   /* with packed weights kept (measured: from 1 row the GEMM wins) */
 #define STRIP_PANELS 16   /* weight panels a GEMM thread repacks and keeps in L2 at a time */
 
 typedef struct {
@@ -33,6 +37,7 @@ typedef struct {
     uint8_t *xp;               /* (n, xp_row_bytes): the GEMM's packed activation rows */
     size_t xp_row_bytes;
     uint8_t *panels;           /* (n_threads, STRIP_PANELS, panel_bytes): each thread's repacked weights */
+    const uint8_t *packed;     /* (n_panels, panel_bytes): all of them, kept; NULL: repacked in strips */
     size_t panel_bytes;
 } matmul_job;
 
@@ -71,20 +76,33 @@ static void pack_x_task(void *ctx, int ith, int nth) {
         job->wt->gemm->pack_x(job->xq + i * job->xq_row_bytes, job->k, job->xp + i * job->xp_row_bytes);
 }
 
-/* A thread repacks STRIP_PANELS panels of its rows at a time, then runs them against COL_BLOCK
- * activation rows at a time, so both the strip and the column block stay in L2. */
+/* panels [p_lo, p_hi) of the weights, packed into out (p_hi - p_lo, panel_bytes) */
+static void pack_panels(const matmul_job *job, int64_t p_lo, int64_t p_hi, uint8_t *out) {
+    const jl_gemm_kernels *gemm = job->wt->gemm;
+    const int64_t pr = gemm->panel_rows;
+    for (int64_t p = p_lo; p < p_hi; p++) {
+        const int64_t r = p * pr;
+        gemm->pack_w(job->w + (size_t)r * job->w_row_bytes, job->w_row_bytes, job->rows - r < pr ? job->rows - r : pr,
+                     job->k, out + (size_t)(p - p_lo) * job->panel_bytes);
+    }
+}
+
+/* A thread takes STRIP_PANELS panels of its rows at a time (kept, or repacked into its strip),
+ * then runs them against COL_BLOCK activation rows at a time, so both stay in L2. */
 static void gemm_task(void *ctx, int ith, int nth) {
     matmul_job *job = ctx;
     const jl_gemm_kernels *gemm = job->wt->gemm;
     const int64_t pr = gemm->panel_rows, strip_rows = STRIP_PANELS * pr;
     int64_t r_lo, r_hi;
     jl_split(job->rows, ith, nth, pr, &r_lo, &r_hi);
-    uint8_t *strip = job->panels + (size_t)ith * STRIP_PANELS * job->panel_bytes;  /* (STRIP_PANELS, panel_bytes) */
     for (int64_t r0 = r_lo; r0 < r_hi; r0 += strip_rows) {
         int64_t r_end = r0 + strip_rows < r_hi ? r0 + strip_rows : r_hi;
-        for (int64_t r = r0; r < r_end; r += pr)
-            gemm->pack_w(job->w + (size_t)r * job->w_row_bytes, job->w_row_bytes, r_end - r < pr ? r_end - r : pr,
-                         job->k, strip + (size_t)((r - r0) / pr) * job->panel_bytes);
+        const uint8_t *strip = job->packed + (size_t)(r0 / pr) * job->panel_bytes;  /* (STRIP_PANELS, panel_bytes) */
+        if (!job->packed) {
+            uint8_t *own = job->panels + (size_t)ith * STRIP_PANELS * job->panel_bytes;
+            pack_panels(job, r0 / pr, (r_end + pr - 1) / pr, own);
+            strip = own;
+        }
         for (int64_t c0 = 0; c0 < job->n; c0 += COL_BLOCK) {
             int64_t nc = job->n - c0 < COL_BLOCK ? job->n - c0 : COL_BLOCK;
             for (int64_t r = r0; r < r_end; r += pr)
@@ -95,7 +113,7 @@ static void gemm_task(void *ctx, int ith, int nth) {
     }
 }
 
-/* x is already quantized into job->xq */
+/* x is already quantized into job->xq; job->packed holds the kept panels or is NULL */
 static jl_status run_gemm(matmul_job *job, int n_threads) {
     const jl_gemm_kernels *gemm = job->wt->gemm;
     int nth = jl_resolve_threads(n_threads);
@@ -106,16 +124,108 @@ static jl_status run_gemm(matmul_job *job, int n_threads) {
         job->xp_row_bytes = gemm->x_bytes(job->k);
         job->xp = packed_x = aligned_alloc(64, job->xp_row_bytes * (size_t)job->n);
     }
-    job->panel_bytes = (gemm->panel_bytes(job->k) + 63) / 64 * 64;
-    job->panels = aligned_alloc(64, job->panel_bytes * STRIP_PANELS * (size_t)nth);
+    job->panels = job->packed ? NULL : aligned_alloc(64, job->panel_bytes * STRIP_PANELS * (size_t)nth);
     jl_status st = JL_OK;
-    if (!job->xp || !job->panels)
+    if (!job->xp || (!job->packed && !job->panels))
         st = jl_fail(JL_ERR_NOMEM, "matmul: no memory for the GEMM's packed rows (%lld x %zu bytes)",
                      (long long)job->n, job->xp_row_bytes);
     if (st == JL_OK && packed_x) st = jl_parallel(n_threads, pack_x_task, job);
     if (st == JL_OK) st = jl_parallel(nth, gemm_task, job);
     free(packed_x);
     free(job->panels);
+    return st;
+}
+
+/* ---- the packed-weight cache: an open-addressing table keyed by the weights' address ---- */
+
+typedef struct {
+    const void *w;                /* NULL: empty slot */
+    const jl_gemm_kernels *gemm;  /* the layout (per ISA) */
+    int64_t rows, k;
+    uint8_t *panels;              /* (n_panels, panel_bytes) */
+} packed_entry;
+
+struct jl_packed_cache {
+    pthread_mutex_t lock;
+    packed_entry *slots;  /* (capacity,) */
+    size_t capacity, used, bytes;
+};
+
+jl_packed_cache *jl_packed_cache_create(void) {
+    jl_packed_cache *c = calloc(1, sizeof *c);
+    if (c) pthread_mutex_init(&c->lock, NULL);
+    return c;
+}
+
+void jl_packed_cache_free(jl_packed_cache *c) {
+    if (!c) return;
+    for (size_t i = 0; i < c->capacity; i++) free(c->slots[i].panels);
+    free(c->slots);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+size_t jl_packed_cache_bytes(jl_packed_cache *c) {
+    pthread_mutex_lock(&c->lock);
+    size_t bytes = c->bytes;
+    pthread_mutex_unlock(&c->lock);
+    return bytes;
+}
+
+static packed_entry *find_slot(packed_entry *slots, size_t capacity, const void *w, const jl_gemm_kernels *gemm,
+                               int64_t rows, int64_t k) {
+    size_t i = ((uintptr_t)w >> 6) * 0x9E3779B97F4A7C15ull >> 20;
+    for (;; i++) {
+        packed_entry *e = &slots[i & (capacity - 1)];
+        if (!e->w || (e->w == w && e->gemm == gemm && e->rows == rows && e->k == k)) return e;
+    }
+}
+
+static void pack_task(void *ctx, int ith, int nth) {
+    const matmul_job *job = ctx;
+    int64_t lo, hi;
+    jl_split((job->rows + job->wt->gemm->panel_rows - 1) / job->wt->gemm->panel_rows, ith, nth, 1, &lo, &hi);
+    pack_panels(job, lo, hi, (uint8_t *)job->packed + (size_t)lo * job->panel_bytes);
+}
+
+/* job->packed <- the kept panels of job's weights, packed now if this is their first use */
+static jl_status find_packed(jl_packed_cache *c, matmul_job *job, int n_threads) {
+    const jl_gemm_kernels *gemm = job->wt->gemm;
+    jl_status st = JL_OK;
+    pthread_mutex_lock(&c->lock);
+    if (2 * (c->used + 1) > c->capacity) {  /* keep the table at most half full */
+        size_t capacity = c->capacity ? 2 * c->capacity : 256;
+        packed_entry *slots = calloc(capacity, sizeof *slots);
+        if (!slots) {
+            st = jl_fail(JL_ERR_NOMEM, "matmul: no memory for the packed-weight table");
+            goto done;
+        }
+        for (size_t i = 0; i < c->capacity; i++)
+            if (c->slots[i].w) *find_slot(slots, capacity, c->slots[i].w, c->slots[i].gemm, c->slots[i].rows, c->slots[i].k) = c->slots[i];
+        free(c->slots);
+        c->slots = slots;
+        c->capacity = capacity;
+    }
+    packed_entry *e = find_slot(c->slots, c->capacity, job->w, gemm, job->rows, job->k);
+    if (!e->w) {
+        const size_t bytes = job->panel_bytes * (size_t)((job->rows + gemm->panel_rows - 1) / gemm->panel_rows);
+        uint8_t *panels = aligned_alloc(64, bytes);
+        if (!panels) {
+            st = jl_fail(JL_ERR_NOMEM, "matmul: no memory to keep %zu bytes of packed weights", bytes);
+            goto done;
+        }
+        job->packed = panels;
+        if ((st = jl_parallel(n_threads, pack_task, job)) != JL_OK) {
+            free(panels);
+            goto done;
+        }
+        *e = (packed_entry){.w = job->w, .gemm = gemm, .rows = job->rows, .k = job->k, .panels = panels};
+        c->used++;
+        c->bytes += bytes;
+    }
+    job->packed = e->panels;
+done:
+    pthread_mutex_unlock(&c->lock);
     return st;
 }
 
@@ -129,6 +239,11 @@ static jl_status check_row_type(const jl_type_traits *t, int type, int64_t k, co
 
 jl_status jl_matmul(int type, const void *w, size_t w_bytes, int64_t rows, int64_t k,
                     const float *x, int64_t n, float *y, int n_threads) {
+    return jl_matmul_cached(NULL, type, w, w_bytes, rows, k, x, n, y, n_threads);
+}
+
+jl_status jl_matmul_cached(jl_packed_cache *cache, int type, const void *w, size_t w_bytes, int64_t rows, int64_t k,
+                           const float *x, int64_t n, float *y, int n_threads) {
     const jl_type_traits *wt = jl_traits(type);
     jl_status st = check_row_type(wt, type, k, "matmul");
     if (st != JL_OK) return st;
@@ -157,8 +272,13 @@ jl_status jl_matmul(int type, const void *w, size_t w_bytes, int64_t rows, int64
         if (n == 1) quantize_task(&job, 0, 1);
         else if ((st = jl_parallel(n_threads, quantize_task, &job)) != JL_OK) goto done;
     }
-    if (wt->gemm && n >= GEMM_MIN_ROWS) st = run_gemm(&job, n_threads);
-    else st = jl_parallel(n_threads, dot_task, &job);
+    const int keep = cache && wt->gemm && wt->gemm->keep_packed;
+    if (wt->gemm && n >= (keep ? CACHED_GEMM_MIN_ROWS : GEMM_MIN_ROWS)) {
+        job.panel_bytes = (wt->gemm->panel_bytes(k) + 63) / 64 * 64;
+        if (!keep || (st = find_packed(cache, &job, n_threads)) == JL_OK) st = run_gemm(&job, n_threads);
+    } else {
+        st = jl_parallel(n_threads, dot_task, &job);
+    }
 done:
     free(scratch);
     return st;

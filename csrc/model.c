@@ -45,6 +45,7 @@ struct jl_model {
     int *layer_rope;          /* (2, n_layer): the table of each layer in short and long contexts; -1: NoPE */
     double *rope_inv_freq;    /* (n_rope, n_rot / 2): angle of pair i = pos * inv_freq[i] */
     float *rope_mscale;       /* (n_rope,) cos and sin are multiplied by it */
+    jl_packed_cache *packed;  /* weights repacked for the GEMM, kept from their first batched use */
 };
 
 /* Attention walks the keys in position-aligned blocks of this many pages (flash-style): a block's
@@ -256,6 +257,7 @@ void jl_model_free(jl_model *model) {
     free(model->layer_rope);
     free(model->rope_inv_freq);
     free(model->rope_mscale);
+    jl_packed_cache_free(model->packed);
     free(model);
 }
 
@@ -298,7 +300,8 @@ jl_status jl_model_create(const jl_model_desc *desc, jl_model **model) {
     m->layer_rope = malloc((size_t)2 * n_layer * sizeof *m->layer_rope);
     m->rope_inv_freq = malloc((size_t)2 * n_layer * half * sizeof *m->rope_inv_freq);
     m->rope_mscale = malloc((size_t)2 * n_layer * sizeof *m->rope_mscale);
-    if (!m->layers || !m->layer_rope || !m->rope_inv_freq || !m->rope_mscale) {
+    m->packed = jl_packed_cache_create();
+    if (!m->layers || !m->layer_rope || !m->rope_inv_freq || !m->rope_mscale || !m->packed) {
         jl_model_free(m);
         return jl_fail(JL_ERR_NOMEM, "model: out of memory for %d layer descriptions", n_layer);
     }
@@ -538,15 +541,15 @@ static jl_status reserve_attention_scratch(jl_context *ctx, int n_threads) {
 
 /* ---- the steps of one layer ------------------------------------------------------------- */
 
-static jl_status matmul(const jl_tensor *w, const float *x, int64_t n, float *y, int n_threads) {
-    return jl_matmul(w->type, w->data, w->nbytes, w->ne1, w->ne0, x, n, y, n_threads);
+static jl_status matmul(const jl_model *m, const jl_tensor *w, const float *x, int64_t n, float *y, int n_threads) {
+    return jl_matmul_cached(m->packed, w->type, w->data, w->nbytes, w->ne1, w->ne0, x, n, y, n_threads);
 }
 
 /* y (n, rows) = x @ W.T, plus the rows' LoRA terms for projection `target` of layer il, plus the bias
  * (when bias is given and present) on every row */
 static jl_status project(jl_context *ctx, int il, int target, const jl_tensor *w, const jl_tensor *bias, const float *x,
                          int64_t n, float *y, int n_threads) {
-    jl_status st = matmul(w, x, n, y, n_threads);
+    jl_status st = matmul(ctx->model, w, x, n, y, n_threads);
     if (st == JL_OK && ctx->lora.n_lora)
         st = jl_lora_apply(&ctx->lora, il, target, x, w->ne0, n, y, w->ne1, n_threads);
     const float *b = bias ? bias->data : NULL;
@@ -875,7 +878,7 @@ static void route_experts(jl_context *ctx, int64_t rows) {
 static jl_status moe_ffn(jl_context *ctx, const jl_layer_desc *L, int64_t rows, int n_threads) {
     const jl_model_desc *d = &ctx->model->desc;
     const int64_t E = d->n_embd, FX = d->n_ff_exp, K = d->n_expert_used;
-    jl_status st = matmul(&L->ffn_gate_inp, ctx->xn, rows, ctx->router, n_threads);
+    jl_status st = matmul(ctx->model, &L->ffn_gate_inp, ctx->xn, rows, ctx->router, n_threads);
     if (st != JL_OK) return st;
     route_experts(ctx, rows);
     for (int e = 0; e < d->n_expert; e++) {
@@ -1012,7 +1015,7 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, const float 
     }
     float *logits = out;
     block_norm(d, ctx->xn, ctx->x, &d->output_norm, &d->output_norm_bias, n_out);
-    if ((st = matmul(&d->output, ctx->xn, n_out, logits, n_threads)) != JL_OK) return st;
+    if ((st = matmul(m, &d->output, ctx->xn, n_out, logits, n_threads)) != JL_OK) return st;
     if (d->logit_scale != 1.0f)
         for (int64_t i = 0; i < n_out * d->n_vocab; i++) logits[i] *= d->logit_scale;
     if (d->final_logit_softcap > 0.0f) jl_softcap(logits, n_out * d->n_vocab, d->final_logit_softcap);

@@ -2,7 +2,8 @@
 k and n that are not multiples of the panel (4 rows), the column tile (4), the lane group (16
 blocks) or the column block (64). Checked against the gguf package's numpy dequantization times
 x, against the scalar reference, and bit for bit against each row computed alone (n = 1 takes
-the matvec kernels): batch invariance across the GEMM threshold."""
+the matvec kernels): batch invariance across the GEMM threshold. With a packed-weight cache (a
+model's), the types whose panels are kept take the GEMM from one row on."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import janlib
+from janlib import _core
 
 from quant_data import QUANT_TYPES, block_size, matmul_error_bound, random_raw, reference_dequantize, write_tensors
 
@@ -75,3 +77,21 @@ def test_gemm_rows_equal_each_row_alone(tensors, qtype, isa):
             for n, n_threads in [(16, 1), (21, 2), (67, 2), (67, 3)]:
                 np.testing.assert_array_equal(janlib.matmul(tensor, x[:n], n_threads=n_threads), alone[:n],
                                               err_msg=f"{tensor.name} n={n} threads={n_threads}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", QUANT_TYPES)
+def test_kept_panels_equal_each_row_alone(tensors, qtype, isa):
+    rng = np.random.default_rng(4)
+    cache = _core.PackedCache()
+    for tensor, _ in cases(tensors, qtype):
+        rows, k = tensor.shape
+        x = rng.standard_normal((9, k)).astype(np.float32)
+        with janlib.use_isa(isa):
+            alone = np.concatenate([janlib.matmul(tensor, x[i:i + 1], n_threads=1) for i in range(len(x))])
+            for n, n_threads in [(1, 1), (2, 1), (3, 2), (5, 2), (9, 3), (2, 1)]:  # the last one reuses kept panels
+                y = np.empty((n, rows), np.float32)
+                _core.matmul(tensor.type_id, tensor.raw, rows, x[:n], y, n_threads, cache)
+                np.testing.assert_array_equal(y, alone[:n], err_msg=f"{tensor.name} n={n} threads={n_threads}")
+    kept = isa == "avx512" and qtype in ("Q4_0", "Q4_1", "Q8_0")
+    assert (cache.nbytes > 0) == kept

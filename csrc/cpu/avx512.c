@@ -6,10 +6,10 @@
  * by d * dx per super-block.
  *
  * Legacy blocks go two to a zmm, [block i | block i + 1], so int32 lanes 0-7 sum block i and
- * 8-15 block i + 1. Groups of 16 blocks share one gather of the fp16 scales per row. For the
- * 4-bit and 5-bit types, whose lane sums fit in int16, a tree of vpackssdw + vpmaddwd reduces
- * a group's eight pair vectors to one lane per block and one FMA by the 16 scale products;
- * Q8_0 applies each pair's two scales with a permute and an FMA. Weights with a sign (Q4_0,
+ * 8-15 block i + 1. Groups of 16 blocks share one gather of the fp16 scales per row. A tree of
+ * combines reduces a group's eight pair vectors to one exact int32 lane per block and one FMA
+ * by the 16 scale products: vpackssdw + vpmaddwd for the 4-bit and 5-bit types, whose lane
+ * sums fit in int16, two shuffles and an add for Q8_0 and IQ4_NL (the GEMM's order too). Weights with a sign (Q4_0,
  * Q5_0, Q8_0, paired with Q8_0) need one unsigned operand: x + 128, with the lanes starting at
  * -128 * sum(q), computed once per weight pair for all rows; or, for one or two rows, the
  * stored unsigned values times x, less offset * sum(x).
@@ -72,7 +72,12 @@ INLINE __m512i combine_i16(__m512i a, __m512i b) {
     return _mm512_madd_epi16(_mm512_packs_epi32(a, b), _mm512_set1_epi16(1));
 }
 
-static const int block_order[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+/* the same lanes in int32, for sums past int16 */
+INLINE __m512i combine_i32(__m512i a, __m512i b) {
+    const __m512 fa = _mm512_castsi512_ps(a), fb = _mm512_castsi512_ps(b);
+    return _mm512_add_epi32(_mm512_castps_si512(_mm512_shuffle_ps(fa, fb, _MM_SHUFFLE(2, 0, 2, 0))),
+                            _mm512_castps_si512(_mm512_shuffle_ps(fa, fb, _MM_SHUFFLE(3, 1, 3, 1))));
+}
 
 /* sum(q * qx) over blocks a and b (stored weights u, q = u - offset) against nc rows, each
  * into int32 lanes [a x 8 | b x 8]. vpdpbusd wants one unsigned operand:
@@ -99,16 +104,13 @@ INLINE void legacy_pair_sums(__m512i u, int offset, int has_min, const uint8_t *
     }
 }
 
-/* n <= 16 blocks from wg against the same blocks of nc rows at xg (their qs).
- *
- * With `narrow` (every sum of 8 products fits in int16) the eight pair vectors of a row go
- * through a tree of combines to one int32 lane per block, lanes in tree_order, stored to
- * out[c]; combines of vectors wholly past block n are skipped. Otherwise (Q8_0) each pair
- * takes its two scales from p[c], the 16 scale products d * dx in block order (0 for missing
- * blocks), with a permute and is accumulated into acc. */
+/* n <= 16 blocks from wg against the same blocks of nc rows at xg (their qs): the eight pair
+ * vectors of a row go through a tree of combines (through int16 where `narrow`: every sum of 8
+ * products fits) to one int32 lane per block, lanes in tree_order, stored to out[c]; combines
+ * of vectors wholly past block n are skipped. */
 INLINE void legacy_group(legacy_pair_fn pair, size_t type_size, int offset, int has_min, int narrow,
                          const uint8_t *wg, const uint8_t *xg, size_t x_size, size_t x_stride, const int n,
-                         const int nc, const __m512 *p, __m512 *acc, __m512i *out) {
+                         const int nc, __m512i *out) {
     __m512i half[2][JL_NC_MAX];
     UNROLL for (int h = 0; h < 2; h++) {
         __m512i quad[2][JL_NC_MAX];
@@ -126,31 +128,24 @@ INLINE void legacy_group(legacy_pair_fn pair, size_t type_size, int offset, int 
                 if (pair == pair_q5_0 && nc > 2) /* Q5_0: q itself, one masked subtract from the nibbles */
                     legacy_pair_sums(signed_q5_0(wa, wa + b * type_size), 0, 0, xa, xa + b * x_size, x_stride, nc, pairs[e]);
                 else legacy_pair_sums(pair(wa, wa + b * type_size), offset, has_min, xa, xa + b * x_size, x_stride, nc, pairs[e]);
-                if (!narrow) {
-                    const __m512i lanes = _mm512_set_epi32(j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1, j + 1,
-                                                           j, j, j, j, j, j, j, j);
-                    UNROLL for (int c = 0; c < nc; c++)
-                        acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pairs[e][c]), _mm512_permutexvar_ps(lanes, p[c]), acc[c]);
-                }
             }
             /* all-zero vectors (past the last block) skip their combines */
-            if (narrow)
-                UNROLL for (int c = 0; c < nc; c++)
-                    quad[qd][c] = 8 * h + 4 * qd >= n ? _mm512_setzero_si512() : combine_i16(pairs[0][c], pairs[1][c]);
-        }
-        if (narrow)
             UNROLL for (int c = 0; c < nc; c++)
-                half[h][c] = 8 * h >= n ? _mm512_setzero_si512() : combine_i16(quad[0][c], quad[1][c]);
+                quad[qd][c] = 8 * h + 4 * qd >= n ? _mm512_setzero_si512()
+                            : narrow ? combine_i16(pairs[0][c], pairs[1][c]) : combine_i32(pairs[0][c], pairs[1][c]);
+        }
+        UNROLL for (int c = 0; c < nc; c++)
+            half[h][c] = 8 * h >= n ? _mm512_setzero_si512()
+                       : narrow ? combine_i16(quad[0][c], quad[1][c]) : combine_i32(quad[0][c], quad[1][c]);
     }
-    if (narrow)
-        UNROLL for (int c = 0; c < nc; c++) {
+    UNROLL for (int c = 0; c < nc; c++) {
             const __m512i sums = _mm512_add_epi32(_mm512_shuffle_i64x2(half[0][c], half[1][c], _MM_SHUFFLE(2, 0, 2, 0)),
                                                   _mm512_shuffle_i64x2(half[0][c], half[1][c], _MM_SHUFFLE(3, 1, 3, 1)));
             out[c] = sums;
         }
 }
 
-/* one group's scales applied to its block sums (narrow types): acc += d * dx * sums, plus
+/* one group's scales applied to its block sums: acc += d * dx * sums, plus
  * m * s; d (and m) of the weight blocks and d (and s) of each row's, one gather each, the
  * minimum terms needing no order */
 INLINE void legacy_scale_group(size_t type_size, int has_min, const uint8_t *wg, const uint8_t *xg, size_t x_stride,
@@ -172,7 +167,7 @@ INLINE void legacy_dot(legacy_pair_fn pair, size_t type_size, int offset, int ha
     const size_t x_size = has_min ? sizeof(block_q8_1) : sizeof(block_q8_0);
     const size_t x_qs = has_min ? offsetof(block_q8_1, qs) : offsetof(block_q8_0, qs);
     const int64_t nb = k / QK;
-    const __m512i order = _mm512_loadu_si512(narrow ? tree_order : block_order);
+    const __m512i order = _mm512_loadu_si512(tree_order);
     const __m512i w_index = _mm512_mullo_epi32(order, _mm512_set1_epi32((int)type_size));
     const __m512i x_index = _mm512_mullo_epi32(order, _mm512_set1_epi32((int)x_size));
     __m512 acc[JL_NC_MAX];
@@ -181,33 +176,18 @@ INLINE void legacy_dot(legacy_pair_fn pair, size_t type_size, int offset, int ha
     for (int64_t g = 0; g < nb; g += 16) {
         const int n = nb - g < 16 ? (int)(nb - g) : 16;
         const uint8_t *wg = w + g * type_size, *xg = x + g * x_size;
-        if (narrow) {
-            /* the integer sums first, then the scales, so that these need no registers
-             * during the group */
-            __m512i sums[JL_NC_MAX];
-            if (n == 16) {
-                legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, 16, nc, NULL, acc, sums);
-                legacy_scale_group(type_size, has_min, wg, xg, x_stride, 16, nc, order, w_index, x_index, sums, acc);
-            } else if (n == 4) { /* k = 640, Gemma-3-270M */
-                legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, 4, nc, NULL, acc, sums);
-                legacy_scale_group(type_size, has_min, wg, xg, x_stride, 4, nc, order, w_index, x_index, sums, acc);
-            } else {
-                legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, n, nc, NULL, acc, sums);
-                legacy_scale_group(type_size, has_min, wg, xg, x_stride, n, nc, order, w_index, x_index, sums, acc);
-            }
-            continue;
+        /* the integer sums first, then the scales, so that these need no registers during the group */
+        __m512i sums[JL_NC_MAX];
+        if (n == 16) {
+            legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, 16, nc, sums);
+            legacy_scale_group(type_size, has_min, wg, xg, x_stride, 16, nc, order, w_index, x_index, sums, acc);
+        } else if (n == 4) { /* k = 640, Gemma-3-270M */
+            legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, 4, nc, sums);
+            legacy_scale_group(type_size, has_min, wg, xg, x_stride, 4, nc, order, w_index, x_index, sums, acc);
+        } else {
+            legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, n, nc, sums);
+            legacy_scale_group(type_size, has_min, wg, xg, x_stride, n, nc, order, w_index, x_index, sums, acc);
         }
-        /* Q8_0: d of the weight blocks and of each row's, one gather each */
-        const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(n));
-        const __m512i wh = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, w_index, wg, 1);
-        const __m512 dw = halves_to_ps(wh, 0);
-        __m512 p[JL_NC_MAX];
-        UNROLL for (int c = 0; c < nc; c++) {
-            const __m512i xh = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, x_index, xg + c * x_stride, 1);
-            p[c] = _mm512_mul_ps(dw, halves_to_ps(xh, 0));
-        }
-        if (n == 16) legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, 16, nc, p, acc, NULL);
-        else legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, n, nc, p, acc, NULL);
     }
     UNROLL for (int c = 0; c < nc; c++) s[c] = hsum512_ps(acc[c]);
 }
@@ -222,7 +202,7 @@ INLINE void legacy_dot(legacy_pair_fn pair, size_t type_size, int offset, int ha
     VEC_DOT_NC(NAME##_vec_dot, NAME##_dot)
 
 /* narrow: a sum of 8 products fits in int16 for |q| <= 16 (Q4_0, Q5_0) and q <= 31 (Q4_1, Q5_1)
- * against |qx| <= 128, not for Q8_0 */
+ * against |qx| <= 128, not for Q8_0 and IQ4_NL */
 LEGACY(q4_0, 8, 0, 1)
 LEGACY(q4_1, 0, 1, 1)
 LEGACY(q5_0, 16, 0, 1)

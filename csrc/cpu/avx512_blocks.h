@@ -50,14 +50,17 @@ INLINE float hsum512_ps(__m512 v) {
     return hsum256_ps(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
 }
 
-/* The 16 fp16 values in the low (hi = 0) or high halves of the int32 lanes, as floats: one
- * vpermw gathers them (vpmovdw costs two shuffles). */
-INLINE __m512 halves_to_ps(__m512i v, int hi) {
+/* The 16 fp16 values in the low (hi = 0) or high halves of the int32 lanes: one vpermw gathers
+ * them (vpmovdw costs two shuffles). */
+INLINE __m256i halves_of(__m512i v, int hi) {
     const __m512i even = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
                                           30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i words = hi ? _mm512_xor_si512(even, _mm512_set1_epi16(1)) : even;
-    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(words, v)));
+    return _mm512_castsi512_si256(_mm512_permutexvar_epi16(words, v));
 }
+
+/* the same as floats */
+INLINE __m512 halves_to_ps(__m512i v, int hi) { return _mm512_cvtph_ps(halves_of(v, hi)); }
 
 /* 16 int8 at q as floats */
 INLINE __m512 i8x16_to_ps(const int8_t *q) {

@@ -1,5 +1,5 @@
-/* avx512_gemm.c — register-blocked int8 GEMM (AVX-512 VNNI) for the legacy 4- and 5-bit types
- * and the K-quants.
+/* avx512_gemm.c — register-blocked int8 GEMM (AVX-512 VNNI) for the legacy 4-, 5- and 8-bit
+ * types and the K-quants.
  *
  * Batch invariance fixes the arithmetic: every output must equal vec_dot's (avx512.c) bit for
  * bit, so the GEMM computes the same integer block sums and the same float steps in the same
@@ -10,10 +10,13 @@
  * of each of its 16 blocks (lane L = block tree_order[L]), so eight vpdpbusd give the block
  * sums with no unpacking, shuffling or gathering in the inner loop.
  *
- * Weights are repacked PANEL_ROWS rows at a time (unsigned q + offset); an activation row once
- * per call, with its block scales per lane and, for the types with an offset, -offset * sum(qx)
- * per block as the accumulator's start. The microkernel holds PANEL_ROWS x TILE_COLS int32 block
- * sums in registers: per step 4 weight and up to 4 activation loads feed 16 vpdpbusd. */
+ * Weights are repacked PANEL_ROWS rows at a time (unsigned q + offset; the 4-bit types keep two
+ * steps per byte, step v in the low nibble and step v + steps / 2 in the high one, and every type
+ * its fp16 block scales, so a packed Q4 panel is as small as the file's blocks and can be kept per
+ * tensor); an activation row once per call, with its block scales per lane and, for the types with
+ * an offset, -offset * sum(qx) per block as the accumulator's start. The microkernel holds
+ * PANEL_ROWS x TILE_COLS int32 block sums in registers: per step 4 weight and up to 4 activation
+ * loads feed 16 vpdpbusd. */
 #include <immintrin.h>
 #include <assert.h>
 #include <stddef.h>
@@ -29,8 +32,14 @@
 #define STEPS (QK / 4)                     /* vpdpbusd steps per block */
 #define STEP_BYTES 64                      /* one step of a group: 4 bytes of each of 16 blocks */
 
-/* per group of a panel: STEPS x PANEL_ROWS quant vectors, then d (and m) per row as 16 floats */
-static size_t w_group_bytes(int has_min) { return (STEPS * PANEL_ROWS + PANEL_ROWS * (1 + has_min)) * STEP_BYTES; }
+#define HALVES_BYTES 32                    /* 16 fp16 scales */
+
+/* weight vectors per row for `steps` steps: nibble-packed types hold two steps in one */
+INLINE int w_vecs(int nibbles, int steps) { return nibbles ? steps / 2 : steps; }
+/* per group of a panel: w_vecs x PANEL_ROWS quant vectors, then d (and m) per row as 16 fp16 */
+INLINE size_t w_group_bytes(int nibbles, int has_min, int steps) {
+    return (size_t)w_vecs(nibbles, steps) * PANEL_ROWS * STEP_BYTES + PANEL_ROWS * (1 + has_min) * HALVES_BYTES;
+}
 /* per group of an activation row: STEPS quant vectors, dx, then s (types with a minimum) or the
  * offset correction (the others) */
 #define X_GROUP_BYTES ((STEPS + 2) * STEP_BYTES)
@@ -46,8 +55,16 @@ static int64_t n_groups(int64_t k) { return (k / QK + GROUP - 1) / GROUP; }
 static const int tail_block[16] = {0, 2, 0, 2, 1, 3, 1, 3, 0, 2, 0, 2, 1, 3, 1, 3};
 static const int tail_slot[16] = {0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3};
 
-/* blocks in group g, and whether it packs as a tail */
+/* blocks in group g */
 static int group_blocks(int64_t k, int64_t g) { return k / QK - g * GROUP < GROUP ? (int)(k / QK - g * GROUP) : GROUP; }
+
+/* A panel is its groups in order, each of w_group_bytes(STEPS) but a tail (always the last) of
+ * w_group_bytes(TAIL_STEPS). */
+INLINE size_t panel_bytes_legacy(int nibbles, int has_min, int64_t k) {
+    const int64_t groups = n_groups(k);
+    const int tail = group_blocks(k, groups - 1) <= TAIL_BLOCKS;
+    return (size_t)(groups - tail) * w_group_bytes(nibbles, has_min, STEPS) + (tail ? w_group_bytes(nibbles, has_min, TAIL_STEPS) : 0);
+}
 
 /* dword index (within a block) that step t of lane L reads: the whole block in eight steps, or
  * the tail layout's slots */
@@ -63,22 +80,23 @@ INLINE __m512i tail_reduce(__m512i v) {
 
 /* ---- packing ----------------------------------------------------------------------------- */
 
-INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int has_min, const uint8_t *w, size_t w_row_bytes,
-                          int64_t rows, int64_t k, uint8_t *panel) {
+INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int nibbles, int has_min, const uint8_t *w,
+                          size_t w_row_bytes, int64_t rows, int64_t k, uint8_t *panel) {
     const int64_t groups = n_groups(k);
     const __m512i order = _mm512_loadu_si512(tree_order);
     for (int64_t g = 0; g < groups; g++) {
-        uint8_t *pg = panel + g * w_group_bytes(has_min);
+        uint8_t *pg = panel + g * w_group_bytes(nibbles, has_min, STEPS);
         const int n = group_blocks(k, g), tail = n <= TAIL_BLOCKS, steps = tail ? TAIL_STEPS : STEPS;
+        const int vecs = w_vecs(nibbles, steps);
         const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(n));
         const __m512i step_block = tail ? _mm512_loadu_si512(tail_block) : order;
         const __mmask16 step_live = _mm512_cmplt_epi32_mask(step_block, _mm512_set1_epi32(n));
+        __m256i *scales = (__m256i *)(pg + (size_t)vecs * PANEL_ROWS * STEP_BYTES);  /* d of each row, then m */
         for (int r = 0; r < PANEL_ROWS; r++) {
-            __m512 *scales = (__m512 *)(pg + STEPS * PANEL_ROWS * STEP_BYTES);
             if (r >= rows) {
-                for (int t = 0; t < steps; t++) _mm512_store_si512(pg + (t * PANEL_ROWS + r) * STEP_BYTES, _mm512_setzero_si512());
-                scales[r] = _mm512_setzero_ps();
-                if (has_min) scales[PANEL_ROWS + r] = _mm512_setzero_ps();
+                for (int v = 0; v < vecs; v++) _mm512_store_si512(pg + (v * PANEL_ROWS + r) * STEP_BYTES, _mm512_setzero_si512());
+                scales[r] = _mm256_setzero_si256();
+                if (has_min) scales[PANEL_ROWS + r] = _mm256_setzero_si256();
                 continue;
             }
             const uint8_t *wg = w + r * w_row_bytes + g * GROUP * type_size;
@@ -89,14 +107,17 @@ INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int has_min, co
                 _mm512_storeu_si512(u + j * QK, pair(a, b));
             }
             const __m512i block_dwords = _mm512_mullo_epi32(step_block, _mm512_set1_epi32(QK / 4));
+            __m512i step[STEPS];
             for (int t = 0; t < steps; t++)
-                _mm512_store_si512(pg + (t * PANEL_ROWS + r) * STEP_BYTES,
-                                   _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), step_live,
-                                                               _mm512_add_epi32(block_dwords, step_dwords(tail, t)), u, 4));
+                step[t] = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), step_live,
+                                                      _mm512_add_epi32(block_dwords, step_dwords(tail, t)), u, 4);
+            for (int v = 0; v < vecs; v++)  /* values < 16 shift into the high nibble without crossing bytes */
+                _mm512_store_si512(pg + (v * PANEL_ROWS + r) * STEP_BYTES,
+                                   nibbles ? _mm512_or_si512(step[v], _mm512_slli_epi16(step[v + vecs], 4)) : step[v]);
             const __m512i dm = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live,
                                                            _mm512_mullo_epi32(order, _mm512_set1_epi32((int)type_size)), wg, 1);
-            scales[r] = halves_to_ps(dm, 0);
-            if (has_min) scales[PANEL_ROWS + r] = halves_to_ps(dm, 1);
+            scales[r] = halves_of(dm, 0);
+            if (has_min) scales[PANEL_ROWS + r] = halves_of(dm, 1);
         }
     }
 }
@@ -133,48 +154,61 @@ INLINE void pack_x_legacy(int offset, int has_min, const uint8_t *xq, int64_t k,
 
 /* ---- the microkernel ------------------------------------------------------------------- */
 
-/* sums[r][c] += the int32 dot products of `steps` steps of a group */
-INLINE void step_sums(const uint8_t *pg, const uint8_t *xg, size_t x_stride, const int steps, const int nc,
+/* sums[r][c] += the int32 dot products of `steps` steps of a group (the integer sums do not
+ * depend on the order of the steps) */
+INLINE void step_sums(int nibbles, const uint8_t *pg, const uint8_t *xg, size_t x_stride, const int steps, const int nc,
                       __m512i sums[PANEL_ROWS][TILE_COLS]) {
-    UNROLL for (int t = 0; t < steps; t++) {
-        __m512i wv[PANEL_ROWS];
-        UNROLL for (int r = 0; r < PANEL_ROWS; r++) wv[r] = _mm512_load_si512(pg + (t * PANEL_ROWS + r) * STEP_BYTES);
-        UNROLL for (int c = 0; c < nc; c++) {
-            const __m512i xv = _mm512_load_si512(xg + c * x_stride + t * STEP_BYTES);
-            UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = _mm512_dpbusd_epi32(sums[r][c], wv[r], xv);
+    const int vecs = w_vecs(nibbles, steps);
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    UNROLL for (int v = 0; v < vecs; v++) {
+        __m512i wv[2][PANEL_ROWS];  /* steps v and v + vecs */
+        UNROLL for (int r = 0; r < PANEL_ROWS; r++) {
+            const __m512i p = _mm512_load_si512(pg + (v * PANEL_ROWS + r) * STEP_BYTES);
+            wv[0][r] = nibbles ? _mm512_and_si512(p, low) : p;
+            if (nibbles) wv[1][r] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low);
         }
+        UNROLL for (int h = 0; h <= nibbles; h++)
+            UNROLL for (int c = 0; c < nc; c++) {
+                const __m512i xv = _mm512_load_si512(xg + c * x_stride + (v + h * vecs) * STEP_BYTES);
+                UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = _mm512_dpbusd_epi32(sums[r][c], wv[h][r], xv);
+            }
     }
 }
 
 /* PANEL_ROWS x nc outputs; vec_dot's float steps per group, in its order */
-INLINE void tile_legacy(int has_min, int64_t groups, int tail, const uint8_t *panel, const uint8_t *xp, size_t x_stride,
-                        const int nc, int64_t rows, float *y, size_t y_stride) {
+INLINE void tile_legacy(int nibbles, int has_min, int64_t groups, int tail, const uint8_t *panel, const uint8_t *xp,
+                        size_t x_stride, const int nc, int64_t rows, float *y, size_t y_stride) {
     __m512 acc[PANEL_ROWS][TILE_COLS];
     UNROLL for (int r = 0; r < PANEL_ROWS; r++)
         UNROLL for (int c = 0; c < nc; c++) acc[r][c] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
-        const uint8_t *pg = panel + g * w_group_bytes(has_min), *xg = xp + g * X_GROUP_BYTES;
+        const int last_tail = tail && g == groups - 1, steps = last_tail ? TAIL_STEPS : STEPS;
+        const uint8_t *pg = panel + g * w_group_bytes(nibbles, has_min, STEPS), *xg = xp + g * X_GROUP_BYTES;
         __m512i sums[PANEL_ROWS][TILE_COLS];
         UNROLL for (int c = 0; c < nc; c++) {
             const __m512i start = has_min ? _mm512_setzero_si512()
                                           : _mm512_load_si512(xg + c * x_stride + (STEPS + 1) * STEP_BYTES);
             UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = start;
         }
-        if (tail && g == groups - 1) {
-            step_sums(pg, xg, x_stride, TAIL_STEPS, nc, sums);
+        if (last_tail) {
+            step_sums(nibbles, pg, xg, x_stride, TAIL_STEPS, nc, sums);
             UNROLL for (int c = 0; c < nc; c++)
                 UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = tail_reduce(sums[r][c]);
         } else {
-            step_sums(pg, xg, x_stride, STEPS, nc, sums);
+            step_sums(nibbles, pg, xg, x_stride, STEPS, nc, sums);
         }
-        const __m512 *scales = (const __m512 *)(pg + STEPS * PANEL_ROWS * STEP_BYTES);
+        const __m256i *scales = (const __m256i *)(pg + (size_t)w_vecs(nibbles, steps) * PANEL_ROWS * STEP_BYTES);
+        __m512 d[PANEL_ROWS], m[PANEL_ROWS];
+        UNROLL for (int r = 0; r < PANEL_ROWS; r++) {
+            d[r] = _mm512_cvtph_ps(_mm256_load_si256(scales + r));
+            if (has_min) m[r] = _mm512_cvtph_ps(_mm256_load_si256(scales + PANEL_ROWS + r));
+        }
         UNROLL for (int c = 0; c < nc; c++) {
             const __m512 dx = _mm512_load_ps(xg + c * x_stride + STEPS * STEP_BYTES);
             UNROLL for (int r = 0; r < PANEL_ROWS; r++) {
-                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[r][c]), _mm512_mul_ps(scales[r], dx), acc[r][c]);
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[r][c]), _mm512_mul_ps(d[r], dx), acc[r][c]);
                 if (has_min)
-                    acc[r][c] = _mm512_fmadd_ps(scales[PANEL_ROWS + r],
-                                                _mm512_load_ps(xg + c * x_stride + (STEPS + 1) * STEP_BYTES), acc[r][c]);
+                    acc[r][c] = _mm512_fmadd_ps(m[r], _mm512_load_ps(xg + c * x_stride + (STEPS + 1) * STEP_BYTES), acc[r][c]);
             }
         }
     }
@@ -183,17 +217,18 @@ INLINE void tile_legacy(int has_min, int64_t groups, int tail, const uint8_t *pa
             if (r < rows) y[c * y_stride + r] = hsum512_ps(acc[r][c]);
 }
 
-INLINE void panel_dot_legacy(int has_min, int64_t k, const uint8_t *panel, int64_t rows, const uint8_t *xp,
+INLINE void panel_dot_legacy(int nibbles, int has_min, int64_t k, const uint8_t *panel, int64_t rows, const uint8_t *xp,
                              size_t x_stride, int64_t n, float *y, size_t y_stride) {
     const int64_t groups = n_groups(k);
     const int tail = group_blocks(k, groups - 1) <= TAIL_BLOCKS;
     int64_t c = 0;
     for (; c + TILE_COLS <= n; c += TILE_COLS)
-        tile_legacy(has_min, groups, tail, panel, xp + c * x_stride, x_stride, TILE_COLS, rows, y + c * y_stride, y_stride);
+        tile_legacy(nibbles, has_min, groups, tail, panel, xp + c * x_stride, x_stride, TILE_COLS, rows, y + c * y_stride,
+                    y_stride);
     switch (n - c) {
-    case 1: tile_legacy(has_min, groups, tail, panel, xp + c * x_stride, x_stride, 1, rows, y + c * y_stride, y_stride); break;
-    case 2: tile_legacy(has_min, groups, tail, panel, xp + c * x_stride, x_stride, 2, rows, y + c * y_stride, y_stride); break;
-    case 3: tile_legacy(has_min, groups, tail, panel, xp + c * x_stride, x_stride, 3, rows, y + c * y_stride, y_stride); break;
+    case 1: tile_legacy(nibbles, has_min, groups, tail, panel, xp + c * x_stride, x_stride, 1, rows, y + c * y_stride, y_stride); break;
+    case 2: tile_legacy(nibbles, has_min, groups, tail, panel, xp + c * x_stride, x_stride, 2, rows, y + c * y_stride, y_stride); break;
+    case 3: tile_legacy(nibbles, has_min, groups, tail, panel, xp + c * x_stride, x_stride, 3, rows, y + c * y_stride, y_stride); break;
     default: break;
     }
 }
@@ -305,7 +340,7 @@ static size_t panel_bytes_kquant(int64_t k) { return (size_t)(k / QK_K) * KQ_PAN
         panel_dot_kquant(OFFSET, HAS_MIN, k, panel, rows, xp, x_stride, n, y, y_stride);                     \
     }                                                                                                        \
     static const jl_gemm_kernels NAME##_gemm = {                                                             \
-        KQ_PANEL_ROWS, panel_bytes_kquant, NULL, NAME##_pack_w, NULL, NAME##_panel_dot,                      \
+        KQ_PANEL_ROWS, panel_bytes_kquant, NULL, NAME##_pack_w, NULL, NAME##_panel_dot, 0,                   \
     };
 
 KQUANT_GEMM(q2_K, 0, 1)
@@ -317,36 +352,43 @@ KQUANT_GEMM(q6_K, 32, 0)
 /* ---- the table ------------------------------------------------------------------------- */
 
 static size_t x_bytes_legacy(int64_t k) { return (size_t)n_groups(k) * X_GROUP_BYTES; }
-static size_t panel_bytes_min(int64_t k) { return (size_t)n_groups(k) * w_group_bytes(1); }
-static size_t panel_bytes_offset(int64_t k) { return (size_t)n_groups(k) * w_group_bytes(0); }
 
-#define LEGACY_GEMM(NAME, OFFSET, HAS_MIN)                                                                   \
+/* Q8_0's signed bytes pack as q + 128; the offset comes back out through the activations' sums. */
+INLINE __m512i pair_q8_0_biased(const uint8_t *a, const uint8_t *b) {
+    return _mm512_xor_si512(pair_q8_0(a, b), _mm512_set1_epi8((char)0x80));
+}
+
+/* KEEP: the packed panels are about the size of the type's blocks (4-bit types as nibbles, Q8_0
+ * as bytes), so a model keeps them; the 5-bit types' bytes would double theirs. */
+#define LEGACY_GEMM(NAME, PAIR, OFFSET, NIBBLES, HAS_MIN, KEEP)                                              \
+    static size_t NAME##_panel_bytes(int64_t k) { return panel_bytes_legacy(NIBBLES, HAS_MIN, k); }          \
     static void NAME##_pack_w(const void *restrict w, size_t w_row_bytes, int64_t rows, int64_t k,           \
                               void *restrict panel) {                                                        \
-        pack_w_legacy(pair_##NAME, sizeof(block_##NAME), HAS_MIN, w, w_row_bytes, rows, k, panel);          \
+        pack_w_legacy(PAIR, sizeof(block_##NAME), NIBBLES, HAS_MIN, w, w_row_bytes, rows, k, panel);         \
     }                                                                                                        \
     static void NAME##_pack_x(const void *restrict xq, int64_t k, void *restrict xp) {                       \
         pack_x_legacy(OFFSET, HAS_MIN, xq, k, xp);                                                           \
     }                                                                                                        \
     static void NAME##_panel_dot(int64_t k, const void *restrict panel, int64_t rows, const void *restrict xp, \
                                  size_t x_stride, int64_t n, float *restrict y, size_t y_stride) {          \
-        panel_dot_legacy(HAS_MIN, k, panel, rows, xp, x_stride, n, y, y_stride);                             \
+        panel_dot_legacy(NIBBLES, HAS_MIN, k, panel, rows, xp, x_stride, n, y, y_stride);                    \
     }                                                                                                        \
     static const jl_gemm_kernels NAME##_gemm = {                                                             \
-        PANEL_ROWS, HAS_MIN ? panel_bytes_min : panel_bytes_offset, x_bytes_legacy,                          \
-        NAME##_pack_w, NAME##_pack_x, NAME##_panel_dot,                                                      \
+        PANEL_ROWS, NAME##_panel_bytes, x_bytes_legacy, NAME##_pack_w, NAME##_pack_x, NAME##_panel_dot, KEEP, \
     };
 
-LEGACY_GEMM(q4_0, 8, 0)
-LEGACY_GEMM(q4_1, 0, 1)
-LEGACY_GEMM(q5_0, 16, 0)
-LEGACY_GEMM(q5_1, 0, 1)
+LEGACY_GEMM(q4_0, pair_q4_0, 8, 1, 0, 1)
+LEGACY_GEMM(q4_1, pair_q4_1, 0, 1, 1, 1)
+LEGACY_GEMM(q5_0, pair_q5_0, 16, 0, 0, 0)
+LEGACY_GEMM(q5_1, pair_q5_1, 0, 0, 1, 0)
+LEGACY_GEMM(q8_0, pair_q8_0_biased, 128, 0, 0, 1)
 
 void jl_avx512_gemm_register(jl_type_traits *t) {
     t[JL_TYPE_Q4_0].gemm = &q4_0_gemm;
     t[JL_TYPE_Q4_1].gemm = &q4_1_gemm;
     t[JL_TYPE_Q5_0].gemm = &q5_0_gemm;
     t[JL_TYPE_Q5_1].gemm = &q5_1_gemm;
+    t[JL_TYPE_Q8_0].gemm = &q8_0_gemm;
     t[JL_TYPE_Q2_K].gemm = &q2_K_gemm;
     t[JL_TYPE_Q3_K].gemm = &q3_K_gemm;
     t[JL_TYPE_Q4_K].gemm = &q4_K_gemm;

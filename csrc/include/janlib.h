@@ -82,6 +82,17 @@ jl_status jl_dequantize(int type, const void *src, size_t src_bytes, float *dst,
 jl_status jl_matmul(int type, const void *w, size_t w_bytes, int64_t rows, int64_t k,
                     const float *x, int64_t n, float *y, int n_threads);
 
+/* Weights repacked for the GEMM, kept per tensor (keyed by its address) from its first batched
+ * use for the life of the cache (a model owns one): with them the GEMM pays from 2 rows, for the
+ * types whose packed panels are about as large as their blocks (Q4_0, Q4_1). Thread-safe. */
+typedef struct jl_packed_cache jl_packed_cache;
+jl_packed_cache *jl_packed_cache_create(void);
+void jl_packed_cache_free(jl_packed_cache *cache);
+size_t jl_packed_cache_bytes(jl_packed_cache *cache);  /* the packed copies held */
+/* jl_matmul with a cache (NULL: jl_matmul); W must stay at its address while the cache lives */
+jl_status jl_matmul_cached(jl_packed_cache *cache, int type, const void *w, size_t w_bytes, int64_t rows, int64_t k,
+                           const float *x, int64_t n, float *y, int n_threads);
+
 /* Activation quantization on its own, for tests: n rows of k floats -> activation blocks. */
 jl_status jl_quantize_rows(int act_type, const float *x, int64_t n, int64_t k, void *dst,
                            size_t dst_bytes);

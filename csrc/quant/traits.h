@@ -35,6 +35,7 @@ typedef struct {
     /* y[c * y_stride + r] = dot(row r of the panel, packed row c), r < rows, c < n */
     void (*panel_dot)(int64_t k, const void *restrict panel, int64_t rows, const void *restrict xp, size_t x_stride,
                       int64_t n, float *restrict y, size_t y_stride);
+    int keep_packed;  /* packed panels are about the tensor's own size: worth keeping per tensor */
 } jl_gemm_kernels;
 /* s[c] = the sum over n_pages pages of dot(pages[p] + w_offset, x + c * x_stride + p * page_len)
  * over page_len values each (page_len a multiple of 16), for c < nc <= JL_NC_MAX; w of this type

@@ -30,6 +30,13 @@ cdef extern from "janlib.h" nogil:
                             int n_threads)
     jl_status jl_matmul(int type, const void *w, size_t w_bytes, int64_t rows, int64_t k,
                         const float *x, int64_t n, float *y, int n_threads)
+    ctypedef struct jl_packed_cache:
+        pass
+    jl_packed_cache *jl_packed_cache_create()
+    void jl_packed_cache_free(jl_packed_cache *cache)
+    size_t jl_packed_cache_bytes(jl_packed_cache *cache)
+    jl_status jl_matmul_cached(jl_packed_cache *cache, int type, const void *w, size_t w_bytes, int64_t rows,
+                               int64_t k, const float *x, int64_t n, float *y, int n_threads)
     jl_status jl_quantize_rows(int act_type, const float *x, int64_t n, int64_t k, void *dst,
                                size_t dst_bytes)
 

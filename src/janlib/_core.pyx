@@ -89,17 +89,36 @@ def dequantize(int type_id, const uint8_t[::1] src, float[::1] dst, int n_thread
     check(status)
 
 
+cdef class PackedCache:
+    """Weights kept repacked for the GEMM (see jl_packed_cache); the arrays given to matmul with
+    it must outlive it."""
+    cdef jl_packed_cache *cache
+
+    def __cinit__(self):
+        self.cache = jl_packed_cache_create()
+        if self.cache == NULL:
+            raise MemoryError("PackedCache: out of memory")
+
+    def __dealloc__(self):
+        jl_packed_cache_free(self.cache)
+
+    @property
+    def nbytes(self):
+        return jl_packed_cache_bytes(self.cache)
+
+
 def matmul(int type_id, const uint8_t[::1] w, int64_t rows, const float[:, ::1] x,
-           float[:, ::1] y, int n_threads=0):
-    """y (n, rows) = x (n, k) @ W.T for W (rows, k) of type_id."""
+           float[:, ::1] y, int n_threads=0, PackedCache cache=None):
+    """y (n, rows) = x (n, k) @ W.T for W (rows, k) of type_id; with cache, W's packed panels are kept there."""
     cdef jl_status status
+    cdef jl_packed_cache *packed = NULL if cache is None else cache.cache
     if x.shape[0] != y.shape[0] or y.shape[1] != rows:
         raise ValueError(f"matmul: output shape {(y.shape[0], y.shape[1])} != {(x.shape[0], rows)}")
     if x.shape[0] == 0 or x.shape[1] == 0 or w.shape[0] == 0:
         raise ValueError("matmul: empty operand")
     with nogil:
-        status = jl_matmul(type_id, &w[0], w.shape[0], rows, x.shape[1], &x[0, 0], x.shape[0],
-                           &y[0, 0], n_threads)
+        status = jl_matmul_cached(packed, type_id, &w[0], w.shape[0], rows, x.shape[1], &x[0, 0], x.shape[0],
+                                  &y[0, 0], n_threads)
     check(status)
 
 
