@@ -9,8 +9,9 @@
  * quantized rows are repacked once into the kernel's layout, and each thread repacks its weight
  * rows a strip of panels at a time (cache-resident) and runs the strip against every activation
  * row. Where the caller gives a packed-weight cache and the type's panels are worth keeping
- * (gemm->keep_packed), a tensor is packed whole at its first batched use and kept, so the GEMM
- * pays from CACHED_GEMM_MIN_ROWS rows: batched decode. Its outputs equal vec_dot's bit for bit. */
+ * (gemm->keep_packed), a tensor is packed whole at its first use and kept, so the GEMM pays from
+ * CACHED_GEMM_MIN_ROWS rows, decode included; for many rows, kept nibble panels are widened a
+ * strip at a time for a kernel with no unpacking. Its outputs equal vec_dot's bit for bit. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #define GEMM_MIN_ROWS 8   /* below this the weight repacking costs more than the GEMM saves (measured: at 8 rows it wins or ties) */
 #define CACHED_GEMM_MIN_ROWS 1   /* with packed weights kept (measured: from 1 row the GEMM wins) */
 #define STRIP_PANELS 16   /* weight panels a GEMM thread repacks and keeps in L2 at a time */
+#define WIDEN_MIN_ROWS 16   /* from here kept nibble panels are widened per strip: the tiles then skip the unpacking */
 
 typedef struct {
     const jl_type_traits *wt;  /* weight type */
@@ -36,9 +38,11 @@ typedef struct {
     float *y;                  /* (n, rows) */
     uint8_t *xp;               /* (n, xp_row_bytes): the GEMM's packed activation rows */
     size_t xp_row_bytes;
-    uint8_t *panels;           /* (n_threads, STRIP_PANELS, panel_bytes): each thread's repacked weights */
+    uint8_t *panels;           /* (n_threads, STRIP_PANELS, strip_panel_bytes): each thread's repacked weights */
     const uint8_t *packed;     /* (n_panels, panel_bytes): all of them, kept; NULL: repacked in strips */
     size_t panel_bytes;
+    int widen;                 /* kept panels are widened into the strips (gemm->widen) */
+    size_t strip_panel_bytes;  /* panel_bytes, or the widened size */
 } matmul_job;
 
 static void quantize_task(void *ctx, int ith, int nth) {
@@ -95,20 +99,23 @@ static void gemm_task(void *ctx, int ith, int nth) {
     const int64_t pr = gemm->panel_rows, strip_rows = STRIP_PANELS * pr;
     int64_t r_lo, r_hi;
     jl_split(job->rows, ith, nth, pr, &r_lo, &r_hi);
+    const size_t stride = job->strip_panel_bytes;
+    __typeof__(gemm->panel_dot) panel_dot = job->widen ? gemm->panel_dot_wide : gemm->panel_dot;
+    uint8_t *own = job->panels ? job->panels + (size_t)ith * STRIP_PANELS * stride : NULL;
     for (int64_t r0 = r_lo; r0 < r_hi; r0 += strip_rows) {
         int64_t r_end = r0 + strip_rows < r_hi ? r0 + strip_rows : r_hi;
-        const uint8_t *strip = job->packed + (size_t)(r0 / pr) * job->panel_bytes;  /* (STRIP_PANELS, panel_bytes) */
-        if (!job->packed) {
-            uint8_t *own = job->panels + (size_t)ith * STRIP_PANELS * job->panel_bytes;
-            pack_panels(job, r0 / pr, (r_end + pr - 1) / pr, own);
-            strip = own;
-        }
+        const int64_t p_lo = r0 / pr, p_hi = (r_end + pr - 1) / pr;
+        const uint8_t *strip = own;  /* (STRIP_PANELS, stride) */
+        if (!job->packed) pack_panels(job, p_lo, p_hi, own);
+        else if (job->widen)
+            for (int64_t p = p_lo; p < p_hi; p++) gemm->widen(job->k, job->packed + (size_t)p * job->panel_bytes, own + (size_t)(p - p_lo) * stride);
+        else strip = job->packed + (size_t)p_lo * job->panel_bytes;
         for (int64_t c0 = 0; c0 < job->n; c0 += COL_BLOCK) {
             int64_t nc = job->n - c0 < COL_BLOCK ? job->n - c0 : COL_BLOCK;
             for (int64_t r = r0; r < r_end; r += pr)
-                gemm->panel_dot(job->k, strip + (size_t)((r - r0) / pr) * job->panel_bytes, r_end - r < pr ? r_end - r : pr,
-                                job->xp + (size_t)c0 * job->xp_row_bytes, job->xp_row_bytes, nc,
-                                job->y + c0 * job->rows + r, (size_t)job->rows);
+                panel_dot(job->k, strip + (size_t)((r - r0) / pr) * stride, r_end - r < pr ? r_end - r : pr,
+                          job->xp + (size_t)c0 * job->xp_row_bytes, job->xp_row_bytes, nc,
+                          job->y + c0 * job->rows + r, (size_t)job->rows);
         }
     }
 }
@@ -124,9 +131,12 @@ static jl_status run_gemm(matmul_job *job, int n_threads) {
         job->xp_row_bytes = gemm->x_bytes(job->k);
         job->xp = packed_x = aligned_alloc(64, job->xp_row_bytes * (size_t)job->n);
     }
-    job->panels = job->packed ? NULL : aligned_alloc(64, job->panel_bytes * STRIP_PANELS * (size_t)nth);
+    job->widen = job->packed && gemm->widen && job->n >= WIDEN_MIN_ROWS;
+    job->strip_panel_bytes = job->widen ? (gemm->wide_bytes(job->k) + 63) / 64 * 64 : job->panel_bytes;
+    const int own_strips = !job->packed || job->widen;
+    job->panels = own_strips ? aligned_alloc(64, job->strip_panel_bytes * STRIP_PANELS * (size_t)nth) : NULL;
     jl_status st = JL_OK;
-    if (!job->xp || (!job->packed && !job->panels))
+    if (!job->xp || (own_strips && !job->panels))
         st = jl_fail(JL_ERR_NOMEM, "matmul: no memory for the GEMM's packed rows (%lld x %zu bytes)",
                      (long long)job->n, job->xp_row_bytes);
     if (st == JL_OK && packed_x) st = jl_parallel(n_threads, pack_x_task, job);

@@ -233,6 +233,28 @@ INLINE void panel_dot_legacy(int nibbles, int has_min, int64_t k, const uint8_t 
     }
 }
 
+/* A nibble panel widened to one byte per value (the 5-bit types' layout) for many activation
+ * rows, whose tiles then reuse it with no unpacking. */
+INLINE void widen_legacy(int has_min, int64_t k, const uint8_t *panel, uint8_t *wide) {
+    const int64_t groups = n_groups(k);
+    const int tail = group_blocks(k, groups - 1) <= TAIL_BLOCKS;
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (int64_t g = 0; g < groups; g++) {
+        const int steps = tail && g == groups - 1 ? TAIL_STEPS : STEPS, vecs = w_vecs(1, steps);
+        const uint8_t *src = panel + g * w_group_bytes(1, has_min, STEPS);
+        uint8_t *dst = wide + g * w_group_bytes(0, has_min, STEPS);
+        for (int v = 0; v < vecs; v++)
+            for (int r = 0; r < PANEL_ROWS; r++) {
+                const __m512i p = _mm512_load_si512(src + (v * PANEL_ROWS + r) * STEP_BYTES);
+                _mm512_store_si512(dst + (v * PANEL_ROWS + r) * STEP_BYTES, _mm512_and_si512(p, low));
+                _mm512_store_si512(dst + ((v + vecs) * PANEL_ROWS + r) * STEP_BYTES,
+                                   _mm512_and_si512(_mm512_srli_epi16(p, 4), low));
+            }
+        memcpy(dst + (size_t)steps * PANEL_ROWS * STEP_BYTES, src + (size_t)vecs * PANEL_ROWS * STEP_BYTES,
+               PANEL_ROWS * (1 + has_min) * HALVES_BYTES);
+    }
+}
+
 /* ---- K-quants -------------------------------------------------------------------------- *
  * vec_dot's K-quant sums are 16 int32 lanes per super-block, each mixing four groups through
  * vpmaddubsw + vpdpwssd with the int16 group scales, then one FMA by d * dx; the GEMM keeps
@@ -373,8 +395,19 @@ INLINE __m512i pair_q8_0_biased(const uint8_t *a, const uint8_t *b) {
                                  size_t x_stride, int64_t n, float *restrict y, size_t y_stride) {          \
         panel_dot_legacy(NIBBLES, HAS_MIN, k, panel, rows, xp, x_stride, n, y, y_stride);                    \
     }                                                                                                        \
+    static size_t NAME##_wide_bytes(int64_t k) { return panel_bytes_legacy(0, HAS_MIN, k); }                 \
+    static void NAME##_widen(int64_t k, const void *restrict panel, void *restrict wide) {                   \
+        widen_legacy(HAS_MIN, k, panel, wide);                                                               \
+    }                                                                                                        \
+    static void NAME##_panel_dot_wide(int64_t k, const void *restrict panel, int64_t rows,                   \
+                                      const void *restrict xp, size_t x_stride, int64_t n, float *restrict y, \
+                                      size_t y_stride) {                                                     \
+        panel_dot_legacy(0, HAS_MIN, k, panel, rows, xp, x_stride, n, y, y_stride);                          \
+    }                                                                                                        \
     static const jl_gemm_kernels NAME##_gemm = {                                                             \
         PANEL_ROWS, NAME##_panel_bytes, x_bytes_legacy, NAME##_pack_w, NAME##_pack_x, NAME##_panel_dot, KEEP, \
+        NIBBLES ? NAME##_wide_bytes : NULL, NIBBLES ? NAME##_widen : NULL,                                   \
+        NIBBLES ? NAME##_panel_dot_wide : NULL,                                                              \
     };
 
 LEGACY_GEMM(q4_0, pair_q4_0, 8, 1, 0, 1)

@@ -36,6 +36,12 @@ typedef struct {
     void (*panel_dot)(int64_t k, const void *restrict panel, int64_t rows, const void *restrict xp, size_t x_stride,
                       int64_t n, float *restrict y, size_t y_stride);
     int keep_packed;  /* packed panels are about the tensor's own size: worth keeping per tensor */
+    /* optional, for panels too compact for many rows (nibbles): wide <- one panel in a layout of
+     * wide_bytes(k) that panel_dot_wide reads with no unpacking, the same outputs */
+    size_t (*wide_bytes)(int64_t k);
+    void (*widen)(int64_t k, const void *restrict panel, void *restrict wide);
+    void (*panel_dot_wide)(int64_t k, const void *restrict panel, int64_t rows, const void *restrict xp, size_t x_stride,
+                           int64_t n, float *restrict y, size_t y_stride);
 } jl_gemm_kernels;
 /* s[c] = the sum over n_pages pages of dot(pages[p] + w_offset, x + c * x_stride + p * page_len)
  * over page_len values each (page_len a multiple of 16), for c < nc <= JL_NC_MAX; w of this type
