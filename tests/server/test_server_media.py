@@ -39,8 +39,8 @@ def vlm_server(case: str, *flags: str) -> Server:
 
 
 @pytest.fixture(scope="module")
-def gemma3():
-    server = vlm_server("gemma3")
+def gemma3(tmp_path_factory):
+    server = vlm_server("gemma3", "--slot-save-path", str(tmp_path_factory.mktemp("slots")))
     yield server
     server.stop()
 
@@ -147,6 +147,8 @@ def test_the_next_turn_reuses_the_image(gemma3):
         {"role": "user", "content": "and now?"}], "multimodal_data": [B64]})
     assert r.status_code == 200, r.text
     assert r.json()["tokens_cached"] >= first["usage"]["prompt_tokens"] - 2  # the template may close a turn anew
+    # a slot file keeps token ids: a slot holding an image is not saved
+    assert "holds an image" in error(post(gemma3, "/slots/1?action=save", {"filename": "s.json"}), "id_slot")
 
 
 def test_bad_images_are_400_naming_the_field(gemma3):

@@ -429,6 +429,8 @@ def slot_action(id_slot: str):
     if action == "save":
         path = _slot_file(st)
         tokens = st.engine.slot_tokens(slot)
+        if any(t < 0 for t in tokens):  # an image's positions hold a hash, not tokens a restore could evaluate
+            raise invalid(f"slot {slot} holds an image, which a slot file cannot store (it keeps token ids)", "id_slot")
         data = json.dumps({"format": SLOT_FORMAT, "model": os.path.basename(st.model_path), "tokens": tokens})
         with open(path, "w", encoding="utf-8") as f:
             f.write(data)
