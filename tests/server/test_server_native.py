@@ -296,3 +296,19 @@ def test_responses_stream_carries_llamacpp_telemetry(base):
     deltas = [e for e in events if e["type"] == "response.output_text.delta"]
     assert deltas and all(e["timings"]["predicted_n"] >= 1 for e in deltas)
     assert events[-1]["timings"]["predicted_n"] == 4
+
+
+def test_completions_score_a_batch_of_prompts_as_each_alone(base):
+    """lm-eval-harness sends its loglikelihood requests in batches: prompt is a list of texts (or of id lists)."""
+    batch = ["The capital of France is Paris", "Two plus two equals four"]
+    body = {"model": MODEL_ID, "max_tokens": 1, "temperature": 0, "logprobs": 1, "echo": True}
+    together = post(base, "/v1/completions", prompt=batch, **body).json()
+    alone = [post(base, "/v1/completions", prompt=text, **body).json() for text in batch]
+    assert [c["index"] for c in together["choices"]] == [0, 1]
+    for choice, single in zip(together["choices"], alone):
+        assert choice["text"] == single["choices"][0]["text"]
+        np.testing.assert_allclose(choice["logprobs"]["token_logprobs"][1:],
+                                   single["choices"][0]["logprobs"]["token_logprobs"][1:], atol=1e-4)
+    assert together["usage"]["prompt_tokens"] == sum(s["usage"]["prompt_tokens"] for s in alone)
+    r = post(base, "/v1/completions", prompt=batch, **{**body, "echo": False, "stream": True})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"

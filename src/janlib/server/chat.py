@@ -275,7 +275,9 @@ def completions():
     st = state()
     body = schema.parse_json_body(request.get_data(cache=False))
     c.check_model_name(st, body)
-    prompt_value = schema.parse_prompt(body.get("prompt", schema._MISSING), st.model.n_vocab)
+    raw = body.get("prompt", schema._MISSING)
+    several = isinstance(raw, list) and len(raw) > 1 and all(isinstance(v, (str, list)) for v in raw)
+    prompt_values = [schema.parse_prompt(v, st.model.n_vocab) for v in (raw if several else [raw])]
     images = media.multimodal_data(st, body.pop("multimodal_data", None), "multimodal_data")
     body, legacy_top = c.legacy_logprobs_request(body)
     fields = schema.parse_fields(body)
@@ -284,35 +286,42 @@ def completions():
     echo = schema.get_typed(body, "echo", "boolean", False)
     if echo and fields["stream"]:
         raise APIError(400, "'echo' is supported without stream only", param="echo", code="unsupported_parameter")
+    if several and (fields["stream"] or images):
+        raise APIError(400, "several prompts are supported without stream and multimodal_data only",
+                       param="prompt", code="unsupported_parameter")
     if body.get("best_of") not in (None, 1):
         raise invalid("'best_of' must be 1", "best_of")
     c.check_request_options(st, fields)
-    if images:
-        ids = media.text_prompt(st, prompt_value, images, "multimodal_data")
-        prompt_text = prompt_value
-    elif isinstance(prompt_value, str):
-        ids = st.model.tokenize(prompt_value, add_special=True, parse_special=True)
-        prompt_text = prompt_value
-    else:
-        ids = prompt_value
-        prompt_text = st.model.detokenize(ids)
+    prompts = []  # (token ids, text) per prompt
+    for value in prompt_values:
+        if images:
+            prompts.append((media.text_prompt(st, value, images, "multimodal_data"), value))
+        elif isinstance(value, str):
+            prompts.append((st.model.tokenize(value, add_special=True, parse_special=True), value))
+        else:
+            prompts.append((value, st.model.detokenize(value)))
     scored = legacy_top if echo and legacy_top is not None else None  # echo scores the prompt's tokens
-    job, max_tokens = c.make_request(st, ids, fields, prompt_logprobs=scored)
-    handle = c.submit(st, job)
+    jobs = [c.make_request(st, ids, fields, prompt_logprobs=scored) for ids, _ in prompts]
+    handles = c.submit_all(st, [job for job, _ in jobs])
+    max_tokens = jobs[0][1]
     cid, created = c.new_id("cmpl"), c.now()
     if fields["stream"]:
+        handle = handles[0]
         events = iter(handle)
         first = c.first_events(events, fields["return_progress"])
         return c.stream_response(_text_chunks(st, events, first, handle, fields, cid, created, legacy_top),
                                  handle)
-    out = c.collect(handle, lambda: c.TokenLogprobs.for_request(st, fields))
-    prefix = prompt_text if echo else ""
-    choices = [{"index": i, "text": prefix + choice.text, "finish_reason": choice.done["finish_reason"],
-                "logprobs": choice.logprobs if legacy_top is None else c.legacy_logprobs(
-                    st, choice.logprobs["content"], out.prompt_logprobs if echo else None, ids)}
-               for i, choice in enumerate(out.choices)]
-    return _response(st, out, fields, max_tokens, prompt_text, cid, created, "text_completion", choices,
-                     verbose_ids=ids if verbose(st, body) else None)
+    outs = [c.collect(handle, lambda: c.TokenLogprobs.for_request(st, fields)) for handle in handles]
+    choices = []  # OpenAI's order: prompt by prompt, each prompt's n choices
+    for out, (ids, text) in zip(outs, prompts):
+        for choice in out.choices:
+            choices.append({"index": len(choices), "text": (text if echo else "") + choice.text,
+                            "finish_reason": choice.done["finish_reason"],
+                            "logprobs": choice.logprobs if legacy_top is None else c.legacy_logprobs(
+                                st, choice.logprobs["content"], out.prompt_logprobs if echo else None, ids)})
+    texts = [text for _, text in prompts]
+    return _response(st, c.merged(outs), fields, max_tokens, texts if several else texts[0], cid, created,
+                     "text_completion", choices, verbose_ids=prompts[0][0] if verbose(st, body) else None)
 
 
 def _text_chunks(st, events, first, handle, fields, cid, created, legacy_top=None):

@@ -143,6 +143,19 @@ def submit(st: ServerState, job: Request) -> Handle:
         raise invalid(str(error), None) from None
 
 
+def submit_all(st: ServerState, jobs: list[Request]) -> list[Handle]:
+    """Submit several requests (the engine runs them side by side); if one is refused, none runs."""
+    handles: list[Handle] = []
+    try:
+        for job in jobs:
+            handles.append(submit(st, job))
+    except APIError:
+        for handle in handles:
+            handle.cancel()
+        raise
+    return handles
+
+
 def shutting_down() -> APIError:
     return APIError(503, "the server is shutting down", code="shutting_down", type="server_error",
                     headers={"Retry-After": str(RETRY_AFTER_S)})
@@ -300,6 +313,16 @@ class Outcome:
     @property
     def n_predicted(self) -> int:
         return sum(c.done["n_predicted"] for c in self.choices)
+
+
+def merged(outcomes: list[Outcome]) -> Outcome:
+    """Several prompts' outcomes as one answer's: every choice in order, the prompts' tokens summed."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    starts = [o.start for o in outcomes]
+    start = {"slot": starts[0].get("slot", -1), "prompt_ms": max(s.get("prompt_ms", 0.0) for s in starts),
+             **{k: sum(s.get(k, 0) for s in starts) for k in ("n_prompt", "n_cached")}}
+    return Outcome([choice for o in outcomes for choice in o.choices], start)
 
 
 def collect(handle: Handle, probs: Callable[[], "TokenLogprobs | None"]) -> Outcome:

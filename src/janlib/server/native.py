@@ -129,14 +129,7 @@ def run_native(st: ServerState, prompts: list[list[int]], fields: dict) -> Respo
     """Submit every prompt at once (the engine runs them side by side) and answer in llama.cpp's shape:
     one object, or a list with one per prompt and choice."""
     jobs = [c.make_request(st, ids, fields) for ids in prompts]
-    handles = []
-    try:
-        for job, _ in jobs:
-            handles.append(c.submit(st, job))
-    except APIError:
-        for handle in handles:
-            handle.cancel()
-        raise
+    handles = c.submit_all(st, [job for job, _ in jobs])
     max_tokens = jobs[0][1]
     if fields["stream"]:
         return _stream(st, handles, fields, max_tokens)
