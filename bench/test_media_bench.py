@@ -52,8 +52,8 @@ def test_image_block_prefill_beside_tokens(benchmark, gemma, report):
     t_image = best_prefill(ctx, image, embd, labels)
     n = PREFIX + IMAGE_ROWS
     report(f"gemma3-270m prefill of {PREFIX} tokens + {IMAGE_ROWS} rows, {THREADS} threads: token rows "
-           f"{n / t_tokens:.0f} t/s, embedding rows {n / t_causal:.0f} t/s, as a non-causal block {n / t_image:.0f} t/s "
-           f"(its rows see the whole block: more attention)")
+           f"{n / t_tokens:.0f} t/s, embedding rows {n / t_causal:.0f} t/s, as a non-causal block "
+           f"{n / t_image:.0f} t/s (its rows see the whole block: more attention)")
     benchmark.pedantic(best_prefill, args=(ctx, image, embd, labels), rounds=1, iterations=1)
 
 

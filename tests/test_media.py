@@ -174,7 +174,8 @@ def test_bad_embedding_batches_are_refused(tiny):
     with pytest.raises(ValueError, match="spans sequences 0 and 1"):
         ctx.decode(np.array([1, 2]), np.zeros(2, int), np.array([0, 1]), np.ones(2, bool), non_causal_blocks=[1, 1])
     with pytest.raises(ValueError, match="longer than n_batch = 8"):
-        ctx.decode(np.arange(12), np.arange(12), np.zeros(12, int), np.ones(12, bool), non_causal_blocks=[0] * 3 + [1] * 9)
+        ctx.decode(np.arange(12), np.arange(12), np.zeros(12, int), np.ones(12, bool),
+                   non_causal_blocks=[0] * 3 + [1] * 9)
     assert ctx.seq_len(0) == 0 and ctx.seq_len(1) == 0
 
 
@@ -267,7 +268,8 @@ def test_the_same_image_is_neither_encoded_nor_evaluated_again(vlm):
     model.projector.embed_image = lambda *args: calls.append(args) or encode(*args)
     try:
         answer = "".join(t.text for t in model.generate(first, max_tokens=4))
-        second = model.media_prompt(PROMPT_TEXT + answer + " and this: <__media__>?", [landscape, image_bytes("portrait")])
+        second = model.media_prompt(PROMPT_TEXT + answer + " and this: <__media__>?",
+                                    [landscape, image_bytes("portrait")])
         assert len(calls) == 1  # the portrait only
         generation = model.generate(second, max_tokens=4)
         list(generation)
@@ -329,7 +331,8 @@ def test_chat_with_an_image_url_part(vlm):
     want = "".join(t.text for t in model.generate(prompt, max_tokens=4))
     assert model.chat(messages, max_tokens=4) == want
     bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}]
-    with pytest.raises(janlib.errors.InvalidMediaError, match=r"^messages\[0\]\.content\[0\]\.image_url: not valid base64"):
+    with pytest.raises(janlib.errors.InvalidMediaError,
+                       match=r"^messages\[0\]\.content\[0\]\.image_url: not valid base64"):
         model.chat(bad)
     remote = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}]
     with pytest.raises(janlib.errors.InvalidMediaError, match="only data: URIs"):

@@ -177,8 +177,8 @@ class BatchContext:
         if n_embd_rows or embd is not None:
             embd = np.ascontiguousarray(embd if embd is not None else np.empty((0, self.n_embd)), dtype=np.float32)
             if embd.shape != (n_embd_rows, self.n_embd):
-                raise ValueError(f"embd must have shape ({n_embd_rows}, {self.n_embd}) for the {n_embd_rows} rows whose "
-                                 f"token is TOKEN_EMBD, got {embd.shape}")
+                raise ValueError(f"embd must have shape ({n_embd_rows}, {self.n_embd}) for the {n_embd_rows} rows "
+                                 f"whose token is TOKEN_EMBD, got {embd.shape}")
             if not np.all(np.isfinite(embd)):
                 raise ValueError("embd must be finite")
         if non_causal_blocks is not None:

@@ -58,7 +58,8 @@ def image_host():
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (the http.server name)
-            body = {"/landscape.png": LANDSCAPE, "/huge.png": b"\x89PNG" + bytes(REMOTE_MEDIA_MAX_BYTES - 3)}.get(self.path)
+            huge = b"\x89PNG" + bytes(REMOTE_MEDIA_MAX_BYTES - 3)
+            body = {"/landscape.png": LANDSCAPE, "/huge.png": huge}.get(self.path)
             if body is None:
                 self.send_error(404)
                 return
@@ -167,7 +168,8 @@ def test_bad_images_are_400_naming_the_field(gemma3):
         {"role": "user", "content": [{"type": "text", "text": "hi"}, bad_part]}]}), "messages[0].content[1].image_url")
     r = post(gemma3, "/v1/messages", {"model": "gemma3", "max_tokens": 2, "messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "%%%"}}]}]})
-    assert r.status_code == 400 and "messages[0].content[0].source.data" in r.json()["error"]["message"]  # Anthropic's envelope
+    # Anthropic's envelope: no param, the field in the message
+    assert r.status_code == 400 and "messages[0].content[0].source.data" in r.json()["error"]["message"]
     error(post(gemma3, "/v1/completions", {"model": "gemma3", "prompt": [1, 2], "multimodal_data": [B64]}),
           "multimodal_data")
     error(post(gemma3, "/completion", {"prompt": {"prompt_string": text, "multimodal_data": ["@"]}}),
@@ -179,14 +181,15 @@ def test_bad_images_are_400_naming_the_field(gemma3):
 
 
 def test_remote_images_with_allow_remote_media(idefics3_remote, image_host):
-    inline = chat(idefics3_remote, [{"type": "image_url", "image_url": {"url": DATA_URI}}, {"type": "text", "text": "?"}])
+    inline = chat(idefics3_remote, [{"type": "image_url", "image_url": {"url": DATA_URI}},
+                                    {"type": "text", "text": "?"}])
     remote = chat(idefics3_remote, [{"type": "image_url", "image_url": {"url": image_host + "/landscape.png"}},
                                     {"type": "text", "text": "?"}])
     assert remote["choices"][0]["message"] == inline["choices"][0]["message"]
     assert remote["usage"]["prompt_tokens"] == inline["usage"]["prompt_tokens"] > 80  # idefics3: 4 tiles + overview
     for path, text in (("/missing.png", "HTTP 404"), ("/huge.png", "limit")):
-        r = post(idefics3_remote, "/v1/chat/completions", {"model": "idefics3", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": image_host + path}}]}]})
+        r = post(idefics3_remote, "/v1/chat/completions", {"model": "idefics3", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_host + path}}]}]})
         assert text in error(r, "messages[0].content[0].image_url")
     chat(idefics3_remote, [{"type": "image_url", "image_url": {"url": image_host + "/landscape.png"}}])
 
