@@ -1,6 +1,8 @@
 """The vision side of images: mmproj loading, image decoding and preprocessing, the C vision tower and the
 projectors, against transformers' references stored by tests/fixtures/make_vlm_fixtures.py (tiny random
-VLMs converted by llama.cpp's converters: idefics3, gemma3, llava)."""
+VLMs converted by llama.cpp's converters: idefics3, gemma3, llava; idefics3-single's images fit one tile, where
+llama.cpp's layout (a 1x1 grid plus the overview) is not transformers' (the image alone), and llama.cpp's is
+the one janlib follows)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from janlib.tokenizer import Tokenizer
 from janlib.vision import decode_image, load_projector
 
 VLM = Path(__file__).parent / "fixtures" / "vlm"
-CASES = ("idefics3", "gemma3", "llava")
+CASES = ("idefics3", "idefics3-single", "gemma3", "llava")
 IMAGES = ("landscape.png", "portrait.jpg")
 
 
@@ -128,7 +130,7 @@ def test_image_prompt_logits_match_transformers(case, name):
 
 def test_projector_facts(case):
     arch, projector, _ = case
-    assert projector.projector_type == {"llava": "mlp"}.get(arch, arch)
+    assert projector.projector_type == {"llava": "mlp", "idefics3-single": "idefics3"}.get(arch, arch)
     assert projector.n_embd_text == 64
     assert projector.non_causal == (arch == "gemma3")  # llama.cpp's mtmd: gemma3 sees an image both ways
 
