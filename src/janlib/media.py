@@ -105,15 +105,11 @@ class EmbeddingCache:
         self.capacity = capacity
         self._entries: OrderedDict[int, list] = OrderedDict()
         self.lock = threading.Lock()
-        self.hits = self.misses = 0
 
     def get(self, key: int) -> list | None:
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
-            self.hits += 1
-        else:
-            self.misses += 1
         return entry
 
     def put(self, key: int, layout: list) -> None:
