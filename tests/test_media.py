@@ -337,3 +337,25 @@ def test_chat_with_an_image_url_part(vlm):
     remote = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}]
     with pytest.raises(janlib.errors.InvalidMediaError, match="only data: URIs"):
         model.chat(remote)
+
+
+def test_an_image_block_goes_whole_past_the_step_budget(vlm):
+    """n_batch 4 with another sequence generating: a step has 3 rows left for the prompt, fewer than gemma3's
+    4-row image block, which then goes whole (5 rows: the C context ends its first chunk before the block)."""
+    case, model, _ = vlm
+    if not model.projector.non_causal:
+        pytest.skip("the block rule is for non-causal images")
+    engine = janlib.Engine(model, n_seq_max=2, n_ctx=256, n_batch=4, max_gap_ms=None, kv_type="f32")
+    steps = []  # each step's chunk sizes
+    decode = engine._decode
+    engine._decode = lambda entries: steps.append([len(chunk) for _, chunk in entries]) or decode(entries)
+    prompt = model.media_prompt(PROMPT_TEXT, [image_bytes("portrait")])
+    try:
+        running = engine.submit(janlib.Request(model.tokenize("hello world, what is this?"), max_tokens=200,
+                                               ignore_eos=True))
+        result = engine.submit(janlib.Request(prompt, max_tokens=6)).result()
+        running.cancel()
+    finally:
+        engine.close()
+    assert any(sum(step) > 4 for step in steps), steps  # only the block goes past the budget
+    assert result.choices[0].tokens == [t.id for t in model.generate(prompt, max_tokens=6) if t.id is not None]
