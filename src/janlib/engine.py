@@ -336,13 +336,14 @@ class Engine:
     between two of their tokens) takes about this long (None: n_batch whatever it costs); queue_size: requests that may
     wait for a sequence beyond the idle ones (None: no limit; past it submit raises QueueFull);
     context: a ready multi-sequence context (default: model.create_context(...)); mmproj: a multimodal
-    projector GGUF for a model loaded here (prompts may then be MediaPrompts with images)."""
+    projector GGUF for a model loaded here (prompts may then be MediaPrompts with images); swa_full:
+    sliding-window layers keep every position (default: only their window; see BatchContext)."""
 
     def __init__(self, model: Model | str | None = None, n_seq_max: int = 4, n_ctx: int | None = None,
                  n_threads: int | None = None, n_batch: int = DEFAULT_BATCH, queue_size: int | None = None,
                  kv_type: str = "f16", n_cells: int | None = None, context: Any = None,
                  max_gap_ms: float | None = DEFAULT_MAX_GAP_MS, kv_type_v: str | None = None,
-                 mmproj: str | None = None):
+                 mmproj: str | None = None, swa_full: bool = False):
         for name, value, low in (("n_seq_max", n_seq_max, 1), ("n_batch", n_batch, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -354,7 +355,8 @@ class Engine:
             Model(model, n_ctx=n_ctx, n_threads=n_threads, kv_type=kv_type, kv_type_v=kv_type_v, mmproj=mmproj)
         if context is None:
             context = self.model.create_context(n_ctx=n_ctx or self.model.n_ctx, n_seq_max=n_seq_max,
-                                                n_cells=n_cells, kv_type=kv_type, n_batch=n_batch, kv_type_v=kv_type_v)
+                                                n_cells=n_cells, kv_type=kv_type, n_batch=n_batch, kv_type_v=kv_type_v,
+                                                swa_full=swa_full)
         self.context = context
         self.n_seq_max = context.n_seq_max
         self.n_ctx = context.n_ctx

@@ -183,11 +183,11 @@ class Model:
         self._cached = []
 
     def create_context(self, n_ctx: int = 2048, n_seq_max: int = 4, n_cells: int | None = None, kv_type: str = "f16",
-                       n_batch: int = 512, kv_type_v: str | None = None) -> BatchContext:
+                       n_batch: int = 512, kv_type_v: str | None = None, swa_full: bool = False) -> BatchContext:
         """A KV cache for n_seq_max sequences of at most n_ctx positions each, sharing n_cells cells
         (default n_ctx * n_seq_max) and this model's weights: see janlib.BatchContext."""
         return BatchContext(self._runtime, n_ctx=n_ctx, n_seq_max=n_seq_max, n_cells=n_cells, kv_type=kv_type,
-                            n_batch=n_batch, n_threads=self._runtime.n_threads, kv_type_v=kv_type_v)
+                            n_batch=n_batch, n_threads=self._runtime.n_threads, kv_type_v=kv_type_v, swa_full=swa_full)
 
     def sampler(self, sampling: SamplingParams | None = None, ignore_eos: bool = False) -> Sampler:
         """The sampler chain for one generation (validated against this vocabulary)."""

@@ -61,7 +61,8 @@ def load_engine(config: ServerConfig) -> Engine:
         raise ConfigError(f"a context of {model.n_ctx} tokens split over {config.parallel} slots leaves none")
     options = {"n_batch": config.batch_size} if config.batch_size else {}
     return Engine(model, n_seq_max=config.parallel, n_ctx=n_ctx, n_threads=config.threads,
-                  queue_size=config.queue_size, kv_type=config.cache_type_k, kv_type_v=config.cache_type_v, **options)
+                  queue_size=config.queue_size, kv_type=config.cache_type_k, kv_type_v=config.cache_type_v,
+                  swa_full=config.swa_full, **options)
 
 
 def create_app(config: ServerConfig | None = None, engine: Engine | None = None) -> Flask:

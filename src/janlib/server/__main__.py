@@ -110,7 +110,7 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
     p.add_argument("--cors-origins", dest="cors_origin", action="extend", type=_comma_separated, metavar="ORIGINS",
                    help="as --cors-origin, comma-separated (llama-server's name)")
     p.add_argument("--swa-full", action="store_true",
-                   help="accepted: janlib keeps sliding-window layers' cache full size anyway")
+                   help="keep every position in sliding-window layers' KV cache (default: only their window)")
     p.add_argument("--cache-ram", "-cram", type=int, metavar="MIB",
                    help="accepted: janlib's prompt cache is the slots' own KV cells, no copy in RAM besides")
     p.add_argument("--cache-idle-slots", "--no-cache-idle-slots", action="store_true",
@@ -161,7 +161,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.serv
     aliases = sorted({n.strip() for n in (a.alias or "").split(",") if n.strip()})
     return ServerConfig(model=a.model, host=a.host, port=a.port, api_keys=api_keys,
                         threads=a.threads, ctx_size=a.ctx_size, parallel=a.parallel, kv_unified=a.kv_unified,
-                        cache_type_k=a.cache_type_k, cache_type_v=a.cache_type_v,
+                        cache_type_k=a.cache_type_k, cache_type_v=a.cache_type_v, swa_full=a.swa_full,
                         batch_size=a.batch_size, queue_size=a.queue_size,
                         alias=aliases[0] if aliases else a.alias, aliases=aliases[1:],
                         tags=[t.strip() for t in (a.tags or "").split(",") if t.strip()],

@@ -37,6 +37,7 @@ class ServerConfig:
     kv_unified: bool = False
     cache_type_k: str = "f16"  # KV cache types (llama-server's -ctk, -ctv): one of KV_CACHE_TYPES
     cache_type_v: str = "f16"
+    swa_full: bool = False  # --swa-full: sliding-window layers keep every position, not only their window
     batch_size: int | None = None  # tokens per engine step (llama-server's -b); None = the engine's default
     queue_size: int = 16  # requests that may wait for a slot before 503
     alias: str | None = None  # the model id served; None = the file name
