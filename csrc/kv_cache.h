@@ -94,6 +94,25 @@ static inline uint8_t *jl_kv_v(const jl_kv_cache *c, int layer, int32_t page, in
     return jl_kv_k(c, layer, page, head) + c->k_bytes;
 }
 
+/* One layer and KV head of one sequence's pages, looked up once for a walk over its positions:
+ * jl_kv_at(&view, pos) is the (JL_KV_PAGE, Dk) K block of the page holding pos, its V block
+ * k_bytes further. */
+typedef struct {
+    const int32_t *table;  /* (max_pages,) the sequence's page ids in the layer's pool */
+    const uint8_t *base;   /* the layer's and head's K block in page 0 */
+    size_t page_bytes;
+} jl_kv_view;
+static inline jl_kv_view jl_kv_view_of(const jl_kv_cache *c, int layer, int32_t seq, int head) {
+    const jl_kv_pool *p = jl_kv_pool_of(c, layer);
+    const jl_kv_view view = {p->table + (size_t)seq * c->max_pages,
+                             p->data + ((size_t)c->layer_slot[layer] * c->n_head_kv + (size_t)head) * (c->k_bytes + c->v_bytes),
+                             p->page_bytes};
+    return view;
+}
+static inline const uint8_t *jl_kv_at(const jl_kv_view *view, int64_t pos) {
+    return view->base + (size_t)view->table[pos / JL_KV_PAGE] * view->page_bytes;
+}
+
 /* k (Dk,) and v (Dv,) of one position into page slot `slot` of a layer and KV head, converted to
  * the cache types */
 void jl_kv_write(const jl_kv_cache *c, int layer, int32_t page, int head, int slot, const float *k, const float *v);

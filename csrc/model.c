@@ -701,6 +701,7 @@ static void attention_task(void *arg, int ith, int nth) {
         const int32_t *rows = ch->group_rows + ch->group_start[grp];
         const int nr = (int)(ch->group_start[grp + 1] - ch->group_start[grp]);
         const int32_t seq = ch->seq[rows[0]];
+        const jl_kv_view view = jl_kv_view_of(kv, job->layer, seq, (int)g);
         const int nq = nh * nr;
         int64_t lo = INT64_MAX, hi = 0;  /* the span of positions any of the queries sees */
         for (int qi = 0; qi < nq; qi++) {
@@ -720,7 +721,7 @@ static void attention_task(void *arg, int ith, int nth) {
             const int64_t base = block * ATTN_BLOCK, p_lo = lo > base ? lo : base,
                           p_hi = hi < base + ATTN_BLOCK - 1 ? hi : base + ATTN_BLOCK - 1;
             for (int64_t p = p_lo; p <= p_hi; p++) {
-                const uint8_t *k_row = jl_kv_k(kv, job->layer, jl_kv_page(kv, job->layer, seq, p), (int)g) + (size_t)(p % JL_KV_PAGE) * kv->k_row;
+                const uint8_t *k_row = jl_kv_at(&view, p) + (size_t)(p % JL_KV_PAGE) * kv->k_row;
                 job->k_dot(Dk, k_row, queries, job->q_bytes, nq, s);
                 for (int qi = 0; qi < nq; qi++) probs[qi * ATTN_BLOCK + (p - base)] = s[qi] * d->attention_scale;
             }
@@ -740,7 +741,7 @@ static void attention_task(void *arg, int ith, int nth) {
             if (kv->v_trans) {
                 const int64_t page_lo = p_lo / JL_KV_PAGE, n_pages = p_hi / JL_KV_PAGE - page_lo + 1;
                 for (int64_t i = 0; i < n_pages; i++)
-                    pages[i] = jl_kv_v(kv, job->layer, jl_kv_page(kv, job->layer, seq, (page_lo + i) * JL_KV_PAGE), (int)g);
+                    pages[i] = jl_kv_at(&view, (page_lo + i) * JL_KV_PAGE) + kv->k_bytes;
                 const float *block_probs = probs + (page_lo * JL_KV_PAGE - base);
                 for (int dim = 0; dim < Dv; dim++) {
                     job->v_dot_pages(JL_KV_PAGE, n_pages, pages, (size_t)dim * JL_KV_PAGE * kv->v_elem, block_probs,
@@ -755,7 +756,7 @@ static void attention_task(void *arg, int ith, int nth) {
                 if (seen >> qi & 1)
                     for (int dim = 0; dim < Dv; dim++) out[qi][dim] *= rescale[qi];
             for (int64_t p = p_lo; p <= p_hi; p++) {
-                job->v_to_float(jl_kv_v(kv, job->layer, jl_kv_page(kv, job->layer, seq, p), (int)g) + (size_t)(p % JL_KV_PAGE) * kv->v_row,
+                job->v_to_float(jl_kv_at(&view, p) + kv->k_bytes + (size_t)(p % JL_KV_PAGE) * kv->v_row,
                                 v_row, Dv);
                 for (int qi = 0; qi < nq; qi++) {
                     if (p < q_first[qi] || p > q_last[qi]) continue;
