@@ -140,6 +140,21 @@ def test_one_image_in_every_form_gives_one_answer(gemma3):
     assert reply.usage.input_tokens == joined["usage"]["prompt_tokens"]
 
 
+def test_responses_input_image(gemma3):
+    """The Responses API's input_image parts are the same image as a chat image_url part."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=gemma3.base + "/v1", api_key="none", max_retries=0, timeout=120)
+    reply = client.responses.create(model="gemma3", max_output_tokens=6, temperature=0, input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "what is this?"},
+                                     {"type": "input_image", "image_url": DATA_URI}]}])
+    marker = chat(gemma3, "what is this?<__media__>", multimodal_data=[B64])
+    assert reply.output_text == marker["choices"][0]["message"]["content"]
+    assert reply.usage.input_tokens == marker["usage"]["prompt_tokens"]
+    bad = post(gemma3, "/v1/responses", {"model": "gemma3", "instructions": "be brief", "input": [
+        {"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]})
+    error(bad, "input[0].content[0].image_url")
+
+
 def test_the_next_turn_reuses_the_image(gemma3):
     first = chat(gemma3, "describe <__media__>", multimodal_data=[B64], id_slot=1)
     answer = first["choices"][0]["message"]["content"]

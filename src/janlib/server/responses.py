@@ -9,16 +9,19 @@ Nothing is stored, so previous_response_id and store: true are refused."""
 from __future__ import annotations
 
 import itertools
+import re
 
 from flask import Blueprint, jsonify, request
 
 from . import completion as c
 from . import schema, sse
-from .chat import prepare, submit
+from .chat import prepare_body, submit
 from .errors import APIError, invalid
 from .state import state
 
 bp = Blueprint("responses", __name__)
+
+_MESSAGE_NAME = re.compile(r"\bmessages(?:\[(\d+)\])?")
 
 # Responses names → chat names
 _RENAMED = {"max_output_tokens": "max_tokens"}
@@ -72,7 +75,7 @@ def chat_body(body: dict) -> dict:
 
 
 def input_messages(value) -> list[dict]:
-    """input (a string, or message / function_call / function_call_output items) as chat messages: a
+    """input (a string, or message / function_call / function_call_output items) as raw chat messages: a
     run of function_call items is one assistant message with tool_calls."""
     if value is schema._MISSING or value is None:
         raise invalid("'input' is required", "input", "missing_required_parameter")
@@ -89,8 +92,7 @@ def input_messages(value) -> list[dict]:
         if kind == "message":
             content = item.get("content")
             if isinstance(content, list):
-                content = [{"type": "text", "text": part.get("text")} if isinstance(part, dict) and part.get("type") in
-                           ("input_text", "output_text", "text") else part for part in content]
+                content = [_chat_part(part) for part in content]
             messages.append({"role": item.get("role"), "content": content})
         elif kind == "function_call":
             call = {"id": item.get("call_id"), "type": "function",
@@ -108,12 +110,19 @@ def input_messages(value) -> list[dict]:
         else:
             raise invalid(f"'{p}.type' must be message, function_call or function_call_output, got {kind!r}",
                           f"{p}.type")
-    try:
-        return schema.parse_messages(messages)
-    except APIError as error:  # name the input item, not the message made of it
-        error.param = error.param and error.param.replace("messages", "input", 1)
-        error.message = error.message.replace("'messages", "'input", 1)
-        raise
+    return messages
+
+
+def _chat_part(part):
+    """A Responses content part as the chat content part it stands for (input_image: an image_url part)."""
+    if not isinstance(part, dict):
+        return part
+    kind = part.get("type")
+    if kind in ("input_text", "output_text", "text"):
+        return {"type": "text", "text": part.get("text")}
+    if kind == "input_image":
+        return {"type": "image_url", "image_url": part.get("image_url")}
+    return part
 
 
 def _chat_tools(tools) -> list:
@@ -136,11 +145,14 @@ def create_response():
     body = schema.parse_json_body(request.get_data(cache=False))
     c.check_model_name(st, body)
     chat = chat_body(body)
-    messages = chat.pop("messages")
-    fields = schema.parse_fields(chat)
-    options = schema.parse_chat_options(chat)
-    c.check_request_options(st, fields)
-    setup = prepare(st, messages, options, fields)
+    try:
+        setup, fields, options = prepare_body(st, chat)
+    except APIError as error:  # name the input item, not the chat message made of it
+        shift = 1 if body.get("instructions") else 0  # the system message the instructions became
+        rename = lambda m: f"input[{int(m[1]) - shift}]" if m[1] else "input"  # noqa: E731
+        error.param = error.param and _MESSAGE_NAME.sub(rename, error.param, 1)
+        error.message = _MESSAGE_NAME.sub(rename, error.message, 1)
+        raise
     handle, _ = submit(st, setup, fields)
     shell = _shell(st, body, options)
     if fields["stream"]:
