@@ -66,7 +66,6 @@ def test_each_field_out_of_range_is_400(api, name):
 
 
 @pytest.mark.parametrize("body, param", [
-    ({"messages": MSGS}, "model"),
     ({"model": MODEL_ID}, "messages"),
     ({"model": MODEL_ID, "messages": []}, "messages"),
     ({"model": MODEL_ID, "messages": "hi"}, "messages"),

@@ -33,11 +33,11 @@ ANTHROPIC_PATH = "/v1/messages"
 
 
 def check_model_name(st: ServerState, body: dict) -> None:
-    """The /v1 routes follow OpenAI's schema: model is required and must name the served model. llama-server's
-    own routes (no /v1: /chat/completions, /completions) serve the loaded model when none is named, as it does.
-    Anthropic's /v1/messages takes any name: its clients (Claude Code) send Anthropic's model names, which a
+    """A request that names no model (absent or null) gets the served one, as llama-server and vLLM answer it:
+    scripts written for them leave it out. A name must be the served model's (404 otherwise, OpenAI's answer),
+    except on Anthropic's /v1/messages: its clients (Claude Code) send Anthropic's model names, which a
     one-model server can only answer with its model (llama-server does the same)."""
-    if body.get("model") is None and not request.path.startswith("/v1/"):
+    if body.get("model") is None:
         return
     name = schema.require_model(body)
     if request.path.startswith(ANTHROPIC_PATH):
