@@ -63,7 +63,7 @@ def test_stream_event_sequence(client):
 
 def test_streamed_call(client):
     with client.responses.create(model=MODEL_ID, input="Weather in Paris?", tools=[WEATHER], tool_choice="required",
-                                 max_output_tokens=60, stream=True) as stream:
+                                 max_output_tokens=60, temperature=0, stream=True) as stream:
         events = list(stream)
     kinds = [e.type for e in events]
     assert "response.function_call_arguments.delta" in kinds and kinds[-1] == "response.completed"
