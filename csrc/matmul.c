@@ -23,7 +23,7 @@
 #define GEMM_MIN_ROWS 8   /* below this the weight repacking costs more than the GEMM saves (measured: at 8 rows it wins or ties) */
 #define CACHED_GEMM_MIN_ROWS 1   /* with packed weights kept (measured: from 1 row the GEMM wins) */
 #define STRIP_PANELS 16   /* weight panels a GEMM thread repacks and keeps in L2 at a time */
-#define WIDEN_MIN_ROWS 16   /* from here kept nibble panels are widened per strip: the tiles then skip the unpacking */
+#define WIDEN_MIN_ROWS 64   /* from here kept nibble panels are widened per strip: the tiles then skip the unpacking */
 
 typedef struct {
     const jl_type_traits *wt;  /* weight type */

@@ -11,9 +11,9 @@
  * sums with no unpacking, shuffling or gathering in the inner loop.
  *
  * Weights are repacked PANEL_ROWS rows at a time (unsigned q + offset; the 4-bit types keep two
- * steps per byte, step v in the low nibble and step v + steps / 2 in the high one, and every type
- * its fp16 block scales, so a packed Q4 panel is as small as the file's blocks and can be kept per
- * tensor); an activation row once per call, with its block scales per lane and, for the types with
+ * steps per byte, step v in the low nibble and step v + steps / 2 in the high one, and their block
+ * scales as fp16, so a packed Q4 panel is as small as the file's blocks and can be kept per
+ * tensor, then widened to bytes a strip at a time for many rows); an activation row once per call, with its block scales per lane and, for the types with
  * an offset, -offset * sum(qx) per block as the accumulator's start. The microkernel holds
  * PANEL_ROWS x TILE_COLS int32 block sums in registers: per step 4 weight and up to 4 activation
  * loads feed 16 vpdpbusd. */
@@ -32,13 +32,15 @@
 #define STEPS (QK / 4)                     /* vpdpbusd steps per block */
 #define STEP_BYTES 64                      /* one step of a group: 4 bytes of each of 16 blocks */
 
-#define HALVES_BYTES 32                    /* 16 fp16 scales */
+/* 16 block scales of a row: fp16 in the compact nibble layout, floats in the byte layout (no
+ * conversion in the tiles of many rows) */
+INLINE size_t scale_bytes(int nibbles) { return nibbles ? 32 : 64; }
 
 /* weight vectors per row for `steps` steps: nibble-packed types hold two steps in one */
 INLINE int w_vecs(int nibbles, int steps) { return nibbles ? steps / 2 : steps; }
 /* per group of a panel: w_vecs x PANEL_ROWS quant vectors, then d (and m) per row as 16 fp16 */
 INLINE size_t w_group_bytes(int nibbles, int has_min, int steps) {
-    return (size_t)w_vecs(nibbles, steps) * PANEL_ROWS * STEP_BYTES + PANEL_ROWS * (1 + has_min) * HALVES_BYTES;
+    return (size_t)w_vecs(nibbles, steps) * PANEL_ROWS * STEP_BYTES + PANEL_ROWS * (1 + has_min) * scale_bytes(nibbles);
 }
 /* per group of an activation row: STEPS quant vectors, dx, then s (types with a minimum) or the
  * offset correction (the others) */
@@ -91,12 +93,13 @@ INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int nibbles, in
         const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(n));
         const __m512i step_block = tail ? _mm512_loadu_si512(tail_block) : order;
         const __mmask16 step_live = _mm512_cmplt_epi32_mask(step_block, _mm512_set1_epi32(n));
-        __m256i *scales = (__m256i *)(pg + (size_t)vecs * PANEL_ROWS * STEP_BYTES);  /* d of each row, then m */
+        uint8_t *scales = pg + (size_t)vecs * PANEL_ROWS * STEP_BYTES;  /* d of each row, then m */
+        const size_t sb = scale_bytes(nibbles);
         for (int r = 0; r < PANEL_ROWS; r++) {
             if (r >= rows) {
                 for (int v = 0; v < vecs; v++) _mm512_store_si512(pg + (v * PANEL_ROWS + r) * STEP_BYTES, _mm512_setzero_si512());
-                scales[r] = _mm256_setzero_si256();
-                if (has_min) scales[PANEL_ROWS + r] = _mm256_setzero_si256();
+                memset(scales + r * sb, 0, sb);
+                if (has_min) memset(scales + (PANEL_ROWS + r) * sb, 0, sb);
                 continue;
             }
             const uint8_t *wg = w + r * w_row_bytes + g * GROUP * type_size;
@@ -116,8 +119,11 @@ INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int nibbles, in
                                    nibbles ? _mm512_or_si512(step[v], _mm512_slli_epi16(step[v + vecs], 4)) : step[v]);
             const __m512i dm = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live,
                                                            _mm512_mullo_epi32(order, _mm512_set1_epi32((int)type_size)), wg, 1);
-            scales[r] = halves_of(dm, 0);
-            if (has_min) scales[PANEL_ROWS + r] = halves_of(dm, 1);
+            for (int hi = 0; hi <= has_min; hi++) {
+                uint8_t *at = scales + (hi * PANEL_ROWS + r) * sb;
+                if (nibbles) _mm256_store_si256((__m256i *)at, halves_of(dm, hi));
+                else _mm512_store_ps(at, halves_to_ps(dm, hi));
+            }
         }
     }
 }
@@ -175,6 +181,10 @@ INLINE void step_sums(int nibbles, const uint8_t *pg, const uint8_t *xg, size_t 
     }
 }
 
+INLINE __m512 load_scales(int nibbles, const uint8_t *at) {
+    return nibbles ? _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)at)) : _mm512_load_ps(at);
+}
+
 /* PANEL_ROWS x nc outputs; vec_dot's float steps per group, in its order */
 INLINE void tile_legacy(int nibbles, int has_min, int64_t groups, int tail, const uint8_t *panel, const uint8_t *xp,
                         size_t x_stride, const int nc, int64_t rows, float *y, size_t y_stride) {
@@ -197,11 +207,11 @@ INLINE void tile_legacy(int nibbles, int has_min, int64_t groups, int tail, cons
         } else {
             step_sums(nibbles, pg, xg, x_stride, STEPS, nc, sums);
         }
-        const __m256i *scales = (const __m256i *)(pg + (size_t)w_vecs(nibbles, steps) * PANEL_ROWS * STEP_BYTES);
+        const uint8_t *scales = pg + (size_t)w_vecs(nibbles, steps) * PANEL_ROWS * STEP_BYTES;
         __m512 d[PANEL_ROWS], m[PANEL_ROWS];
         UNROLL for (int r = 0; r < PANEL_ROWS; r++) {
-            d[r] = _mm512_cvtph_ps(_mm256_load_si256(scales + r));
-            if (has_min) m[r] = _mm512_cvtph_ps(_mm256_load_si256(scales + PANEL_ROWS + r));
+            d[r] = load_scales(nibbles, scales + r * scale_bytes(nibbles));
+            if (has_min) m[r] = load_scales(nibbles, scales + (PANEL_ROWS + r) * scale_bytes(nibbles));
         }
         UNROLL for (int c = 0; c < nc; c++) {
             const __m512 dx = _mm512_load_ps(xg + c * x_stride + STEPS * STEP_BYTES);
@@ -250,8 +260,10 @@ INLINE void widen_legacy(int has_min, int64_t k, const uint8_t *panel, uint8_t *
                 _mm512_store_si512(dst + ((v + vecs) * PANEL_ROWS + r) * STEP_BYTES,
                                    _mm512_and_si512(_mm512_srli_epi16(p, 4), low));
             }
-        memcpy(dst + (size_t)steps * PANEL_ROWS * STEP_BYTES, src + (size_t)vecs * PANEL_ROWS * STEP_BYTES,
-               PANEL_ROWS * (1 + has_min) * HALVES_BYTES);
+        const uint8_t *halves = src + (size_t)vecs * PANEL_ROWS * STEP_BYTES;
+        float *floats = (float *)(dst + (size_t)steps * PANEL_ROWS * STEP_BYTES);
+        for (int i = 0; i < PANEL_ROWS * (1 + has_min); i++)
+            _mm512_store_ps(floats + 16 * i, load_scales(1, halves + i * scale_bytes(1)));
     }
 }
 
