@@ -134,10 +134,13 @@ static uint8_t *pool_k(const jl_kv_cache *c, const jl_kv_pool *p, int32_t page, 
     return p->data + (size_t)page * p->page_bytes + ((size_t)slot * c->n_head_kv + (size_t)head) * (c->k_bytes + c->v_bytes);
 }
 
-/* The first page a query at position pos or later can see in a pool: the window keeps positions
- * > pos - window, so the pages wholly below pos - window + 1 are seen by none. */
+/* The first page a windowed pool keeps for a sequence of length pos: the window keeps positions
+ * > pos - window, so the pages wholly below pos - window + 1 are seen by no later query; one page
+ * of slack more is kept, so a sequence can always be cut back a few positions (a chat template
+ * that renders the last answer's end differently, a stop string cut off). */
 static int32_t first_seen_page(const jl_kv_pool *p, int64_t pos) {
-    return p->window > 0 && pos >= p->window ? (int32_t)((pos - p->window + 1) / JL_KV_PAGE) : 0;
+    const int64_t kept_from = pos - p->window + 1 - JL_KV_PAGE;
+    return p->window > 0 && kept_from > 0 ? (int32_t)(kept_from / JL_KV_PAGE) : 0;
 }
 
 /* A page handed out is zeroed: positions past a sequence's length hold finite values, which

@@ -8,8 +8,8 @@
  *
  * Two pools, as llama.cpp's iSWA cache: one for the full-attention layers, one for the
  * sliding-window layers (either may be absent). A windowed pool works as a ring buffer of pages:
- * once a sequence's length passes a page by a window, no later query of it can see that page,
- * and the page goes back to the pool. A sequence therefore holds its windowed layers' K and V
+ * once a sequence's length passes a page by a window (and one page of slack), no later query of it
+ * can see that page, and the page goes back to the pool. A sequence therefore holds its windowed layers' K and V
  * only from pos_min on (a whole page): it can be cut back (seq_rm) or copied (seq_cp) only to a
  * length whose window it still holds, or to 0 (jl_kv_cut_min); a caller recomputes otherwise.
  *

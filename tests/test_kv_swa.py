@@ -16,7 +16,7 @@ import pytest
 
 import janlib
 from janlib import KVCacheFull, _core
-from janlib.engine import Request
+from janlib.engine import Engine, Request
 from janlib.models import load_runtime
 from reference_forward import Reference
 from test_engine import ids, make_engine, model  # noqa: F401 (fixtures: the engine over a fake context)
@@ -114,7 +114,8 @@ def test_within_rounding_of_the_float64_reference(tmp_path, window):
 
 def test_pages_in_use_are_the_window_and_the_full_layers(runtime):
     """After each decode a sequence holds its full-attention pages and, in the windowed layers,
-    only the pages from the one holding position len - window + 1 on."""
+    only the pages from the one holding position len - window + 1 on, and one page more (the
+    slack that lets a sequence be cut back a few positions)."""
     window = window_of(runtime)
     full_page, window_page = page_bytes(runtime)
     ctx = janlib.BatchContext(runtime, n_ctx=400, n_seq_max=1, n_batch=32)
@@ -122,10 +123,11 @@ def test_pages_in_use_are_the_window_and_the_full_layers(runtime):
     feed(ctx, 0, ids_[:1])
     for n in [37, 64, 65, 130, 200, 201, 202, 333, 400]:
         feed(ctx, 0, ids_[ctx.seq_len(0):n])
-        first = max(0, n - window + 1) // PAGE
+        first = max(0, n - window + 1 - PAGE) // PAGE
         held = -(-n // PAGE) - first
         assert ctx.kv_bytes == -(-n // PAGE) * full_page + held * window_page, n
-        assert held <= -(-(window - 1) // PAGE) + 1
+        assert held <= -(-(window - 1) // PAGE) + 2
+        assert first == 0 or ctx.seq_pos_min(0)[1] <= n - PAGE  # the slack: a page's worth can be cut
         assert ctx.seq_pos_min(0) == (first * PAGE, first * PAGE + window - 1 if first else 0)
     assert janlib.BatchContext(runtime, n_ctx=400, n_seq_max=1, swa_full=True).seq_pos_min(0) == (0, 0)
 
@@ -243,3 +245,22 @@ def test_engine_context_shift_recomputes_when_the_window_lost_kept_tokens(make_e
     assert got.info["truncated"] and got.tokens == want.tokens and len(got.tokens) == 80
     assert wctx.seqs[0][:40] == ids(40)
     assert any(len(t) > 40 for t, _, _ in wctx.batches)  # the kept tokens and the rest, evaluated again
+
+
+@pytest.mark.slow
+def test_gemma3_engine_reuses_and_recomputes_as_a_cold_cache_answers(gemma3_path):
+    """Gemma-3-270M (a 512-position window on 15 of 18 layers): after a 700-token prompt, a longer
+    one reuses all of it and one sharing only its first 300 tokens is evaluated again; greedy
+    answers equal Model.generate's from a cold cache."""
+    model = janlib.Model(gemma3_path, n_ctx=1024, n_threads=2)
+    engine = Engine(model, n_seq_max=1, n_ctx=1024, n_threads=2)
+    try:
+        prompt = [int(t) for t in np.random.default_rng(19).integers(1000, 20000, 700)]
+        requests = [prompt, prompt + [2000, 3000, 4000], prompt[:300] + [5000, 6000]]
+        results = [engine.submit(Request(ids_, max_tokens=4, ignore_eos=True)).result() for ids_ in requests]
+        assert [r.n_cached_tokens for r in results] == [0, 700, 0]
+        for ids_, result in zip(requests, results):
+            model.reset()
+            assert result.choices[0].tokens == [t.id for t in model.generate(ids_, max_tokens=4, ignore_eos=True) if t.id is not None]
+    finally:
+        engine.close()
