@@ -230,3 +230,12 @@ def test_named_templates_write_llamacpp_builtin_formats():
     assert ChatTemplate(NAMED_TEMPLATES["gemma"]).render(messages) == (
         "<start_of_turn>user\nYou are a test.\n\nHi there<end_of_turn>\n<start_of_turn>model\n")
     assert ChatTemplate(NAMED_TEMPLATES["phi3"]).render(messages[1:]) == "<|user|>\n Hi there <|end|>\n<|assistant|>\n"
+
+
+def test_a_continued_message_joins_its_parts_with_a_blank_line():
+    """llama.cpp joins a prefilled assistant message's text parts with a blank line, other messages' with one newline."""
+    template = ChatTemplate(CHATML_TEMPLATE)
+    parts = [{"type": "text", "text": "Wh"}, {"type": "text", "text": "ill"}]
+    messages = [{"role": "user", "content": parts}, {"role": "assistant", "content": parts}]
+    assert template.render(messages, continue_final_message=True).endswith(
+        "<|im_start|>user\nWh\nill<|im_end|>\n<|im_start|>assistant\nWh\n\nill")

@@ -121,7 +121,7 @@ def _valid_id(value: Any, n_vocab: int) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n_vocab else None
 
 
-def _message_content(content: Any, index: int) -> str:
+def _message_content(content: Any, index: int, separator: str = "\n") -> str:
     """A message's content as one string; OpenAI text parts are joined with newlines, as llama.cpp does."""
     if isinstance(content, str):
         return content
@@ -132,7 +132,7 @@ def _message_content(content: Any, index: int) -> str:
                 raise ChatTemplateError(f"messages[{index}]: content parts must be {{'type': 'text', 'text': str}}, "
                                         f"got {part!r}")
             texts.append(part["text"])
-        return "\n".join(texts)
+        return separator.join(texts)
     raise ChatTemplateError(f"messages[{index}]: content must be a str or a list of text parts, "
                             f"got {type(content).__name__}")
 
@@ -204,6 +204,8 @@ class ChatTemplate:
         leaves open, so the model answers at once whether or not the template reads the variable."""
         checked = _checked_messages(messages, "developer" if self.knows_developer else "system")
         if continue_final_message:
+            if checked and checked[-1].get("content") is not None:  # a continued message's parts: a blank line
+                checked[-1]["content"] = _message_content(messages[-1]["content"], len(checked) - 1, "\n\n")
             return self._render_continued(checked, tools, extra)
         text = self._render(checked, add_generation_prompt, tools, extra)
         if add_generation_prompt and extra.get("enable_thinking") is False:
