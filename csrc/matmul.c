@@ -15,6 +15,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "quant/traits.h"
@@ -198,6 +200,19 @@ static void pack_task(void *ctx, int ith, int nth) {
     pack_panels(job, lo, hi, (uint8_t *)job->packed + (size_t)lo * job->panel_bytes);
 }
 
+/* The kept panels replace the weights' own bytes, which matmul no longer reads: let the kernel
+ * reclaim their whole pages (a file's pages leave the process's resident memory and are read
+ * again if something else needs them; anonymous memory is swapped, or kept without swap). */
+static void release_source(const void *w, size_t bytes) {
+#ifdef MADV_PAGEOUT
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = ((uintptr_t)w + page - 1) / page * page, hi = ((uintptr_t)w + bytes) / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_PAGEOUT);  /* advice only: a refusal changes nothing */
+#else
+    (void)w, (void)bytes;
+#endif
+}
+
 /* job->packed <- the kept panels of job's weights, packed now if this is their first use */
 static jl_status find_packed(jl_packed_cache *c, matmul_job *job, int n_threads) {
     const jl_gemm_kernels *gemm = job->wt->gemm;
@@ -229,6 +244,7 @@ static jl_status find_packed(jl_packed_cache *c, matmul_job *job, int n_threads)
             free(panels);
             goto done;
         }
+        release_source(job->w, job->w_row_bytes * (size_t)job->rows);
         *e = (packed_entry){.w = job->w, .gemm = gemm, .rows = job->rows, .k = job->k, .panels = panels};
         c->used++;
         c->bytes += bytes;
