@@ -313,3 +313,35 @@ def test_completions_score_a_batch_of_prompts_as_each_alone(base):
     assert together["usage"]["prompt_tokens"] == sum(s["usage"]["prompt_tokens"] for s in alone)
     r = post(base, "/v1/completions", prompt=batch, **{**body, "echo": False, "stream": True})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+def test_generation_rate_counts_decode_steps(base):
+    """The first token comes from the prompt's logits: n tokens take n - 1 decode steps, as llama-server counts."""
+    one = post(base, "/completion", prompt="I believe", n_predict=1, ignore_eos=True).json()["timings"]
+    assert one["predicted_n"] == 1 and one["predicted_per_second"] == one["predicted_per_token_ms"] == 0.0
+    six = post(base, "/completion", prompt="I believe", n_predict=6, ignore_eos=True).json()["timings"]
+    assert math.isclose(six["predicted_per_second"], 5 * 1000 / six["predicted_ms"])
+
+
+def test_embedding_prompts_count_in_metrics():
+    from janlib.server import create_app
+    from janlib.server.__main__ import parse_args
+
+    app = create_app(parse_args(["-c", "256", "-t", "1", "--embedding"]))
+    client = app.test_client()
+
+    def counters():
+        text = client.get("/metrics").get_data(as_text=True)
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                if line.startswith(("llamacpp:prompt_tokens_total", "llamacpp:n_decode_total",
+                                    "llamacpp:tokens_predicted_total"))}
+
+    try:
+        before = counters()
+        assert client.post("/v1/embeddings", json={"input": ["hello world", "goodbye world"]}).status_code == 200
+        after = counters()
+        assert after["llamacpp:prompt_tokens_total"] - before["llamacpp:prompt_tokens_total"] >= 4
+        assert after["llamacpp:n_decode_total"] > before["llamacpp:n_decode_total"]
+        assert after["llamacpp:tokens_predicted_total"] == before["llamacpp:tokens_predicted_total"]
+    finally:
+        app.extensions["janlib"].engine.close()

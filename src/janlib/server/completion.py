@@ -189,13 +189,14 @@ def timings(start: dict | None, done: dict | None, n_predicted: int) -> dict:
     cache_n = (start or {}).get("n_cached", 0)
     prompt_n = (start or {}).get("n_prompt", 0) - cache_n
     predicted_ms = (done or {}).get("predicted_ms", 0.0)
+    steps = n_predicted - 1  # the first token comes from the prompt's last logits: no decode step of its own
     return {
         "cache_n": cache_n, "prompt_n": prompt_n, "prompt_ms": prompt_ms,
         "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
         "prompt_per_second": prompt_n * 1000 / prompt_ms if prompt_ms else 0.0,
         "predicted_n": n_predicted, "predicted_ms": predicted_ms,
-        "predicted_per_token_ms": predicted_ms / n_predicted if n_predicted else 0.0,
-        "predicted_per_second": n_predicted * 1000 / predicted_ms if predicted_ms else 0.0,
+        "predicted_per_token_ms": predicted_ms / steps if steps > 0 else 0.0,
+        "predicted_per_second": steps * 1000 / predicted_ms if steps > 0 and predicted_ms else 0.0,
     }
 
 

@@ -74,9 +74,11 @@ def _inputs(st: ServerState, value: Any, param: str) -> list[list[int]]:
 
 def _embed(st: ServerState, inputs: list[list[int]], pooling: str | None, norm: int) -> Any:
     try:
-        return st.model.embed(inputs, pooling=pooling, normalize=norm)
+        out = st.model.embed(inputs, pooling=pooling, normalize=norm)
     except ValueError as error:  # an input longer than the context, a bad token
         raise invalid(str(error), "input", "invalid_value") from None
+    st.count_embedding(sum(map(len, inputs)))
+    return out
 
 
 @bp.post("/v1/embeddings")

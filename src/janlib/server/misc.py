@@ -136,6 +136,8 @@ def metrics():
         raise APIError(501, "the metrics endpoint is off: start the server without --no-metrics",
                        code="not_supported", type="not_supported_error")
     m = dict(st.engine.metrics)
+    for name, value in st.embedded.items():
+        m[name] += value
     status = st.engine.status()
     lines = []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +24,14 @@ class ServerState:
     draining: bool = False  # shutting down: new requests get 503, in-flight ones finish
     extras: dict = field(default_factory=dict)  # facts about the model found once (its FIM tokens)
     defaults: dict = field(default_factory=dict)  # request fields' server-wide defaults (--seed, --temp, POST /props)
+    # embedding requests run beside the engine; their prompt tokens and forward passes count in /metrics too
+    embedded: dict = field(default_factory=lambda: {"prompt_tokens_total": 0, "steps_total": 0})
+    _embedded_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_embedding(self, n_tokens: int) -> None:
+        with self._embedded_lock:
+            self.embedded["prompt_tokens_total"] += n_tokens
+            self.embedded["steps_total"] += 1
 
     @property
     def model(self):
