@@ -142,6 +142,11 @@ def wait_suite(process: subprocess.Popen, name: str, deadline: float) -> None:
         print(f"the run against {name} passed its time limit; results so far only", flush=True)
 
 
+def server_reports(workdir: Path, server: str) -> list[Path]:
+    """The server's JUnit reports in workdir: one, or one per shard."""
+    return sorted([*workdir.glob(f"{server}.xml"), *workdir.glob(f"{server}.[0-9]*.xml")])
+
+
 def outcomes(report: Path) -> dict[str, str]:
     """test id -> passed | failed | skipped, from the JUnit report."""
     out: dict[str, str] = {}
@@ -167,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="build jobs (default 2)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per server's run (default 3600)")
     p.add_argument("--port", type=int, default=8180,
-                   help="the port the tests start their servers on (default 8180; the second server's run gets the next)")
+                   help="the port the tests start their servers on (default 8180; further runs take the next ones)")
     p.add_argument("--side-by-side", action="store_true",
                    help="run both servers' suites at the same time (about half the wall time; the tests assert no durations)")
+    p.add_argument("--shards", type=int, default=1,
+                   help="split each server's test files over this many pytest runs at once (next ports; default 1)")
     p.add_argument("--reuse-reports", action="store_true",
                    help="a server whose JUnit report from an earlier run is in --workdir is not run again")
     args = p.parse_args(argv)
@@ -186,22 +193,25 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"janlib": f"{shlex.quote(sys.executable)} -m janlib.server"}
     if "llama-server" in args.servers:
         commands["llama-server"] = shlex.quote(str(build_llama_server(root, workdir / "build-cpu", args.jobs)))
-    results = {}
+    shards = [files[k::args.shards] for k in range(args.shards)]  # whole files, so each keeps its own fixtures
     running = []
     for i, server in enumerate(args.servers):
         shim = write_shim(workdir / f"{server}-shim", model, commands[server])
-        report = workdir / f"{server}.xml"
-        if args.reuse_reports and report.exists():
+        if args.reuse_reports and server_reports(workdir, server):
             continue
-        report.unlink(missing_ok=True)
-        process = start_suite(python, tests, files, shim, report, args.port + i)
-        running.append((process, server, time.monotonic() + args.timeout))
+        for old in server_reports(workdir, server):
+            old.unlink()
+        for k, shard in enumerate(shards):
+            report = workdir / (f"{server}.xml" if args.shards == 1 else f"{server}.{k}.xml")
+            process = start_suite(python, tests, shard, shim, report, args.port + i * args.shards + k)
+            running.append((process, server, time.monotonic() + args.timeout))
         if not args.side_by_side:
-            wait_suite(*running.pop())
+            while running:
+                wait_suite(*running.pop())
     for run in running:
         wait_suite(*run)
-    for server in args.servers:
-        results[server] = outcomes(workdir / f"{server}.xml")
+    results = {server: {name: outcome for report in server_reports(workdir, server)
+                        for name, outcome in outcomes(report).items()} for server in args.servers}
 
     names = sorted(set().union(*results.values()))
     width = max(len(f) for f in files) + 2
