@@ -11,7 +11,9 @@
  * row. Where the caller gives a packed-weight cache and the type's panels are worth keeping
  * (gemm->keep_packed), a tensor is packed whole at its first use and kept, so the GEMM pays from
  * CACHED_GEMM_MIN_ROWS rows, decode included; for many rows, kept nibble panels are widened a
- * strip at a time for a kernel with no unpacking. Its outputs equal vec_dot's bit for bit. */
+ * strip at a time for a kernel with no unpacking. Types whose kernel reads W's rows as they are
+ * (no gemm->pack_w: the float types) use W itself as the kept panels. Its outputs equal vec_dot's
+ * bit for bit. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +26,7 @@
 #define COL_BLOCK 64   /* activation rows kept hot in L2 per pass over a thread's weight rows */
 #define GEMM_MIN_ROWS 8   /* below this the weight repacking costs more than the GEMM saves (measured: at 8 rows it wins or ties) */
 #define CACHED_GEMM_MIN_ROWS 1   /* with packed weights kept (measured: from 1 row the GEMM wins) */
+#define IN_PLACE_GEMM_MIN_ROWS 2   /* kernels that read W's rows unpacked (the float types) */
 #define STRIP_PANELS 16   /* weight panels a GEMM thread repacks and keeps in L2 at a time */
 #define WIDEN_MIN_ROWS 64   /* from here kept nibble panels are widened per strip: the tiles then skip the unpacking */
 
@@ -299,9 +302,15 @@ jl_status jl_matmul_cached(jl_packed_cache *cache, int type, const void *w, size
         else if ((st = jl_parallel(n_threads, quantize_task, &job)) != JL_OK) goto done;
     }
     const int keep = cache && wt->gemm && wt->gemm->keep_packed;
-    if (wt->gemm && n >= (keep ? CACHED_GEMM_MIN_ROWS : GEMM_MIN_ROWS)) {
-        job.panel_bytes = (wt->gemm->panel_bytes(k) + 63) / 64 * 64;
-        if (!keep || (st = find_packed(cache, &job, n_threads)) == JL_OK) st = run_gemm(&job, n_threads);
+    const int in_place = wt->gemm && !wt->gemm->pack_w;  /* W's rows are the kernel's panels as they are */
+    if (wt->gemm && n >= (in_place ? IN_PLACE_GEMM_MIN_ROWS : keep ? CACHED_GEMM_MIN_ROWS : GEMM_MIN_ROWS)) {
+        if (in_place) {
+            job.packed = w;
+            job.panel_bytes = wt->gemm->panel_rows * w_row_bytes;
+        } else {
+            job.panel_bytes = (wt->gemm->panel_bytes(k) + 63) / 64 * 64;
+        }
+        if (in_place || !keep || (st = find_packed(cache, &job, n_threads)) == JL_OK) st = run_gemm(&job, n_threads);
     } else {
         st = jl_parallel(n_threads, dot_task, &job);
     }

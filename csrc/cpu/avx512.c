@@ -290,21 +290,6 @@ KQUANT(iq4_xs, 0, 0, 1)
 
 /* ---- float types (against float32 activations) ----------------------------------------- */
 
-/* 16 weights from element i as floats; `live` masks a row's last partial vector */
-typedef __m512 (*load16_fn)(const void *w, int64_t i, __mmask16 live);
-
-INLINE __m512 load16_f32(const void *w, int64_t i, __mmask16 live) {
-    return _mm512_maskz_loadu_ps(live, (const float *)w + i);
-}
-INLINE __m512 load16_f16(const void *w, int64_t i, __mmask16 live) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, (const jl_half *)w + i));
-}
-/* bfloat16 is the top half of a float32 */
-INLINE __m512 load16_bf16(const void *w, int64_t i, __mmask16 live) {
-    const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, (const jl_bf16 *)w + i));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
-}
-
 INLINE void float_to_float(load16_fn load16, const void *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 live = n - i < 16 ? (__mmask16)((1u << (n - i)) - 1) : 0xffff;

@@ -1,5 +1,6 @@
-/* avx512_blocks.h — AVX-512 helpers and legacy-block unpacking shared by the matvec kernels
- * (avx512.c) and the GEMM (avx512_gemm.c), so a layout is decoded in one place per ISA. */
+/* avx512_blocks.h — AVX-512 helpers, float loaders and legacy-block unpacking shared by the matvec
+ * kernels (avx512.c) and the GEMMs (avx512_gemm.c, avx512_gemm_float.c), so a layout is decoded in
+ * one place per ISA. */
 #ifndef JANLIB_AVX512_BLOCKS_H
 #define JANLIB_AVX512_BLOCKS_H
 
@@ -48,6 +49,21 @@ INLINE float hsum256_ps(__m256 v) {
 
 INLINE float hsum512_ps(__m512 v) {
     return hsum256_ps(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
+}
+
+/* 16 weights from element i as floats; `live` masks a row's last partial vector */
+typedef __m512 (*load16_fn)(const void *w, int64_t i, __mmask16 live);
+
+INLINE __m512 load16_f32(const void *w, int64_t i, __mmask16 live) {
+    return _mm512_maskz_loadu_ps(live, (const float *)w + i);
+}
+INLINE __m512 load16_f16(const void *w, int64_t i, __mmask16 live) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, (const jl_half *)w + i));
+}
+/* bfloat16 is the top half of a float32 */
+INLINE __m512 load16_bf16(const void *w, int64_t i, __mmask16 live) {
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, (const jl_bf16 *)w + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
 }
 
 /* The 16 fp16 values in the low (hi = 0) or high halves of the int32 lanes: one vpermw gathers

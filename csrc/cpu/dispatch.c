@@ -80,6 +80,7 @@ static void build_tables(void) {
     for (int isa = JL_ISA_AVX2; isa < JL_ISA_COUNT; isa++) jl_avx2_register(tables[isa]);
     jl_avx512_register(tables[JL_ISA_AVX512]);
     jl_avx512_gemm_register(tables[JL_ISA_AVX512]);
+    jl_avx512_gemm_float_register(tables[JL_ISA_AVX512]);
 #endif
     atomic_store(&active_isa, best_isa);
 }

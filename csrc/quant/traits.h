@@ -28,7 +28,8 @@ typedef struct {
     int panel_rows;
     size_t (*panel_bytes)(int64_t k);
     size_t (*x_bytes)(int64_t k);  /* NULL with pack_x: the kernel reads the activation rows as they are */
-    /* panel <- rows (<= panel_rows) weight rows of w_row_bytes each; missing rows pack as zeros */
+    /* panel <- rows (<= panel_rows) weight rows of w_row_bytes each; missing rows pack as zeros.
+     * NULL: the kernel reads panel_rows consecutive rows of W in place (panel_bytes unused) */
     void (*pack_w)(const void *restrict w, size_t w_row_bytes, int64_t rows, int64_t k, void *restrict panel);
     /* xp <- one activation row */
     void (*pack_x)(const void *restrict xq, int64_t k, void *restrict xp);
@@ -70,6 +71,7 @@ void jl_ref_register(jl_type_traits *table);
 void jl_avx2_register(jl_type_traits *table);
 void jl_avx512_register(jl_type_traits *table);
 void jl_avx512_gemm_register(jl_type_traits *table);
+void jl_avx512_gemm_float_register(jl_type_traits *table);
 
 /* Active table entry for a type, or NULL when the type is not supported. */
 const jl_type_traits *jl_traits(int type);
