@@ -1,7 +1,7 @@
 """The float GEMM (F32, F16 and BF16 weights against float32 activations, from 2 activation rows)
-at awkward shapes: rows off the 3-row panel, k off the 64-element step of the four FMA chains (a
-lone element, masked tails of 1-15, a full 16-vector tail), every n from 1 to 70 (odd and even
-column tiles, the 64-row column block and past it). Checked against numpy in float64 and bit for
+at awkward shapes: rows off the 4-row panel, k off the 64-element step of the four FMA chains (a
+lone element, masked tails of 1-15, a full 16-vector tail), every n from 1 to 70 (3-row column
+tiles and their remainders, the 64-row column block and past it). Checked against numpy in float64 and bit for
 bit against each row computed alone (n = 1 takes vec_dot): batch invariance at 1-3 threads."""
 
 from __future__ import annotations
