@@ -270,7 +270,8 @@ typedef struct {
  * else is in the batch, however the sequence was split into batches, at any thread count.
  * JL_ERR_KV_FULL when the free pages do not suffice, JL_ERR_INVALID_ARG for a bad token,
  * sequence or position; either way nothing was changed. On any other failure the batch's
- * sequences keep only the positions they held before. */
+ * sequences keep only the positions they held before, or none where an earlier chunk of the batch
+ * gave back sliding-window pages those positions need. */
 jl_status jl_context_decode(jl_context *ctx, const jl_batch *batch, float *logits, int n_threads);
 /* Like jl_context_decode, but the rows with want_logits give their final hidden state (after output_norm
  * where the model has one): embeddings (n_wanted, n_embd), in batch order (pooling is the caller's). */
