@@ -1,6 +1,7 @@
 """llama.cpp's own server test suite, run against janlib and against llama-server on the same model.
 
     python bench/llama_server_suite.py [--workdir DIR] [--files test_completion.py ...] [--servers janlib llama-server]
+                                       [--side-by-side] [--shards N] [--port P] [--reuse-reports]
 
 Nothing of llama.cpp is copied into this repository: the script downloads the pinned llama-cpp-python sdist
 (`pip download --no-deps --no-binary :all:`), whose vendor/llama.cpp holds the tests (tools/server/tests) and
@@ -14,7 +15,9 @@ test's options (slots, context, metrics, API key, ...) apply to both servers ali
 outputs of llama.cpp's stories260K test model fail on both servers alike.
 
 At the end the pass counts are printed side by side, per file and in total, with every test whose
-outcome differs between the two servers."""
+outcome differs between the two servers. A full run takes tens of minutes on two loaded cores: --side-by-side
+runs both servers at once and --shards splits each server's files over several pytest runs (each on its own
+port); --reuse-reports prints the table from the reports already in --workdir."""
 
 from __future__ import annotations
 
