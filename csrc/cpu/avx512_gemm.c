@@ -181,6 +181,23 @@ INLINE void step_sums(int nibbles, const uint8_t *pg, const uint8_t *xg, size_t 
     }
 }
 
+/* hsum512_ps of 16 vectors at once, the same pairwise tree (lane i + 8, + 4, + 2, + 1) for all, its
+ * adds four levels of whole vectors instead of 16 scalar chains: v[4i + j] lands in lane 4j + i */
+INLINE __m512 hsum16_ps(const __m512 v[16]) {
+    __m512 halves[8], quarters[4], pairs[2];
+    UNROLL for (int p = 0; p < 8; p++)  /* 256-bit halves: v[2p], v[2p + 1] summed over i + 8 */
+        halves[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    UNROLL for (int q = 0; q < 4; q++)  /* 128-bit chunk j: v[4q + j] summed over i + 4 */
+        quarters[q] = _mm512_add_ps(_mm512_shuffle_f32x4(halves[2 * q], halves[2 * q + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                    _mm512_shuffle_f32x4(halves[2 * q], halves[2 * q + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    UNROLL for (int t = 0; t < 2; t++)  /* chunk j: v[8t + j], v[8t + 4 + j] summed over i + 2 */
+        pairs[t] = _mm512_add_ps(_mm512_shuffle_ps(quarters[2 * t], quarters[2 * t + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm512_shuffle_ps(quarters[2 * t], quarters[2 * t + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_ps(pairs[0], pairs[1], _MM_SHUFFLE(2, 0, 2, 0)),  /* over i + 1 */
+                         _mm512_shuffle_ps(pairs[0], pairs[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
 INLINE __m512 load_scales(int nibbles, const uint8_t *at) {
     return nibbles ? _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)at)) : _mm512_load_ps(at);
 }
@@ -222,9 +239,12 @@ INLINE void tile_legacy(int nibbles, int has_min, int64_t groups, int tail, cons
             }
         }
     }
-    UNROLL for (int c = 0; c < nc; c++)
-        UNROLL for (int r = 0; r < PANEL_ROWS; r++)
-            if (r < rows) y[c * y_stride + r] = hsum512_ps(acc[r][c]);
+    __m512 v[PANEL_ROWS * TILE_COLS];
+    UNROLL for (int r = 0; r < PANEL_ROWS; r++)
+        UNROLL for (int c = 0; c < TILE_COLS; c++) v[r * TILE_COLS + c] = c < nc ? acc[r][c] : _mm512_setzero_ps();
+    const __m512 sums = hsum16_ps(v);  /* lane c * 4 + r: output (r, c) */
+    const __mmask8 live_rows = (__mmask8)((1u << (rows < PANEL_ROWS ? rows : PANEL_ROWS)) - 1);
+    UNROLL for (int c = 0; c < nc; c++) _mm_mask_storeu_ps(y + c * y_stride, live_rows, _mm512_extractf32x4_ps(sums, c));
 }
 
 INLINE void panel_dot_legacy(int nibbles, int has_min, int64_t k, const uint8_t *panel, int64_t rows, const uint8_t *xp,
