@@ -166,19 +166,18 @@ INLINE void step_sums(int nibbles, const uint8_t *pg, const uint8_t *xg, size_t 
                       __m512i sums[PANEL_ROWS][TILE_COLS]) {
     const int vecs = w_vecs(nibbles, steps);
     const __m512i low = _mm512_set1_epi8(0x0F);
-    UNROLL for (int v = 0; v < vecs; v++) {
-        __m512i wv[2][PANEL_ROWS];  /* steps v and v + vecs */
-        UNROLL for (int r = 0; r < PANEL_ROWS; r++) {
-            const __m512i p = _mm512_load_si512(pg + (v * PANEL_ROWS + r) * STEP_BYTES);
-            wv[0][r] = nibbles ? _mm512_and_si512(p, low) : p;
-            if (nibbles) wv[1][r] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low);
-        }
-        UNROLL for (int h = 0; h <= nibbles; h++)
+    UNROLL for (int v = 0; v < vecs; v++)
+        UNROLL for (int h = 0; h <= nibbles; h++) {  /* step v + h * vecs: one nibble at a time keeps 4 weight registers live, not 8 */
+            __m512i wv[PANEL_ROWS];
+            UNROLL for (int r = 0; r < PANEL_ROWS; r++) {
+                const __m512i p = _mm512_load_si512(pg + (v * PANEL_ROWS + r) * STEP_BYTES);
+                wv[r] = !nibbles ? p : _mm512_and_si512(h ? _mm512_srli_epi16(p, 4) : p, low);
+            }
             UNROLL for (int c = 0; c < nc; c++) {
                 const __m512i xv = _mm512_load_si512(xg + c * x_stride + (v + h * vecs) * STEP_BYTES);
-                UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = _mm512_dpbusd_epi32(sums[r][c], wv[h][r], xv);
+                UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = _mm512_dpbusd_epi32(sums[r][c], wv[r], xv);
             }
-    }
+        }
 }
 
 /* hsum512_ps of 16 vectors at once, the same pairwise tree (lane i + 8, + 4, + 2, + 1) for all, its
