@@ -238,6 +238,11 @@ INLINE void tile_legacy(int nibbles, int has_min, int64_t groups, int tail, cons
             }
         }
     }
+    if (nc == 1) {  /* one column: 4 scalar trees cost less than the 16-wide one */
+        UNROLL for (int r = 0; r < PANEL_ROWS; r++)
+            if (r < rows) y[r] = hsum512_ps(acc[r][0]);
+        return;
+    }
     __m512 v[PANEL_ROWS * TILE_COLS];
     UNROLL for (int r = 0; r < PANEL_ROWS; r++)
         UNROLL for (int c = 0; c < TILE_COLS; c++) v[r * TILE_COLS + c] = c < nc ? acc[r][c] : _mm512_setzero_ps();
