@@ -1,5 +1,7 @@
 """Matmul throughput per type: matvec in GB/s of weight bytes beside the machine's read
-bandwidth measured in the same run, and n = 512 matmul in GOP/s.
+bandwidth measured in the same run, and n = 512 matmul in GOP/s. The quantized GEMM as a model
+runs it (packed weights kept, 1 thread) at SmolLM2-135M's shapes, in GMAC/s by the calling
+thread's CPU time, so other processes on a shared machine slow a round without counting in it.
 
 Matvec cycles through 4096 x 4096 matrices totalling >= 256 MB, so each call streams its
 weights from memory rather than from cache."""
@@ -10,10 +12,12 @@ import itertools
 import threading
 import time
 
+import gguf
 import numpy as np
 import pytest
 
 import janlib
+from janlib import _core
 
 from quant_data import ALL_TYPES, random_raw, write_tensors
 
@@ -80,3 +84,35 @@ def test_matmul_512(benchmark, matrices, n_threads, report):
     gops = 2 * 512 * ROWS * K / benchmark.stats.stats.median / 1e9
     benchmark.extra_info["gop_per_s"] = gops
     report(f"matmul n=512 {qtype:5s} {n_threads}T: {gops:6.1f} GOP/s")
+
+
+# SmolLM2-135M Q4_1: attention (576 x 576), FFN gate/up (1536 x 576) and down (576 x 1536); its
+# Q8_0 output matrix (49152 x 576). (type, rows, k)
+SMOLLM2_SHAPES = [("Q4_1", 576, 576), ("Q4_1", 1536, 576), ("Q4_1", 576, 1536), ("Q8_0", 49152, 576)]
+GEMM_ROWS = [1, 4, 8, 16, 32, 64, 512]
+GEMM_ROUNDS = 5
+ROUND_MACS = 2e8  # calls per round: about this much work
+
+
+@pytest.mark.parametrize("n", GEMM_ROWS)
+@pytest.mark.parametrize("qtype,rows,k", SMOLLM2_SHAPES, ids=[f"{t}-{r}x{k}" for t, r, k in SMOLLM2_SHAPES])
+def test_gemm_kept_panels_1_thread(benchmark, qtype, rows, k, n, report):
+    rng = np.random.default_rng(3)
+    w = np.ascontiguousarray(random_raw(rng, qtype, rows, k)).reshape(-1)
+    type_id = int(gguf.GGMLQuantizationType[qtype])
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    y = np.empty((n, rows), np.float32)
+    cache = _core.PackedCache()
+    _core.matmul(type_id, w, rows, x, y, n_threads=1, cache=cache)  # packs and keeps the panels
+    calls = max(1, int(ROUND_MACS / (n * rows * k)))
+    best = float("inf")
+    for _ in range(GEMM_ROUNDS):
+        start = time.thread_time()
+        for _ in range(calls):
+            _core.matmul(type_id, w, rows, x, y, n_threads=1, cache=cache)
+        best = min(best, (time.thread_time() - start) / calls)
+    gmacs = n * rows * k / best / 1e9
+    benchmark.extra_info["gmac_per_s"] = gmacs
+    report(f"gemm {qtype} {rows}x{k} n={n:<4d} kept panels 1T: {gmacs:6.1f} GMAC/s")
+    benchmark.pedantic(_core.matmul, args=(type_id, w, rows, x, y), kwargs={"n_threads": 1, "cache": cache},
+                       rounds=1, iterations=1)
