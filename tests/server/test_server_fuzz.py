@@ -73,8 +73,9 @@ def shipped_doc():
 # --- null means "not given" -------------------------------------------------------------------------
 
 # Where the Jan spec's stated default and the served one differ in writing only: the spec writes the
-# newline breaker escaped ("\\n", as llama.cpp's documentation does) and "no bias" as {}.
-SPEC_DEFAULT_SPELLINGS = {"dry_sequence_breakers": ["\n", ":", "\"", "*"], "logit_bias": None}
+# newline breaker escaped ("\\n", as llama.cpp's documentation does) and "no bias" as {} (generation_settings
+# lists biases as llama.cpp does: [{"bias", "token"}], so none is []).
+SPEC_DEFAULT_SPELLINGS = {"dry_sequence_breakers": ["\n", ":", "\"", "*"], "logit_bias": []}
 
 
 def test_every_optional_chat_field_null_at_once_gives_the_spec_defaults(http, jan_spec):
