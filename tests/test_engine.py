@@ -243,6 +243,19 @@ def test_a_prefix_computed_by_another_sequence_is_copied_not_recomputed(make_eng
     assert cold.submit(Request(system + [2, 3], max_tokens=1, ignore_eos=True)).result().text == other.text
 
 
+def test_a_short_shared_prefix_takes_an_empty_sequence_not_another_conversations(make_engine):
+    """Two conversations that share only a system prompt, one after the other, keep a sequence each: the
+    second copies the shared prefix into the empty one, so the first's next turn still finds its cells."""
+    engine, ctx = make_engine(n_seq_max=2)
+    system = ids(10, 2000)
+    first = system + ids(40, 3000)
+    engine.submit(Request(first, max_tokens=2, ignore_eos=True)).result()
+    other = engine.submit(Request(system + ids(40, 5000), max_tokens=2, ignore_eos=True)).result()
+    assert other.n_cached_tokens == 10
+    again = engine.submit(Request(first + [7, 8], max_tokens=1, ignore_eos=True)).result()
+    assert again.n_cached_tokens >= len(first)
+
+
 def test_n_choices_evaluate_the_prompt_once_and_choice_0_repeats_n_1(make_engine):
     engine, ctx = make_engine(n_seq_max=4, n_batch=64)
     prompt = ids(40, 4000)

@@ -632,7 +632,7 @@ class Engine:
             if first.seq is not None:
                 return None
         else:
-            first = max(free, key=lambda s: (self._reusable(s, handle) if request.cache_prompt else 0, -s.last_used))
+            first = max(free, key=lambda s: (self._slot_value(s, handle), -s.last_used))
         # further choices overwrite their cells: take those whose cache is least useful
         rest = sorted((s for s in free if s is not first), key=lambda s: (len(s.cached) > 0, s.last_used))
         return [first] + rest[:request.n - 1]
@@ -673,6 +673,14 @@ class Engine:
         self._seqs[handle.id] = seqs
         handle.t_start = time.perf_counter()
         self._progress(leader, handle.t_start)  # 0% (only the reused prefix): the prompt's work has started
+
+    def _slot_value(self, slot: _Slot, handle: Handle) -> int:
+        """How good a home slot is for handle: the prefix it reuses in place less the cells it overwrites.
+        A prefix can be copied from any sequence (_reuse_prefix), so a slot that shares only a short one
+        (a system prompt, the text before an image) is worth less than an empty one: taking it would
+        throw away another conversation's cache for nothing."""
+        reuse = self._reusable(slot, handle) if handle.request.cache_prompt else 0
+        return reuse - (len(slot.cached) - reuse)
 
     def _reusable(self, slot: _Slot, handle: Handle) -> int:
         """The prompt tokens slot's cells hold for handle, short of the last one (always evaluated, for
