@@ -6,10 +6,14 @@ offsets below are facts of the GGUF block layouts, stated here independently of 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import gguf
 import numpy as np
+
+import janlib
 
 QUANT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
 FLOAT_TYPES = ["F32", "F16", "BF16"]
@@ -78,6 +82,13 @@ def write_tensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -> Pat
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+@contextmanager
+def loaded_tensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -> Iterator[dict]:
+    """Write {name: (qtype, raw)} as a GGUF file and yield {name: (janlib's loaded tensor, raw)} while it is open."""
+    with janlib.load_gguf(write_tensors(path, tensors)) as f:
+        yield {name: (f.tensors[name], raw) for name, (_, raw) in tensors.items()}
 
 
 def reference_dequantize(raw: np.ndarray, qtype: str) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 import janlib
 from janlib import _core
 
-from quant_data import QUANT_TYPES, block_size, matmul_error_bound, random_raw, reference_dequantize, write_tensors
+from quant_data import QUANT_TYPES, block_size, loaded_tensors, matmul_error_bound, random_raw, reference_dequantize
 
 ISAS = janlib.cpu_features()["available"]
 # (rows, blocks per row): a row count off every tile, a lone block, tails of 1-15 blocks after
@@ -26,9 +26,8 @@ N_VALUES = [16, 21, 67]
 def tensors(tmp_path_factory):
     rng = np.random.default_rng(15)
     specs = {f"{t}_{r}x{b}": (t, random_raw(rng, t, r, b * block_size(t))) for t in QUANT_TYPES for r, b in SHAPES}
-    path = write_tensors(tmp_path_factory.mktemp("gemm") / "gemm.gguf", specs)
-    with janlib.load_gguf(path) as f:
-        yield {name: (f.tensors[name], raw) for name, (_, raw) in specs.items()}
+    with loaded_tensors(tmp_path_factory.mktemp("gemm") / "gemm.gguf", specs) as tensors:
+        yield tensors
 
 
 def cases(tensors, qtype):

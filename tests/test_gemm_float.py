@@ -12,7 +12,7 @@ import pytest
 import janlib
 from janlib import _core
 
-from quant_data import FLOAT_TYPES, matmul_error_bound, random_raw, reference_dequantize, write_tensors
+from quant_data import FLOAT_TYPES, loaded_tensors, matmul_error_bound, random_raw, reference_dequantize
 
 ISAS = janlib.cpu_features()["available"]
 # (rows, k)
@@ -24,9 +24,8 @@ N_MAX = 70
 def tensors(tmp_path_factory):
     rng = np.random.default_rng(15)
     specs = {f"{t}_{r}x{k}": (t, random_raw(rng, t, r, k)) for t in FLOAT_TYPES for r, k in SHAPES}
-    path = write_tensors(tmp_path_factory.mktemp("gemm_float") / "gemm_float.gguf", specs)
-    with janlib.load_gguf(path) as f:
-        yield {name: (f.tensors[name], raw) for name, (_, raw) in specs.items()}
+    with loaded_tensors(tmp_path_factory.mktemp("gemm_float") / "gemm_float.gguf", specs) as tensors:
+        yield tensors
 
 
 def cases(tensors, ftype):

@@ -11,7 +11,8 @@ import janlib
 from janlib import _core
 from janlib.gguf import GGML_TYPE_BY_NAME
 
-from quant_data import ALL_TYPES, ACTIVATION, block_size, matmul_error_bound, random_raw, reference_dequantize, write_tensors
+from quant_data import (ALL_TYPES, ACTIVATION, block_size, loaded_tensors, matmul_error_bound, random_raw,
+                        reference_dequantize, write_tensors)
 
 ISAS = janlib.cpu_features()["available"]
 SIMD_ISAS = [isa for isa in ISAS if isa != "scalar"]
@@ -29,9 +30,8 @@ def tensors(tmp_path_factory):
     """Every type at every shape, in one GGUF file read back through janlib.load_gguf."""
     rng = np.random.default_rng(20261201)
     specs = {f"{t}_{r}x{k}": (t, random_raw(rng, t, r, k)) for t in ALL_TYPES for r, k in shapes_for(t)}
-    path = write_tensors(tmp_path_factory.mktemp("kernels") / "random.gguf", specs)
-    with janlib.load_gguf(path) as f:
-        yield {name: (f.tensors[name], raw) for name, (_, raw) in specs.items()}
+    with loaded_tensors(tmp_path_factory.mktemp("kernels") / "random.gguf", specs) as tensors:
+        yield tensors
 
 
 def tensor_names(qtype: str) -> list[str]:
