@@ -698,14 +698,9 @@ class Engine:
         reuse = self._reusable(slot, seq.handle) if cache_prompt else 0
         source = None
         if cache_prompt:
-            for other in self._slots:
-                if other is not slot:
-                    n = self._reusable(other, seq.handle)
-                    if n > reuse:
-                        reuse, source = n, other
+            source, reuse = self._longer_prefix(seq, reuse)
         if source is not None:
-            self.context.seq_rm(slot.index, 0, -1)
-            self.context.seq_cp(source.index, slot.index, 0, reuse)
+            self._copy_prefix(source, slot, reuse)
         else:
             self.context.seq_rm(slot.index, reuse, -1)
         slot.cached = list(prompt[:reuse])
@@ -794,21 +789,31 @@ class Engine:
             budget -= len(chunk)
         return entries
 
+    def _longer_prefix(self, seq: _Sequence, floor: int) -> tuple[_Slot | None, int]:
+        """The other slot whose cells hold the longest reusable prefix of seq's prompt, longer than floor
+        tokens, and its length; (None, floor) when none does."""
+        source, best = None, floor
+        for slot in self._slots:
+            if slot is not seq.slot:
+                n = self._reusable(slot, seq.handle)
+                if n > best:
+                    source, best = slot, n
+        return source, best
+
+    def _copy_prefix(self, source: _Slot, slot: _Slot, n: int) -> None:
+        """slot's cells replaced by source's first n positions."""
+        self.context.seq_rm(slot.index, 0, -1)
+        self.context.seq_cp(source.index, slot.index, 0, n)
+
     def _share_prefix(self, seq: _Sequence, earlier: list[_Sequence]) -> bool:
         """Equal prompts are evaluated once: copy a longer prefix another sequence has computed since
         seq was admitted, and wait (True) while an earlier prompt is still computing more of it."""
         if not seq.handle.request.cache_prompt or seq.handle.request.prompt_logprobs is not None:
             return False
         limit = len(seq.prompt) - 1
-        source, best = None, seq.n_done
-        for slot in self._slots:
-            if slot is not seq.slot:
-                n = self._reusable(slot, seq.handle)
-                if n > best:
-                    source, best = slot, n
+        source, best = self._longer_prefix(seq, seq.n_done)
         if source is not None:
-            self.context.seq_rm(seq.slot.index, 0, -1)
-            self.context.seq_cp(source.index, seq.slot.index, 0, best)
+            self._copy_prefix(source, seq.slot, best)
             seq.slot.cached = list(seq.prompt[:best])
             seq.n_done = seq.n_cached = best
         return any(min(_common_prefix(other.prompt, seq.prompt), limit) > seq.n_done for other in earlier
