@@ -8,7 +8,7 @@ import pytest
 
 requests = pytest.importorskip("requests")
 
-from server_util import API_KEY, CTX, MODEL_ID, SPEC_PATH, start  # noqa: E402
+from server_util import API_KEY, CTX, MODEL_ID, SPEC_PATH, api_session, start  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -23,9 +23,7 @@ def server():
 @pytest.fixture(scope="session")
 def api(server):
     """requests.Session with the key, and .url(path)."""
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {API_KEY}"
-    session.url = lambda path: server.base + path
+    session = api_session(server)
     yield session
     session.close()
 

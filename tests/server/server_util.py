@@ -79,3 +79,9 @@ def start(*args: str) -> Server:
     return Server(*args).wait_ready()
 
 
+def api_session(server: Server) -> requests.Session:
+    """requests.Session that sends the API key, with .url(path) for the server's address."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {API_KEY}"
+    session.url = lambda path: server.base + path
+    return session

@@ -6,15 +6,13 @@ same adapter scales (tests/test_lora.py checks those against a float64 merged re
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import janlib
 from janlib.server.__main__ import parse_args
-from server_util import API_KEY, MODEL_ID, Server, _env, start
+from server_util import API_KEY, MODEL_ID, Server, api_session, start
 from test_lora import EVERY, write_adapter
 
 pytestmark = pytest.mark.slow
@@ -40,11 +38,7 @@ def lora_server(adapters):
 
 @pytest.fixture(scope="module")
 def http(lora_server):
-    import requests
-
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {API_KEY}"
-    session.url = lambda path: lora_server.base + path
+    session = api_session(lora_server)
     yield session
     session.close()
 
