@@ -33,6 +33,28 @@ static inline float sum_lanes(const float lanes[LANES]) {
     return (float)sum;
 }
 
+/* max and sum of x (n,), n >= 1 for the max, in LANES interleaved partials */
+static inline float max_of(const float *x, int64_t n) {
+    float lanes[LANES];
+    for (int j = 0; j < LANES; j++) lanes[j] = x[0];
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) lanes[j] = x[i + j] > lanes[j] ? x[i + j] : lanes[j];
+    for (; i < n; i++) lanes[0] = x[i] > lanes[0] ? x[i] : lanes[0];
+    float max = lanes[0];
+    for (int j = 1; j < LANES; j++) max = lanes[j] > max ? lanes[j] : max;
+    return max;
+}
+
+static inline float sum_of(const float *x, int64_t n) {
+    float lanes[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) lanes[j] += x[i + j];
+    for (; i < n; i++) lanes[0] += x[i];
+    return sum_lanes(lanes);
+}
+
 void jl_rmsnorm(float *y, const float *x, const float *w, int64_t n_rows, int64_t n, float eps) {
     for (int64_t r = 0; r < n_rows; r++) {
         const float *xr = x + r * n;
@@ -51,15 +73,11 @@ void jl_layernorm(float *y, const float *x, const float *w, const float *b, int6
     for (int64_t r = 0; r < n_rows; r++) {
         const float *xr = x + r * n;
         float *yr = y + r * n;
+        const float mean = sum_of(xr, n) / (float)n;
+        /* the variance from the centred values: no cancellation between E[x^2] and mean^2 */
         float lanes[LANES] = {0};
         int64_t i = 0;
         for (; i + LANES <= n; i += LANES)
-            for (int j = 0; j < LANES; j++) lanes[j] += xr[i + j];
-        for (; i < n; i++) lanes[0] += xr[i];
-        const float mean = sum_lanes(lanes) / (float)n;
-        /* the variance from the centred values: no cancellation between E[x^2] and mean^2 */
-        for (int j = 0; j < LANES; j++) lanes[j] = 0.0f;
-        for (i = 0; i + LANES <= n; i += LANES)
             for (int j = 0; j < LANES; j++) lanes[j] += (xr[i + j] - mean) * (xr[i + j] - mean);
         for (; i < n; i++) lanes[0] += (xr[i] - mean) * (xr[i] - mean);
         const float scale = 1.0f / sqrtf(sum_lanes(lanes) / (float)n + eps);
@@ -121,47 +139,25 @@ void jl_glu(float *gate, const float *up, int64_t n, int activation) {
 }
 
 void jl_softmax(float *x, int64_t n) {
-    float lanes[LANES];
-    for (int j = 0; j < LANES; j++) lanes[j] = x[0];
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++) lanes[j] = x[i + j] > lanes[j] ? x[i + j] : lanes[j];
-    for (; i < n; i++) lanes[0] = x[i] > lanes[0] ? x[i] : lanes[0];
-    float max = lanes[0];
-    for (int j = 1; j < LANES; j++) max = lanes[j] > max ? lanes[j] : max;
-    for (i = 0; i < n; i++) x[i] -= max;
+    const float max = max_of(x, n);
+    for (int64_t i = 0; i < n; i++) x[i] -= max;
     exp_inplace(x, n);
-    for (int j = 0; j < LANES; j++) lanes[j] = 0.0f;
-    for (i = 0; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++) lanes[j] += x[i + j];
-    for (; i < n; i++) lanes[0] += x[i];
-    float inv_sum = 1.0f / sum_lanes(lanes);
-    for (i = 0; i < n; i++) x[i] *= inv_sum;
+    const float inv_sum = 1.0f / sum_of(x, n);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv_sum;
 }
 
 float jl_softmax_block(float *x, int64_t n, int64_t a, int64_t b, float *max, float *sum) {
-    float lanes[LANES];
-    for (int j = 0; j < LANES; j++) lanes[j] = x[a];
-    int64_t i = a;
-    for (; i + LANES <= b; i += LANES)
-        for (int j = 0; j < LANES; j++) lanes[j] = x[i + j] > lanes[j] ? x[i + j] : lanes[j];
-    for (; i < b; i++) lanes[0] = x[i] > lanes[0] ? x[i] : lanes[0];
-    float block_max = lanes[0];
-    for (int j = 1; j < LANES; j++) block_max = lanes[j] > block_max ? lanes[j] : block_max;
+    const float block_max = max_of(x + a, b - a);
     const float old_max = *max, new_max = block_max > old_max ? block_max : old_max;
     /* old_max - new_max <= 0; -inf before the first block, where there is nothing to rescale */
     const float rescale = old_max == -INFINITY ? 0.0f
                           : jl_exp_normal_range(old_max - new_max < -87.0f ? -87.0f : old_max - new_max);
-    for (i = a; i < b; i++) x[i] -= new_max;
+    for (int64_t i = a; i < b; i++) x[i] -= new_max;
     exp_inplace(x + a, b - a);
-    for (i = 0; i < a; i++) x[i] = 0.0f;
-    for (i = b; i < n; i++) x[i] = 0.0f;
-    for (int j = 0; j < LANES; j++) lanes[j] = 0.0f;
-    for (i = a; i + LANES <= b; i += LANES)
-        for (int j = 0; j < LANES; j++) lanes[j] += x[i + j];
-    for (; i < b; i++) lanes[0] += x[i];
+    for (int64_t i = 0; i < a; i++) x[i] = 0.0f;
+    for (int64_t i = b; i < n; i++) x[i] = 0.0f;
     *max = new_max;
-    *sum = *sum * rescale + sum_lanes(lanes);
+    *sum = *sum * rescale + sum_of(x + a, b - a);
     return rescale;
 }
 
