@@ -3,8 +3,6 @@ as llama-server. A request's `lora` field overrides the scales of the adapters i
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, jsonify, request
 
 from . import schema
@@ -40,14 +38,7 @@ def set_scales():
 
 def _body() -> list:
     """The request body: a JSON array (400 otherwise; NaN and Infinity are not JSON)."""
-
-    def no_constants(name):
-        raise ValueError(f"{name} is not valid JSON")
-
-    try:
-        body = json.loads(request.get_data(cache=False) or b"null", parse_constant=no_constants)
-    except (ValueError, RecursionError) as error:
-        raise invalid(f"the request body is not valid JSON: {error}", None, "invalid_json") from None
+    body = schema.parse_json(request.get_data(cache=False) or b"null")
     if not isinstance(body, list):
         raise invalid("the request body must be a JSON array of {id, scale} objects", None, "invalid_type")
     return body

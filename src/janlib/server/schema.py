@@ -102,11 +102,9 @@ LOGIT_BIAS_LIMIT = 100.0
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def parse_json_body(raw: bytes) -> dict:
-    """The request body as a JSON object, lone surrogates replaced by U+FFFD in every string and key;
-    400 for anything else (NaN and Infinity included)."""
-    if not raw:
-        raise invalid("the request body is empty: a JSON object is expected", None, "invalid_json")
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON of any shape, lone surrogates replaced by U+FFFD in every string and key;
+    400 when it is not JSON (NaN and Infinity included)."""
 
     def _no_constants(name):
         raise ValueError(f"{name} is not valid JSON")
@@ -119,6 +117,15 @@ def parse_json_body(raw: bytes) -> dict:
         raise invalid("the request body is not UTF-8", None, "invalid_json") from None
     except (ValueError, RecursionError) as error:
         raise invalid(f"the request body is not valid JSON: {error}", None, "invalid_json") from None
+    return body
+
+
+def parse_json_body(raw: bytes) -> dict:
+    """The request body as a JSON object, lone surrogates replaced by U+FFFD in every string and key;
+    400 for anything else (NaN and Infinity included)."""
+    if not raw:
+        raise invalid("the request body is empty: a JSON object is expected", None, "invalid_json")
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise invalid(f"the request body must be a JSON object, not {_json_type(body)}", None, "invalid_json")
     return body
