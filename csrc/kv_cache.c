@@ -356,7 +356,7 @@ static int holds_range(const jl_kv_pool *p, const jl_kv_cache *c, int32_t seq, i
 
 /* The window of a length n: the positions a query at n sees in a pool, from lo on. */
 static int64_t window_start(const jl_kv_pool *p, int64_t n) {
-    return p->window > 0 && n >= p->window ? n - p->window + 1 : 0;
+    return jl_kv_first_visible(n, p->window);
 }
 
 /* The page where p0 falls mid-page holds dst's own positions before p0: src's part is copied

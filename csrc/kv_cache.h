@@ -69,6 +69,11 @@ static inline int32_t jl_kv_pages_for(int64_t n_positions) {
     return (int32_t)((n_positions + JL_KV_PAGE - 1) / JL_KV_PAGE);
 }
 
+/* The first position a token at pos sees: a window keeps positions > pos - window (0: all). */
+static inline int64_t jl_kv_first_visible(int64_t pos, int64_t window) {
+    return window > 0 && pos >= window ? pos - window + 1 : 0;
+}
+
 /* n_cells is rounded up to whole pages, each pool getting that many (a windowed pool never holds
  * more pages than the full one, so it never fills first); a quantized type needs its head
  * dimension to be a whole number of blocks. layer_window (n_layer,): each layer's sliding window,

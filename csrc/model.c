@@ -656,11 +656,6 @@ typedef struct {
     jl_to_float_fn v_to_float;      /* a V row (a quantized V) */
 } attention_job;
 
-/* The first position a token at pos sees: the window keeps positions > pos - window. */
-static inline int64_t first_visible(int64_t pos, int64_t window) {
-    return window > 0 && pos >= window ? pos - window + 1 : 0;
-}
-
 /* The last position row r sees (set with the chunk's rows). */
 static inline int64_t last_visible(const jl_context *ctx, int64_t r) {
     return ctx->rows.last[r];
@@ -670,7 +665,7 @@ static inline int64_t last_visible(const jl_context *ctx, int64_t r) {
  * and each query keeps an online softmax (running max and sum, and its output row as the running
  * weighted sum of V, rescaled when the max grows), so no score buffer grows with the context.
  * Each query's result is a function of its own position and sequence alone: its scores are one
- * dot product per cache row; in a block its weights are zero outside [first_visible, last_visible]; its
+ * dot product per cache row; in a block its weights are zero outside [q_first, q_last]; its
  * running state changes only on the blocks it sees, always in the same order; a transposed V
  * sums a block's pages in order, a value's place in the sum fixed by its place in its page, so
  * the pages other queries of the item add where this one's weights are zero add exact zeros. */
@@ -707,7 +702,7 @@ static void attention_task(void *arg, int ith, int nth) {
         for (int qi = 0; qi < nq; qi++) {
             const int64_t row = rows[qi / nh], head = h0 + qi % nh;
             q_last[qi] = last_visible(ctx, row);
-            q_first[qi] = d->non_causal ? 0 : first_visible(ch->pos[row], window);
+            q_first[qi] = d->non_causal ? 0 : jl_kv_first_visible(ch->pos[row], window);
             lo = q_first[qi] < lo ? q_first[qi] : lo;
             hi = q_last[qi] > hi ? q_last[qi] : hi;
             job->q_convert(ctx->q + (row * d->n_head + head) * Dk, queries + (size_t)qi * job->q_bytes, Dk);
@@ -784,7 +779,7 @@ static jl_status attention(jl_context *ctx, int layer, int n_threads) {
     job.n_items = ctx->rows.n_groups * d->n_head_kv * job.head_chunks;
     int64_t span = 0;
     for (int64_t r = 0; r < ctx->rows.n_rows; r++)
-        span += last_visible(ctx, r) + 1 - (d->non_causal ? 0 : first_visible(ctx->rows.pos[r], window));
+        span += last_visible(ctx, r) + 1 - (d->non_causal ? 0 : jl_kv_first_visible(ctx->rows.pos[r], window));
     /* a multiply-add in a SIMD dot product costs far less than an elementwise step */
     int64_t work = d->n_head * span * (d->head_dim_k + d->head_dim_v) / 16;
     int nth = threads_for(work, n_threads);
