@@ -60,11 +60,14 @@ static const int tail_slot[16] = {0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3
 /* blocks in group g */
 static int group_blocks(int64_t k, int64_t g) { return k / QK - g * GROUP < GROUP ? (int)(k / QK - g * GROUP) : GROUP; }
 
+/* whether the last group is short enough to pack as a tail */
+static int ends_in_tail(int64_t k) { return group_blocks(k, n_groups(k) - 1) <= TAIL_BLOCKS; }
+
 /* A panel is its groups in order, each of w_group_bytes(STEPS) but a tail (always the last) of
  * w_group_bytes(TAIL_STEPS). */
 INLINE size_t panel_bytes_legacy(int nibbles, int has_min, int64_t k) {
     const int64_t groups = n_groups(k);
-    const int tail = group_blocks(k, groups - 1) <= TAIL_BLOCKS;
+    const int tail = ends_in_tail(k);
     return (size_t)(groups - tail) * w_group_bytes(nibbles, has_min, STEPS) + (tail ? w_group_bytes(nibbles, has_min, TAIL_STEPS) : 0);
 }
 
@@ -254,7 +257,7 @@ INLINE void tile_legacy(int nibbles, int has_min, int64_t groups, int tail, cons
 INLINE void panel_dot_legacy(int nibbles, int has_min, int64_t k, const uint8_t *panel, int64_t rows, const uint8_t *xp,
                              size_t x_stride, int64_t n, float *y, size_t y_stride) {
     const int64_t groups = n_groups(k);
-    const int tail = group_blocks(k, groups - 1) <= TAIL_BLOCKS;
+    const int tail = ends_in_tail(k);
     int64_t c = 0;
     for (; c + TILE_COLS <= n; c += TILE_COLS)
         tile_legacy(nibbles, has_min, groups, tail, panel, xp + c * x_stride, x_stride, TILE_COLS, rows, y + c * y_stride,
@@ -271,7 +274,7 @@ INLINE void panel_dot_legacy(int nibbles, int has_min, int64_t k, const uint8_t 
  * rows, whose tiles then reuse it with no unpacking. */
 INLINE void widen_legacy(int has_min, int64_t k, const uint8_t *panel, uint8_t *wide) {
     const int64_t groups = n_groups(k);
-    const int tail = group_blocks(k, groups - 1) <= TAIL_BLOCKS;
+    const int tail = ends_in_tail(k);
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t g = 0; g < groups; g++) {
         const int steps = tail && g == groups - 1 ? TAIL_STEPS : STEPS, vecs = w_vecs(1, steps);
