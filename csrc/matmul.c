@@ -85,6 +85,11 @@ static void pack_x_task(void *ctx, int ith, int nth) {
         job->wt->gemm->pack_x(job->xq + i * job->xq_row_bytes, job->k, job->xp + i * job->xp_row_bytes);
 }
 
+/* the weights' panels, the last one possibly short */
+static int64_t n_panels(const matmul_job *job) {
+    return (job->rows + job->wt->gemm->panel_rows - 1) / job->wt->gemm->panel_rows;
+}
+
 /* panels [p_lo, p_hi) of the weights, packed into out (p_hi - p_lo, panel_bytes) */
 static void pack_panels(const matmul_job *job, int64_t p_lo, int64_t p_hi, uint8_t *out) {
     const jl_gemm_kernels *gemm = job->wt->gemm;
@@ -199,7 +204,7 @@ static packed_entry *find_slot(packed_entry *slots, size_t capacity, const void 
 static void pack_task(void *ctx, int ith, int nth) {
     const matmul_job *job = ctx;
     int64_t lo, hi;
-    jl_split((job->rows + job->wt->gemm->panel_rows - 1) / job->wt->gemm->panel_rows, ith, nth, 1, &lo, &hi);
+    jl_split(n_panels(job), ith, nth, 1, &lo, &hi);
     pack_panels(job, lo, hi, (uint8_t *)job->packed + (size_t)lo * job->panel_bytes);
 }
 
@@ -236,7 +241,7 @@ static jl_status find_packed(jl_packed_cache *c, matmul_job *job, int n_threads)
     }
     packed_entry *e = find_slot(c->slots, c->capacity, job->w, gemm, job->rows, job->k);
     if (!e->w) {
-        const size_t bytes = job->panel_bytes * (size_t)((job->rows + gemm->panel_rows - 1) / gemm->panel_rows);
+        const size_t bytes = job->panel_bytes * (size_t)n_panels(job);
         uint8_t *panels = aligned_alloc(64, bytes);
         if (!panels) {
             st = jl_fail(JL_ERR_NOMEM, "matmul: no memory to keep %zu bytes of packed weights", bytes);
