@@ -196,9 +196,9 @@ static void update_task(void *arg, int ith, int nth) {
 
 jl_status jl_lora_apply(jl_lora_rows *lr, int layer, int target, const float *x, int64_t k, int64_t n_rows, float *y,
                         int64_t width, int n_threads) {
+    const int64_t at = (int64_t)layer * JL_LORA_N_TARGETS + target;
     for (int32_t j = 0; j < lr->n_lora; j++) {
         const jl_lora *lora = lr->lora[j];
-        const int64_t at = (int64_t)layer * JL_LORA_N_TARGETS + target;
         const jl_lora_pair *p = &lora->pairs[at];
         if (!p->a.data) continue;
         int64_t n = 0;
