@@ -49,7 +49,7 @@ def test_streamed_choices_carry_their_index_and_match_the_non_stream_answer(api)
         (choice,) = event["choices"]
         if choice["delta"].get("role"):
             roles.add(choice["index"])
-        text[choice["index"]] += choice["delta"].get("content", "")
+        text[choice["index"]] += (choice["delta"].get("content") or "")
         if choice["finish_reason"]:
             finish[choice["index"]] = choice["finish_reason"]
     assert roles == {0, 1} and set(finish) == {0, 1}

@@ -36,7 +36,7 @@ def _stream_text(base, prompt, **extra) -> tuple[str, str]:
             break
         event = json.loads(data)
         choice = event["choices"][0]
-        text.append(choice["delta"].get("content", ""))
+        text.append(choice["delta"].get("content") or "")
         finish = choice["finish_reason"] or finish
     assert done
     return "".join(text), finish

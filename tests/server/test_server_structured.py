@@ -53,7 +53,7 @@ def test_grammar_field(api, stream):
     r = post(api, messages=[{"role": "user", "content": "Is the sky blue?"}], grammar=YES_NO, stream=stream)
     if stream:
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith(b"data: {")]
-        text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
     else:
         text = r.json()["choices"][0]["message"]["content"]
     assert re.fullmatch(r"(yes|no)\.", text)

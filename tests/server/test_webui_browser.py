@@ -251,7 +251,7 @@ def test_forced_markup_is_shown_as_text(page, open_server, artifacts):
     set_settings(page, extra=json.dumps({"grammar": grammar}))
     send(page, "Show me an image.")
     wait_done(page)
-    streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in last_stream(page) if e["choices"])
+    streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in last_stream(page) if e["choices"])
     assert streamed == FORCED_MARKUP  # the model did answer the markup
     answer = page.locator(".message.assistant .content").last
     assert "<img src=x onerror=alert(1)>" in answer.inner_text()

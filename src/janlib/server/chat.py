@@ -208,9 +208,8 @@ def _chat_chunks(st, events, first, handle, fields, cid, created, setup, legacy)
         out.append(event(index, {}, _finish_reason(finish, calls, legacy), **extra))
         return b"".join(out)
 
-    def opening():  # content null, as the non-stream message when the model only calls
-        first_content = None if setup.tool_format is not None else ""
-        return [event(i, {"role": "assistant", "content": first_content}) for i in range(handle.request.n)]
+    def opening():  # content null, as llama-server and OpenAI open (no chunk carries an empty content string)
+        return [event(i, {"role": "assistant", "content": None}) for i in range(handle.request.n)]
 
     yield from _stream_tokens(st, events, first, handle, fields, base, chunk, opening)
 
