@@ -122,6 +122,14 @@ def test_content_as_text_parts(api):
     assert a == b
 
 
+def test_prefill_given_as_text_parts_joins_them_with_a_blank_line(api):
+    """A continued assistant message's text parts are joined as llama.cpp's render_content joins them:
+    llama.cpp's own test asserts "Wh\n\nill" for the parts "Wh" and "ill"."""
+    parts = [{"type": "text", "text": "Wh"}, {"type": "text", "text": "ill"}]
+    r = chat(api, max_tokens=1, messages=HI + [{"role": "assistant", "content": parts}]).json()
+    assert r["prompt"].endswith("Answer in one sentence.<|im_end|>\n<|im_start|>assistant\nWh\n\nill")
+
+
 def test_n_predict_wins_over_max_tokens(api):
     r = chat(api, max_tokens=3, n_predict=5, ignore_eos=True).json()
     assert r["usage"]["completion_tokens"] == 5 and r["choices"][0]["finish_reason"] == "length"

@@ -19,10 +19,11 @@ from .state import state
 bp = Blueprint("inference", __name__)
 
 
-def prepare(st, messages: list[dict], options: dict, fields: dict):
+def prepare(st, messages: list[dict], options: dict, fields: dict, final_parts: list[str] | None = None):
     """The rendered prompt and the tool-call constraint and parsers (janlib.tools.ChatSetup) for a chat
     request; prefill as llama.cpp: a final assistant message is continued unless add_generation_prompt
-    says otherwise."""
+    says otherwise. final_parts: the texts of the final message's content parts, which a continued message
+    joins with a blank line (llama.cpp's common_chat_msg::render_content)."""
     final = messages[-1]
     continue_final = options["continue_final_message"]
     add_prompt = options["add_generation_prompt"]
@@ -31,6 +32,8 @@ def prepare(st, messages: list[dict], options: dict, fields: dict):
             raise invalid("two assistant messages end the conversation: the last one would be continued "
                           "(prefill), which needs one", "messages")
         continue_final = True
+    if continue_final and final_parts:
+        messages = messages[:-1] + [dict(final, content="\n\n".join(final_parts))]
     active = options["tools"] and options["tool_choice"] != "none"
     if active:
         for name in ("json_schema", "response_format"):
@@ -66,7 +69,9 @@ def prepare_body(st, body: dict):
     fields = schema.parse_fields(body)
     options = schema.parse_chat_options(body)
     c.check_request_options(st, fields)
-    setup = prepare(st, messages, options, fields)
+    final_content = raw_messages[-1].get("content")  # parse_messages checked its parts
+    final_parts = [part["text"] for part in final_content] if isinstance(final_content, list) else None
+    setup = prepare(st, messages, options, fields, final_parts)
     media.add_chat_images(st, setup, images, image_fields, "multimodal_data" if data else "messages")
     return setup, fields, options
 
