@@ -85,7 +85,7 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     app.extensions["janlib"] = st
     keys = [k.encode() for k in config.api_keys]
 
-    cors.install(app, config.cors_origins)
+    cors.install(app, config)
 
     @app.before_request
     def _refuse_while_draining():
@@ -133,6 +133,8 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     app.register_blueprint(embeddings.bp)
     app.register_blueprint(misc.bp)
     app.register_blueprint(lora.bp)
+    from . import cors_proxy  # noqa: E402  (/cors-proxy, 403 unless --ui-mcp-proxy)
+    app.register_blueprint(cors_proxy.bp)
     if config.webui:
         app.register_blueprint(webui.bp)
     register_error_handlers(app)

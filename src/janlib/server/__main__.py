@@ -72,9 +72,10 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
     p.add_argument("--jinja", action="store_true", help="accepted: janlib always renders Jinja templates")
     p.add_argument("--no-jinja", dest="jinja", action="store_false",
                    help="accepted: janlib has no other template engine, so templates are still Jinja")
-    p.add_argument("--metrics", dest="metrics", action="store_true", default=True,
-                   help="serve GET /metrics (default: on)")
-    p.add_argument("--no-metrics", dest="metrics", action="store_false", help="GET /metrics answers 501")
+    p.add_argument("--metrics", dest="metrics", action="store_true", default=False,
+                   help="serve GET /metrics (default: off, GET /metrics answers 501)")
+    p.add_argument("--no-metrics", dest="metrics", action="store_false",
+                   help="GET /metrics answers 501 (the default; kept for scripts from when it was on by default)")
     p.add_argument("--slots", dest="slots", action="store_true", default=True, help="serve GET /slots (default)")
     p.add_argument("--no-slots", dest="slots", action="store_false", help="GET /slots answers 501")
     p.add_argument("--props", action="store_true", help="let POST /props change the request defaults")
@@ -104,11 +105,14 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
     p.add_argument("--flash-attn", "-fa", nargs="?", const="on", metavar="on|off|auto",
                    help="accepted: janlib has one attention kernel")
     p.add_argument("--ubatch-size", "-ub", type=int, help="accepted: janlib has no separate physical batch")
-    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                   help="let web pages from ORIGIN (e.g. http://localhost:3000, * for any, localhost for any on "
-                   "this machine) call the API from a browser (repeatable; default: none, same origin only)")
-    p.add_argument("--cors-origins", dest="cors_origin", action="extend", type=_comma_separated, metavar="ORIGINS",
-                   help="as --cors-origin, comma-separated (llama-server's name)")
+    p.add_argument("--cors-origins", "--cors-origin", dest="cors_origins", action="extend", type=_comma_separated,
+                   metavar="ORIGINS", help="comma-separated origins whose web pages may call the API from a browser: "
+                   "* for any (default), localhost for any on this machine (default with --tools), or origins such "
+                   "as http://localhost:3000; \"\" for none (same origin only); repeatable")
+    p.add_argument("--cors-credentials", dest="cors_credentials", action="store_true", default=True,
+                   help="allow credentialed cross-origin requests; with * the request's Origin is reflected (default)")
+    p.add_argument("--no-cors-credentials", dest="cors_credentials", action="store_false",
+                   help="no credentialed cross-origin requests; * is answered as *")
     p.add_argument("--swa-full", action="store_true",
                    help="keep every position in sliding-window layers' KV cache (default: only their window)")
     p.add_argument("--cache-ram", "-cram", type=int, metavar="MIB",
@@ -120,9 +124,13 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
     p.add_argument("--media-path", metavar="DIR",
                    help="accepted (must be a directory): janlib reads no local media files; images come inline, or "
                    "over http(s) with --allow-remote-media")
-    p.add_argument("--tools", metavar="TOOL1,TOOL2", help="accepted and ignored: janlib has no built-in tools")
-    p.add_argument("--ui-mcp-proxy", "--webui-mcp-proxy", "--no-ui-mcp-proxy", "--no-webui-mcp-proxy",
-                   action="store_true", help="accepted and ignored: janlib's chat page has no MCP proxy")
+    p.add_argument("--tools", metavar="TOOL1,TOOL2", help="janlib has no built-in tools; as llama-server, the CORS "
+                   "default becomes localhost")
+    p.add_argument("--ui-mcp-proxy", "--webui-mcp-proxy", dest="cors_proxy", action="store_true",
+                   help="serve /cors-proxy?url=..., which fetches http(s) URLs for browser pages (MCP servers); "
+                   "experimental, do not enable where untrusted users reach the server")
+    p.add_argument("--no-ui-mcp-proxy", "--no-webui-mcp-proxy", dest="cors_proxy", action="store_false",
+                   help="no /cors-proxy (default)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, requests in flight may finish for this long; those still generating "
                    "then end with finish_reason length (default 10)")
@@ -154,9 +162,11 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.serv
             p.error(f"--chat-template-file: cannot read {a.chat_template_file!r}: {error.strerror or error}")
     if a.media_path is not None and not os.path.isdir(a.media_path):
         p.error(f"--media-path must be an existing directory, got {a.media_path!r}")
-    for flag, given, missing in (("--tools", a.tools, "built-in tools"), ("--ui-mcp-proxy", a.ui_mcp_proxy, "MCP proxy")):
-        if given:  # a feature the launcher asked for and will not get: say so rather than drop it silently
-            print(f"{prog}: warning: {flag} ignored: janlib has no {missing}", file=sys.stderr)
+    if a.tools:  # a feature the launcher asked for and will not get: say so rather than drop it silently
+        print(f"{prog}: warning: --tools ignored: janlib has no built-in tools", file=sys.stderr)
+    cors_origins = a.cors_origins
+    if cors_origins is None:  # llama-server's defaults: no page of another site may drive built-in tools
+        cors_origins = ["localhost"] if a.tools else ["*"]
     api_keys = [k.strip() for given in a.api_key for k in given.split(",") if k.strip()] + keys_from_env()
     aliases = sorted({n.strip() for n in (a.alias or "").split(",") if n.strip()})
     return ServerConfig(model=a.model, host=a.host, port=a.port, api_keys=api_keys,
@@ -166,14 +176,15 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.serv
                         alias=aliases[0] if aliases else a.alias, aliases=aliases[1:],
                         tags=[t.strip() for t in (a.tags or "").split(",") if t.strip()],
                         n_predict=a.n_predict, context_shift=a.context_shift, max_body=a.max_body,
-                        log_level=a.log_level, cors_origins=a.cors_origin, shutdown_timeout=a.shutdown_timeout,
+                        log_level=a.log_level, cors_origins=cors_origins, shutdown_timeout=a.shutdown_timeout,
                         seed=a.seed, temperature=a.temperature, chat_template=template, reasoning=a.reasoning,
                         reasoning_format=a.reasoning_format, metrics=a.metrics,
                         slots=a.slots, props=a.props, slot_save_path=a.slot_save_path, embeddings=a.embeddings,
                         pooling=a.pooling, webui=a.webui,
                         lora=[parse_lora_arg(value) for value in a.lora + a.lora_scaled],
                         lora_init_without_apply=a.lora_init_without_apply, mmproj=a.mmproj,
-                        allow_remote_media=a.allow_remote_media)
+                        allow_remote_media=a.allow_remote_media, cors_credentials=a.cors_credentials,
+                        cors_proxy=a.cors_proxy)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m janlib.server") -> int:

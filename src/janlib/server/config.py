@@ -45,8 +45,11 @@ class ServerConfig:
     n_predict: int = -1  # server-wide cap on generated tokens per request; -1 = none
     context_shift: bool = True  # False: a full context ends generation with finish_reason "length"
     max_body: int = DEFAULT_MAX_BODY
-    # browser origins allowed: "*" any, "localhost" those of this machine (llama-server's); empty = same origin
-    cors_origins: list[str] = field(default_factory=list)
+    # browser origins allowed (llama-server's --cors-origins, server/cors.py): "*" any (the default), "localhost"
+    # those of this machine (the default with --tools), or origins; empty = same origin only
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    cors_credentials: bool = True  # allow credentialed requests: "*" then reflects the request's Origin
+    cors_proxy: bool = False  # --ui-mcp-proxy: /cors-proxy fetches http(s) URLs for the page (server/cors_proxy.py)
     log_level: str = "info"
     shutdown_timeout: float = 10.0  # seconds in-flight requests may run on after SIGTERM/SIGINT
     # request defaults where a request does not say (llama-server's --seed, --temp)
@@ -57,7 +60,7 @@ class ServerConfig:
     reasoning_format: str = "deepseek"  # --reasoning-format: where a chat request that names none gets its thinking
     tags: list[str] = field(default_factory=list)  # shown in /v1/models (llama-server's --tags)
     # llama-server's endpoint switches
-    metrics: bool = True  # GET /metrics (llama-server: off unless --metrics; janlib has always served it)
+    metrics: bool = False  # GET /metrics, off unless --metrics (501 otherwise)
     slots: bool = True  # GET /slots
     props: bool = False  # POST /props may change the defaults
     webui: bool = True  # the chat page at /
@@ -108,7 +111,7 @@ class ServerConfig:
             raise ConfigError("an API key must not be empty")
         for origin in self.cors_origins:
             if origin not in ("*", "localhost") and not ORIGIN_RE.fullmatch(origin):
-                raise ConfigError(f"--cors-origin must be *, localhost or an origin such as https://example.com:8080 "
+                raise ConfigError(f"--cors-origins must be *, localhost or an origin such as https://example.com:8080 "
                                   f"(scheme://host[:port], no path), got {origin!r}")
         if self.reasoning not in REASONING_MODES:
             raise ConfigError(f"--reasoning must be one of {', '.join(REASONING_MODES)}, got {self.reasoning!r}")

@@ -133,7 +133,7 @@ LLAMACPP_METRICS = (
 def metrics():
     st = state()
     if not st.config.metrics:
-        raise APIError(501, "the metrics endpoint is off: start the server without --no-metrics",
+        raise APIError(501, "This server does not support metrics endpoint. Start it with `--metrics`",
                        code="not_supported", type="not_supported_error")
     m = dict(st.engine.metrics)
     for name, value in st.embedded.items():
