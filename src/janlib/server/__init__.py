@@ -135,6 +135,8 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     app.register_blueprint(lora.bp)
     from . import cors_proxy  # noqa: E402  (/cors-proxy, 403 unless --ui-mcp-proxy)
     app.register_blueprint(cors_proxy.bp)
+    from . import streams  # noqa: E402  (resumable streams: GET/DELETE /v1/stream)
+    app.register_blueprint(streams.bp)
     if config.webui:
         app.register_blueprint(webui.bp)
     register_error_handlers(app)

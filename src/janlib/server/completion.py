@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from flask import Response, request
 
-from . import schema, sse
+from . import schema, sse, streams
 from .errors import APIError, context_length_exceeded, invalid
 from .state import ServerState
 
@@ -120,7 +120,9 @@ def make_request(st: ServerState, ids: list[int], fields: dict,
     cap = st.config.n_predict
     if cap >= 0:
         max_tokens = min(max_tokens, cap)
-    probe = request.environ.get("waitress.client_disconnected")
+    # a resumable stream generates on when its client goes (server/streams.py)
+    resumable = fields["stream"] and streams.requested()
+    probe = None if resumable else request.environ.get("waitress.client_disconnected")
     job = Request(ids, max_tokens=max_tokens, stop=fields["stop"], ignore_eos=fields["ignore_eos"],
                   sampling=sampling, n=fields["n"], id_slot=fields["id_slot"], cache_prompt=fields["cache_prompt"],
                   t_max_predict_ms=fields["t_max_predict_ms"], context_shift=st.config.context_shift,
@@ -443,14 +445,15 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def stream_response(chunks: Iterator[bytes], handle: Handle) -> Response:
-    def body():
-        try:
-            yield from chunks
-        finally:
-            handle.cancel()  # the client went away (or we are done): the engine frees the slots
+def stream_response(chunks: Iterator[bytes], *handles: Handle) -> Response:
+    """The event stream; once it ends (or its client goes, unless the stream is resumable) the engine frees
+    the handles' slots."""
+    def stop():
+        for handle in handles:
+            handle.cancel()
 
-    return Response(body(), mimetype=sse.MIMETYPE, headers=sse.HEADERS, direct_passthrough=True)
+    return Response(streams.recorded(chunks, stop), mimetype=sse.MIMETYPE, headers=sse.HEADERS,
+                    direct_passthrough=True)
 
 
 def first_events(events: Iterator[Event], progress: bool) -> list[Event]:

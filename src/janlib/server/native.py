@@ -178,14 +178,7 @@ def _stream(st: ServerState, handles: list, fields: dict, max_tokens: int) -> Re
         for base, (handle, first) in enumerate(zip(handles, firsts)):
             yield from _stream_one(st, handle, first, fields, max_tokens, base * handle.request.n)
 
-    def body():
-        try:
-            yield from events()
-        finally:
-            for handle in handles:
-                handle.cancel()
-
-    return Response(body(), mimetype=sse.MIMETYPE, headers=sse.HEADERS, direct_passthrough=True)
+    return c.stream_response(events(), *handles)
 
 
 def _stream_one(st, handle, first, fields, max_tokens, base):
