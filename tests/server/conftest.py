@@ -15,7 +15,7 @@ from server_util import API_KEY, CTX, MODEL_ID, SPEC_PATH, api_session, start  #
 def server():
     """The real SmolLM2 model, two slots, one API key, a small context."""
     s = start("--api-key", API_KEY, "--alias", MODEL_ID, "--parallel", "2", "--ctx-size", str(2 * CTX),
-               "--threads", "1", "--log-level", "warning")
+               "--threads", "1", "--metrics", "--log-level", "warning")
     yield s
     s.stop()
 

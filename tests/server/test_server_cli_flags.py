@@ -30,17 +30,24 @@ def test_llama_server_flags_map_onto_the_config(tmp_path):
     assert c.slot_save_path == str(tmp_path)
     assert (c.cache_type_k, c.cache_type_v) == ("q8_0", "q4_0")
     assert parse_args(["--no-metrics"]).metrics is False and parse_args([]).context_shift is True
+    assert parse_args([]).metrics is False  # llama-server's default: /metrics only with --metrics
 
 
 def test_llama_server_flags_with_a_janlib_meaning_or_none(tmp_path):
     c = parse_args(["--reasoning", "off", "--reasoning-format", "none", "--cors-origins", "localhost, http://a.example",
                     "--cors-origin", "*", "--swa-full", "--cache-ram", "100", "--no-cache-idle-slots", "--backend_sampling",
-                    "-bs", "--media-path", str(tmp_path), "--tools", "all", "--ui-mcp-proxy"])
+                    "-bs", "--media-path", str(tmp_path), "--tools", "all", "--ui-mcp-proxy", "--no-cors-credentials"])
     assert (c.reasoning, c.reasoning_format) == ("off", "none")
-    assert c.cors_origins == ["localhost", "http://a.example", "*"]
+    assert c.cors_origins == ["localhost", "http://a.example", "*"] and not c.cors_credentials and c.cors_proxy
     c.validate()
     defaults = parse_args([])
-    assert (defaults.reasoning, defaults.reasoning_format, defaults.cors_origins) == ("auto", "deepseek", [])
+    assert (defaults.reasoning, defaults.reasoning_format) == ("auto", "deepseek")
+    # llama-server's CORS defaults: every origin, with credentials; only this machine's with --tools
+    assert (defaults.cors_origins, defaults.cors_credentials, defaults.cors_proxy) == (["*"], True, False)
+    assert parse_args(["--tools", "all"]).cors_origins == ["localhost"]
+    assert parse_args(["--tools", "all", "--cors-origins", "https://a.example"]).cors_origins == ["https://a.example"]
+    assert parse_args(["--cors-origins", ""]).cors_origins == []
+    assert parse_args(["--ui-mcp-proxy", "--no-webui-mcp-proxy"]).cors_proxy is False
 
 
 @pytest.mark.parametrize("argv, named", [(["--bogus-flag", "1"], "--bogus-flag"), (["-m", "x", "--lora-base", "a"], "--lora-base"),
@@ -66,10 +73,13 @@ def test_bad_values_are_config_errors(config, message):
 def test_endpoint_switches_act():
     from janlib.server import create_app
 
-    app = create_app(parse_args(["-c", "512", "-t", "1", "--no-slots", "--no-metrics", "--no-webui", "--props",
-                                 "--temp", "0"]))
+    app = create_app(parse_args(["-c", "512", "-t", "1", "--no-slots", "--no-webui", "--props", "--temp", "0"]))
     client = app.test_client()
-    assert client.get("/slots").status_code == 501 and client.get("/metrics").status_code == 501
+    assert client.get("/slots").status_code == 501
+    metrics = client.get("/metrics")  # off by default, llama-server's status and message
+    assert metrics.status_code == 501 and metrics.get_json()["error"]["type"] == "not_supported_error"
+    assert "--metrics" in metrics.get_json()["error"]["message"]
+    assert client.get("/cors-proxy?url=http://127.0.0.1:1/").status_code == 403  # off without --ui-mcp-proxy
     assert client.get("/").status_code == 404
     props = client.get("/props").get_json()["default_generation_settings"]
     assert props["n_ctx"] == 512 and props["params"]["temperature"] == 0.0

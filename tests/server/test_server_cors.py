@@ -1,4 +1,6 @@
-"""CORS (--cors-origin) and the X-Api-Key header, over plain HTTP on the real server process."""
+"""CORS as llama-server answers (--cors-origins) and the X-Api-Key header, over plain HTTP on the real server
+process. The expected headers are llama-server's (tools/server/server-http.cpp), but for Access-Control-Allow-Headers,
+which names Authorization where llama-server says "*" (the Fetch standard's "*" never covers Authorization)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def header_list(value: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def cors_server():
-    s = start("--api-key", API_KEY, "--cors-origin", ALLOWED, "--cors-origin", OTHER_ALLOWED,
+    s = start("--api-key", API_KEY, "--cors-origins", f"{ALLOWED},{OTHER_ALLOWED}",
               "--ctx-size", "256", "--threads", "1", "--log-level", "warning")
     yield s
     s.stop()
@@ -35,8 +37,8 @@ def cors_server():
 
 @pytest.fixture(scope="module")
 def any_origin_server():
-    s = start("--api-key", API_KEY, "--cors-origin", "*", "--ctx-size", "256", "--threads", "1",
-              "--log-level", "warning")
+    s = start("--api-key", API_KEY, "--cors-origin", "*", "--no-cors-credentials", "--ctx-size", "256",
+              "--threads", "1", "--log-level", "warning")
     yield s
     s.stop()
 
@@ -47,14 +49,16 @@ def test_preflight_of_an_allowed_origin_needs_no_key(cors_server, origin):
     r = preflight(cors_server, origin)
     assert r.status_code in (200, 204)
     assert r.headers["Access-Control-Allow-Origin"] == origin
+    assert r.headers["Access-Control-Allow-Credentials"] == "true"
     assert {"authorization", "content-type", "x-api-key"} <= header_list(r.headers["Access-Control-Allow-Headers"])
-    assert {"get", "post", "options"} <= header_list(r.headers["Access-Control-Allow-Methods"])
+    assert r.headers["Access-Control-Allow-Methods"] == "GET, POST, DELETE, OPTIONS"
     assert "origin" in header_list(r.headers["Vary"])
 
 
 @pytest.mark.slow
 def test_preflight_of_another_origin_gets_no_cors_headers(cors_server):
     r = preflight(cors_server, STRANGER)
+    assert r.status_code == 200
     assert not any(name.lower().startswith("access-control-") for name in r.headers)
 
 
@@ -84,23 +88,38 @@ def test_cross_origin_stream(cors_server):
 
 
 @pytest.mark.slow
-def test_star_allows_every_origin(any_origin_server):
+def test_star_without_credentials_is_a_literal_star(any_origin_server):
     r = preflight(any_origin_server, STRANGER, method="GET", headers="x-api-key")
-    assert r.status_code in (200, 204) and r.headers["Access-Control-Allow-Origin"] == "*"
+    assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in r.headers
     r = requests.get(any_origin_server.base + "/v1/models", timeout=10,
                      headers={"Origin": STRANGER, "X-Api-Key": API_KEY})
     assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == "*"
 
 
 @pytest.mark.slow
-def test_no_cors_by_default(server):
-    """Without --cors-origin: no CORS header anywhere, so browsers keep other origins out."""
-    answers = [preflight(server, ALLOWED),
-               requests.get(server.base + "/v1/models", timeout=10,
-                            headers={"Origin": ALLOWED, "Authorization": f"Bearer {API_KEY}"}),
-               requests.get(server.base + "/", timeout=10, headers={"Origin": ALLOWED})]
-    for r in answers:
-        assert not any(name.lower().startswith("access-control-") for name in r.headers), r.request.method
+@pytest.mark.parametrize("origin", [STRANGER, "web.mydomain.fr", "null"])
+def test_every_origin_is_reflected_by_default(server, origin):
+    """llama-server's default, * with credentials: whatever Origin the browser sends comes back, with credentials."""
+    r = preflight(server, origin, headers="authorization, content-type, x-stainless-os")
+    assert r.status_code == 200
+    assert r.headers["Access-Control-Allow-Origin"] == origin
+    assert r.headers["Access-Control-Allow-Credentials"] == "true"
+    assert r.headers["Access-Control-Allow-Methods"] == "GET, POST, DELETE, OPTIONS"
+    # the deliberate difference: Authorization named (a "*" would not cover it), the SDK's own headers reflected
+    assert header_list(r.headers["Access-Control-Allow-Headers"]) == \
+        {"authorization", "content-type", "x-api-key", "x-stainless-os"}
+    keyed = requests.get(server.base + "/v1/models", timeout=10,
+                         headers={"Origin": origin, "Authorization": f"Bearer {API_KEY}"})
+    assert keyed.status_code == 200 and keyed.headers["Access-Control-Allow-Origin"] == origin
+    # the preflight carries no key, the request itself still needs one
+    assert requests.get(server.base + "/v1/models", timeout=10, headers={"Origin": origin}).status_code == 401
+
+
+@pytest.mark.slow
+def test_a_request_without_origin_gets_no_cors_headers(server):
+    r = requests.get(server.base + "/v1/models", timeout=10, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 200 and not any(name.lower().startswith("access-control-") for name in r.headers)
 
 
 @pytest.mark.slow
@@ -120,7 +139,7 @@ def test_x_api_key(server, headers, status):
         assert error["code"] == "invalid_api_key" and error["type"] == "authentication_error"
 
 
-@pytest.mark.parametrize("origin", ["http://app.example/", "app.example", "http://app.example/path", ""])
+@pytest.mark.parametrize("origin", ["http://app.example/", "app.example", "http://app.example/path", "localhost:80"])
 def test_a_bad_origin_stops_the_start(origin):
     result = subprocess.run([sys.executable, "-m", "janlib.server", "--port", str(free_port()), "--cors-origin", origin],
                             capture_output=True, text=True, timeout=60, env=_env(), stdin=subprocess.DEVNULL)
@@ -138,12 +157,51 @@ def test_the_origin_localhost_stands_for_this_machine(origin, allowed):
     from flask import Flask
 
     from janlib.server import cors
+    from janlib.server.config import ServerConfig
 
     app = Flask(__name__)
     app.add_url_rule("/v1/models", view_func=lambda: "{}")
-    cors.install(app, ["localhost"])
+    cors.install(app, ServerConfig(cors_origins=["localhost"]))
     client = app.test_client()
     answers = [client.options("/v1/models", headers={"Origin": origin, "Access-Control-Request-Method": "GET"}),
                client.get("/v1/models", headers={"Origin": origin})]
     for r in answers:
+        assert r.status_code == 200 and r.headers.get("Access-Control-Allow-Origin") == (origin if allowed else None)
+
+
+def in_process_answers(config, origin):
+    """A preflight and a GET from origin on a bare app with the server's CORS: what a browser would be told."""
+    from flask import Flask
+
+    from janlib.server import cors
+
+    app = Flask(__name__)
+    app.add_url_rule("/v1/models", view_func=lambda: "{}")
+    cors.install(app, config)
+    client = app.test_client()
+    return [client.options("/v1/models", headers={"Origin": origin, "Access-Control-Request-Method": "GET"}),
+            client.get("/v1/models", headers={"Origin": origin})]
+
+
+def test_no_origins_sends_no_cors_header():
+    """--cors-origins "": same origin only, as janlib's former default."""
+    from janlib.server.__main__ import parse_args
+
+    config = parse_args(["--cors-origins", ""])
+    assert config.cors_origins == []
+    for r in in_process_answers(config, ALLOWED):
+        assert not any(name.lower().startswith("access-control-") for name in r.headers.keys())
+
+
+@pytest.mark.parametrize("argv, origin, allowed", [
+    (["--tools", "all"], "http://localhost:8080", True), (["--tools", "all"], STRANGER, False),
+    (["--tools", "all", "--cors-origins", "*"], STRANGER, True),  # an explicit list wins over the tools' default
+    (["--cors-origins", f"localhost,{ALLOWED}"], ALLOWED, True),
+    (["--cors-origins", f"localhost,{ALLOWED}"], "http://127.0.0.1:3000", True),
+    (["--cors-origins", f"localhost,{ALLOWED}"], OTHER_ALLOWED, False)])
+def test_tools_make_localhost_the_default(argv, origin, allowed):
+    """llama-server's --tools: with no --cors-origins only this machine's pages may call the server."""
+    from janlib.server.__main__ import parse_args
+
+    for r in in_process_answers(parse_args(argv), origin):
         assert r.status_code == 200 and r.headers.get("Access-Control-Allow-Origin") == (origin if allowed else None)

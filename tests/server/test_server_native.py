@@ -25,7 +25,7 @@ def slot_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base(slot_dir):
-    s = start("--alias", MODEL_ID, "-np", "2", "-c", "2048", "-t", "1", "--seed", "42",
+    s = start("--alias", MODEL_ID, "-np", "2", "-c", "2048", "-t", "1", "--seed", "42", "--metrics",
               "--slot-save-path", str(slot_dir), "--log-level", "warning")
     yield s.base
     s.stop()
@@ -327,7 +327,7 @@ def test_embedding_prompts_count_in_metrics():
     from janlib.server import create_app
     from janlib.server.__main__ import parse_args
 
-    app = create_app(parse_args(["-c", "256", "-t", "1", "--embedding"]))
+    app = create_app(parse_args(["-c", "256", "-t", "1", "--embedding", "--metrics"]))
     client = app.test_client()
 
     def counters():

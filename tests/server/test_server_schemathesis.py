@@ -20,7 +20,7 @@ MAX_EXAMPLES = 25
 @pytest.fixture(scope="module")
 def capped_server():
     s = start("--api-key", API_KEY, "--alias", MODEL_ID, "--ctx-size", "512", "--n-predict", "2", "--threads", "1",
-              "--log-level", "error")
+              "--metrics", "--log-level", "error")
     yield s
     s.stop()
 

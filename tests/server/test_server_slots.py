@@ -75,7 +75,8 @@ def test_four_streams_on_two_slots_all_complete_correctly(two_slots):
 
 @pytest.fixture(scope="module")
 def one_slot():
-    s = start("--alias", MODEL_ID, "--parallel", "1", "--queue-size", "1", "--ctx-size", "512", "--threads", "1")
+    s = start("--alias", MODEL_ID, "--parallel", "1", "--queue-size", "1", "--ctx-size", "512", "--threads", "1",
+              "--metrics")
     yield s
     s.stop()
 
