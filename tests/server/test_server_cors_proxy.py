@@ -18,13 +18,18 @@ KEYED = {"Authorization": f"Bearer {API_KEY}"}
 
 
 class Recorder(BaseHTTPRequestHandler):
-    """/big answers one byte over the proxy's limit, /missing a 404, /to-ftp and /to-echo redirect; the rest
-    echo 200, keeping the request's method, headers and body on the server."""
+    """/big answers one byte over the proxy's limit, /cut less than its Content-Length, /missing a 404, /to-ftp and
+    /to-echo redirect; the rest echo 200, keeping the request's method, headers and body on the server."""
 
     def do_GET(self):
         self.server.seen = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": b""}
         if self.path == "/big":
             self.answer(200, b"x" * (MAX_RESPONSE_BYTES + 1))
+        elif self.path == "/cut":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"only ten b")
         elif self.path == "/missing":
             self.answer(404, b'{"error": "no such thing"}')
         elif self.path in ("/to-ftp", "/to-echo"):
@@ -117,7 +122,7 @@ def test_upstream_errors_and_redirects(proxy_server, target):
     assert missing.status_code == 404 and missing.json() == {"error": "no such thing"}
     followed = proxy(proxy_server, base + "/to-echo")
     assert followed.status_code == 200 and target.seen["path"] == "/echo"
-    for path in ("/big", "/to-ftp"):
+    for path in ("/big", "/cut", "/to-ftp"):
         r = proxy(proxy_server, base + path)
         assert r.status_code == 502, path
         assert r.json()["error"]["param"] == "url" and r.json()["error"]["type"] == "server_error"

@@ -9,6 +9,7 @@ endless upstream cannot hold a thread or the memory for long."""
 
 from __future__ import annotations
 
+import http.client
 import logging
 import time
 import urllib.error
@@ -91,6 +92,9 @@ def read_bounded(response, url: str, deadline: float) -> bytes:
         if time.monotonic() > deadline:
             raise upstream_error(url, f"its answer took longer than {TIMEOUT_S:.0f} s")
         chunks.append(chunk)
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) != size:  # http.client ends a cut-off body quietly when read in parts
+        raise upstream_error(url, f"its answer ended after {size} of {length} bytes")
     return b"".join(chunks)
 
 
@@ -121,13 +125,15 @@ def cors_proxy():
     upstream = urllib.request.Request(url, data=body, headers=headers, method=request.method)
     deadline = time.monotonic() + TIMEOUT_S
     try:
-        with _opener.open(upstream, timeout=TIMEOUT_S) as response:
+        try:
+            response = _opener.open(upstream, timeout=TIMEOUT_S)
+        except urllib.error.HTTPError as error:  # an upstream 4xx/5xx is an answer to pass on, not a proxy failure
+            response = error
+        with response:
             status, answer_headers, data = response.status, response.headers, read_bounded(response, url, deadline)
-    except urllib.error.HTTPError as error:  # an upstream 4xx/5xx is an answer to pass on, not a proxy failure
-        with error:
-            status, answer_headers, data = error.code, error.headers, read_bounded(error, url, deadline)
-    except (urllib.error.URLError, OSError, ValueError) as error:  # refused, unknown host, timeout, bad redirect
-        raise upstream_error(url, str(getattr(error, "reason", None) or error)) from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
+        # refused, unknown host, timeout, a bad redirect, a malformed or cut-off answer
+        raise upstream_error(url, str(getattr(error, "reason", None) or error) or type(error).__name__) from None
     returned = [(name, value) for name, value in answer_headers.items()
                 if name.lower() not in NOT_RETURNED and not name.lower().startswith("access-control-")]
     has_type = any(name.lower() == "content-type" for name, _ in returned)
