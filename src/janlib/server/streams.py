@@ -46,7 +46,8 @@ class Session:
     def __init__(self, conv_id: str, stop: Callable[[], None], cap: int = SESSION_BYTES):
         self.conv_id = conv_id
         self.started_at = int(time.time())
-        self.completed_at = 0  # unix seconds once finished
+        self.completed_at = 0  # unix seconds once finished (what lookup reports)
+        self.finished_at = 0.0  # time.time() once finished (what the sweep orders by)
         self.cancelled = False
         self.stop = stop  # cancels the generation
         self._cap = cap
@@ -97,7 +98,8 @@ class Session:
         with self._changed:
             if not self._done:
                 self._done = True
-                self.completed_at = int(time.time())
+                self.finished_at = time.time()
+                self.completed_at = int(self.finished_at)
             self._changed.notify_all()
 
     def cancel(self) -> None:
@@ -168,10 +170,10 @@ class SessionStore:
 
     def _sweep(self) -> None:
         cutoff = time.time() - self.ttl_s
-        finished = sorted((s for s in self._sessions.values() if s.done), key=lambda s: s.completed_at)
+        finished = sorted((s for s in self._sessions.values() if s.done), key=lambda s: s.finished_at)
         total = sum(s.held for s in finished)
         for i, session in enumerate(finished):
-            if session.completed_at > cutoff and len(finished) - i <= self.max_finished \
+            if session.finished_at > cutoff and len(finished) - i <= self.max_finished \
                     and total <= self.max_finished_bytes:
                 break
             total -= session.held
