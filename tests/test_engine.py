@@ -450,3 +450,50 @@ def test_prompt_chunks_beside_running_streams_are_sized_to_the_gap_target(make_e
     assert alone_chunks[0] == 256  # nothing generating: whole batches
     assert beside and max(beside) <= 2000 * 0.040 * 1.2  # about 40 ms of work a step
     assert min(beside[:-1]) >= 16
+
+
+def test_step_times_fit_recovers_the_cost_of_rows_and_attended_positions():
+    from janlib.engine import _StepTimes
+
+    times = _StepTimes()
+    assert times.max_chunk(3, 300, 0, 0.2) is None  # no prompt chunk timed yet
+    cost = lambda rows, attended: 0.005 + 0.0008 * rows + 0.003 * attended / 1024  # noqa: E731
+    for start in range(0, 1536, 128):  # a long prompt alone, then three decode rows
+        times.add(128, 128 * start + 128 * 129 // 2, cost(128, 128 * start + 128 * 129 // 2))
+    for pos in range(100, 116):
+        times.add(3, 3 * pos, cost(3, 3 * pos))
+    assert np.allclose(times.fits()[1], (0.005, 0.0008, 0.003), rtol=1e-6)
+    step = lambda c, start: cost(3 + c, 330 + c * start + c * (c + 1) // 2)  # noqa: E731
+    for start in (0, 700, 1400):
+        c = times.max_chunk(3, 330, start, 0.2)
+        assert c > 16 and step(c, start) <= 0.2  # never past the target
+    c = times.max_chunk(3, 330, 1400, 0.2)  # late in the prompt the attention term decides, exactly
+    assert step(c, 1400) <= 0.2 < step(c + 1, 1400)
+    assert times.max_chunk(3, 330, 0, 0.001) == 0  # the decode rows alone overrun: no room
+
+
+def test_prompt_chunks_shrink_as_their_attention_grows(make_engine, model):
+    cost = lambda positions: 0.0001 * len(positions) + 2e-7 * float(np.sum(positions + 1))  # noqa: E731
+
+    class Timed(FakeContext):
+        """0.1 ms a token plus 0.2 us a position attended to; keeps each batch's sequences and positions."""
+        steps: list[tuple[np.ndarray, np.ndarray]] = []
+
+        def decode(self, tokens, positions, seq_ids, *args, **kw):
+            out = super().decode(tokens, positions, seq_ids, *args, **kw)
+            self.steps.append((np.asarray(seq_ids), np.asarray(positions)))
+            time.sleep(cost(np.asarray(positions)))
+            return out
+
+    ctx = Timed(model.n_vocab, n_ctx=1024, n_seq_max=2)
+    engine = Engine(model, n_batch=256, context=ctx, max_gap_ms=40)
+    try:
+        engine.submit(Request(ids(700), max_tokens=1, id_slot=0, cache_prompt=False)).result()  # timed steps
+        stream = iter(engine.submit(Request(ids(4, 9000), max_tokens=400, ignore_eos=True, id_slot=0)))
+        next(e for e in stream if e.kind == "token")
+        engine.submit(Request(ids(700, 5000), max_tokens=1, id_slot=1)).result()
+    finally:
+        engine.close()
+    beside = [positions for seqs, positions in ctx.steps if (seqs == 1).any() and (seqs == 0).any()]
+    assert max(cost(p) for p in beside) <= 0.040 * 1.25  # each step about the 40 ms target, late chunks included
+    assert len(beside[-2]) < len(beside[0])  # the chunks near position 700 are shorter than the first

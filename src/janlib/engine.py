@@ -62,8 +62,73 @@ MAX_CHOICES = 8
 DEFAULT_BATCH = 256  # the most tokens in one step
 DEFAULT_MAX_GAP_MS = 200.0  # while sequences generate, a step beside them aims to take no longer
 MIN_CHUNK = 16  # a prompt beside running sequences advances at least this much per step
-_RATE_MIN_TOKENS = 32  # steps this large measure the throughput (smaller ones are dominated by decode)
+_LARGE_STEP = 32  # steps of this many tokens or more carry a prompt chunk's cost (smaller ones are decode)
+_POSITION_SPREAD = 256  # the large steps' mean positions must spread this much to fit the attention term
 _POLL_S = 0.5  # a handle's reader re-checks the engine's health this often while it waits
+
+
+class _StepTimes:
+    """How long a step takes: t = t0 + per_row * rows + per_attended * attended, where attended counts
+    the cache positions its rows attend to. A prompt chunk's attention grows with its position, so late
+    in a long prompt a token costs several times what it costs early; a rate per token alone would let
+    those chunks overrun the gap they are sized for. Fitted by least squares over the recent large steps
+    (prompt chunks) and the recent small ones (decode); a chunk must fit by the fit with that term and by
+    the one without it, so a poorly determined attention term never makes a chunk longer."""
+
+    def __init__(self) -> None:
+        self._large: deque[tuple[float, float, float, float]] = deque(maxlen=32)
+        self._small: deque[tuple[float, float, float, float]] = deque(maxlen=16)
+
+    def add(self, rows: int, attended: int, seconds: float) -> None:
+        (self._large if rows >= _LARGE_STEP else self._small).append((1.0, rows, attended / 1024, seconds))
+
+    def fits(self) -> list[tuple[float, float, float]]:
+        """Candidate (t0, per_row, per_attended) in seconds, attended in units of 1,024 positions: the fit
+        without the attention term, and the full one where the large steps' positions spread enough to
+        tell the two terms apart; none before two large steps were timed (nothing says what a chunk costs)."""
+        if len(self._large) < 2:
+            return []
+        m = np.array([*self._large, *self._small])
+        large = np.array(self._large)
+        mean_position = large[:, 2] * 1024 / large[:, 1]
+        out = [self._fit(m, (0, 1)) or self._fit(m, (1,))]
+        if np.ptp(mean_position) >= _POSITION_SPREAD:
+            out.append(self._fit(m, (0, 1, 2)))
+        return [fit for fit in out if fit is not None]
+
+    @staticmethod
+    def _fit(m: np.ndarray, columns: tuple[int, ...]) -> tuple[float, float, float] | None:
+        """The least-squares costs of the terms in columns (the others zero); None when one comes out negative."""
+        coef = np.linalg.lstsq(m[:, columns], m[:, 3], rcond=None)[0]
+        if (coef < 0).any():
+            return None
+        full = dict(zip(columns, coef.tolist()))
+        return full.get(0, 0.0), full.get(1, 0.0), full.get(2, 0.0)
+
+    def max_chunk(self, rows: int, attended: int, start: int, seconds: float) -> int | None:
+        """The longest prompt chunk from position start that fits beside rows attending to attended
+        positions within seconds by every candidate fit (0 when none does); None without a fit."""
+        chunks = [self._solve(fit, rows, attended, start, seconds) for fit in self.fits()]
+        return min(chunks) if chunks else None
+
+    @staticmethod
+    def _solve(fit: tuple[float, float, float], rows: int, attended: int, start: int, seconds: float) -> int:
+        t0, per_row, per_kpos = fit
+        # a chunk of c tokens from start attends to c * start + c (c + 1) / 2 positions: solve
+        # t0 + per_row (rows + c) + per_kpos (attended + c start + c (c + 1) / 2) / 1024 = seconds for c
+        qa = per_kpos / 2048
+        qb = per_row + per_kpos * (start + 0.5) / 1024
+        qc = t0 + per_row * rows + per_kpos * attended / 1024 - seconds
+        if qc >= 0:
+            return 0
+        if qa <= 0:
+            return int(-qc / qb) if qb > 0 else 1 << 30
+        return int((-qb + (qb * qb - 4 * qa * qc) ** 0.5) / (2 * qa))
+
+
+def _attended(entries) -> int:
+    """The cache positions the rows of a step's entries attend to (each token sees itself and all before)."""
+    return sum(len(tokens) * len(seq.slot.cached) + len(tokens) * (len(tokens) + 1) // 2 for seq, tokens in entries)
 
 
 class EngineError(JanlibError, RuntimeError):
@@ -332,8 +397,8 @@ class Engine:
     """Many sequences over one model. model: a Model, or a path / registry name to load.
     n_seq_max: sequences served at once; n_ctx: positions per sequence (None: the model's);
     n_batch: tokens per step (decode tokens first, then prompt chunks); max_gap_ms: while sequences
-    generate, the prompt chunk beside them is sized from the measured throughput so that a step (the gap
-    between two of their tokens) takes about this long (None: n_batch whatever it costs); queue_size: requests that may
+    generate, the prompt chunk beside them is sized from the timed steps (see _StepTimes) so that a step
+    (the gap between two of their tokens) takes about this long (None: n_batch whatever it costs); queue_size: requests that may
     wait for a sequence beyond the idle ones (None: no limit; past it submit raises QueueFull);
     context: a ready multi-sequence context (default: model.create_context(...)); mmproj: a multimodal
     projector GGUF for a model loaded here (prompts may then be MediaPrompts with images); swa_full:
@@ -363,7 +428,7 @@ class Engine:
         self.n_threads = n_threads
         self.n_batch = n_batch
         self.max_gap_ms = max_gap_ms
-        self._rate = 0.0  # tokens per second of recent large steps (0: not measured yet)
+        self._step_times = _StepTimes()
         self.queue_size = queue_size
         self.metrics = {"requests_total": 0, "prompt_tokens_total": 0, "predicted_tokens_total": 0,
                         "prompt_seconds_total": 0.0, "predicted_seconds_total": 0.0, "rejected_total": 0,
@@ -715,14 +780,12 @@ class Engine:
         entries = self._plan()
         if not entries:
             return
+        attended = _attended(entries)
         t0 = time.perf_counter()
         logits = self._decode(entries)
-        n_tokens = sum(len(tokens) for _, tokens in entries)
-        if logits is not None and n_tokens >= _RATE_MIN_TOKENS:
-            rate = n_tokens / max(time.perf_counter() - t0, 1e-6)
-            self._rate = rate if not self._rate else 0.5 * (self._rate + rate)
         if logits is None:
             return
+        self._step_times.add(sum(len(tokens) for _, tokens in entries), attended, time.perf_counter() - t0)
         self.metrics["steps_total"] += 1
         self.metrics["busy_slots_total"] += len({seq.slot.index for seq, _ in entries})
         self.metrics["n_tokens_max"] = max(self.metrics["n_tokens_max"], sum(len(t) for _, t in entries))
@@ -772,8 +835,11 @@ class Engine:
                         entries.append((seq, seq.refill + [seq.pending]))
                         budget -= 1 + len(seq.refill)
                         seq.refill = []
-        if entries and self.max_gap_ms and self._rate:  # keep the generating sequences' gaps short
-            budget = min(budget, max(int(self._rate * self.max_gap_ms / 1000) - len(entries), MIN_CHUNK))
+        if entries and prompts and self.max_gap_ms:  # keep the generating sequences' gaps short
+            fits = self._step_times.max_chunk(sum(len(t) for _, t in entries), _attended(entries),
+                                              len(prompts[0].slot.cached), self.max_gap_ms / 1000)
+            if fits is not None:
+                budget = min(budget, max(fits, MIN_CHUNK))
         budget = max(budget, 1)  # a prompt always advances, so a full batch of streams cannot starve it
         for i, seq in enumerate(prompts):
             if budget <= 0:
