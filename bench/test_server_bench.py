@@ -52,8 +52,10 @@ def _engine_alone(model):
 
 
 def _content_events(response):
-    """Each SSE chunk that carries generated text (not the role chunk)."""
-    for line in response.iter_lines(chunk_size=1):
+    """Each SSE chunk that carries generated text (not the role chunk). The body is read as its HTTP chunks
+    arrive (chunk_size=None), not a byte per call: the client shares the two cores with the server, and
+    byte-wise reading cost it a tenth of their time at 8 streams."""
+    for line in response.iter_lines(chunk_size=None):
         if line.startswith(b"data: {"):
             choices = json.loads(line[6:])["choices"]
             if choices and choices[0]["delta"].get("content") is not None and not choices[0]["delta"].get("role"):
