@@ -127,7 +127,7 @@ def build(spec: dict) -> dict:
             "created": {"type": "integer"}, "model": {"type": "string"}, "system_fingerprint": {"type": "string"},
             "choices": {"type": "array", "items": {"type": "object", "properties": {
                 "index": {"type": "integer"}, "delta": {"type": "object", "properties": {
-                    "role": {"type": "string"}, "content": {"type": "string"}}},
+                    "role": {"type": "string"}, "content": {"type": "string", "nullable": True}}},
                 "finish_reason": {"type": "string", "nullable": True},
                 "logprobs": LOGPROBS}, "required": ["index", "delta"]}},
             "usage": {"allOf": [{"$ref": "#/components/schemas/UsageDto"}], "nullable": True}},
