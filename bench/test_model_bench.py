@@ -1,7 +1,11 @@
 """Prompt processing (pp512) and generation (tg128) tokens/s per model and thread count, beside
 llama.cpp measured in the same run: through llama-cpp-python when it is importable, and through
 llama.cpp's own llama-bench when the LLAMA_BENCH environment variable names its binary; the share
-of decode time spent outside C; batched decode of several sequences in one context."""
+of decode time spent outside C; batched decode of several sequences in one context.
+
+JANLIB_BENCH_GGUF names further GGUF files (comma-separated) to measure beside the registry models,
+each reported under its file name without .gguf: models outside the registry, such as the qwen2
+Q4_K_M that make_qwen2_acceptance_model.py builds."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +22,8 @@ import janlib
 from janlib.model import Model
 
 MODELS = {"smollm2": "smollm2-135m-instruct", "gemma3": "gemma3-270m"}
+EXTRA_FILES = {Path(path).stem: path for path in os.environ.get("JANLIB_BENCH_GGUF", "").split(",") if path}
+MEASURED = MODELS | EXTRA_FILES  # name -> registry name or file
 THREADS = [1, 2]
 PP, TG = 512, 128
 ROUNDS = 3
@@ -103,9 +110,9 @@ def _timed(fn, ids):
     return time.perf_counter() - start
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
+@pytest.fixture(scope="module", params=list(MEASURED))
 def model_path(request):
-    return request.param, janlib.fetch_model(MODELS[request.param], progress=False)
+    return request.param, janlib.fetch_model(MEASURED[request.param], progress=False)
 
 
 @pytest.mark.parametrize("n_threads", THREADS)
