@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+import janlib
 from server_util import API_KEY, start
 
 CHROMIUM = "/usr/bin/chromium"
@@ -157,6 +158,23 @@ def test_page_and_files_load_without_a_key(server):
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     for src in re.findall(r'(?:src|href)="(webui/[^"]+)"', page.text):
         assert requests.get(f"{server.base}/{src}", timeout=10).status_code == 200, src
+    assert requests.get(server.base + "/v1/models", timeout=10).status_code == 401
+
+
+@pytest.mark.slow
+def test_app_files_load_without_a_key(server):
+    """The installable app's files are public on a keyed server, as llama-server's (its test_security.py asks
+    the same); the API still wants the key."""
+    manifest = requests.get(server.base + "/manifest.webmanifest", timeout=10)
+    assert manifest.status_code == 200 and manifest.headers["Content-Type"] == "application/manifest+json"
+    assert manifest.json()["name"] == "janlib"
+    worker = requests.get(server.base + "/sw.js", timeout=10)
+    assert worker.status_code == 200 and worker.headers["Content-Type"].startswith("text/javascript")
+    assert worker.headers["Cache-Control"] == "no-cache"
+    version = requests.get(server.base + "/_app/version.json", timeout=10)
+    assert version.status_code == 200 and version.json() == {"version": janlib.__version__}
+    for response in (manifest, worker, version):
+        assert "default-src 'self'" in response.headers["Content-Security-Policy"]
     assert requests.get(server.base + "/v1/models", timeout=10).status_code == 401
 
 
@@ -333,3 +351,104 @@ def test_markdown_blocks_and_inline(page, open_server):
         "<blockquote><p>quoted &lt;i&gt;tag&lt;/i&gt;</p></blockquote>",
     ]
     assert html == "".join(expected)
+
+
+def css_colour(name: str) -> str:
+    """The light theme's value of a custom property in style.css."""
+    return re.search(rf"--{name}:\s*(#[0-9a-f]{{6}})", (WEBUI / "style.css").read_text("utf-8")).group(1)
+
+
+@pytest.mark.slow
+def test_installs_and_starts_while_the_server_is_down(browser, artifacts):
+    """Manifest, service worker and offline start, on a server of its own (it is stopped), under the page's
+    real Content-Security-Policy (a violation would show as a console error)."""
+    own_server = start("--ctx-size", "512", "--threads", "1", "--log-level", "warning")
+    base = own_server.base
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    problems = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+    responses = []
+    page.on("response", lambda response: responses.append(response))
+    try:
+        page.goto(base + "/")
+        page.wait_for_selector("#model-name:not(:empty)")
+
+        # the manifest: linked, parsed, its icons there
+        manifest_url = page.evaluate("document.querySelector('link[rel=manifest]').href")
+        assert manifest_url == base + "/manifest.webmanifest"
+        manifest = requests.get(manifest_url, timeout=10).json()
+        assert manifest["name"] == "janlib" and manifest["short_name"]
+        assert manifest["display"] == "standalone"
+        for field in ("start_url", "scope"):  # relative to the manifest, as the page's own links
+            assert requests.compat.urljoin(manifest_url, manifest[field]) == base + "/"
+        assert manifest["theme_color"] == manifest["background_color"] == css_colour("bg")
+        assert page.evaluate("document.querySelector('meta[name=theme-color]').content") == css_colour("bg")
+        assert any(icon["purpose"] == "any" and icon["sizes"] == "any" for icon in manifest["icons"])
+        for icon in manifest["icons"]:
+            image = requests.get(requests.compat.urljoin(manifest_url, icon["src"]), timeout=10)
+            assert image.status_code == 200 and image.headers["Content-Type"].startswith(icon["type"])
+
+        # the worker registers for the whole page and controls it after a reload
+        worker = page.evaluate("navigator.serviceWorker.ready.then((r) => [r.scope, r.active.scriptURL])")
+        assert worker == [base + "/", base + "/sw.js"]
+        responses.clear()
+        page.reload()
+        page.wait_for_selector("#model-name:not(:empty)")
+        assert page.evaluate("navigator.serviceWorker.controller.scriptURL") == base + "/sw.js"
+        by_path = {response.url.removeprefix(base): response for response in responses}
+        assert by_path["/webui/app.js"].from_service_worker  # the page's files pass through the worker
+        assert by_path["/v1/models"].status == 200 and not by_path["/v1/models"].from_service_worker
+
+        # a request the page makes now, the worker in control: straight to the server, never cached
+        with page.expect_response(base + "/v1/models") as models:
+            assert page.evaluate("fetch('v1/models').then((r) => r.status)") == 200
+        assert not models.value.from_service_worker
+        cached = page.evaluate("""async () => {
+            const names = await caches.keys();
+            const urls = [];
+            for (const name of names) urls.push(...(await (await caches.open(name)).keys()).map((r) => r.url));
+            return [names, urls];
+        }""")
+        assert cached[0] == [f"janlib-webui-{janlib.__version__}"]
+        cached_paths = {url.removeprefix(base) for url in cached[1]}
+        linked = {"/" + src for src in re.findall(r'(?:src|href)="([^"]+)"', (WEBUI / "index.html").read_text())}
+        assert {"/", "/manifest.webmanifest"} | linked <= cached_paths
+        assert all(path == "/" or path == "/manifest.webmanifest" or path.startswith("/webui/") for path in cached_paths)
+
+        # the server goes away: the page still starts, from the cache, and says that /v1 is unreachable
+        own_server.stop()
+        page.reload()
+        page.wait_for_selector("#model-name:not(:empty)")
+        assert page.title() == "janlib chat" and page.locator("#composer").is_visible()
+        assert "smollm2" not in page.locator("#model-name").inner_text().lower()
+        page.screenshot(path=artifacts / "chat-server-down.png")
+    finally:
+        context.close()
+        own_server.stop()
+    # the reload while the server is down logs its failed /v1 request; nothing else may go wrong
+    assert [p for p in problems if "Failed to load resource" not in p] == []
+
+
+@pytest.mark.slow
+def test_upgraded_server_offers_a_reload(page, open_server):
+    """A later /_app/version.json naming another version (the server was upgraded) shows a notice."""
+    answers = []
+
+    def version(route):
+        answers.append(janlib.__version__ if not answers else "99.0.0")
+        route.fulfill(json={"version": answers[-1]})
+
+    page.route("**/_app/version.json", version)
+    open_page(page, open_server)
+    deadline = time.monotonic() + 10
+    while not answers and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert answers and page.locator("#upgraded").is_hidden()
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+    page.wait_for_selector("#upgraded", state="visible")
+    assert "janlib 99.0.0" in page.locator("#upgraded").inner_text()
+    with page.expect_navigation():
+        page.click("#reload")

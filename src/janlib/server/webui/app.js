@@ -6,6 +6,7 @@ const STORAGE = { conversations: "janlib.conversations", current: "janlib.curren
 const KEY_STORAGE = "janlib.apiKey";  // sessionStorage: gone with the tab
 const NUMBER_SETTINGS = { temperature: parseFloat, top_p: parseFloat, max_tokens: parseInt, seed: parseInt };
 const TITLE_LENGTH = 60;
+const VERSION_CHECK_MS = 10 * 60_000;  // and whenever the page becomes visible again
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -13,7 +14,8 @@ const ui = {
   empty: $("empty"), composer: $("composer"), input: $("input"), send: $("send"), stop: $("stop"),
   modelName: $("model-name"), settings: $("settings"), settingsForm: $("settings-form"),
   settingsError: $("settings-error"), keyDialog: $("key-dialog"), keyForm: $("key-form"),
-  keyInput: $("key-input"), keyMessage: $("key-message"),
+  keyInput: $("key-input"), keyMessage: $("key-message"), upgraded: $("upgraded"),
+  upgradedMessage: $("upgraded-message"),
 };
 
 let conversations = load(STORAGE.conversations, []);
@@ -403,5 +405,31 @@ $("menu").addEventListener("click", () => {
 });
 ui.backdrop.addEventListener("click", closeSidebar);
 
+// ---- installable app: the service worker, and a notice when the server was upgraded ----
+
+let pageVersion = null;  // the server's version when the page first reached it
+
+async function checkVersion() {
+  let version;
+  try {
+    version = (await (await fetch("_app/version.json", { cache: "no-store" })).json()).version;
+  } catch {
+    return;  // unreachable for now: the next check tells
+  }
+  pageVersion ??= version;
+  ui.upgraded.hidden = version === pageVersion;
+  ui.upgradedMessage.textContent = `The server was upgraded to janlib ${version}.`;
+}
+
+if ("serviceWorker" in navigator) {
+  navigator.serviceWorker.register("sw.js").catch((error) => console.warn("no service worker:", error));
+}
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") checkVersion();
+});
+setInterval(checkVersion, VERSION_CHECK_MS);
+$("reload").addEventListener("click", () => location.reload());
+
 render();
 loadModel();
+checkVersion();

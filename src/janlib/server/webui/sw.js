@@ -1,0 +1,39 @@
+// The chat page's service worker: it lets the page start while the server is briefly unreachable.
+// Only the page's own files are cached, network first (fresh files whenever the server answers); every
+// other request, the API above all, is left alone and goes straight to the network.
+// The server serves this file at /sw.js with `const BUILD = {version, files}` put in front: the version
+// names the cache (and changes these bytes, so an upgraded server installs a new worker), and files are
+// the page's files relative to the worker's scope.
+const CACHE_PREFIX = "janlib-webui-";
+const CACHE = CACHE_PREFIX + BUILD.version;
+const PAGE_FILES = new Set(BUILD.files.map((file) => new URL(file, self.registration.scope).href));
+
+self.addEventListener("install", (event) => {
+  event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll([...PAGE_FILES])).then(() => self.skipWaiting()));
+});
+
+self.addEventListener("activate", (event) => {
+  event.waitUntil(caches.keys()
+    .then((names) => Promise.all(names.filter((name) => name.startsWith(CACHE_PREFIX) && name !== CACHE)
+      .map((name) => caches.delete(name))))
+    .then(() => self.clients.claim()));
+});
+
+self.addEventListener("fetch", (event) => {
+  const url = new URL(event.request.url);
+  if (event.request.method !== "GET" || !PAGE_FILES.has(url.origin + url.pathname)) return;
+  event.respondWith(networkFirst(event.request, url.origin + url.pathname));
+});
+
+async function networkFirst(request, key) {
+  const cache = await caches.open(CACHE);
+  try {
+    const response = await fetch(request);
+    if (response.ok) await cache.put(key, response.clone());
+    return response;
+  } catch (error) {
+    const cached = await cache.match(key);
+    if (cached) return cached;
+    throw error;
+  }
+}
