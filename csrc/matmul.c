@@ -1,7 +1,8 @@
 /* matmul.c — y = x @ W.T over a quantized W, and whole-tensor dequantization.
  *
  * x is quantized once per call to the activation format W's dot product pairs with, then W's
- * rows are split across the pool. Activations are consumed in column blocks that stay in L2
+ * rows are split across the pool. Weights of one type that read the same x (a layer's q, k and v)
+ * share that quantized x and one parallel step: their rows are shared out as one list. Activations are consumed in column blocks that stay in L2
  * while each thread streams its rows, and JL_NC_MAX columns at a time share one unpack of a
  * weight row.
  *
@@ -50,18 +51,20 @@ typedef struct {
     size_t strip_panel_bytes;  /* panel_bytes, or the widened size */
 } matmul_job;
 
-static void quantize_task(void *ctx, int ith, int nth) {
+/* x's rows in the activation format (xq), then in the GEMM's packing (xp) where it has one */
+static void prepare_x_task(void *ctx, int ith, int nth) {
     matmul_job *job = ctx;
     int64_t lo, hi;
     jl_split(job->n, ith, nth, 1, &lo, &hi);
-    for (int64_t i = lo; i < hi; i++)
-        job->at->from_float(job->x + i * job->k, job->xq + i * job->xq_row_bytes, job->k);
+    for (int64_t i = lo; i < hi; i++) {
+        if (job->xq != (const uint8_t *)job->x)
+            job->at->from_float(job->x + i * job->k, job->xq + i * job->xq_row_bytes, job->k);
+        if (job->xp != job->xq) job->wt->gemm->pack_x(job->xq + i * job->xq_row_bytes, job->k, job->xp + i * job->xp_row_bytes);
+    }
 }
 
-static void dot_task(void *ctx, int ith, int nth) {
-    matmul_job *job = ctx;
-    int64_t r_lo, r_hi;
-    jl_split(job->rows, ith, nth, 1, &r_lo, &r_hi);
+/* weight rows [r_lo, r_hi) against every activation row, one dot product per (row, column) */
+static void dot_rows(const matmul_job *job, int64_t r_lo, int64_t r_hi) {
     jl_vec_dot_fn vec_dot = job->wt->vec_dot;
     float s[JL_NC_MAX];
     for (int64_t c0 = 0; c0 < job->n; c0 += COL_BLOCK) {
@@ -75,14 +78,6 @@ static void dot_task(void *ctx, int ith, int nth) {
             }
         }
     }
-}
-
-static void pack_x_task(void *ctx, int ith, int nth) {
-    matmul_job *job = ctx;
-    int64_t lo, hi;
-    jl_split(job->n, ith, nth, 1, &lo, &hi);
-    for (int64_t i = lo; i < hi; i++)
-        job->wt->gemm->pack_x(job->xq + i * job->xq_row_bytes, job->k, job->xp + i * job->xp_row_bytes);
 }
 
 /* the weights' panels, the last one possibly short */
@@ -103,12 +98,9 @@ static void pack_panels(const matmul_job *job, int64_t p_lo, int64_t p_hi, uint8
 
 /* A thread takes STRIP_PANELS panels of its rows at a time (kept, or repacked into its strip),
  * then runs them against COL_BLOCK activation rows at a time, so both stay in L2. */
-static void gemm_task(void *ctx, int ith, int nth) {
-    matmul_job *job = ctx;
+static void gemm_rows(const matmul_job *job, int64_t r_lo, int64_t r_hi, int ith) {
     const jl_gemm_kernels *gemm = job->wt->gemm;
     const int64_t pr = gemm->panel_rows, strip_rows = STRIP_PANELS * pr;
-    int64_t r_lo, r_hi;
-    jl_split(job->rows, ith, nth, pr, &r_lo, &r_hi);
     const size_t stride = job->strip_panel_bytes;
     __typeof__(gemm->panel_dot) panel_dot = job->widen ? gemm->panel_dot_wide : gemm->panel_dot;
     uint8_t *own = job->panels ? job->panels + (size_t)ith * STRIP_PANELS * stride : NULL;
@@ -130,30 +122,32 @@ static void gemm_task(void *ctx, int ith, int nth) {
     }
 }
 
-/* x is already quantized into job->xq; job->packed holds the kept panels or is NULL */
-static jl_status run_gemm(matmul_job *job, int n_threads) {
-    const jl_gemm_kernels *gemm = job->wt->gemm;
-    int nth = jl_resolve_threads(n_threads);
-    uint8_t *packed_x = NULL;
-    job->xp = job->xq;
-    job->xp_row_bytes = job->xq_row_bytes;
-    if (gemm->pack_x) {
-        job->xp_row_bytes = gemm->x_bytes(job->k);
-        job->xp = packed_x = aligned_alloc(64, job->xp_row_bytes * (size_t)job->n);
+/* The weights of one jl_matmul_shared call, each a job over the same activations, their rows
+ * cut into units (a GEMM panel's rows, or one row) that the pool shares out as one list. */
+typedef struct {
+    matmul_job *jobs;  /* (n_jobs,) */
+    int n_jobs;
+    int gemm;          /* the jobs run gemm_rows, else dot_rows */
+    int64_t unit_rows;
+    int64_t n_units;   /* of all the jobs */
+} shared_job;
+
+static void shared_task(void *ctx, int ith, int nth) {
+    const shared_job *sj = ctx;
+    int64_t lo, hi;
+    jl_split(sj->n_units, ith, nth, 1, &lo, &hi);
+    for (int64_t j = 0, first = 0; j < sj->n_jobs && first < hi; j++) {  /* first: job j's first unit */
+        const matmul_job *job = &sj->jobs[j];
+        const int64_t units = (job->rows + sj->unit_rows - 1) / sj->unit_rows;
+        const int64_t u_lo = lo > first ? lo : first, u_hi = hi < first + units ? hi : first + units;
+        if (u_lo < u_hi) {
+            const int64_t r_lo = (u_lo - first) * sj->unit_rows, r_end = (u_hi - first) * sj->unit_rows;
+            const int64_t r_hi = r_end < job->rows ? r_end : job->rows;
+            if (sj->gemm) gemm_rows(job, r_lo, r_hi, ith);
+            else dot_rows(job, r_lo, r_hi);
+        }
+        first += units;
     }
-    job->widen = job->packed && gemm->widen && job->n >= WIDEN_MIN_ROWS;
-    job->strip_panel_bytes = job->widen ? (gemm->wide_bytes(job->k) + 63) / 64 * 64 : job->panel_bytes;
-    const int own_strips = !job->packed || job->widen;
-    job->panels = own_strips ? aligned_alloc(64, job->strip_panel_bytes * STRIP_PANELS * (size_t)nth) : NULL;
-    jl_status st = JL_OK;
-    if (!job->xp || (own_strips && !job->panels))
-        st = jl_fail(JL_ERR_NOMEM, "matmul: no memory for the GEMM's packed rows (%lld x %zu bytes)",
-                     (long long)job->n, job->xp_row_bytes);
-    if (st == JL_OK && packed_x) st = jl_parallel(n_threads, pack_x_task, job);
-    if (st == JL_OK) st = jl_parallel(nth, gemm_task, job);
-    free(packed_x);
-    free(job->panels);
-    return st;
 }
 
 /* ---- the packed-weight cache: an open-addressing table keyed by the weights' address ---- */
@@ -278,49 +272,95 @@ jl_status jl_matmul(int type, const void *w, size_t w_bytes, int64_t rows, int64
 
 jl_status jl_matmul_cached(jl_packed_cache *cache, int type, const void *w, size_t w_bytes, int64_t rows, int64_t k,
                            const float *x, int64_t n, float *y, int n_threads) {
+    const jl_matmul_weight weight = {.type = type, .w = w, .w_bytes = w_bytes, .rows = rows, .y = y};
+    return jl_matmul_shared(cache, &weight, 1, k, x, n, n_threads);
+}
+
+/* Weights of different types read x in different formats: each takes it on its own. */
+static jl_status matmul_each(jl_packed_cache *cache, const jl_matmul_weight *ws, int n_weights, int64_t k,
+                             const float *x, int64_t n, int n_threads) {
+    jl_status st = JL_OK;
+    for (int i = 0; i < n_weights && st == JL_OK; i++)
+        st = jl_matmul_cached(cache, ws[i].type, ws[i].w, ws[i].w_bytes, ws[i].rows, k, x, n, ws[i].y, n_threads);
+    return st;
+}
+
+jl_status jl_matmul_shared(jl_packed_cache *cache, const jl_matmul_weight *ws, int n_weights, int64_t k,
+                           const float *x, int64_t n, int n_threads) {
+    if (!ws || n_weights < 1 || n_weights > JL_MATMUL_SHARED_MAX)
+        return jl_fail(JL_ERR_INVALID_ARG, "matmul: %d weights, one call takes 1 to %d", ws ? n_weights : 0,
+                       JL_MATMUL_SHARED_MAX);
+    for (int i = 1; i < n_weights; i++)
+        if (ws[i].type != ws[0].type) return matmul_each(cache, ws, n_weights, k, x, n, n_threads);
+    const int type = ws[0].type;
     const jl_type_traits *wt = jl_traits(type);
     jl_status st = check_row_type(wt, type, k, "matmul");
     if (st != JL_OK) return st;
     if (!wt->vec_dot) return jl_fail(JL_ERR_UNSUPPORTED, "matmul: no dot product for %s weights", wt->name);
     const jl_type_traits *at = jl_traits(wt->activation);
     if ((st = check_row_type(at, wt->activation, k, "matmul activations")) != JL_OK) return st;
-    if (rows <= 0 || n <= 0)
-        return jl_fail(JL_ERR_INVALID_ARG, "matmul: rows (%lld) and n (%lld) must be positive",
-                       (long long)rows, (long long)n);
-    size_t w_row_bytes = jl_row_bytes(wt, k);
-    if ((size_t)rows > w_bytes / w_row_bytes)
-        return jl_fail(JL_ERR_INVALID_ARG, "matmul: %lld rows of %zu bytes exceed the %zu bytes of W",
-                       (long long)rows, w_row_bytes, w_bytes);
+    if (n <= 0) return jl_fail(JL_ERR_INVALID_ARG, "matmul: n (%lld) must be positive", (long long)n);
+    const size_t w_row_bytes = jl_row_bytes(wt, k);
+    for (int i = 0; i < n_weights; i++) {
+        if (ws[i].rows <= 0) return jl_fail(JL_ERR_INVALID_ARG, "matmul: rows (%lld) must be positive", (long long)ws[i].rows);
+        if ((size_t)ws[i].rows > ws[i].w_bytes / w_row_bytes)
+            return jl_fail(JL_ERR_INVALID_ARG, "matmul: %lld rows of %zu bytes exceed the %zu bytes of W",
+                           (long long)ws[i].rows, w_row_bytes, ws[i].w_bytes);
+    }
 
-    matmul_job job = {
-        .wt = wt, .at = at, .w = w, .w_row_bytes = w_row_bytes, .rows = rows, .k = k,
-        .x = x, .n = n, .xq_row_bytes = jl_row_bytes(at, k), .y = y,
-    };
-    uint8_t *scratch = NULL;
-    if (wt->activation == JL_TYPE_F32) {
-        job.xq = (uint8_t *)x;  /* float dot products read x as it is */
-    } else {
-        scratch = aligned_alloc(64, (job.xq_row_bytes * (size_t)n + 63) / 64 * 64);
-        if (!scratch) return jl_fail(JL_ERR_NOMEM, "matmul: no memory for %lld quantized activation rows", (long long)n);
-        job.xq = scratch;
-        if (n == 1) quantize_task(&job, 0, 1);
-        else if ((st = jl_parallel(n_threads, quantize_task, &job)) != JL_OK) goto done;
+    const jl_gemm_kernels *gemm = wt->gemm;
+    const int keep = cache && gemm && gemm->keep_packed;
+    const int in_place = gemm && !gemm->pack_w;  /* W's rows are the kernel's panels as they are */
+    const int use_gemm = gemm && n >= (in_place ? IN_PLACE_GEMM_MIN_ROWS : keep ? CACHED_GEMM_MIN_ROWS : GEMM_MIN_ROWS);
+    const int nth = jl_resolve_threads(n_threads);
+    /* the activations, shared by every job: x quantized (x itself for float dot products), then packed */
+    const size_t xq_row_bytes = jl_row_bytes(at, k);
+    const int pack_x = use_gemm && gemm->pack_x;
+    const size_t xp_row_bytes = pack_x ? gemm->x_bytes(k) : xq_row_bytes;
+    uint8_t *xq = wt->activation == JL_TYPE_F32 ? (uint8_t *)x : aligned_alloc(64, (xq_row_bytes * (size_t)n + 63) / 64 * 64);
+    uint8_t *xp = pack_x ? aligned_alloc(64, (xp_row_bytes * (size_t)n + 63) / 64 * 64) : xq;
+    uint8_t *panels = NULL;  /* (nth, STRIP_PANELS, strip_panel_bytes): the threads' repacked strips */
+    matmul_job jobs[JL_MATMUL_SHARED_MAX];
+    shared_job sj = {.jobs = jobs, .n_jobs = n_weights, .gemm = use_gemm, .unit_rows = use_gemm ? gemm->panel_rows : 1};
+    if (!xq || !xp) {
+        st = jl_fail(JL_ERR_NOMEM, "matmul: no memory for %lld activation rows", (long long)n);
+        goto done;
     }
-    const int keep = cache && wt->gemm && wt->gemm->keep_packed;
-    const int in_place = wt->gemm && !wt->gemm->pack_w;  /* W's rows are the kernel's panels as they are */
-    if (wt->gemm && n >= (in_place ? IN_PLACE_GEMM_MIN_ROWS : keep ? CACHED_GEMM_MIN_ROWS : GEMM_MIN_ROWS)) {
+    for (int i = 0; i < n_weights; i++) {
+        matmul_job *job = &jobs[i];
+        *job = (matmul_job){
+            .wt = wt, .at = at, .w = ws[i].w, .w_row_bytes = w_row_bytes, .rows = ws[i].rows, .k = k, .x = x, .n = n,
+            .xq = xq, .xq_row_bytes = xq_row_bytes, .y = ws[i].y, .xp = xp, .xp_row_bytes = xp_row_bytes,
+        };
+        if (!use_gemm) continue;
         if (in_place) {
-            job.packed = w;
-            job.panel_bytes = wt->gemm->panel_rows * w_row_bytes;
+            job->packed = ws[i].w;
+            job->panel_bytes = gemm->panel_rows * w_row_bytes;
         } else {
-            job.panel_bytes = (wt->gemm->panel_bytes(k) + 63) / 64 * 64;
+            job->panel_bytes = (gemm->panel_bytes(k) + 63) / 64 * 64;
+            if (keep && (st = find_packed(cache, job, n_threads)) != JL_OK) goto done;
         }
-        if (in_place || !keep || (st = find_packed(cache, &job, n_threads)) == JL_OK) st = run_gemm(&job, n_threads);
-    } else {
-        st = jl_parallel(n_threads, dot_task, &job);
+        job->widen = job->packed && gemm->widen && n >= WIDEN_MIN_ROWS;
+        job->strip_panel_bytes = job->widen ? (gemm->wide_bytes(k) + 63) / 64 * 64 : job->panel_bytes;
     }
+    if (use_gemm && (!jobs[0].packed || jobs[0].widen)) {  /* the same for every job: one type, k and n */
+        panels = aligned_alloc(64, jobs[0].strip_panel_bytes * STRIP_PANELS * (size_t)nth);
+        if (!panels) {
+            st = jl_fail(JL_ERR_NOMEM, "matmul: no memory for the GEMM's weight strips");
+            goto done;
+        }
+        for (int i = 0; i < n_weights; i++) jobs[i].panels = panels;
+    }
+    if (xq != (uint8_t *)x || xp != xq) {
+        if (n == 1) prepare_x_task(&jobs[0], 0, 1);
+        else if ((st = jl_parallel(n_threads, prepare_x_task, &jobs[0])) != JL_OK) goto done;
+    }
+    for (int i = 0; i < n_weights; i++) sj.n_units += (jobs[i].rows + sj.unit_rows - 1) / sj.unit_rows;
+    st = jl_parallel(nth, shared_task, &sj);
 done:
-    free(scratch);
+    if (xp != xq) free(xp);
+    if (xq != (uint8_t *)x) free(xq);
+    free(panels);
     return st;
 }
 

@@ -545,17 +545,37 @@ static jl_status matmul(const jl_model *m, const jl_tensor *w, const float *x, i
     return jl_matmul_cached(m->packed, w->type, w->data, w->nbytes, w->ne1, w->ne0, x, n, y, n_threads);
 }
 
-/* y (n, rows) = x @ W.T, plus the rows' LoRA terms for projection `target` of layer il, plus the bias
- * (when bias is given and present) on every row */
+/* One projection of a layer: its weight, LoRA target, bias (NULL: none) and output y (n, w->ne1). */
+typedef struct {
+    int target;
+    const jl_tensor *w, *bias;
+    float *y;
+} projection;
+
+/* Each projection's y = x @ W.T, plus the rows' LoRA terms for its target in layer il, plus its bias
+ * (when given and present) on every row. Projections of one weight type share the quantized x and
+ * one parallel step. */
+static jl_status project_all(jl_context *ctx, int il, const projection *ps, int n_proj, const float *x, int64_t n,
+                             int n_threads) {
+    jl_matmul_weight ws[JL_MATMUL_SHARED_MAX];
+    for (int i = 0; i < n_proj; i++)
+        ws[i] = (jl_matmul_weight){.type = ps[i].w->type, .w = ps[i].w->data, .w_bytes = ps[i].w->nbytes,
+                                   .rows = ps[i].w->ne1, .y = ps[i].y};
+    jl_status st = jl_matmul_shared(ctx->model->packed, ws, n_proj, ps[0].w->ne0, x, n, n_threads);
+    for (int i = 0; st == JL_OK && i < n_proj; i++) {
+        const int64_t width = ps[i].w->ne1;
+        if (ctx->lora.n_lora) st = jl_lora_apply(&ctx->lora, il, ps[i].target, x, ps[i].w->ne0, n, ps[i].y, width, n_threads);
+        const float *b = ps[i].bias ? ps[i].bias->data : NULL;
+        for (int64_t r = 0; b && st == JL_OK && r < n; r++)
+            for (int64_t j = 0; j < width; j++) ps[i].y[r * width + j] += b[j];
+    }
+    return st;
+}
+
 static jl_status project(jl_context *ctx, int il, int target, const jl_tensor *w, const jl_tensor *bias, const float *x,
                          int64_t n, float *y, int n_threads) {
-    jl_status st = matmul(ctx->model, w, x, n, y, n_threads);
-    if (st == JL_OK && ctx->lora.n_lora)
-        st = jl_lora_apply(&ctx->lora, il, target, x, w->ne0, n, y, w->ne1, n_threads);
-    const float *b = bias ? bias->data : NULL;
-    for (int64_t r = 0; b && st == JL_OK && r < n; r++)
-        for (int64_t i = 0; i < w->ne1; i++) y[r * w->ne1 + i] += b[i];
-    return st;
+    const projection p = {.target = target, .w = w, .bias = bias, .y = y};
+    return project_all(ctx, il, &p, 1, x, n, n_threads);
 }
 
 /* expert e's matrix of a stacked (n_expert, rows, k) tensor: only its bytes are read */
@@ -821,10 +841,10 @@ static jl_status dense_ffn(jl_context *ctx, int il, int64_t rows, int n_threads)
     const jl_layer_desc *L = &d->layers[il];
     jl_status st;
     const int gated = L->ffn_gate.data != NULL;
-    if ((gated && (st = project(ctx, il, JL_LORA_FFN_GATE, &L->ffn_gate, &L->ffn_gate_bias, ctx->xn, rows, ctx->gate,
-                                n_threads)) != JL_OK) ||
-        (st = project(ctx, il, JL_LORA_FFN_UP, &L->ffn_up, &L->ffn_up_bias, ctx->xn, rows, gated ? ctx->up : ctx->gate,
-                      n_threads)) != JL_OK ||
+    const projection gate_up[] = {{JL_LORA_FFN_GATE, &L->ffn_gate, &L->ffn_gate_bias, ctx->gate},
+                                  {JL_LORA_FFN_UP, &L->ffn_up, &L->ffn_up_bias, ctx->up}};
+    const projection up_alone = {JL_LORA_FFN_UP, &L->ffn_up, &L->ffn_up_bias, ctx->gate};
+    if ((st = project_all(ctx, il, gated ? gate_up : &up_alone, gated ? 2 : 1, ctx->xn, rows, n_threads)) != JL_OK ||
         (st = glu(ctx->gate, gated ? ctx->up : NULL, rows, d->n_ff, d->ffn_activation, n_threads)) != JL_OK)
         return st;
     return project(ctx, il, JL_LORA_FFN_DOWN, &L->ffn_down, &L->ffn_down_bias, ctx->gate, rows, ctx->proj, n_threads);
@@ -973,21 +993,23 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, const float 
         prepare_job prep = {.ctx = ctx, .layer = il, .do_q = 1, .do_kv = 1};
         const int64_t prep_work = n_rows * ((int64_t)d->n_head + d->n_head_kv) * d->head_dim_k;
 
+        const projection qkv[] = {{JL_LORA_ATTN_Q, &L->attn_q, NULL, ctx->q}, {JL_LORA_ATTN_K, &L->attn_k, NULL, ctx->k},
+                                  {JL_LORA_ATTN_V, &L->attn_v, NULL, ctx->v}};
+
         block_norm(d, ctx->xn, ctx->x, &L->attn_norm, &L->attn_norm_bias, n_rows);
-        if ((st = project(ctx, il, JL_LORA_ATTN_K, &L->attn_k, NULL, ctx->xn, n_rows, ctx->k, n_threads)) != JL_OK ||
-            (st = project(ctx, il, JL_LORA_ATTN_V, &L->attn_v, NULL, ctx->xn, n_rows, ctx->v, n_threads)) != JL_OK)
+        /* every row's K and V go into the cache; with drop_rows only the output rows go on, to q and on */
+        if ((st = project_all(ctx, il, drop_rows ? qkv + 1 : qkv, drop_rows ? 2 : 3, ctx->xn, n_rows, n_threads)) != JL_OK)
             return st;
         if (drop_rows) {
-            /* every row's K and V go into the cache; only the output rows go on */
             prep.do_q = 0;
             if ((st = jl_parallel(threads_for(prep_work, n_threads), prepare_task, &prep)) != JL_OK) return st;
             keep_rows(ctx);
             if (ch->n_rows == 0) return JL_OK;
+            if ((st = project_all(ctx, il, qkv, 1, ctx->xn, ch->n_rows, n_threads)) != JL_OK) return st;
             prep = (prepare_job){.ctx = ctx, .layer = il, .do_q = 1, .do_kv = 0};
         }
         const int64_t rows = ch->n_rows;
-        if ((st = project(ctx, il, JL_LORA_ATTN_Q, &L->attn_q, NULL, ctx->xn, rows, ctx->q, n_threads)) != JL_OK ||
-            (st = jl_parallel(threads_for(prep_work, n_threads), prepare_task, &prep)) != JL_OK ||
+        if ((st = jl_parallel(threads_for(prep_work, n_threads), prepare_task, &prep)) != JL_OK ||
             (st = attention(ctx, il, n_threads)) != JL_OK ||
             (st = project(ctx, il, JL_LORA_ATTN_OUTPUT, &L->attn_output, &L->attn_output_bias, ctx->attn, rows, ctx->proj,
                           n_threads)) != JL_OK)

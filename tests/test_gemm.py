@@ -20,12 +20,15 @@ ISAS = janlib.cpu_features()["available"]
 # full groups of 16, and an exact group
 SHAPES = [(37, 1), (13, 7), (6, 18), (41, 20), (3, 33), (16, 16)]
 N_VALUES = [16, 21, 67]
+SHARED_ROWS = [37, 13, 6]  # weights that read the same x, as a layer's q, k and v: rows off the panel
+SHARED_K = 512
 
 
 @pytest.fixture(scope="module")
 def tensors(tmp_path_factory):
     rng = np.random.default_rng(15)
     specs = {f"{t}_{r}x{b}": (t, random_raw(rng, t, r, b * block_size(t))) for t in QUANT_TYPES for r, b in SHAPES}
+    specs |= {f"{t}_shared{r}": (t, random_raw(rng, t, r, SHARED_K)) for t in QUANT_TYPES for r in SHARED_ROWS}
     with loaded_tensors(tmp_path_factory.mktemp("gemm") / "gemm.gguf", specs) as tensors:
         yield tensors
 
@@ -94,3 +97,21 @@ def test_kept_panels_equal_each_row_alone(tensors, qtype, isa):
                 np.testing.assert_array_equal(y, alone[:n], err_msg=f"{tensor.name} n={n} threads={n_threads}")
     kept = isa == "avx512" and qtype in ("Q4_0", "Q4_1", "Q8_0")
     assert (cache.nbytes > 0) == kept
+
+
+@pytest.mark.parametrize("qtype", QUANT_TYPES)
+def test_shared_activations_equal_each_weight_alone(tensors, qtype):
+    """Weights that share x (quantized once, their rows in one parallel step) give each weight's own
+    matmul bit for bit, with and without kept panels, at any thread count; of mixed types too."""
+    rng = np.random.default_rng(5)
+    same = [tensors[f"{qtype}_shared{r}"][0] for r in SHARED_ROWS]
+    mixed = [same[0], tensors[f"Q6_K_shared{SHARED_ROWS[1]}"][0], same[2]]
+    x = rng.standard_normal((21, SHARED_K)).astype(np.float32)
+    for weights in (same, mixed):
+        alone = [janlib.matmul(t, x, n_threads=1) for t in weights]
+        for cache in (None, _core.PackedCache()):
+            for n, n_threads in [(1, 1), (2, 2), (5, 3), (9, 2), (21, 2), (1, 2)]:
+                ys = [np.empty((n, t.shape[0]), np.float32) for t in weights]
+                _core.matmul_shared([(t.type_id, t.raw, t.shape[0]) for t in weights], x[:n], ys, n_threads, cache)
+                for t, y, want in zip(weights, ys, alone):
+                    np.testing.assert_array_equal(y, want[:n], err_msg=f"{t.name} n={n} threads={n_threads}")

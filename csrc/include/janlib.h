@@ -93,6 +93,21 @@ size_t jl_packed_cache_bytes(jl_packed_cache *cache);  /* the packed copies held
 jl_status jl_matmul_cached(jl_packed_cache *cache, int type, const void *w, size_t w_bytes, int64_t rows, int64_t k,
                            const float *x, int64_t n, float *y, int n_threads);
 
+/* Several weights that multiply the same x (a layer's q, k and v; gate and up). */
+#define JL_MATMUL_SHARED_MAX 4
+typedef struct {
+    int type;
+    const void *w;   /* (rows, k) of `type`, rows back to back */
+    size_t w_bytes;
+    int64_t rows;
+    float *y;        /* (n, rows) */
+} jl_matmul_weight;
+/* Each weight's y = x (n, k) @ W.T, equal bit for bit to its own jl_matmul_cached: weights of one
+ * type take x quantized once, and all their rows are shared out in one parallel step; weights of
+ * different types run one after the other. */
+jl_status jl_matmul_shared(jl_packed_cache *cache, const jl_matmul_weight *weights, int n_weights, int64_t k,
+                           const float *x, int64_t n, int n_threads);
+
 /* Activation quantization on its own, for tests: n rows of k floats -> activation blocks. */
 jl_status jl_quantize_rows(int act_type, const float *x, int64_t n, int64_t k, void *dst,
                            size_t dst_bytes);

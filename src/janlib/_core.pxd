@@ -37,6 +37,15 @@ cdef extern from "janlib.h" nogil:
     size_t jl_packed_cache_bytes(jl_packed_cache *cache)
     jl_status jl_matmul_cached(jl_packed_cache *cache, int type, const void *w, size_t w_bytes, int64_t rows,
                                int64_t k, const float *x, int64_t n, float *y, int n_threads)
+    enum: JL_MATMUL_SHARED_MAX
+    ctypedef struct jl_matmul_weight:
+        int type
+        const void *w
+        size_t w_bytes
+        int64_t rows
+        float *y
+    jl_status jl_matmul_shared(jl_packed_cache *cache, const jl_matmul_weight *weights, int n_weights, int64_t k,
+                               const float *x, int64_t n, int n_threads)
     jl_status jl_quantize_rows(int act_type, const float *x, int64_t n, int64_t k, void *dst,
                                size_t dst_bytes)
 

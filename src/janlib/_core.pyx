@@ -122,6 +122,35 @@ def matmul(int type_id, const uint8_t[::1] w, int64_t rows, const float[:, ::1] 
     check(status)
 
 
+def matmul_shared(weights, const float[:, ::1] x, ys, int n_threads=0, PackedCache cache=None):
+    """ys[i] (n, rows_i) = x (n, k) @ W_i.T for weights [(type_id, w bytes, rows_i), ...] that share x."""
+    cdef jl_matmul_weight ws[JL_MATMUL_SHARED_MAX]
+    cdef const uint8_t[::1] w
+    cdef float[:, ::1] y
+    cdef jl_status status
+    cdef jl_packed_cache *packed = NULL if cache is None else cache.cache
+    cdef int n_weights = len(weights), i
+    if n_weights != len(ys) or not 1 <= n_weights <= JL_MATMUL_SHARED_MAX:
+        raise ValueError(f"matmul_shared: {n_weights} weights and {len(ys)} outputs, 1 to {JL_MATMUL_SHARED_MAX} of each")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError("matmul_shared: empty x")
+    keep = []  # the buffers ws points into stay alive through the call
+    for i in range(n_weights):
+        type_id, w, rows = weights[i]
+        y = ys[i]
+        if y.shape[0] != x.shape[0] or y.shape[1] != rows or w.shape[0] == 0:
+            raise ValueError(f"matmul_shared: output {i} has shape {(y.shape[0], y.shape[1])}, expected {(x.shape[0], rows)}")
+        keep.append((w, y))
+        ws[i].type = type_id
+        ws[i].w = &w[0]
+        ws[i].w_bytes = w.shape[0]
+        ws[i].rows = rows
+        ws[i].y = &y[0, 0]
+    with nogil:
+        status = jl_matmul_shared(packed, ws, n_weights, x.shape[1], &x[0, 0], x.shape[0], n_threads)
+    check(status)
+
+
 def quantize_rows(int act_type, const float[:, ::1] x, uint8_t[::1] dst):
     """dst <- each row of x in the activation format act_type (for tests)."""
     cdef jl_status status
