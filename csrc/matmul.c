@@ -49,14 +49,17 @@ typedef struct {
     size_t panel_bytes;
     int widen;                 /* kept panels are widened into the strips (gemm->widen) */
     size_t strip_panel_bytes;  /* panel_bytes, or the widened size */
+    jl_row_fill_fn fill_row;   /* makes row r of x first, or NULL */
+    void *fill_arg;
 } matmul_job;
 
-/* x's rows in the activation format (xq), then in the GEMM's packing (xp) where it has one */
+/* x's rows (made by fill_row where given) in the activation format (xq), then in the GEMM's packing (xp) where it has one */
 static void prepare_x_task(void *ctx, int ith, int nth) {
     matmul_job *job = ctx;
     int64_t lo, hi;
     jl_split(job->n, ith, nth, 1, &lo, &hi);
     for (int64_t i = lo; i < hi; i++) {
+        if (job->fill_row) job->fill_row(job->fill_arg, i);
         if (job->xq != (const uint8_t *)job->x)
             job->at->from_float(job->x + i * job->k, job->xq + i * job->xq_row_bytes, job->k);
         if (job->xp != job->xq) job->wt->gemm->pack_x(job->xq + i * job->xq_row_bytes, job->k, job->xp + i * job->xp_row_bytes);
@@ -273,25 +276,25 @@ jl_status jl_matmul(int type, const void *w, size_t w_bytes, int64_t rows, int64
 jl_status jl_matmul_cached(jl_packed_cache *cache, int type, const void *w, size_t w_bytes, int64_t rows, int64_t k,
                            const float *x, int64_t n, float *y, int n_threads) {
     const jl_matmul_weight weight = {.type = type, .w = w, .w_bytes = w_bytes, .rows = rows, .y = y};
-    return jl_matmul_shared(cache, &weight, 1, k, x, n, n_threads);
+    return jl_matmul_shared(cache, &weight, 1, k, x, n, NULL, NULL, n_threads);
 }
 
-/* Weights of different types read x in different formats: each takes it on its own. */
+/* Weights of different types read x in different formats: each takes it on its own (x made with the first). */
 static jl_status matmul_each(jl_packed_cache *cache, const jl_matmul_weight *ws, int n_weights, int64_t k,
-                             const float *x, int64_t n, int n_threads) {
+                             const float *x, int64_t n, jl_row_fill_fn fill_row, void *fill_arg, int n_threads) {
     jl_status st = JL_OK;
     for (int i = 0; i < n_weights && st == JL_OK; i++)
-        st = jl_matmul_cached(cache, ws[i].type, ws[i].w, ws[i].w_bytes, ws[i].rows, k, x, n, ws[i].y, n_threads);
+        st = jl_matmul_shared(cache, &ws[i], 1, k, x, n, i == 0 ? fill_row : NULL, fill_arg, n_threads);
     return st;
 }
 
 jl_status jl_matmul_shared(jl_packed_cache *cache, const jl_matmul_weight *ws, int n_weights, int64_t k,
-                           const float *x, int64_t n, int n_threads) {
+                           const float *x, int64_t n, jl_row_fill_fn fill_row, void *fill_arg, int n_threads) {
     if (!ws || n_weights < 1 || n_weights > JL_MATMUL_SHARED_MAX)
         return jl_fail(JL_ERR_INVALID_ARG, "matmul: %d weights, one call takes 1 to %d", ws ? n_weights : 0,
                        JL_MATMUL_SHARED_MAX);
     for (int i = 1; i < n_weights; i++)
-        if (ws[i].type != ws[0].type) return matmul_each(cache, ws, n_weights, k, x, n, n_threads);
+        if (ws[i].type != ws[0].type) return matmul_each(cache, ws, n_weights, k, x, n, fill_row, fill_arg, n_threads);
     const int type = ws[0].type;
     const jl_type_traits *wt = jl_traits(type);
     jl_status st = check_row_type(wt, type, k, "matmul");
@@ -331,6 +334,7 @@ jl_status jl_matmul_shared(jl_packed_cache *cache, const jl_matmul_weight *ws, i
         *job = (matmul_job){
             .wt = wt, .at = at, .w = ws[i].w, .w_row_bytes = w_row_bytes, .rows = ws[i].rows, .k = k, .x = x, .n = n,
             .xq = xq, .xq_row_bytes = xq_row_bytes, .y = ws[i].y, .xp = xp, .xp_row_bytes = xp_row_bytes,
+            .fill_row = fill_row, .fill_arg = fill_arg,
         };
         if (!use_gemm) continue;
         if (in_place) {
@@ -351,7 +355,7 @@ jl_status jl_matmul_shared(jl_packed_cache *cache, const jl_matmul_weight *ws, i
         }
         for (int i = 0; i < n_weights; i++) jobs[i].panels = panels;
     }
-    if (xq != (uint8_t *)x || xp != xq) {
+    if (fill_row || xq != (uint8_t *)x || xp != xq) {
         if (n == 1) prepare_x_task(&jobs[0], 0, 1);
         else if ((st = jl_parallel(n_threads, prepare_x_task, &jobs[0])) != JL_OK) goto done;
     }

@@ -554,14 +554,14 @@ typedef struct {
 
 /* Each projection's y = x @ W.T, plus the rows' LoRA terms for its target in layer il, plus its bias
  * (when given and present) on every row. Projections of one weight type share the quantized x and
- * one parallel step. */
+ * one parallel step. fill_row(fill_arg, r), when given, first makes row r of x. */
 static jl_status project_all(jl_context *ctx, int il, const projection *ps, int n_proj, const float *x, int64_t n,
-                             int n_threads) {
+                             jl_row_fill_fn fill_row, void *fill_arg, int n_threads) {
     jl_matmul_weight ws[JL_MATMUL_SHARED_MAX];
     for (int i = 0; i < n_proj; i++)
         ws[i] = (jl_matmul_weight){.type = ps[i].w->type, .w = ps[i].w->data, .w_bytes = ps[i].w->nbytes,
                                    .rows = ps[i].w->ne1, .y = ps[i].y};
-    jl_status st = jl_matmul_shared(ctx->model->packed, ws, n_proj, ps[0].w->ne0, x, n, n_threads);
+    jl_status st = jl_matmul_shared(ctx->model->packed, ws, n_proj, ps[0].w->ne0, x, n, fill_row, fill_arg, n_threads);
     for (int i = 0; st == JL_OK && i < n_proj; i++) {
         const int64_t width = ps[i].w->ne1;
         if (ctx->lora.n_lora) st = jl_lora_apply(&ctx->lora, il, ps[i].target, x, ps[i].w->ne0, n, ps[i].y, width, n_threads);
@@ -575,7 +575,7 @@ static jl_status project_all(jl_context *ctx, int il, const projection *ps, int 
 static jl_status project(jl_context *ctx, int il, int target, const jl_tensor *w, const jl_tensor *bias, const float *x,
                          int64_t n, float *y, int n_threads) {
     const projection p = {.target = target, .w = w, .bias = bias, .y = y};
-    return project_all(ctx, il, &p, 1, x, n, n_threads);
+    return project_all(ctx, il, &p, 1, x, n, NULL, NULL, n_threads);
 }
 
 /* expert e's matrix of a stacked (n_expert, rows, k) tensor: only its bytes are read */
@@ -609,8 +609,48 @@ static void add_scaled_rows(float *x, const float *y, int64_t n, float scale) {
         for (int64_t i = 0; i < n; i++) x[i] += scale * y[i];
 }
 
-/* Fewer elements than this per thread run on the calling thread: a dispatch costs more. */
+/* The residual connection that closes a sublayer and the norm that opens the next, row by row: each
+ * row's input is made on the thread that then quantizes it (see project_all). */
+typedef struct {
+    jl_context *ctx;
+    const jl_tensor *post_norm;                 /* proj's norm before it joins x; NULL: no sublayer to close */
+    const jl_tensor *out_norm, *out_norm_bias;  /* x's norm after */
+    const jl_tensor *norm, *norm_bias;          /* xn = norm(x), the next sublayer's input */
+} sublayer_input;
+
+static void close_residual(const sublayer_input *in, int64_t r) {
+    const jl_model_desc *d = &in->ctx->model->desc;
+    const int64_t E = d->n_embd;
+    float *x = in->ctx->x + r * E, *proj = in->ctx->proj + r * E;
+    if (in->post_norm->data) jl_rmsnorm(proj, proj, in->post_norm->data, 1, E, d->norm_eps);
+    add_scaled_rows(x, proj, E, d->residual_scale);
+    if (in->out_norm->data) block_norm(d, x, x, in->out_norm, in->out_norm_bias, 1);
+}
+
+/* The input that norm opens, after the residual of layer il - 1's FFN (none before layer 0). */
+static sublayer_input after_ffn(jl_context *ctx, int il, const jl_tensor *norm, const jl_tensor *norm_bias) {
+    const jl_layer_desc *prev = il > 0 ? &ctx->model->desc.layers[il - 1] : NULL;
+    return (sublayer_input){.ctx = ctx, .post_norm = prev ? &prev->post_ffw_norm : NULL,
+                            .out_norm = prev ? &prev->layer_output_norm : NULL,
+                            .out_norm_bias = prev ? &prev->layer_output_norm_bias : NULL, .norm = norm, .norm_bias = norm_bias};
+}
+
+static void sublayer_input_row(void *arg, int64_t r) {
+    const sublayer_input *in = arg;
+    const jl_model_desc *d = &in->ctx->model->desc;
+    if (in->post_norm) close_residual(in, r);
+    block_norm(d, in->ctx->xn + r * d->n_embd, in->ctx->x + r * d->n_embd, in->norm, in->norm_bias, 1);
+}
+
+/* Less work than this per thread runs on the calling thread: a dispatch costs more. Work is counted
+ * in elementwise steps (an add of one element, about 0.1 ns with SIMD), so 16384 are about 2 us. */
 #define MIN_PARALLEL_WORK 16384
+/* Steps per element of the dearer elementwise work, from a profile of SmolLM2 decode steps (Zen 4):
+ * an exponential and a division (about 0.9 ns); a query or key element's RoPE rotation with its
+ * head's share of the KV cache writes, f16 conversions and V scattered into its transposed page
+ * (about 2 ns). */
+#define GLU_COST 8
+#define PREPARE_COST 16
 
 static int threads_for(int64_t work, int n_threads) {
     int64_t useful = work / MIN_PARALLEL_WORK;
@@ -830,13 +870,19 @@ static void glu_task(void *arg, int ith, int nth) {
                job->activation);
 }
 
-static jl_status glu(float *gate, const float *up, int64_t n_rows, int64_t n_ff, int activation, int n_threads) {
-    glu_job job = {.gate = gate, .up = up, .n_rows = n_rows, .n_ff = n_ff, .activation = activation};
-    return jl_parallel(threads_for(n_rows * n_ff, n_threads), glu_task, &job);
+/* row r of the gated activations, made just before the down projection quantizes it */
+static void glu_row(void *arg, int64_t r) {
+    const glu_job *job = arg;
+    jl_glu(job->gate + r * job->n_ff, job->up ? job->up + r * job->n_ff : NULL, job->n_ff, job->activation);
 }
 
-/* proj (rows, n_embd) = the dense FFN of xn: gated when the layer has ffn_gate, biases where given */
-static jl_status dense_ffn(jl_context *ctx, int il, int64_t rows, int n_threads) {
+static jl_status glu(float *gate, const float *up, int64_t n_rows, int64_t n_ff, int activation, int n_threads) {
+    glu_job job = {.gate = gate, .up = up, .n_rows = n_rows, .n_ff = n_ff, .activation = activation};
+    return jl_parallel(threads_for(n_rows * n_ff * GLU_COST, n_threads), glu_task, &job);
+}
+
+/* proj (rows, n_embd) = the dense FFN of xn, made by `in`: gated when the layer has ffn_gate, biases where given */
+static jl_status dense_ffn(jl_context *ctx, int il, int64_t rows, sublayer_input *in, int n_threads) {
     const jl_model_desc *d = &ctx->model->desc;
     const jl_layer_desc *L = &d->layers[il];
     jl_status st;
@@ -844,10 +890,13 @@ static jl_status dense_ffn(jl_context *ctx, int il, int64_t rows, int n_threads)
     const projection gate_up[] = {{JL_LORA_FFN_GATE, &L->ffn_gate, &L->ffn_gate_bias, ctx->gate},
                                   {JL_LORA_FFN_UP, &L->ffn_up, &L->ffn_up_bias, ctx->up}};
     const projection up_alone = {JL_LORA_FFN_UP, &L->ffn_up, &L->ffn_up_bias, ctx->gate};
-    if ((st = project_all(ctx, il, gated ? gate_up : &up_alone, gated ? 2 : 1, ctx->xn, rows, n_threads)) != JL_OK ||
-        (st = glu(ctx->gate, gated ? ctx->up : NULL, rows, d->n_ff, d->ffn_activation, n_threads)) != JL_OK)
+    const projection down = {JL_LORA_FFN_DOWN, &L->ffn_down, &L->ffn_down_bias, ctx->proj};
+    glu_job act = {.gate = ctx->gate, .up = gated ? ctx->up : NULL, .n_rows = rows, .n_ff = d->n_ff,
+                   .activation = d->ffn_activation};
+    if ((st = project_all(ctx, il, gated ? gate_up : &up_alone, gated ? 2 : 1, ctx->xn, rows, sublayer_input_row, in,
+                          n_threads)) != JL_OK)
         return st;
-    return project(ctx, il, JL_LORA_FFN_DOWN, &L->ffn_down, &L->ffn_down_bias, ctx->gate, rows, ctx->proj, n_threads);
+    return project_all(ctx, il, &down, 1, ctx->gate, rows, glu_row, &act, n_threads);
 }
 
 /* Each row's experts: softmax of the router logits, the n_expert_used most probable (ties to the
@@ -991,21 +1040,24 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, const float 
         const int64_t n_rows = ch->n_rows;
         const int drop_rows = il == d->n_layer - 1 && ch->n_out < n_rows;
         prepare_job prep = {.ctx = ctx, .layer = il, .do_q = 1, .do_kv = 1};
-        const int64_t prep_work = n_rows * ((int64_t)d->n_head + d->n_head_kv) * d->head_dim_k;
+        const int64_t prep_work = n_rows * ((int64_t)d->n_head + d->n_head_kv) * d->head_dim_k * PREPARE_COST;
 
         const projection qkv[] = {{JL_LORA_ATTN_Q, &L->attn_q, NULL, ctx->q}, {JL_LORA_ATTN_K, &L->attn_k, NULL, ctx->k},
                                   {JL_LORA_ATTN_V, &L->attn_v, NULL, ctx->v}};
+        sublayer_input attn_in = after_ffn(ctx, il, &L->attn_norm, &L->attn_norm_bias);
+        sublayer_input ffn_in = {.ctx = ctx, .post_norm = &L->post_attention_norm, .out_norm = &L->attn_output_norm,
+                                 .out_norm_bias = &L->attn_output_norm_bias, .norm = &L->ffn_norm, .norm_bias = &L->ffn_norm_bias};
 
-        block_norm(d, ctx->xn, ctx->x, &L->attn_norm, &L->attn_norm_bias, n_rows);
         /* every row's K and V go into the cache; with drop_rows only the output rows go on, to q and on */
-        if ((st = project_all(ctx, il, drop_rows ? qkv + 1 : qkv, drop_rows ? 2 : 3, ctx->xn, n_rows, n_threads)) != JL_OK)
+        if ((st = project_all(ctx, il, drop_rows ? qkv + 1 : qkv, drop_rows ? 2 : 3, ctx->xn, n_rows, sublayer_input_row,
+                              &attn_in, n_threads)) != JL_OK)
             return st;
         if (drop_rows) {
             prep.do_q = 0;
             if ((st = jl_parallel(threads_for(prep_work, n_threads), prepare_task, &prep)) != JL_OK) return st;
             keep_rows(ctx);
             if (ch->n_rows == 0) return JL_OK;
-            if ((st = project_all(ctx, il, qkv, 1, ctx->xn, ch->n_rows, n_threads)) != JL_OK) return st;
+            if ((st = project_all(ctx, il, qkv, 1, ctx->xn, ch->n_rows, NULL, NULL, n_threads)) != JL_OK) return st;
             prep = (prepare_job){.ctx = ctx, .layer = il, .do_q = 1, .do_kv = 0};
         }
         const int64_t rows = ch->n_rows;
@@ -1014,26 +1066,28 @@ static jl_status eval_chunk(jl_context *ctx, const int32_t *tokens, const float 
             (st = project(ctx, il, JL_LORA_ATTN_OUTPUT, &L->attn_output, &L->attn_output_bias, ctx->attn, rows, ctx->proj,
                           n_threads)) != JL_OK)
             return st;
-        if (L->post_attention_norm.data) jl_rmsnorm(ctx->proj, ctx->proj, L->post_attention_norm.data, rows, E, d->norm_eps);
-        add_scaled_rows(ctx->x, ctx->proj, rows * E, d->residual_scale);
-        if (L->attn_output_norm.data) block_norm(d, ctx->x, ctx->x, &L->attn_output_norm, &L->attn_output_norm_bias, rows);
-
-        block_norm(d, ctx->xn, ctx->x, &L->ffn_norm, &L->ffn_norm_bias, rows);
-        if ((st = L->ffn_gate_inp.data ? moe_ffn(ctx, L, rows, n_threads) : dense_ffn(ctx, il, rows, n_threads)) != JL_OK)
-            return st;
-        if (L->post_ffw_norm.data) jl_rmsnorm(ctx->proj, ctx->proj, L->post_ffw_norm.data, rows, E, d->norm_eps);
-        add_scaled_rows(ctx->x, ctx->proj, rows * E, d->residual_scale);
-        if (L->layer_output_norm.data) block_norm(d, ctx->x, ctx->x, &L->layer_output_norm, &L->layer_output_norm_bias, rows);
+        if (L->ffn_gate_inp.data) {
+            for (int64_t r = 0; r < rows; r++) sublayer_input_row(&ffn_in, r);
+            st = moe_ffn(ctx, L, rows, n_threads);
+        } else {
+            st = dense_ffn(ctx, il, rows, &ffn_in, n_threads);
+        }
+        if (st != JL_OK) return st;
     }
+    /* the last layer's FFN residual is closed with the output norm */
+    sublayer_input out_in = after_ffn(ctx, d->n_layer, &d->output_norm, &d->output_norm_bias);
     const int64_t n_out = ch->n_out;
     if (n_out == 0) return JL_OK;
     if (embeddings) {
+        for (int64_t r = 0; r < n_out; r++) close_residual(&out_in, r);
         block_norm(d, out, ctx->x, &d->output_norm, &d->output_norm_bias, n_out);
         return JL_OK;
     }
     float *logits = out;
-    block_norm(d, ctx->xn, ctx->x, &d->output_norm, &d->output_norm_bias, n_out);
-    if ((st = matmul(m, &d->output, ctx->xn, n_out, logits, n_threads)) != JL_OK) return st;
+    const jl_matmul_weight head = {.type = d->output.type, .w = d->output.data, .w_bytes = d->output.nbytes,
+                                   .rows = d->output.ne1, .y = logits};
+    if ((st = jl_matmul_shared(m->packed, &head, 1, E, ctx->xn, n_out, sublayer_input_row, &out_in, n_threads)) != JL_OK)
+        return st;
     if (d->logit_scale != 1.0f)
         for (int64_t i = 0; i < n_out * d->n_vocab; i++) logits[i] *= d->logit_scale;
     if (d->final_logit_softcap > 0.0f) jl_softcap(logits, n_out * d->n_vocab, d->final_logit_softcap);

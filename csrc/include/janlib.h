@@ -102,11 +102,13 @@ typedef struct {
     int64_t rows;
     float *y;        /* (n, rows) */
 } jl_matmul_weight;
+/* Makes row `row` of a matmul's x, on the thread that then quantizes it (the rows are shared out). */
+typedef void (*jl_row_fill_fn)(void *arg, int64_t row);
 /* Each weight's y = x (n, k) @ W.T, equal bit for bit to its own jl_matmul_cached: weights of one
  * type take x quantized once, and all their rows are shared out in one parallel step; weights of
- * different types run one after the other. */
+ * different types run one after the other. fill_row (NULL: none) makes each row of x first, once. */
 jl_status jl_matmul_shared(jl_packed_cache *cache, const jl_matmul_weight *weights, int n_weights, int64_t k,
-                           const float *x, int64_t n, int n_threads);
+                           const float *x, int64_t n, jl_row_fill_fn fill_row, void *fill_arg, int n_threads);
 
 /* Activation quantization on its own, for tests: n rows of k floats -> activation blocks. */
 jl_status jl_quantize_rows(int act_type, const float *x, int64_t n, int64_t k, void *dst,

@@ -44,8 +44,9 @@ cdef extern from "janlib.h" nogil:
         size_t w_bytes
         int64_t rows
         float *y
+    ctypedef void (*jl_row_fill_fn)(void *arg, int64_t row)
     jl_status jl_matmul_shared(jl_packed_cache *cache, const jl_matmul_weight *weights, int n_weights, int64_t k,
-                               const float *x, int64_t n, int n_threads)
+                               const float *x, int64_t n, jl_row_fill_fn fill_row, void *fill_arg, int n_threads)
     jl_status jl_quantize_rows(int act_type, const float *x, int64_t n, int64_t k, void *dst,
                                size_t dst_bytes)
 

@@ -147,7 +147,7 @@ def matmul_shared(weights, const float[:, ::1] x, ys, int n_threads=0, PackedCac
         ws[i].rows = rows
         ws[i].y = &y[0, 0]
     with nogil:
-        status = jl_matmul_shared(packed, ws, n_weights, x.shape[1], &x[0, 0], x.shape[0], n_threads)
+        status = jl_matmul_shared(packed, ws, n_weights, x.shape[1], &x[0, 0], x.shape[0], NULL, NULL, n_threads)
     check(status)
 
 
