@@ -24,7 +24,9 @@
  * n_ctx) per KV head, so both attention products are the kernel table's dot products: one cache
  * row against up to JL_NC_MAX query rows per call, the queries in the K type's activation format
  * (float32, or Q8_0 for a Q8_0 / Q4_0 K). A quantized V is kept as rows and each visible row is
- * dequantized once and added in, weighted, position by position. */
+ * dequantized once and added in, weighted, position by position. Where the active ISA has an
+ * attend kernel for a float cache (K and V of one type), every item, of up to JL_ATTEND_QUERIES
+ * queries, goes through it instead: its lanes are queries, so a page is read once for all of them. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,7 +86,8 @@ struct jl_context {
     int64_t *seq_old_len;      /* (n_seq_max,) each sequence's length before it */
     float *attn_scratch;       /* (attn_scratch_threads, attn_scratch_floats) */
     int attn_scratch_threads;
-    size_t attn_scratch_floats;  /* JL_NC_MAX gathered queries + JL_NC_MAX rows of weights */
+    size_t attn_scratch_floats;  /* JL_NC_MAX gathered queries + JL_NC_MAX rows of weights, or the attend kernel's */
+    jl_attend_fn attend;       /* the chunk's attend kernel (NULL: the dot products), chosen as its rows are grouped */
 };
 
 /* ---- validating a description ------------------------------------------------------------- */
@@ -410,8 +413,11 @@ jl_status jl_context_create(const jl_model *model, int64_t n_ctx, int32_t n_seq_
     ctx->seq_next = malloc((size_t)n_seq_max * sizeof *ctx->seq_next);
     ctx->seq_old_len = malloc((size_t)n_seq_max * sizeof *ctx->seq_old_len);
     /* per thread: JL_NC_MAX gathered queries (an activation row takes at most 4 bytes a value),
-     * their weights over one block of keys, one dequantized V row: nothing grows with the context */
-    ctx->attn_scratch_floats = (size_t)JL_NC_MAX * ((size_t)d->head_dim_k + ATTN_BLOCK) + (size_t)d->head_dim_v;
+     * their weights over one block of keys, one dequantized V row; or the attend kernel's scratch;
+     * whole cache lines, each thread's share aligned: nothing grows with the context */
+    const size_t dot_floats = (size_t)JL_NC_MAX * ((size_t)d->head_dim_k + ATTN_BLOCK) + (size_t)d->head_dim_v,
+                 attend_floats = JL_ATTEND_SCRATCH_FLOATS(d->head_dim_k, d->head_dim_v);
+    ctx->attn_scratch_floats = ((dot_floats > attend_floats ? dot_floats : attend_floats) + 15) / 16 * 16;
     if (!ctx->x || !ctx->xn || !ctx->q || !ctx->k || !ctx->v || !ctx->attn || !ctx->proj || !ctx->gate || !ctx->up ||
         !ctx->rope_cos || !ctx->rope_sin || !ctx->rows.pos || !ctx->rows.last || !ctx->rows.seq || !ctx->rows.out_rows ||
         !ctx->rows.group_rows || !ctx->rows.group_start || !ctx->rows.seq_count || !ctx->seq_next || !ctx->seq_old_len ||
@@ -827,14 +833,55 @@ static void attention_task(void *arg, int ith, int nth) {
     }
 }
 
+/* The same items through the attend kernel: each query's state lives in the kernel for the
+ * item's whole walk, and its arithmetic is the kernel's per-query definition whatever the item. */
+static void attend_task(void *arg, int ith, int nth) {
+    const attention_job *job = arg;
+    jl_context *ctx = job->ctx;
+    const jl_chunk *ch = &ctx->rows;
+    const jl_model_desc *d = &ctx->model->desc;
+    const int Dk = d->head_dim_k, Dv = d->head_dim_v, group = d->n_head / d->n_head_kv;
+    const int64_t window = d->layers[job->layer].sliding_window;
+    const float *q[JL_ATTEND_QUERIES];
+    float *out[JL_ATTEND_QUERIES];
+    int64_t first[JL_ATTEND_QUERIES], last[JL_ATTEND_QUERIES];
+    jl_attend_args args = {.dk = Dk, .dv = Dv, .q = q, .out = out, .first = first, .last = last,
+                           .scale = d->attention_scale, .softcap = d->attn_logit_softcap, .v_offset = ctx->kv.k_bytes,
+                           .scratch = ctx->attn_scratch + (size_t)ith * ctx->attn_scratch_floats};
+    for (int64_t item = ith; item < job->n_items; item += nth) {
+        const int64_t chunk = item % job->head_chunks, g = item / job->head_chunks % d->n_head_kv,
+                      grp = item / (job->head_chunks * d->n_head_kv);
+        const int h0 = (int)(g * group + chunk * job->heads_per_item);
+        const int heads_left = (int)(group - chunk * job->heads_per_item);
+        const int nh = heads_left < job->heads_per_item ? heads_left : job->heads_per_item;
+        const int32_t *rows = ch->group_rows + ch->group_start[grp];
+        const jl_kv_view view = jl_kv_view_of(&ctx->kv, job->layer, ch->seq[rows[0]], (int)g);
+        args.nq = nh * (int)(ch->group_start[grp + 1] - ch->group_start[grp]);
+        for (int qi = 0; qi < args.nq; qi++) {
+            const int64_t row = rows[qi / nh], head = h0 + qi % nh;
+            last[qi] = last_visible(ctx, row);
+            first[qi] = d->non_causal ? 0 : jl_kv_first_visible(ch->pos[row], window);
+            q[qi] = ctx->q + (row * d->n_head + head) * Dk;
+            out[qi] = ctx->attn + (row * d->n_head + head) * Dv;
+        }
+        args.page_table = view.table;
+        args.base = view.base;
+        args.page_bytes = view.page_bytes;
+        ctx->attend(&args);
+    }
+}
+
+/* Queries an item holds: its cache rows are read once for all of them. */
+static int queries_per_item(const jl_context *ctx) { return ctx->attend ? JL_ATTEND_QUERIES : JL_NC_MAX; }
+
 static jl_status attention(jl_context *ctx, int layer, int n_threads) {
     const jl_model_desc *d = &ctx->model->desc;
-    const int group = d->n_head / d->n_head_kv;
+    const int group = d->n_head / d->n_head_kv, per_item = queries_per_item(ctx);
     const int64_t window = d->layers[layer].sliding_window;
     const jl_type_traits *tk = jl_traits(ctx->kv.type_k), *tq = jl_traits(tk->activation), *tv = jl_traits(ctx->kv.type_v);
     attention_job job = {.ctx = ctx, .layer = layer, .k_dot = tk->vec_dot, .v_dot_pages = tv->vec_dot_pages,
                          .q_convert = tq->from_float, .q_bytes = jl_row_bytes(tq, d->head_dim_k), .v_to_float = tv->to_float};
-    job.heads_per_item = group < JL_NC_MAX ? group : JL_NC_MAX;
+    job.heads_per_item = group < per_item ? group : per_item;
     job.head_chunks = (group + job.heads_per_item - 1) / job.heads_per_item;
     job.n_items = ctx->rows.n_groups * d->n_head_kv * job.head_chunks;
     int64_t span = 0;
@@ -844,14 +891,24 @@ static jl_status attention(jl_context *ctx, int layer, int n_threads) {
     int64_t work = d->n_head * span * (d->head_dim_k + d->head_dim_v) / 16;
     int nth = threads_for(work, n_threads);
     if (nth > job.n_items) nth = (int)job.n_items;
-    return jl_parallel(nth, attention_task, &job);
+    return jl_parallel(nth, ctx->attend ? attend_task : attention_task, &job);
 }
 
-/* Heads of one KV group share an item first; when a group has fewer than JL_NC_MAX heads,
- * rows of one sequence join it. */
+/* The active ISA's attend kernel for a cache whose K and V are one float type (head dimensions
+ * multiples of 4); NULL: the dot products. One choice for every row: a row's result must not
+ * depend on the rows beside it. */
+static jl_attend_fn attend_kernel(const jl_context *ctx) {
+    const jl_kv_cache *kv = &ctx->kv;
+    if (!kv->v_trans || kv->type_k != kv->type_v || kv->head_dim_k % 4 || kv->head_dim_v % 4) return NULL;
+    return jl_traits(kv->type_k)->attend;
+}
+
+/* Heads of one KV group share an item first; when a group has fewer heads than an item holds
+ * queries, rows of one sequence join it. */
 static void group_rows(jl_context *ctx) {
-    const int group = ctx->model->desc.n_head / ctx->model->desc.n_head_kv;
-    jl_chunk_group_rows(&ctx->rows, ctx->kv.n_seq, group < JL_NC_MAX ? JL_NC_MAX / group : 1);
+    ctx->attend = attend_kernel(ctx);
+    const int group = ctx->model->desc.n_head / ctx->model->desc.n_head_kv, per_item = queries_per_item(ctx);
+    jl_chunk_group_rows(&ctx->rows, ctx->kv.n_seq, group < per_item ? per_item / group : 1);
 }
 
 typedef struct {

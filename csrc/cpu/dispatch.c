@@ -76,11 +76,14 @@ static void detect(void) {}
 static void build_tables(void) {
     detect();
     for (int isa = 0; isa < JL_ISA_COUNT; isa++) jl_ref_register(tables[isa]);
+    /* the reference attend kernel is the scalar level's only: AVX2 keeps its dot products */
+    jl_ref_attention_register(tables[JL_ISA_SCALAR]);
 #if defined(JANLIB_X86)
     for (int isa = JL_ISA_AVX2; isa < JL_ISA_COUNT; isa++) jl_avx2_register(tables[isa]);
     jl_avx512_register(tables[JL_ISA_AVX512]);
     jl_avx512_gemm_register(tables[JL_ISA_AVX512]);
     jl_avx512_gemm_float_register(tables[JL_ISA_AVX512]);
+    jl_avx512_attention_register(tables[JL_ISA_AVX512]);
 #endif
     atomic_store(&active_isa, best_isa);
 }

@@ -53,6 +53,33 @@ typedef void (*jl_vec_dot_pages_fn)(int64_t page_len, int64_t n_pages, const uin
                                     size_t w_offset, const float *restrict x, size_t x_stride, int nc,
                                     float *restrict s);
 
+/* Attention of up to JL_ATTEND_QUERIES queries that share one KV head of one sequence, over a
+ * float cache (K rows (JL_KV_PAGE, dk) and V transposed (dv, JL_KV_PAGE) per page, both of this
+ * type; dk and dv multiples of 4). Query c sees positions [first[c], last[c]]; its scores are
+ * softcap(scale * q_c . k) (softcap 0: none) and out[c] (dv,) becomes its softmax-weighted sum of V.
+ * The arithmetic (quant/ref_attention.c spells it out, SIMD kernels reproduce it bit for bit) runs
+ * four lanes per query, lane j taking dimensions d = j (mod 4) of each dot product and positions
+ * p = j (mod 4) of each weighted sum, walks the pages in order with an online softmax, and combines
+ * the lanes in a fixed order: a query's result depends on its own q, positions and the cache only,
+ * never on how many queries share the call. */
+#define JL_ATTEND_QUERIES 16
+typedef struct {
+    int nq, dk, dv;
+    const float *const *q;         /* (nq,) query rows of dk */
+    float *const *out;             /* (nq,) output rows of dv */
+    const int64_t *first, *last;   /* (nq,) */
+    float scale, softcap;
+    const int32_t *page_table;     /* the sequence's page ids: page i holds positions [i, i + 1) * JL_KV_PAGE */
+    const uint8_t *base;           /* the K block of the layer and head in page 0 */
+    size_t page_bytes, v_offset;   /* page stride; the V block's offset from the K block */
+    float *scratch;                /* JL_ATTEND_SCRATCH_FLOATS(dk, dv) floats, 64-byte aligned */
+} jl_attend_args;
+/* the queries (4 groups, dk / 4, 16), a page's K and V as float, 4 groups' weights of a page
+ * (8, 16) and masks, running maxima and sums, the output accumulators (4 groups, dv, 16) */
+#define JL_ATTEND_SCRATCH_FLOATS(dk, dv) \
+    ((((size_t)16 * (dk) + (size_t)32 * (dk) + (size_t)32 * (dv) + 4 * 8 * 16 + 144 + (size_t)64 * (dv)) + 15) / 16 * 16)
+typedef void (*jl_attend_fn)(const jl_attend_args *a);
+
 typedef struct {
     const char *name;
     int64_t block_size;         /* values per block */
@@ -63,6 +90,7 @@ typedef struct {
     jl_vec_dot_fn vec_dot;        /* set for the weight types */
     const jl_gemm_kernels *gemm;  /* set where a GEMM beats vec_dot for many rows */
     jl_vec_dot_pages_fn vec_dot_pages;  /* set for the KV cache types */
+    jl_attend_fn attend;  /* optional, for a float KV cache whose K and V are both this type */
 } jl_type_traits;
 
 /* The scalar reference table (quant/ref.c): every supported type has every kernel it needs. */
@@ -72,6 +100,15 @@ void jl_avx2_register(jl_type_traits *table);
 void jl_avx512_register(jl_type_traits *table);
 void jl_avx512_gemm_register(jl_type_traits *table);
 void jl_avx512_gemm_float_register(jl_type_traits *table);
+/* the attention kernels: the reference (quant/ref_attention.c) at the scalar level, AVX-512 */
+void jl_ref_attention_register(jl_type_traits *table);
+void jl_avx512_attention_register(jl_type_traits *table);
+/* For the tests: K (n_pos, dk) and V (n_pos, dv) float32 rows stored as the cache stores `type`
+ * (pages in reverse order), then isa's attend kernel on q (nq, dk) -> out (nq, dv).
+ * JL_ERR_UNSUPPORTED when that level has no attend kernel for the type. */
+jl_status jl_attend_check(int isa, int type, int nq, int dk, int dv, int64_t n_pos, const float *q,
+                          const float *k, const float *v, const int64_t *first, const int64_t *last,
+                          float scale, float softcap, float *out);
 
 /* Active table entry for a type, or NULL when the type is not supported. */
 const jl_type_traits *jl_traits(int type);

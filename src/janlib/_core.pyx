@@ -161,6 +161,26 @@ def quantize_rows(int act_type, const float[:, ::1] x, uint8_t[::1] dst):
     check(status)
 
 
+cdef extern from "quant/traits.h" nogil:
+    jl_status jl_attend_check(int isa, int type, int nq, int dk, int dv, int64_t n_pos, const float *q,
+                              const float *k, const float *v, const int64_t *first, const int64_t *last,
+                              float scale, float softcap, float *out)
+
+
+def attend_check(int isa, int type_id, const float[:, ::1] q, const float[:, ::1] k, const float[:, ::1] v,
+                 const int64_t[::1] first, const int64_t[::1] last, float scale, float softcap, float[:, ::1] out):
+    """out <- the attend kernel of isa over k, v stored as a float cache of type_id (for tests)."""
+    cdef jl_status status
+    if (k.shape[0] == 0 or k.shape[0] != v.shape[0] or q.shape[0] == 0 or q.shape[1] != k.shape[1] or
+            first.shape[0] != q.shape[0] or last.shape[0] != q.shape[0] or out.shape[0] != q.shape[0] or
+            out.shape[1] != v.shape[1]):
+        raise ValueError("attend_check: mismatched shapes")
+    with nogil:
+        status = jl_attend_check(isa, type_id, q.shape[0], q.shape[1], v.shape[1], k.shape[0], &q[0, 0], &k[0, 0],
+                                 &v[0, 0], &first[0], &last[0], scale, softcap, &out[0, 0])
+    check(status)
+
+
 include "_sampling.pxi"
 
 
