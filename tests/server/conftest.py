@@ -13,9 +13,9 @@ from server_util import API_KEY, CTX, MODEL_ID, SPEC_PATH, api_session, start  #
 
 @pytest.fixture(scope="session")
 def server():
-    """The real SmolLM2 model, two slots, one API key, a small context."""
+    """The real SmolLM2 model, two slots, one API key, a small context, OpenAI's 404 for other model names."""
     s = start("--api-key", API_KEY, "--alias", MODEL_ID, "--parallel", "2", "--ctx-size", str(2 * CTX),
-               "--threads", "1", "--metrics", "--log-level", "warning")
+               "--threads", "1", "--metrics", "--strict-model-name", "--log-level", "warning")
     yield s
     s.stop()
 

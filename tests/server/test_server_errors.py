@@ -114,7 +114,7 @@ def test_accepted_empty_forms(api):
     assert post(api, json=body).status_code == 200
 
 
-def test_unknown_model_is_404_naming_the_served_id(api, validate):
+def test_with_strict_model_name_an_unknown_model_is_404_naming_the_served_id(api, validate):
     err = envelope(post(api, json={"model": "gpt-4o", "messages": MSGS}), 404, param="model",
                    code="model_not_found", validate=validate)
     assert MODEL_ID in err["message"] and "gpt-4o" in err["message"]

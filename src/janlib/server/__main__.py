@@ -59,6 +59,9 @@ def build_parser(prog: str = "python -m janlib.server") -> argparse.ArgumentPars
     p.add_argument("--alias", "-a", help="the model id to serve (default: the model's file name); "
                    "comma-separated: several names, the alphabetically first is the id")
     p.add_argument("--tags", help="comma-separated tags shown in /v1/models")
+    p.add_argument("--strict-model-name", action="store_true",
+                   help="answer 404 to a request naming a model other than the served one and its aliases, as "
+                   "OpenAI does (default: the served model answers any name, as llama-server)")
     p.add_argument("--chat-template", metavar="JINJA_TEMPLATE",
                    help="a Jinja chat template instead of the model's, or one of llama.cpp's built-in names: "
                         "chatml, llama3, command-r, gemma, phi3, zephyr")
@@ -174,6 +177,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.serv
                         cache_type_k=a.cache_type_k, cache_type_v=a.cache_type_v, swa_full=a.swa_full,
                         batch_size=a.batch_size, queue_size=a.queue_size,
                         alias=aliases[0] if aliases else a.alias, aliases=aliases[1:],
+                        strict_model_name=a.strict_model_name,
                         tags=[t.strip() for t in (a.tags or "").split(",") if t.strip()],
                         n_predict=a.n_predict, context_shift=a.context_shift, max_body=a.max_body,
                         log_level=a.log_level, cors_origins=cors_origins, shutdown_timeout=a.shutdown_timeout,

@@ -33,16 +33,22 @@ ANTHROPIC_PATH = "/v1/messages"
 
 
 def check_model_name(st: ServerState, body: dict) -> None:
-    """A request that names no model (absent or null) gets the served one, as llama-server and vLLM answer it:
-    scripts written for them leave it out. A name must be the served model's (404 otherwise, OpenAI's answer),
-    except on Anthropic's /v1/messages: its clients (Claude Code) send Anthropic's model names, which a
-    one-model server can only answer with its model (llama-server does the same)."""
+    """The served model answers a request that names no model (absent or null) and, as in llama-server, one
+    naming any model: clients and the apps that host a llama-server send names of their own (answers carry
+    the served model's id). With --strict-model-name another name is a 404, OpenAI's answer, except on
+    Anthropic's /v1/messages: its clients (Claude Code) send Anthropic's model names, which a one-model
+    server can only answer with its model."""
     if body.get("model") is None:
         return
     name = schema.require_model(body)
     if request.path.startswith(ANTHROPIC_PATH):
         return
-    if not st.accepts_model(name):
+    check_served(st, name)
+
+
+def check_served(st: ServerState, name: str) -> None:
+    """404 for a name the server does not serve, with --strict-model-name."""
+    if st.config.strict_model_name and not st.accepts_model(name):
         raise APIError(404, f"the model '{name}' does not exist: this server serves '{st.model_id}'",
                        param="model", code="model_not_found")
 

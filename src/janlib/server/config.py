@@ -42,6 +42,9 @@ class ServerConfig:
     queue_size: int = 16  # requests that may wait for a slot before 503
     alias: str | None = None  # the model id served; None = the file name
     aliases: list[str] = field(default_factory=list)  # further names the model answers to
+    # True: a request naming another model gets 404 (OpenAI's); False: the served model answers any name
+    # (llama-server's: clients and host apps send names of their own)
+    strict_model_name: bool = False
     n_predict: int = -1  # server-wide cap on generated tokens per request; -1 = none
     context_shift: bool = True  # False: a full context ends generation with finish_reason "length"
     max_body: int = DEFAULT_MAX_BODY

@@ -15,7 +15,7 @@ from flask import Blueprint, jsonify, request
 
 from janlib.embedding import normalize
 
-from . import schema
+from . import completion as c, schema
 from .errors import APIError, invalid
 from .state import ServerState, state
 
@@ -101,9 +101,8 @@ def openai_embeddings():
     if (pooling or st.model.embedder.default_pooling) == "none":
         raise invalid("--pooling none gives one vector per token, which /v1/embeddings cannot return: use "
                       "/embedding", "input", "invalid_value")
-    if body.get("model") is not None and not st.accepts_model(str(body["model"])):
-        raise APIError(404, f"the model '{body['model']}' does not exist: this server serves '{st.model_id}'",
-                       param="model", code="model_not_found")
+    if body.get("model") is not None:
+        c.check_served(st, str(body["model"]))
     inputs = _inputs(st, body["input"], "input")
     vectors = _embed(st, inputs, pooling, 2)
     if dimensions is not None:  # Matryoshka: keep the first dimensions, at unit length again
