@@ -98,6 +98,12 @@ static inline __attribute__((always_inline)) void attend(const jl_attend_args *a
     const __m512 scale = _mm512_set1_ps(a->scale), cap = _mm512_set1_ps(a->softcap);
     const size_t prefetch_step = (a->v_offset + (size_t)dv * JL_KV_PAGE * (is_f16 ? 2 : 4) + 64 * STEPS - 1) / (64 * STEPS) * 64;
 
+    /* the cache was written a whole forward pass ago and is cold: the first pages are asked for
+     * at once, before the walk that prefetches the later ones */
+    for (int64_t page = lo / JL_KV_PAGE; page < lo / JL_KV_PAGE + PREFETCH_PAGES && page <= hi / JL_KV_PAGE; page++) {
+        const char *block = (const char *)a->base + (size_t)a->page_table[page] * a->page_bytes;
+        for (size_t at = 0; at < STEPS * prefetch_step; at += 64) _mm_prefetch(block + at, _MM_HINT_T1);
+    }
     for (int64_t page = lo / JL_KV_PAGE; page <= hi / JL_KV_PAGE; page++) {
         const int64_t base = page * JL_KV_PAGE;
         const uint8_t *block = a->base + (size_t)a->page_table[page] * a->page_bytes;
