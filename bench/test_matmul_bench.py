@@ -116,3 +116,33 @@ def test_gemm_kept_panels_1_thread(benchmark, qtype, rows, k, n, report):
     report(f"gemm {qtype} {rows}x{k} n={n:<4d} kept panels 1T: {gmacs:6.1f} GMAC/s")
     benchmark.pedantic(_core.matmul, args=(type_id, w, rows, x, y), kwargs={"n_threads": 1, "cache": cache},
                        rounds=1, iterations=1)
+
+
+# Gemma-3-270M Q4_K_M's K-quant weights: ffn_down (Q4_K and Q6_K, 640 x 2048) and attn_output
+# (Q4_K, 640 x 1024). K-quant panels are repacked per call, so the rate includes the packing; by
+# the process's CPU time (all threads), so at 2 threads it shows what the split costs.
+GEMMA3_KQUANT_SHAPES = [("Q4_K", 640, 2048), ("Q4_K", 640, 1024), ("Q6_K", 640, 2048)]
+KQUANT_ROWS = [64, 256, 512]
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("n", KQUANT_ROWS)
+@pytest.mark.parametrize("qtype,rows,k", GEMMA3_KQUANT_SHAPES, ids=[f"{t}-{r}x{k}" for t, r, k in GEMMA3_KQUANT_SHAPES])
+def test_gemm_kquant(benchmark, qtype, rows, k, n, n_threads, report):
+    rng = np.random.default_rng(4)
+    w = np.ascontiguousarray(random_raw(rng, qtype, rows, k)).reshape(-1)
+    type_id = int(gguf.GGMLQuantizationType[qtype])
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    y = np.empty((n, rows), np.float32)
+    _core.matmul(type_id, w, rows, x, y, n_threads=n_threads)
+    calls = max(1, int(ROUND_MACS / (n * rows * k)))
+    best = float("inf")
+    for _ in range(GEMM_ROUNDS):
+        start = time.process_time()
+        for _ in range(calls):
+            _core.matmul(type_id, w, rows, x, y, n_threads=n_threads)
+        best = min(best, (time.process_time() - start) / calls)
+    gmacs = n * rows * k / best / 1e9
+    benchmark.extra_info["gmac_per_s"] = gmacs
+    report(f"gemm {qtype} {rows}x{k} n={n:<4d} {n_threads}T: {best * 1e3:7.3f} ms CPU per call, {gmacs:6.1f} GMAC/s of CPU time")
+    benchmark.pedantic(_core.matmul, args=(type_id, w, rows, x, y), kwargs={"n_threads": n_threads}, rounds=1, iterations=1)

@@ -295,21 +295,43 @@ INLINE void widen_legacy(int has_min, int64_t k, const uint8_t *panel, uint8_t *
 }
 
 /* ---- K-quants -------------------------------------------------------------------------- *
- * vec_dot's K-quant sums are 16 int32 lanes per super-block, each mixing four groups through
- * vpmaddubsw + vpdpwssd with the int16 group scales, then one FMA by d * dx; the GEMM keeps
- * exactly that and takes the Q8_K activation rows as they are. What it saves is the unpacking
- * (done once per panel, not once per column tile) and the activation loads, shared by
- * KQ_PANEL_ROWS weight rows. */
+ * vec_dot's K-quant sums are 16 int32 lanes per super-block: lane l of chunk j (values 64j ..
+ * 64j + 63) takes the four products of values 64j + 4l .. 64j + 4l + 3 (a quarter of group
+ * 4j + l / 4) times that group's int16 scale, through vpmaddubsw + vpdpwssd. The GEMM keeps those
+ * integer lane sums but gets them with a third fewer multiplies: the bytes of chunks 2h and
+ * 2h + 1 are interleaved by 16-bit words into two vectors A and B (A's dword l = word 2l of both
+ * chunks, B's = word 2l + 1 of both), so vpmaddubsw(A) + vpmaddubsw(B) leaves the whole quarter
+ * of chunk 2h in word 2l and of chunk 2h + 1 in word 2l + 1 (|quarter| <= 4 * 63 * 127 fits
+ * int16), and one vpdpwssd against the interleaved scales adds both to lane l. Integer sums do
+ * not depend on the order of their terms, so the lanes, and vec_dot's float steps per super-block
+ * after them, are vec_dot's. Weights and activation rows are both packed so (the weights with
+ * their scales interleaved once per panel, not per tile); the minimum terms of two columns share
+ * a zmm, lanes 0-7 and 8-15 each the ymm that vec_dot keeps. */
 
 #define KQ_PANEL_ROWS 2
 
 typedef struct {
-    __m512i q[4];                 /* values 64j .. 64j + 63, unsigned (q + offset) */
-    __m256i sc, mn, corr;         /* per group of 16: scale, minimum, -offset * scale */
+    __m512i q[4];                 /* per h: A, B of chunks 2h, 2h + 1, values unsigned (q + offset) */
+    __m512i sc[2];                /* per h: the int16 scales of A / B's words */
+    __m256i mn, corr;             /* per group of 16: minimum, -offset * scale */
     float d, dmin;
     uint8_t pad[56];
 } kquant_packed;
 static_assert(sizeof(kquant_packed) % 64 == 0, "kquant_packed keeps 64-byte alignment");
+
+typedef struct {
+    __m512i q[4];                 /* the Q8_K quants interleaved as the weights' */
+    __m256i bsums;
+    float d;
+    uint8_t pad[28];
+} kquant_x_packed;
+static_assert(sizeof(kquant_x_packed) % 64 == 0, "kquant_x_packed keeps 64-byte alignment");
+
+/* words 2l of a and b into dword l of *lo, words 2l + 1 into dword l of *hi */
+INLINE void interleave_words(__m512i a, __m512i b, __m512i *lo, __m512i *hi) {
+    *lo = _mm512_mask_blend_epi16(0xAAAAAAAA, a, _mm512_slli_epi32(b, 16));
+    *hi = _mm512_mask_blend_epi16(0xAAAAAAAA, _mm512_srli_epi32(a, 16), b);
+}
 
 INLINE void pack_w_kquant(kquant_unpack_fn unpack, size_t type_size, int offset, const uint8_t *w, size_t w_row_bytes,
                           int64_t rows, int64_t k, kquant_packed *panel) {
@@ -323,8 +345,11 @@ INLINE void pack_w_kquant(kquant_unpack_fn unpack, size_t type_size, int offset,
             }
             kquant_unpacked u;
             unpack(w + r * w_row_bytes + i * type_size, &u);
-            UNROLL for (int j = 0; j < 4; j++) p->q[j] = u.q[j];
-            p->sc = u.sc;
+            UNROLL for (int h = 0; h < 2; h++) {
+                interleave_words(u.q[2 * h], u.q[2 * h + 1], &p->q[2 * h], &p->q[2 * h + 1]);
+                /* word 2l of chunk_scales(j) is the scale of lane l's quarter in chunk j */
+                p->sc[h] = _mm512_mask_blend_epi16(0xAAAAAAAA, chunk_scales(u.sc, 2 * h), chunk_scales(u.sc, 2 * h + 1));
+            }
             p->mn = u.mn;
             p->corr = _mm256_mullo_epi16(u.sc, _mm256_set1_epi16((short)-offset));
             p->d = u.d;
@@ -332,47 +357,82 @@ INLINE void pack_w_kquant(kquant_unpack_fn unpack, size_t type_size, int offset,
         }
 }
 
-/* KQ_PANEL_ROWS x nc outputs against Q8_K rows; vec_dot's steps per super-block, in its order */
+/* xq: one row of Q8_K blocks */
+static void pack_x_kquant(const void *restrict xq, int64_t k, void *restrict xp) {
+    const block_q8_K *bx = xq;
+    kquant_x_packed *p = xp;
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        UNROLL for (int h = 0; h < 2; h++)
+            interleave_words(_mm512_loadu_si512(bx[i].qs + 128 * h), _mm512_loadu_si512(bx[i].qs + 128 * h + 64),
+                             &p[i].q[2 * h], &p[i].q[2 * h + 1]);
+        p[i].bsums = _mm256_loadu_si256((const __m256i *)bx[i].bsums);
+        p[i].d = bx[i].d;
+        memset(p[i].pad, 0, sizeof p[i].pad);
+    }
+}
+
+static size_t x_bytes_kquant(int64_t k) { return (size_t)(k / QK_K) * sizeof(kquant_x_packed); }
+
+/* KQ_PANEL_ROWS x nc outputs against packed Q8_K rows; vec_dot's steps per super-block, in its order */
 INLINE void tile_kquant(int offset, int has_min, int64_t nsb, const kquant_packed *panel, const uint8_t *x,
                         size_t x_stride, const int nc, int64_t rows, float *y, size_t y_stride) {
+    enum { PAIRS = (TILE_COLS + 1) / 2 };
+    const int np = (nc + 1) / 2;
     __m512 acc[KQ_PANEL_ROWS][TILE_COLS];
-    __m256 acc_min[KQ_PANEL_ROWS][TILE_COLS];
-    UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++)
-        UNROLL for (int c = 0; c < nc; c++) {
-            acc[r][c] = _mm512_setzero_ps();
-            acc_min[r][c] = _mm256_setzero_ps();
-        }
+    __m512 acc_min[KQ_PANEL_ROWS][PAIRS];  /* columns 2p (lanes 0-7) and 2p + 1 (lanes 8-15) */
+    UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++) {
+        UNROLL for (int c = 0; c < nc; c++) acc[r][c] = _mm512_setzero_ps();
+        UNROLL for (int q = 0; q < np; q++) acc_min[r][q] = _mm512_setzero_ps();
+    }
     for (int64_t i = 0; i < nsb; i++) {
         const kquant_packed *p = panel + i * KQ_PANEL_ROWS;
-        const block_q8_K *bx[TILE_COLS];
-        __m256i bsums[TILE_COLS];
+        const kquant_x_packed *bx[TILE_COLS];
         __m512i sum[KQ_PANEL_ROWS][TILE_COLS];
         UNROLL for (int c = 0; c < nc; c++) {
-            bx[c] = (const block_q8_K *)(x + c * x_stride) + i;
-            bsums[c] = _mm256_loadu_si256((const __m256i *)bx[c]->bsums);
+            bx[c] = (const kquant_x_packed *)(x + c * x_stride) + i;
             UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++)
-                sum[r][c] = offset ? _mm512_zextsi256_si512(_mm256_madd_epi16(bsums[c], p[r].corr)) : _mm512_setzero_si512();
+                sum[r][c] = offset ? _mm512_zextsi256_si512(_mm256_madd_epi16(bx[c]->bsums, p[r].corr)) : _mm512_setzero_si512();
         }
-        UNROLL for (int j = 0; j < 4; j++) {
-            __m512i sc[KQ_PANEL_ROWS];
-            UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++) sc[r] = chunk_scales(p[r].sc, j);
+        UNROLL for (int h = 0; h < 2; h++) {
+            __m512i wa[KQ_PANEL_ROWS], wb[KQ_PANEL_ROWS];
+            UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++) {
+                wa[r] = _mm512_load_si512(&p[r].q[2 * h]);
+                wb[r] = _mm512_load_si512(&p[r].q[2 * h + 1]);
+            }
             UNROLL for (int c = 0; c < nc; c++) {
-                const __m512i xv = _mm512_loadu_si512(bx[c]->qs + 64 * j);
-                UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++)
-                    sum[r][c] = _mm512_dpwssd_epi32(sum[r][c], _mm512_maddubs_epi16(p[r].q[j], xv), sc[r]);
+                const __m512i xa = _mm512_load_si512(&bx[c]->q[2 * h]), xb = _mm512_load_si512(&bx[c]->q[2 * h + 1]);
+                UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++) {
+                    const __m512i quarters = _mm512_add_epi16(_mm512_maddubs_epi16(wa[r], xa), _mm512_maddubs_epi16(wb[r], xb));
+                    sum[r][c] = _mm512_dpwssd_epi32(sum[r][c], quarters, _mm512_load_si512(&p[r].sc[h]));
+                }
             }
         }
-        UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++)
-            UNROLL for (int c = 0; c < nc; c++) {
-                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r][c]), _mm512_set1_ps(p[r].d * bx[c]->d), acc[r][c]);
-                if (has_min)
-                    acc_min[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bsums[c], p[r].mn)),
-                                                    _mm256_set1_ps(p[r].dmin * bx[c]->d), acc_min[r][c]);
+        __m512 dx[TILE_COLS];
+        UNROLL for (int c = 0; c < nc; c++) dx[c] = _mm512_set1_ps(bx[c]->d);
+        UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++) {
+            const __m512 d = _mm512_set1_ps(p[r].d);  /* d * dx in every lane: vec_dot's scalar product */
+            UNROLL for (int c = 0; c < nc; c++)
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r][c]), _mm512_mul_ps(d, dx[c]), acc[r][c]);
+        }
+        if (has_min)
+            UNROLL for (int q = 0; q < np; q++) {
+                const int two = 2 * q + 1 < nc;
+                const __m512i bsums = two ? _mm512_inserti64x4(_mm512_castsi256_si512(bx[2 * q]->bsums), bx[2 * q + 1]->bsums, 1)
+                                          : _mm512_zextsi256_si512(bx[2 * q]->bsums);
+                const __m512 dxs = two ? _mm512_mask_blend_ps(0xFF00, dx[2 * q], dx[2 * q + 1]) : dx[2 * q];
+                UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++) {
+                    const __m512i mins = _mm512_madd_epi16(bsums, _mm512_broadcast_i64x4(p[r].mn));
+                    acc_min[r][q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(_mm512_set1_ps(p[r].dmin), dxs), acc_min[r][q]);
+                }
             }
     }
     UNROLL for (int c = 0; c < nc; c++)
-        UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++)
-            if (r < rows) y[c * y_stride + r] = hsum512_ps(acc[r][c]) - (has_min ? hsum256_ps(acc_min[r][c]) : 0.0f);
+        UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++) {
+            if (r >= rows) continue;
+            const __m512 m = acc_min[r][c / 2];
+            const float min = has_min ? hsum256_ps(c % 2 ? _mm512_extractf32x8_ps(m, 1) : _mm512_castps512_ps256(m)) : 0.0f;
+            y[c * y_stride + r] = hsum512_ps(acc[r][c]) - min;
+        }
 }
 
 INLINE void panel_dot_kquant(int offset, int has_min, int64_t k, const kquant_packed *panel, int64_t rows,
@@ -401,7 +461,7 @@ static size_t panel_bytes_kquant(int64_t k) { return (size_t)(k / QK_K) * KQ_PAN
         panel_dot_kquant(OFFSET, HAS_MIN, k, panel, rows, xp, x_stride, n, y, y_stride);                     \
     }                                                                                                        \
     static const jl_gemm_kernels NAME##_gemm = {                                                             \
-        KQ_PANEL_ROWS, panel_bytes_kquant, NULL, NAME##_pack_w, NULL, NAME##_panel_dot, 0,                   \
+        KQ_PANEL_ROWS, panel_bytes_kquant, x_bytes_kquant, NAME##_pack_w, pack_x_kquant, NAME##_panel_dot, 0,                   \
     };
 
 KQUANT_GEMM(q2_K, 0, 1)
