@@ -71,45 +71,40 @@ class _StepTimes:
     """How long a step takes: t = t0 + per_row * rows + per_attended * attended, where attended counts
     the cache positions its rows attend to. A prompt chunk's attention grows with its position, so late
     in a long prompt a token costs several times what it costs early; a rate per token alone would let
-    those chunks overrun the gap they are sized for. Fitted by least squares over the recent large steps
-    (prompt chunks) and the recent small ones (decode); a chunk must fit by the fit with that term and by
-    the one without it, so a poorly determined attention term never makes a chunk longer."""
+    those chunks overrun the gap they are sized for. t0, what a step costs whatever its rows (streaming
+    the weights), is the median of the recent small steps (decode); the two costs are fitted by least
+    squares over the recent large steps (prompt chunks), the attention cost only once their positions
+    spread enough to tell it from the cost per row."""
 
     def __init__(self) -> None:
-        self._large: deque[tuple[float, float, float, float]] = deque(maxlen=32)
-        self._small: deque[tuple[float, float, float, float]] = deque(maxlen=16)
+        self._large: deque[tuple[float, float, float]] = deque(maxlen=32)  # (rows, attended / 1024, seconds)
+        self._small: deque[float] = deque(maxlen=16)  # seconds
 
     def add(self, rows: int, attended: int, seconds: float) -> None:
-        (self._large if rows >= _LARGE_STEP else self._small).append((1.0, rows, attended / 1024, seconds))
+        if rows >= _LARGE_STEP:
+            self._large.append((rows, attended / 1024, seconds))
+        else:
+            self._small.append(seconds)
 
-    def fits(self) -> list[tuple[float, float, float]]:
-        """Candidate (t0, per_row, per_attended) in seconds, attended in units of 1,024 positions: the fit
-        without the attention term, and the full one where the large steps' positions spread enough to
-        tell the two terms apart; none before two large steps were timed (nothing says what a chunk costs)."""
+    def fit(self) -> tuple[float, float, float] | None:
+        """(t0, per_row, per_attended) in seconds, attended in units of 1,024 positions; None before two
+        large steps were timed (nothing says what a chunk costs)."""
         if len(self._large) < 2:
-            return []
-        m = np.array([*self._large, *self._small])
-        large = np.array(self._large)
-        mean_position = large[:, 2] * 1024 / large[:, 1]
-        out = [self._fit(m, (0, 1)) or self._fit(m, (1,))]
-        if np.ptp(mean_position) >= _POSITION_SPREAD:
-            out.append(self._fit(m, (0, 1, 2)))
-        return [fit for fit in out if fit is not None]
-
-    @staticmethod
-    def _fit(m: np.ndarray, columns: tuple[int, ...]) -> tuple[float, float, float] | None:
-        """The least-squares costs of the terms in columns (the others zero); None when one comes out negative."""
-        coef = np.linalg.lstsq(m[:, columns], m[:, 3], rcond=None)[0]
-        if (coef < 0).any():
             return None
-        full = dict(zip(columns, coef.tolist()))
-        return full.get(0, 0.0), full.get(1, 0.0), full.get(2, 0.0)
+        t0 = float(np.median(self._small)) if self._small else 0.0
+        large = np.array(self._large)
+        terms, variable = large[:, :2], np.maximum(large[:, 2] - t0, 0.0)
+        if np.ptp(large[:, 1] * 1024 / large[:, 0]) >= _POSITION_SPREAD:  # the steps' mean positions
+            per_row, per_attended = np.linalg.lstsq(terms, variable, rcond=None)[0]
+            if per_row >= 0 and per_attended >= 0:
+                return t0, float(per_row), float(per_attended)
+        return t0, float(np.linalg.lstsq(terms[:, :1], variable, rcond=None)[0][0]), 0.0
 
     def max_chunk(self, rows: int, attended: int, start: int, seconds: float) -> int | None:
         """The longest prompt chunk from position start that fits beside rows attending to attended
-        positions within seconds by every candidate fit (0 when none does); None without a fit."""
-        chunks = [self._solve(fit, rows, attended, start, seconds) for fit in self.fits()]
-        return min(chunks) if chunks else None
+        positions within seconds (0 when none does); None without a fit."""
+        fit = self.fit()
+        return None if fit is None else self._solve(fit, rows, attended, start, seconds)
 
     @staticmethod
     def _solve(fit: tuple[float, float, float], rows: int, attended: int, start: int, seconds: float) -> int:
