@@ -183,21 +183,39 @@ INLINE void step_sums(int nibbles, const uint8_t *pg, const uint8_t *xg, size_t 
         }
 }
 
-/* hsum512_ps of 16 vectors at once, the same pairwise tree (lane i + 8, + 4, + 2, + 1) for all, its
- * adds four levels of whole vectors instead of 16 scalar chains: v[4i + j] lands in lane 4j + i */
+/* The levels of hsum512_ps's pairwise tree (lane i + 8, + 4, + 2, + 1) on whole vectors, each
+ * folding two vectors' partial sums into one: */
+/* 256-bit halves: a's lanes i + 8 into lanes 0-7, b's into 8-15 */
+INLINE __m512 fold8_ps(__m512 a, __m512 b) {
+    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+/* two 256-bit halves each of a and b: + 4 into 128-bit chunks a.lo, a.hi, b.lo, b.hi */
+INLINE __m512 fold4_ps(__m512 a, __m512 b) {
+    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+/* per 128-bit chunk: + 2, a's pairs in lanes 0-1, b's in 2-3 */
+INLINE __m512 fold2_ps(__m512 a, __m512 b) {
+    return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+/* per 128-bit chunk: + 1, a's in lanes 0-1, b's in 2-3 */
+INLINE __m512 fold1_ps(__m512 a, __m512 b) {
+    return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* hsum512_ps of 16 vectors at once, its adds four levels of whole vectors instead of 16 scalar
+ * chains: v[4i + j] lands in lane 4j + i */
 INLINE __m512 hsum16_ps(const __m512 v[16]) {
-    __m512 halves[8], quarters[4], pairs[2];
-    UNROLL for (int p = 0; p < 8; p++)  /* 256-bit halves: v[2p], v[2p + 1] summed over i + 8 */
-        halves[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                  _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    UNROLL for (int q = 0; q < 4; q++)  /* 128-bit chunk j: v[4q + j] summed over i + 4 */
-        quarters[q] = _mm512_add_ps(_mm512_shuffle_f32x4(halves[2 * q], halves[2 * q + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                    _mm512_shuffle_f32x4(halves[2 * q], halves[2 * q + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    UNROLL for (int t = 0; t < 2; t++)  /* chunk j: v[8t + j], v[8t + 4 + j] summed over i + 2 */
-        pairs[t] = _mm512_add_ps(_mm512_shuffle_ps(quarters[2 * t], quarters[2 * t + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                 _mm512_shuffle_ps(quarters[2 * t], quarters[2 * t + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    return _mm512_add_ps(_mm512_shuffle_ps(pairs[0], pairs[1], _MM_SHUFFLE(2, 0, 2, 0)),  /* over i + 1 */
-                         _mm512_shuffle_ps(pairs[0], pairs[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512 halves[8], quarters[4];
+    UNROLL for (int p = 0; p < 8; p++) halves[p] = fold8_ps(v[2 * p], v[2 * p + 1]);
+    UNROLL for (int q = 0; q < 4; q++) quarters[q] = fold4_ps(halves[2 * q], halves[2 * q + 1]);
+    return fold1_ps(fold2_ps(quarters[0], quarters[1]), fold2_ps(quarters[2], quarters[3]));
+}
+
+/* hsum256_ps of the eight 256-bit halves of h[0..3] at once (the levels after hsum512_ps's first):
+ * half j (h[j / 2], low half first) lands in lane 4 (j % 4) + j / 4 */
+INLINE __m512 hsum8_halves_ps(const __m512 h[4]) {
+    const __m512 pairs = fold2_ps(fold4_ps(h[0], h[1]), fold4_ps(h[2], h[3]));
+    return fold1_ps(pairs, pairs);
 }
 
 INLINE __m512 load_scales(int nibbles, const uint8_t *at) {
@@ -426,13 +444,21 @@ INLINE void tile_kquant(int offset, int has_min, int64_t nsb, const kquant_packe
                 }
             }
     }
-    UNROLL for (int c = 0; c < nc; c++)
-        UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++) {
-            if (r >= rows) continue;
-            const __m512 m = acc_min[r][c / 2];
-            const float min = has_min ? hsum256_ps(c % 2 ? _mm512_extractf32x8_ps(m, 1) : _mm512_castps512_ps256(m)) : 0.0f;
-            y[c * y_stride + r] = hsum512_ps(acc[r][c]) - min;
-        }
+    /* output (r, c) is half 4r + c of both reductions: lane 4c + r */
+    static_assert(KQ_PANEL_ROWS * TILE_COLS == 8, "the reductions take eight outputs");
+    __m512 halves[4];
+    UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++)
+        UNROLL for (int q = 0; q < PAIRS; q++)
+            halves[2 * r + q] = fold8_ps(2 * q < nc ? acc[r][2 * q] : _mm512_setzero_ps(),
+                                         2 * q + 1 < nc ? acc[r][2 * q + 1] : _mm512_setzero_ps());
+    __m512 sums = hsum8_halves_ps(halves);
+    if (has_min) {
+        UNROLL for (int r = 0; r < KQ_PANEL_ROWS; r++)
+            UNROLL for (int q = 0; q < PAIRS; q++) halves[2 * r + q] = q < np ? acc_min[r][q] : _mm512_setzero_ps();
+        sums = _mm512_sub_ps(sums, hsum8_halves_ps(halves));
+    }
+    const __mmask8 live_rows = (__mmask8)((1u << (rows < KQ_PANEL_ROWS ? rows : KQ_PANEL_ROWS)) - 1);
+    UNROLL for (int c = 0; c < nc; c++) _mm_mask_storeu_ps(y + c * y_stride, live_rows, _mm512_extractf32x4_ps(sums, c));
 }
 
 INLINE void panel_dot_kquant(int offset, int has_min, int64_t k, const kquant_packed *panel, int64_t rows,
