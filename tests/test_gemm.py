@@ -76,7 +76,7 @@ def test_gemm_rows_equal_each_row_alone(tensors, qtype, isa):
         x = rng.standard_normal((67, tensor.shape[1])).astype(np.float32)
         with janlib.use_isa(isa):
             alone = np.concatenate([janlib.matmul(tensor, x[i:i + 1], n_threads=1) for i in range(len(x))])
-            for n, n_threads in [(16, 1), (21, 2), (67, 2), (67, 3)]:
+            for n, n_threads in [(16, 1), (21, 2), (22, 2), (67, 2), (67, 3)]:  # column tiles of 4 and tails of 1, 2, 3
                 np.testing.assert_array_equal(janlib.matmul(tensor, x[:n], n_threads=n_threads), alone[:n],
                                               err_msg=f"{tensor.name} n={n} threads={n_threads}")
 
