@@ -722,6 +722,26 @@ typedef struct {
     jl_to_float_fn v_to_float;      /* a V row (a quantized V) */
 } attention_job;
 
+/* One item: KV head g, query heads [h0, h0 + nh) of its group, rows[0 .. nr) of one sequence. */
+typedef struct {
+    int64_t g;
+    int h0, nh, nr;
+    const int32_t *rows;
+} attention_item;
+
+static attention_item item_of(const attention_job *job, int64_t item) {
+    const jl_model_desc *d = &job->ctx->model->desc;
+    const jl_chunk *ch = &job->ctx->rows;
+    const int group = d->n_head / d->n_head_kv;
+    const int64_t chunk = item % job->head_chunks, grp = item / (job->head_chunks * d->n_head_kv);
+    const int heads_left = (int)(group - chunk * job->heads_per_item);
+    attention_item it = {.g = item / job->head_chunks % d->n_head_kv, .rows = ch->group_rows + ch->group_start[grp],
+                         .nh = heads_left < job->heads_per_item ? heads_left : job->heads_per_item,
+                         .nr = (int)(ch->group_start[grp + 1] - ch->group_start[grp])};
+    it.h0 = (int)(it.g * group + chunk * job->heads_per_item);
+    return it;
+}
+
 /* The last position row r sees (set with the chunk's rows). */
 static inline int64_t last_visible(const jl_context *ctx, int64_t r) {
     return ctx->rows.last[r];
@@ -742,7 +762,7 @@ static void attention_task(void *arg, int ith, int nth) {
     const jl_kv_cache *kv = &ctx->kv;
     const jl_model_desc *d = &ctx->model->desc;
     const jl_layer_desc *L = &d->layers[job->layer];
-    const int Dk = d->head_dim_k, Dv = d->head_dim_v, group = d->n_head / d->n_head_kv;
+    const int Dk = d->head_dim_k, Dv = d->head_dim_v;
     const int64_t window = L->sliding_window;
     float *scratch = ctx->attn_scratch + (size_t)ith * ctx->attn_scratch_floats;
     uint8_t *queries = (uint8_t *)scratch;                  /* (JL_NC_MAX, q_bytes) */
@@ -754,16 +774,10 @@ static void attention_task(void *arg, int ith, int nth) {
     float *out[JL_NC_MAX];  /* (Dv,) each query's output row: its running weighted sum of V */
     /* items interleave across threads: later rows see longer spans, so contiguous shares would not balance */
     for (int64_t item = ith; item < job->n_items; item += nth) {
-        const int64_t chunk = item % job->head_chunks, g = item / job->head_chunks % d->n_head_kv,
-                      grp = item / (job->head_chunks * d->n_head_kv);
-        const int h0 = (int)(g * group + chunk * job->heads_per_item);
-        const int heads_left = (int)(group - chunk * job->heads_per_item);
-        const int nh = heads_left < job->heads_per_item ? heads_left : job->heads_per_item;
-        const int32_t *rows = ch->group_rows + ch->group_start[grp];
-        const int nr = (int)(ch->group_start[grp + 1] - ch->group_start[grp]);
-        const int32_t seq = ch->seq[rows[0]];
-        const jl_kv_view view = jl_kv_view_of(kv, job->layer, seq, (int)g);
-        const int nq = nh * nr;
+        const attention_item it = item_of(job, item);
+        const int32_t *rows = it.rows;
+        const int h0 = it.h0, nh = it.nh, nq = it.nh * it.nr;
+        const jl_kv_view view = jl_kv_view_of(kv, job->layer, ch->seq[rows[0]], (int)it.g);
         int64_t lo = INT64_MAX, hi = 0;  /* the span of positions any of the queries sees */
         for (int qi = 0; qi < nq; qi++) {
             const int64_t row = rows[qi / nh], head = h0 + qi % nh;
@@ -840,7 +854,7 @@ static void attend_task(void *arg, int ith, int nth) {
     jl_context *ctx = job->ctx;
     const jl_chunk *ch = &ctx->rows;
     const jl_model_desc *d = &ctx->model->desc;
-    const int Dk = d->head_dim_k, Dv = d->head_dim_v, group = d->n_head / d->n_head_kv;
+    const int Dk = d->head_dim_k, Dv = d->head_dim_v;
     const int64_t window = d->layers[job->layer].sliding_window;
     const float *q[JL_ATTEND_QUERIES];
     float *out[JL_ATTEND_QUERIES];
@@ -849,14 +863,11 @@ static void attend_task(void *arg, int ith, int nth) {
                            .scale = d->attention_scale, .softcap = d->attn_logit_softcap, .v_offset = ctx->kv.k_bytes,
                            .scratch = ctx->attn_scratch + (size_t)ith * ctx->attn_scratch_floats};
     for (int64_t item = ith; item < job->n_items; item += nth) {
-        const int64_t chunk = item % job->head_chunks, g = item / job->head_chunks % d->n_head_kv,
-                      grp = item / (job->head_chunks * d->n_head_kv);
-        const int h0 = (int)(g * group + chunk * job->heads_per_item);
-        const int heads_left = (int)(group - chunk * job->heads_per_item);
-        const int nh = heads_left < job->heads_per_item ? heads_left : job->heads_per_item;
-        const int32_t *rows = ch->group_rows + ch->group_start[grp];
-        const jl_kv_view view = jl_kv_view_of(&ctx->kv, job->layer, ch->seq[rows[0]], (int)g);
-        args.nq = nh * (int)(ch->group_start[grp + 1] - ch->group_start[grp]);
+        const attention_item it = item_of(job, item);
+        const int32_t *rows = it.rows;
+        const int h0 = it.h0, nh = it.nh;
+        const jl_kv_view view = jl_kv_view_of(&ctx->kv, job->layer, ch->seq[rows[0]], (int)it.g);
+        args.nq = it.nh * it.nr;
         for (int qi = 0; qi < args.nq; qi++) {
             const int64_t row = rows[qi / nh], head = h0 + qi % nh;
             last[qi] = last_visible(ctx, row);
