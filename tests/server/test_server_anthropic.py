@@ -23,7 +23,7 @@ def claude(server):  # x-api-key, as the SDK sends it
 def test_text_message(claude):
     message = claude.messages.create(model=MODEL_ID, max_tokens=10, system="Be brief.", messages=ASK,
                                      extra_body={"temperature": 0, "top_k": 20, "top_p": 0.9})
-    assert message.type == "message" and message.role == "assistant"
+    assert message.type == "message" and message.role == "assistant" and message.id.startswith("msg_")
     assert message.content[0].type == "text" and message.content[0].text
     assert message.stop_reason in ("end_turn", "max_tokens") and message.usage.input_tokens > 0
 

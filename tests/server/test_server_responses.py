@@ -20,6 +20,7 @@ def test_text_answer(client):
     assert response.object == "response" and response.status in ("completed", "incomplete")
     assert response.output[0].type == "message" and response.output_text
     assert response.usage.output_tokens <= 8 and response.usage.input_tokens > 0
+    assert response.id.startswith("resp_") and response.output[0].id.startswith("msg_")  # OpenAI's id forms
 
 
 def test_function_call_then_its_output(client):

@@ -175,7 +175,7 @@ def messages():
     body = schema.parse_json_body(request.get_data(cache=False))
     setup, fields = _setup(st, body)
     handle, _ = submit(st, setup, fields)
-    message = {"id": c.new_id("msg"), "type": "message", "role": "assistant", "model": st.model_id, "content": [],
+    message = {"id": c.new_id("msg_"), "type": "message", "role": "assistant", "model": st.model_id, "content": [],
                "stop_reason": None, "stop_sequence": None}
     if fields["stream"]:
         events = iter(handle)

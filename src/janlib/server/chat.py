@@ -84,7 +84,7 @@ def chat_completions():
     c.check_model_name(st, body)
     setup, fields, options = prepare_body(st, body)
     handle, max_tokens = submit(st, setup, fields)
-    cid, created = c.new_id("chatcmpl"), c.now()
+    cid, created = c.new_id("chatcmpl-"), c.now()
     legacy = options["legacy_functions"]
     if fields["stream"]:
         events = iter(handle)
@@ -308,7 +308,7 @@ def completions():
     jobs = [c.make_request(st, ids, fields, prompt_logprobs=scored) for ids, _ in prompts]
     handles = c.submit_all(st, [job for job, _ in jobs])
     max_tokens = jobs[0][1]
-    cid, created = c.new_id("cmpl"), c.now()
+    cid, created = c.new_id("cmpl-"), c.now()
     if fields["stream"]:
         handle = handles[0]
         events = iter(handle)

@@ -448,7 +448,8 @@ def select_fields(response: dict, paths: list[str] | None, kept: tuple[str, ...]
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    """A unique id in the provider's own form: prefix carries its separator (OpenAI's chatcmpl-, resp_)."""
+    return prefix + uuid.uuid4().hex
 
 
 def stream_response(chunks: Iterator[bytes], *handles: Handle) -> Response:

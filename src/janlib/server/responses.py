@@ -173,7 +173,7 @@ def create_response():
 
 def _shell(st, body: dict, options: dict) -> dict:
     """The response object without its output: what the request asked, echoed as OpenAI does."""
-    return {"id": c.new_id("resp"), "object": "response", "created_at": c.now(), "status": "in_progress",
+    return {"id": c.new_id("resp_"), "object": "response", "created_at": c.now(), "status": "in_progress",
             "model": st.model_id, "output": [], "error": None, "incomplete_details": None,
             "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
             "parallel_tool_calls": options["parallel_tool_calls"], "previous_response_id": None, "store": False,
@@ -194,12 +194,12 @@ def _finished(shell: dict, items: list[dict], done: dict, start: dict) -> dict:
 
 
 def _message_item(text: str, status: str = "completed") -> dict:
-    return {"type": "message", "id": c.new_id("msg"), "status": status, "role": "assistant",
+    return {"type": "message", "id": c.new_id("msg_"), "status": status, "role": "assistant",
             "content": [{"type": "output_text", "text": text, "annotations": []}]}
 
 
 def _reasoning_item(text: str) -> dict:
-    return {"type": "reasoning", "id": c.new_id("rs"), "summary": [],
+    return {"type": "reasoning", "id": c.new_id("rs_"), "summary": [],
             "content": [{"type": "reasoning_text", "text": text}]}
 
 
