@@ -37,7 +37,9 @@ def test_response_format_json_schema_with_the_openai_client(client, stream):
 
 
 def test_response_format_json_object(client):
-    answer = client.chat.completions.create(model=MODEL_ID, messages=MSGS, max_tokens=60, seed=2,
+    # greedy: a sampled draw's length depends on the kernels' last bits (a seed that ended within 60 tokens
+    # with one attention kernel ran on with the next)
+    answer = client.chat.completions.create(model=MODEL_ID, messages=MSGS, max_tokens=60, temperature=0,
                                             response_format={"type": "json_object"})
     assert answer.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(answer.choices[0].message.content), dict)
