@@ -18,8 +18,8 @@ KEYED = {"Authorization": f"Bearer {API_KEY}"}
 
 
 class Recorder(BaseHTTPRequestHandler):
-    """/big answers one byte over the proxy's limit, /cut less than its Content-Length, /missing a 404, /to-ftp and
-    /to-echo redirect; the rest echo 200, keeping the request's method, headers and body on the server."""
+    """/big answers one byte over the proxy's limit, /cut less than its Content-Length, /missing a 404, /to-ftp,
+    /to-echo and /to-other-host redirect; the rest echo 200, keeping the request's method, headers and body."""
 
     def do_GET(self):
         self.server.seen = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": b""}
@@ -32,8 +32,9 @@ class Recorder(BaseHTTPRequestHandler):
             self.wfile.write(b"only ten b")
         elif self.path == "/missing":
             self.answer(404, b'{"error": "no such thing"}')
-        elif self.path in ("/to-ftp", "/to-echo"):
-            target = "ftp://127.0.0.1/x" if self.path == "/to-ftp" else "/echo"
+        elif self.path in ("/to-ftp", "/to-echo", "/to-other-host"):
+            target = {"/to-ftp": "ftp://127.0.0.1/x", "/to-echo": "/echo",
+                      "/to-other-host": f"http://localhost:{self.server.server_port}/echo"}[self.path]
             self.send_response(302)
             self.send_header("Location", target)
             self.send_header("Content-Length", "0")
@@ -103,6 +104,26 @@ def test_only_the_explicit_proxy_headers_travel(proxy_server, target):
     # the upstream's own headers come back, but not its cookies (they would land on this server's origin)
     assert r.headers["Content-Type"] == "application/json" and r.headers["Mcp-Session-Id"] == "session-1"
     assert "Set-Cookie" not in r.headers
+    # an upstream page opened through the proxy cannot run as this server's origin
+    assert r.headers["Content-Security-Policy"] == "sandbox" and r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.slow
+def test_the_pages_credentials_stop_at_the_origin_it_named(proxy_server, target):
+    explicit = {"x-llama-server-proxy-header-authorization": "Bearer explicit"}
+    base = f"http://127.0.0.1:{target.server_port}"
+    assert proxy(proxy_server, base + "/to-echo", headers=explicit).status_code == 200
+    assert lowered(target.seen["headers"])["authorization"] == "Bearer explicit"  # same origin: kept
+    assert proxy(proxy_server, base + "/to-other-host", headers=explicit).status_code == 200
+    assert "authorization" not in lowered(target.seen["headers"])  # another host: dropped, as a browser does
+
+
+@pytest.mark.slow
+def test_only_this_servers_page_and_named_origins_may_use_it(proxy_server, target):
+    url = f"http://127.0.0.1:{target.server_port}/echo"
+    foreign = proxy(proxy_server, url, headers={"Origin": "https://elsewhere.example"})
+    assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "origin_not_allowed"
+    assert proxy(proxy_server, url, headers={"Origin": proxy_server.base}).status_code == 200
 
 
 @pytest.mark.slow

@@ -1,4 +1,6 @@
-"""CORS for browser apps on other origins, as llama-server answers (tools/server/server-http.cpp), but for one header.
+"""CORS for browser apps on other origins, as llama-server answers (tools/server/server-http.cpp), but for the
+headers allowed, an origin list (each origin reflected when it is the request's; llama-server sends the list) and
+private-network preflights (allowed only to origins named in the list).
 
 --cors-origins (comma-separated) says which pages may call the API from a browser:
 - "*", the default: every origin. With credentials allowed (the default; --no-cors-credentials turns it off) the
@@ -45,6 +47,12 @@ def is_local_origin(origin: str) -> bool:
         return False
 
 
+def names_origin(config: ServerConfig, origin: str) -> bool:
+    """The origin is listed by name in --cors-origins (or as a local one under "localhost"), not only let in by
+    "*": what /cors-proxy and a private-network preflight require."""
+    return origin in config.cors_origins or ("localhost" in config.cors_origins and is_local_origin(origin))
+
+
 def is_preflight() -> bool:
     """A browser's CORS preflight: OPTIONS naming the method it wants to send; it never carries a key."""
     return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
@@ -79,7 +87,7 @@ def install(app: Flask, config: ServerConfig) -> None:
             return origin
         if any_origin:
             return "*"
-        return origin if origin in allowed or ("localhost" in allowed and is_local_origin(origin)) else None
+        return origin if names_origin(config, origin) else None
 
     @app.before_request
     def _preflight():
@@ -92,8 +100,9 @@ def install(app: Flask, config: ServerConfig) -> None:
         response.headers["Access-Control-Allow-Headers"] = allow_headers()
         response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
         response.vary.add("Access-Control-Request-Headers")
-        # Chrome asks before a public page may reach a loopback or private address
-        if request.headers.get("Access-Control-Request-Private-Network") == "true":
+        # Chrome asks before a public page may reach a loopback or private address: only a named origin may
+        if (request.headers.get("Access-Control-Request-Private-Network") == "true" and
+                names_origin(config, request.headers["Origin"])):
             response.headers["Access-Control-Allow-Private-Network"] = "true"
         return response
 

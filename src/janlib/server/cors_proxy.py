@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, request
 
+from . import cors
 from .errors import APIError, invalid
 from .state import state
 
@@ -32,19 +33,28 @@ SCHEMES = ("http", "https")
 # comes back uncompressed and its size is what the limit counts
 NOT_FORWARDED = {"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
                  "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding"}
-# upstream answer headers that would mislead the browser on this origin: framing (the body is re-sent whole),
-# cookies of another site, and CORS, which is this server's to say
-NOT_RETURNED = {"connection", "keep-alive", "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade",
-                "content-length", "content-encoding", "server", "date", "set-cookie", "set-cookie2"}
+# the only upstream answer headers passed back: the answer arrives on this server's origin, so anything more
+# (Set-Cookie, Clear-Site-Data, Refresh, a CSP, CORS) would act on this origin's pages as if it were ours
+RETURNED = {"content-type", "cache-control", "etag", "last-modified", "mcp-session-id"}
+# an upstream page opened through the proxy must not run as this origin (its storage, a service worker)
+SANDBOXED = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
+CREDENTIALS = ("authorization", "cookie")
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects (as llama-server does) but only to http(s): urllib alone would follow one to ftp."""
+    """Follows redirects (as llama-server does) but only to http(s): urllib alone would follow one to ftp. The
+    page's Authorization and Cookie go no further than the origin it named, as a browser's own fetch."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         if urlsplit(newurl).scheme.lower() not in SCHEMES:
             raise urllib.error.URLError(f"a redirect to {newurl!r}, which is not http(s)")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        old_origin, new_origin = urlsplit(req.full_url), urlsplit(newurl)
+        if new is not None and (old_origin.scheme, old_origin.netloc) != (new_origin.scheme, new_origin.netloc):
+            for name in list(new.headers):
+                if name.lower() in CREDENTIALS:
+                    del new.headers[name]
+        return new
 
 
 _opener = urllib.request.build_opener(_HttpOnlyRedirects)
@@ -85,7 +95,7 @@ def forwarded_headers() -> dict[str, str]:
 def read_bounded(response, url: str, deadline: float) -> bytes:
     """The whole answer body, refused past MAX_RESPONSE_BYTES or the deadline."""
     chunks, size = [], 0
-    while chunk := response.read(64 * 1024):
+    while chunk := response.read1(64 * 1024):  # returns after one socket read, so the deadline is checked
         size += len(chunk)
         if size > MAX_RESPONSE_BYTES:
             raise upstream_error(url, f"its answer is larger than {MAX_RESPONSE_BYTES} bytes")
@@ -115,6 +125,12 @@ def cors_proxy():
     if not state().config.cors_proxy:
         raise APIError(403, "this feature is disabled: start the server with --ui-mcp-proxy", code="feature_disabled",
                        type="feature_disabled")
+    config = state().config
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != request.host_url.rstrip("/") and not cors.names_origin(config, origin):
+        # "*" lets every page call the API; a proxy into this machine's network is only for the ones named
+        raise APIError(403, f"/cors-proxy serves this server's own page and the origins named in --cors-origins, "
+                       f"not {origin!r}", code="origin_not_allowed", type="permission_error")
     url = target_url()
     headers = forwarded_headers()
     body = None
@@ -135,6 +151,7 @@ def cors_proxy():
         # refused, unknown host, timeout, a bad redirect, a malformed or cut-off answer
         raise upstream_error(url, str(getattr(error, "reason", None) or error) or type(error).__name__) from None
     returned = [(name, value) for name, value in answer_headers.items()
-                if name.lower() not in NOT_RETURNED and not name.lower().startswith("access-control-")]
+                if name.lower() in RETURNED and "\r" not in value and "\n" not in value]  # no folded values
     has_type = any(name.lower() == "content-type" for name, _ in returned)
-    return Response(data, status=status, headers=returned, mimetype=None if has_type else "application/octet-stream")
+    return Response(data, status=status, headers=returned + list(SANDBOXED.items()),
+                    mimetype=None if has_type else "application/octet-stream")
