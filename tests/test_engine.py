@@ -470,6 +470,13 @@ def test_step_times_fit_sizes_chunks_to_the_target_as_their_positions_grow():
         assert c > 16 and step(c, start) <= 0.2 * 1.02 < step(int(c * 1.15) + 1, start)  # near the target
     assert times.max_chunk(3, 330, 0, 0.001) == 0  # the decode rows alone overrun: no room
 
+    slow_decode = _StepTimes()  # decode at a long context costs more than the chunks timed
+    for _ in range(8):
+        slow_decode.add(3, 60000, 0.30)
+    for start in range(0, 256, 64):
+        slow_decode.add(64, 64 * start, 0.12)
+    assert slow_decode.max_chunk(3, 60000, 512, 0.4) < 256  # still bounded, by a plain rate
+
 
 def test_prompt_chunks_shrink_as_their_attention_grows(make_engine, model):
     cost = lambda positions: 0.0001 * len(positions) + 2e-7 * float(np.sum(positions + 1))  # noqa: E731

@@ -110,6 +110,7 @@ jl_status jl_attend_check(int isa, int type, int nq, int dk, int dv, int64_t n_p
                            (long long)first[c], (long long)last[c], (long long)n_pos);
     if (type != JL_TYPE_F16 && type != JL_TYPE_F32)
         return jl_fail(JL_ERR_INVALID_ARG, "attend_check: type %d is not a float cache type", type);
+    if (isa > jl_isa_best()) return jl_fail(JL_ERR_UNSUPPORTED, "attend_check: this CPU cannot run ISA %d", isa);
     const jl_type_traits *t = jl_traits_for(isa, type);
     if (!t || !t->attend) return jl_fail(JL_ERR_UNSUPPORTED, "attend_check: ISA %d has no attend kernel", isa);
     const size_t elem = type == JL_TYPE_F16 ? 2 : 4, k_bytes = (size_t)JL_KV_PAGE * dk * elem,

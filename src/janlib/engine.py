@@ -98,7 +98,10 @@ class _StepTimes:
             per_row, per_attended = np.linalg.lstsq(terms, variable, rcond=None)[0]
             if per_row >= 0 and per_attended >= 0:
                 return t0, float(per_row), float(per_attended)
-        return t0, float(np.linalg.lstsq(terms[:, :1], variable, rcond=None)[0][0]), 0.0
+        per_row = float(np.linalg.lstsq(terms[:, :1], variable, rcond=None)[0][0])
+        if per_row <= 0:  # decode steps at a long context cost more than the chunks timed: a plain rate then
+            return 0.0, float(np.median(large[:, 2] / large[:, 0])), 0.0
+        return t0, per_row, 0.0
 
     def max_chunk(self, rows: int, attended: int, start: int, seconds: float) -> int | None:
         """The longest prompt chunk from position start that fits beside rows attending to attended

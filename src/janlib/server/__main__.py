@@ -166,7 +166,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m janlib.serv
     if a.media_path is not None and not os.path.isdir(a.media_path):
         p.error(f"--media-path must be an existing directory, got {a.media_path!r}")
     if a.tools:  # a feature the launcher asked for and will not get: say so rather than drop it silently
-        print(f"{prog}: warning: --tools ignored: janlib has no built-in tools", file=sys.stderr)
+        print(f"{prog}: warning: --tools: janlib has no built-in tools; it only makes localhost the CORS default",
+              file=sys.stderr)
     cors_origins = a.cors_origins
     if cors_origins is None:  # llama-server's defaults: no page of another site may drive built-in tools
         cors_origins = ["localhost"] if a.tools else ["*"]

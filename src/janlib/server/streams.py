@@ -242,7 +242,7 @@ def _conv_id() -> str:
 def replay():
     conv_id = _conv_id()
     given = request.args.get("from", "0")
-    if not (given.isascii() and given.isdigit()):
+    if not (given.isascii() and given.isdigit() and len(given) <= 18):
         raise invalid(f"'from' must be a byte offset into the stream (an integer >= 0), got {given!r}", "from")
     offset = int(given)
     session = _store().get(conv_id)

@@ -27,13 +27,16 @@ self.addEventListener("fetch", (event) => {
 
 async function networkFirst(request, key) {
   const cache = await caches.open(CACHE);
+  let response;
   try {
-    const response = await fetch(request);
-    if (response.ok) await cache.put(key, response.clone());
-    return response;
+    response = await fetch(request);
   } catch (error) {
-    const cached = await cache.match(key);
-    if (cached) return cached;
-    throw error;
+    return (await cache.match(key)) || Promise.reject(error);
   }
+  if (response.ok) {
+    await cache.put(key, response.clone());
+    return response;
+  }
+  // a server shutting down or starting answers 503: the cached page is better than that
+  return (response.status >= 500 && (await cache.match(key))) || response;
 }
