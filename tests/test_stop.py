@@ -33,6 +33,12 @@ def test_earliest_of_several_stops_wins():
     assert run(["xx yy zz"], ["zz", "yy"]) == ("xx ", True)
 
 
+def test_a_match_waits_for_a_longer_stop_that_starts_earlier():
+    assert run(["aS", "S"], ["S", "aSS"]) == ("", True)  # "aSS" from 0, not "S" from 1
+    assert run(["aS", "b"], ["S", "aSS"]) == ("a", True)  # "aSS" never came: "S" from 1
+    assert run(["aS"], ["S", "aSS"]) == ("a", True)  # the end settles it
+
+
 def test_flush_releases_a_partial_match_at_the_end():
     assert run(["abc S", "TO"], ["STOP"]) == ("abc STO", False)
 

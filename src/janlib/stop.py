@@ -19,20 +19,31 @@ class StopStringFilter:
         if self.stopped:
             return ""
         text = self._held + piece
-        cut, self.matched = min(((i, s) for s, i in ((s, text.find(s)) for s in self.stop) if i >= 0),
-                                default=(-1, None))
-        if cut >= 0:
-            self.stopped = True
-            self._held = ""
-            return text[:cut]
         keep = self._longest_partial_suffix(text)
+        cut = self._first_match(text)
+        if cut >= 0 and cut <= len(text) - keep:  # no stop string that starts earlier can still complete
+            return self._stop(text, cut)
         self._held = text[len(text) - keep:] if keep else ""
         return text[:len(text) - keep]
 
     def flush(self) -> str:
-        """The held-back text, once generation has ended without a match."""
+        """The held-back text, once generation has ended: up to a stop string it holds, if any."""
         text, self._held = self._held, ""
-        return "" if self.stopped else text
+        if self.stopped:
+            return ""
+        cut = self._first_match(text)
+        return self._stop(text, cut) if cut >= 0 else text
+
+    def _first_match(self, text: str) -> int:
+        """Where the earliest stop string in text starts (setting .matched), -1 when none is there."""
+        cut, self.matched = min(((i, s) for s, i in ((s, text.find(s)) for s in self.stop) if i >= 0),
+                                default=(-1, None))
+        return cut
+
+    def _stop(self, text: str, cut: int) -> str:
+        self.stopped = True
+        self._held = ""
+        return text[:cut]
 
     def _longest_partial_suffix(self, text: str) -> int:
         """Length of the longest suffix of text that is a proper prefix of some stop string."""
