@@ -91,6 +91,19 @@ def loaded_tensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -> It
         yield {name: (f.tensors[name], raw) for name, (_, raw) in tensors.items()}
 
 
+def assert_matmul_within_bound(tensor, raw: np.ndarray, qtype: str, n_rows, isa: str, rng) -> None:
+    """janlib.matmul of a loaded tensor against float64 x @ w.T of gguf's dequantization, within
+    matmul_error_bound, for random activations of each row count in n_rows at the given ISA."""
+    w = reference_dequantize(raw, qtype)
+    for n in n_rows:
+        x = rng.standard_normal((n, w.shape[1])).astype(np.float32)
+        with janlib.use_isa(isa):
+            y = janlib.matmul(tensor, x, n_threads=2)
+        bound = matmul_error_bound(w, x.astype(np.float64), qtype, raw)
+        err = np.abs(y - x.astype(np.float64) @ w.T)
+        assert np.all(err <= bound), f"{tensor.name} n={n}: worst err/bound {np.max(err / bound):.3f}"
+
+
 def reference_dequantize(raw: np.ndarray, qtype: str) -> np.ndarray:
     """The gguf package's numpy dequantization, as float64."""
     return gguf.quants.dequantize(np.asarray(raw), gguf.GGMLQuantizationType[qtype]).astype(np.float64)

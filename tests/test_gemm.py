@@ -13,7 +13,8 @@ import pytest
 import janlib
 from janlib import _core
 
-from quant_data import QUANT_TYPES, block_size, loaded_tensors, matmul_error_bound, random_raw, reference_dequantize
+from quant_data import (QUANT_TYPES, assert_matmul_within_bound, block_size, loaded_tensors, random_raw,
+                        reference_dequantize)
 
 ISAS = janlib.cpu_features()["available"]
 # (rows, blocks per row): a row count off every tile, a lone block, tails of 1-15 blocks after
@@ -42,14 +43,7 @@ def cases(tensors, qtype):
 def test_gemm_matches_numpy_dequantize(tensors, qtype, isa):
     rng = np.random.default_rng(1)
     for tensor, raw in cases(tensors, qtype):
-        w = reference_dequantize(raw, qtype)
-        for n in N_VALUES:
-            x = rng.standard_normal((n, w.shape[1])).astype(np.float32)
-            with janlib.use_isa(isa):
-                y = janlib.matmul(tensor, x, n_threads=2)
-            bound = matmul_error_bound(w, x.astype(np.float64), qtype, raw)
-            err = np.abs(y - x.astype(np.float64) @ w.T)
-            assert np.all(err <= bound), f"{tensor.name} n={n}: worst err/bound {np.max(err / bound):.3f}"
+        assert_matmul_within_bound(tensor, raw, qtype, N_VALUES, isa, rng)
 
 
 @pytest.mark.parametrize("isa", [isa for isa in ISAS if isa != "scalar"])

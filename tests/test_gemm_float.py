@@ -12,7 +12,7 @@ import pytest
 import janlib
 from janlib import _core
 
-from quant_data import FLOAT_TYPES, loaded_tensors, matmul_error_bound, random_raw, reference_dequantize
+from quant_data import FLOAT_TYPES, assert_matmul_within_bound, loaded_tensors, random_raw
 
 ISAS = janlib.cpu_features()["available"]
 # (rows, k)
@@ -37,14 +37,7 @@ def cases(tensors, ftype):
 def test_float_gemm_matches_numpy(tensors, ftype, isa):
     rng = np.random.default_rng(1)
     for tensor, raw in cases(tensors, ftype):
-        w = reference_dequantize(raw, ftype)
-        for n in (2, 3, 8, 67):
-            x = rng.standard_normal((n, w.shape[1])).astype(np.float32)
-            with janlib.use_isa(isa):
-                y = janlib.matmul(tensor, x, n_threads=2)
-            bound = matmul_error_bound(w, x.astype(np.float64), ftype, raw)
-            err = np.abs(y - x.astype(np.float64) @ w.T)
-            assert np.all(err <= bound), f"{tensor.name} n={n}: worst err/bound {np.max(err / bound):.3f}"
+        assert_matmul_within_bound(tensor, raw, ftype, (2, 3, 8, 67), isa, rng)
 
 
 @pytest.mark.parametrize("isa", ISAS)
