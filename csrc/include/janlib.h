@@ -106,7 +106,8 @@ typedef struct {
 typedef void (*jl_row_fill_fn)(void *arg, int64_t row);
 /* Each weight's y = x (n, k) @ W.T, equal bit for bit to its own jl_matmul_cached: weights of one
  * type take x quantized once, and all their rows are shared out in one parallel step; weights of
- * different types run one after the other. fill_row (NULL: none) makes each row of x first, once. */
+ * different types run one after the other. fill_row (NULL: none) makes each row of x first, once:
+ * x is then written (it must not alias any y) although the pointer is const for the callers without one. */
 jl_status jl_matmul_shared(jl_packed_cache *cache, const jl_matmul_weight *weights, int n_weights, int64_t k,
                            const float *x, int64_t n, jl_row_fill_fn fill_row, void *fill_arg, int n_threads);
 

@@ -46,9 +46,10 @@ def check_model_name(st: ServerState, body: dict) -> None:
     check_served(st, name)
 
 
-def check_served(st: ServerState, name: str) -> None:
-    """404 for a name the server does not serve, with --strict-model-name."""
-    if st.config.strict_model_name and not st.accepts_model(name):
+def check_served(st: ServerState, name: str, strict: bool | None = None) -> None:
+    """404 for a name the server does not serve, when strict (default: with --strict-model-name)."""
+    strict = st.config.strict_model_name if strict is None else strict
+    if strict and not st.accepts_model(name):
         raise APIError(404, f"the model '{name}' does not exist: this server serves '{st.model_id}'",
                        param="model", code="model_not_found")
 

@@ -6,8 +6,7 @@ import os
 
 from flask import Blueprint, jsonify
 
-from . import schema
-from .errors import APIError
+from . import completion as c, schema
 from .state import ServerState, state
 
 bp = Blueprint("models", __name__)
@@ -73,7 +72,5 @@ def list_models():
 @bp.get("/v1/models/<path:model_id>")
 def get_model(model_id: str):
     st = state()
-    if not st.accepts_model(model_id):
-        raise APIError(404, f"the model '{model_id}' does not exist: this server serves '{st.model_id}'",
-                       param="model", code="model_not_found")
+    c.check_served(st, model_id, strict=True)  # a lookup says what is served, whatever generation accepts
     return jsonify(model_dto(st))

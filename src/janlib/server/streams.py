@@ -124,7 +124,7 @@ class Session:
             return b""
 
     def info(self) -> dict:
-        return {"conversation_id": self.conv_id, "is_done": self._done, "total_bytes": self._end,
+        return {"conversation_id": self.conv_id, "is_done": self._done, "total_bytes": self.total_bytes,
                 "started_at": self.started_at, "completed_at": self.completed_at}
 
 
