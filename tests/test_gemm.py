@@ -3,7 +3,7 @@ k and n that are not multiples of the panel (4 rows), the column tile (4), the l
 blocks) or the column block (64). Checked against the gguf package's numpy dequantization times
 x, against the scalar reference, and bit for bit against each row computed alone (n = 1 takes
 the matvec kernels): batch invariance across the GEMM threshold. With a packed-weight cache (a
-model's), the types whose panels are kept take the GEMM from one row on (widened from 16 rows)."""
+model's), the types whose panels are kept take the GEMM from one row on (widened from 64 rows)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from quant_data import (QUANT_TYPES, assert_matmul_within_bound, block_size, loa
                         reference_dequantize)
 
 ISAS = janlib.cpu_features()["available"]
-# (rows, blocks per row): a row count off every tile, a lone block, tails of 1-15 blocks after
-# full groups of 16, and an exact group
-SHAPES = [(37, 1), (13, 7), (6, 18), (41, 20), (3, 33), (16, 16)]
+# (rows, blocks per row): a row count off every tile, a lone block, a short last group after full
+# groups of 16 (tails of 1-4 blocks take their own layout), and an exact group
+SHAPES = [(37, 1), (13, 7), (6, 18), (41, 20), (3, 33), (5, 35), (16, 16)]
 N_VALUES = [16, 21, 67]
 SHARED_ROWS = [37, 13, 6]  # weights that read the same x, as a layer's q, k and v: rows off the panel
 SHARED_K = 512
@@ -82,10 +82,10 @@ def test_kept_panels_equal_each_row_alone(tensors, qtype, isa):
     cache = _core.PackedCache()
     for tensor, _ in cases(tensors, qtype):
         rows, k = tensor.shape
-        x = rng.standard_normal((21, k)).astype(np.float32)
+        x = rng.standard_normal((67, k)).astype(np.float32)
         with janlib.use_isa(isa):
             alone = np.concatenate([janlib.matmul(tensor, x[i:i + 1], n_threads=1) for i in range(len(x))])
-            for n, n_threads in [(1, 1), (2, 1), (3, 2), (5, 2), (9, 3), (21, 2), (2, 1)]:  # the last reuses kept panels
+            for n, n_threads in [(1, 1), (2, 1), (3, 2), (5, 2), (9, 3), (21, 2), (67, 2), (2, 1)]:  # 67: widened; the last reuses kept panels
                 y = np.empty((n, rows), np.float32)
                 _core.matmul(tensor.type_id, tensor.raw, rows, x[:n], y, n_threads, cache)
                 np.testing.assert_array_equal(y, alone[:n], err_msg=f"{tensor.name} n={n} threads={n_threads}")

@@ -25,6 +25,7 @@
  * to_float computes the reference's products in its order, so it is bit-identical to ref.c
  * (CMake builds without FMA contraction). */
 #include <immintrin.h>
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -161,6 +162,24 @@ INLINE void legacy_scale_group(size_t type_size, int has_min, const uint8_t *wg,
     }
 }
 
+/* a tail's chain (LEGACY_TAIL_BLOCKS), per row: t[c] from its n block sums (lanes in tree_order) */
+INLINE void legacy_tail_chain(size_t type_size, size_t x_size, int has_min, const uint8_t *wg, const uint8_t *xg,
+                              size_t x_stride, const int n, const int nc, const __m512i *sums, float *t) {
+    static const int lane_of_block[LEGACY_TAIL_BLOCKS] = {0, 4, 1, 5};  /* tree_order's inverse */
+    UNROLL for (int c = 0; c < nc; c++) {
+        int32_t lanes[16];
+        _mm512_storeu_si512(lanes, sums[c]);
+        const uint8_t *xc = xg + c * x_stride;
+        float chain = 0.0f;
+        for (int b = 0; b < n; b++) {
+            const uint8_t *wb = wg + b * type_size, *xb = xc + b * x_size;
+            chain = fmaf((float)lanes[lane_of_block[b]], load_half(wb) * load_half(xb), chain);
+            if (has_min) chain = fmaf(load_half(wb + 2), load_half(xb + 2), chain);
+        }
+        t[c] = chain;
+    }
+}
+
 /* sum over blocks of d * dx * sum(q * qx), plus m * s against Q8_1 (has_min) */
 INLINE void legacy_dot(legacy_pair_fn pair, size_t type_size, int offset, int has_min, int narrow, int64_t k,
                        const uint8_t *w, const uint8_t *x, size_t x_stride, const int nc, float *s) {
@@ -173,7 +192,8 @@ INLINE void legacy_dot(legacy_pair_fn pair, size_t type_size, int offset, int ha
     __m512 acc[JL_NC_MAX];
     UNROLL for (int c = 0; c < nc; c++) acc[c] = _mm512_setzero_ps();
 
-    for (int64_t g = 0; g < nb; g += 16) {
+    const int tail = legacy_tail_blocks(nb);
+    for (int64_t g = 0; g < nb - tail; g += 16) {
         const int n = nb - g < 16 ? (int)(nb - g) : 16;
         const uint8_t *wg = w + g * type_size, *xg = x + g * x_size;
         /* the integer sums first, then the scales, so that these need no registers during the group */
@@ -181,15 +201,19 @@ INLINE void legacy_dot(legacy_pair_fn pair, size_t type_size, int offset, int ha
         if (n == 16) {
             legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, 16, nc, sums);
             legacy_scale_group(type_size, has_min, wg, xg, x_stride, 16, nc, order, w_index, x_index, sums, acc);
-        } else if (n == 4) { /* k = 640, Gemma-3-270M */
-            legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, 4, nc, sums);
-            legacy_scale_group(type_size, has_min, wg, xg, x_stride, 4, nc, order, w_index, x_index, sums, acc);
         } else {
             legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, n, nc, sums);
             legacy_scale_group(type_size, has_min, wg, xg, x_stride, n, nc, order, w_index, x_index, sums, acc);
         }
     }
-    UNROLL for (int c = 0; c < nc; c++) s[c] = hsum512_ps(acc[c]);
+    float t[JL_NC_MAX] = {0};
+    if (tail) {
+        const uint8_t *wg = w + (nb - tail) * type_size, *xg = x + (nb - tail) * x_size;
+        __m512i sums[JL_NC_MAX];
+        legacy_group(pair, type_size, offset, has_min, narrow, wg, xg + x_qs, x_size, x_stride, tail, nc, sums);
+        legacy_tail_chain(type_size, x_size, has_min, wg, xg, x_stride, tail, nc, sums, t);
+    }
+    UNROLL for (int c = 0; c < nc; c++) s[c] = hsum512_ps(acc[c]) + t[c];
 }
 
 #define LEGACY(NAME, OFFSET, HAS_MIN, NARROW)                                                           \

@@ -142,6 +142,19 @@ INLINE __m512i pair_iq4_nl(const uint8_t *a, const uint8_t *b) { return iq4_look
  * combines each 128-bit lane pair holds four blocks twice, and the last step adds the copies. */
 static const int tree_order[16] = {0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15};
 
+/* A row's last group, when it holds at most LEGACY_TAIL_BLOCKS blocks (k = 576 and 640 leave 2 and
+ * 4), is a tail: rather than one more lane-per-block float step over a mostly empty group, its
+ * blocks add to a scalar started at zero, block by block,
+ *     t = fma(sum_b, d_b * dx_b, t)   (then  t = fma(m_b, s_b, t)  for the types with a minimum),
+ * and the output is hsum512_ps(acc) + t. A GEMM computes the same chain with its lanes across
+ * outputs, with no per-output reduction. */
+#define LEGACY_TAIL_BLOCKS 4
+/* the tail's blocks for a row of nb blocks, 0 when its last group is not a tail */
+INLINE int legacy_tail_blocks(int64_t nb) {
+    const int last = (int)(nb - (nb - 1) / 16 * 16);
+    return last <= LEGACY_TAIL_BLOCKS ? last : 0;
+}
+
 /* ---- K-quant super-blocks (256 values) ---- */
 
 /* One super-block unpacked: q[j] holds values 64j .. 64j + 63 as unsigned bytes (the true value

@@ -16,7 +16,8 @@
  * tensor, then widened to bytes a strip at a time for many rows); an activation row once per call, with its block scales per lane and, for the types with
  * an offset, -offset * sum(qx) per block as the accumulator's start. The microkernel holds
  * PANEL_ROWS x TILE_COLS int32 block sums in registers: per step 4 weight and up to 4 activation
- * loads feed 16 vpdpbusd. */
+ * loads feed 16 vpdpbusd. A row's tail (LEGACY_TAIL_BLOCKS, avx512_blocks.h) has its own layout
+ * whose lanes are the tile's outputs, so its chain is computed for all of them at once. */
 #include <immintrin.h>
 #include <assert.h>
 #include <stddef.h>
@@ -48,56 +49,42 @@ INLINE size_t w_group_bytes(int nibbles, int has_min, int steps) {
 
 static int64_t n_groups(int64_t k) { return (k / QK + GROUP - 1) / GROUP; }
 
-/* A last group of at most 4 blocks (k = 576 and 640 leave 2 and 4) packs into TAIL_STEPS steps:
- * block b's eight dwords spread over the four lanes {l, l^2, l^8, l^10}, l its tree_order lane,
- * so two vpdpbusd, then two shuffle-adds (lanes l^2, then l^8), leave its sum in lane l. The
- * other lanes carry copies that meet zero scales, as vec_dot's do. */
-#define TAIL_BLOCKS 4
-#define TAIL_STEPS 2
-static const int tail_block[16] = {0, 2, 0, 2, 1, 3, 1, 3, 0, 2, 0, 2, 1, 3, 1, 3};
-static const int tail_slot[16] = {0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3};
+/* The tail's layouts. A panel's: per block slot b and step t the panel rows' dword t (16 bytes),
+ * then per slot the rows' d (and m) as floats. An activation row's: per slot its 8 dwords, then
+ * its 4 dx, then its 4 s (types with a minimum) or -offset * sum(qx) (the others). In a tile, lane
+ * 4c + r is output (r, c): a broadcast of 16 weight bytes and a permute of the columns' dwords
+ * feed one vpdpbusd for all 16 outputs. */
+#define TAIL_BLOCKS LEGACY_TAIL_BLOCKS
+#define W_TAIL_QUANTS (TAIL_BLOCKS * STEPS * 16)
+INLINE size_t w_tail_bytes(int has_min) { return W_TAIL_QUANTS + TAIL_BLOCKS * 16 * (1 + has_min); }
+#define X_TAIL_QUANTS (TAIL_BLOCKS * QK)
+#define X_TAIL_BYTES 192  /* X_TAIL_QUANTS + 2 * 16, to 64 bytes */
 
 /* blocks in group g */
 static int group_blocks(int64_t k, int64_t g) { return k / QK - g * GROUP < GROUP ? (int)(k / QK - g * GROUP) : GROUP; }
 
-/* whether the last group is short enough to pack as a tail */
-static int ends_in_tail(int64_t k) { return group_blocks(k, n_groups(k) - 1) <= TAIL_BLOCKS; }
+/* the groups before the tail (all of them when there is none) */
+static int64_t full_groups(int64_t k) { return n_groups(k) - (legacy_tail_blocks(k / QK) > 0); }
 
-/* A panel is its groups in order, each of w_group_bytes(STEPS) but a tail (always the last) of
- * w_group_bytes(TAIL_STEPS). */
+/* A panel is its full groups in order, then the tail's layout. */
 INLINE size_t panel_bytes_legacy(int nibbles, int has_min, int64_t k) {
-    const int64_t groups = n_groups(k);
-    const int tail = ends_in_tail(k);
-    return (size_t)(groups - tail) * w_group_bytes(nibbles, has_min, STEPS) + (tail ? w_group_bytes(nibbles, has_min, TAIL_STEPS) : 0);
-}
-
-/* dword index (within a block) that step t of lane L reads: the whole block in eight steps, or
- * the tail layout's slots */
-INLINE __m512i step_dwords(int tail, int t) {
-    if (!tail) return _mm512_set1_epi32(t);
-    return _mm512_add_epi32(_mm512_slli_epi32(_mm512_loadu_si512(tail_slot), 1), _mm512_set1_epi32(t));
-}
-
-INLINE __m512i tail_reduce(__m512i v) {
-    v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_BADC));
-    return _mm512_add_epi32(v, _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+    return (size_t)full_groups(k) * w_group_bytes(nibbles, has_min, STEPS) + (legacy_tail_blocks(k / QK) ? w_tail_bytes(has_min) : 0);
 }
 
 /* ---- packing ----------------------------------------------------------------------------- */
 
 INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int nibbles, int has_min, const uint8_t *w,
                           size_t w_row_bytes, int64_t rows, int64_t k, uint8_t *panel) {
-    const int64_t groups = n_groups(k);
+    const int64_t groups = full_groups(k);
+    const int tail = legacy_tail_blocks(k / QK), vecs = w_vecs(nibbles, STEPS);
     const __m512i order = _mm512_loadu_si512(tree_order);
+    const __m512i block_dwords = _mm512_mullo_epi32(order, _mm512_set1_epi32(QK / 4));
+    const size_t sb = scale_bytes(nibbles);
     for (int64_t g = 0; g < groups; g++) {
         uint8_t *pg = panel + g * w_group_bytes(nibbles, has_min, STEPS);
-        const int n = group_blocks(k, g), tail = n <= TAIL_BLOCKS, steps = tail ? TAIL_STEPS : STEPS;
-        const int vecs = w_vecs(nibbles, steps);
+        const int n = group_blocks(k, g);
         const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(n));
-        const __m512i step_block = tail ? _mm512_loadu_si512(tail_block) : order;
-        const __mmask16 step_live = _mm512_cmplt_epi32_mask(step_block, _mm512_set1_epi32(n));
         uint8_t *scales = pg + (size_t)vecs * PANEL_ROWS * STEP_BYTES;  /* d of each row, then m */
-        const size_t sb = scale_bytes(nibbles);
         for (int r = 0; r < PANEL_ROWS; r++) {
             if (r >= rows) {
                 for (int v = 0; v < vecs; v++) _mm512_store_si512(pg + (v * PANEL_ROWS + r) * STEP_BYTES, _mm512_setzero_si512());
@@ -112,11 +99,10 @@ INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int nibbles, in
                 const uint8_t *a = wg + j * type_size, *b = j + 1 < n ? a + type_size : a;
                 _mm512_storeu_si512(u + j * QK, pair(a, b));
             }
-            const __m512i block_dwords = _mm512_mullo_epi32(step_block, _mm512_set1_epi32(QK / 4));
             __m512i step[STEPS];
-            for (int t = 0; t < steps; t++)
-                step[t] = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), step_live,
-                                                      _mm512_add_epi32(block_dwords, step_dwords(tail, t)), u, 4);
+            for (int t = 0; t < STEPS; t++)
+                step[t] = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live,
+                                                      _mm512_add_epi32(block_dwords, _mm512_set1_epi32(t)), u, 4);
             for (int v = 0; v < vecs; v++)  /* values < 16 shift into the high nibble without crossing bytes */
                 _mm512_store_si512(pg + (v * PANEL_ROWS + r) * STEP_BYTES,
                                    nibbles ? _mm512_or_si512(step[v], _mm512_slli_epi16(step[v + vecs], 4)) : step[v]);
@@ -129,35 +115,63 @@ INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int nibbles, in
             }
         }
     }
+    if (!tail) return;
+    uint8_t *pt = panel + groups * w_group_bytes(nibbles, has_min, STEPS);
+    float *dm = (float *)(pt + W_TAIL_QUANTS);  /* (1 + has_min, TAIL_BLOCKS, PANEL_ROWS) */
+    memset(pt, 0, w_tail_bytes(has_min));
+    for (int r = 0; r < rows && r < PANEL_ROWS; r++) {
+        const uint8_t *wt = w + r * w_row_bytes + groups * GROUP * type_size;
+        uint8_t u[TAIL_BLOCKS * QK] __attribute__((aligned(64)));
+        for (int j = 0; j < tail; j += 2)
+            _mm512_store_si512(u + j * QK, pair(wt + j * type_size, wt + (j + 1 < tail ? j + 1 : j) * type_size));
+        for (int b = 0; b < tail; b++) {
+            for (int t = 0; t < STEPS; t++) memcpy(pt + (b * STEPS + t) * 16 + r * 4, u + b * QK + t * 4, 4);
+            dm[b * PANEL_ROWS + r] = load_half(wt + b * type_size);
+            if (has_min) dm[(TAIL_BLOCKS + b) * PANEL_ROWS + r] = load_half(wt + b * type_size + 2);
+        }
+    }
 }
 
 /* xq: one row of Q8_1 (has_min) or Q8_0 blocks */
 INLINE void pack_x_legacy(int offset, int has_min, const uint8_t *xq, int64_t k, uint8_t *xp) {
     const size_t x_size = has_min ? sizeof(block_q8_1) : sizeof(block_q8_0);
     const size_t x_qs = has_min ? offsetof(block_q8_1, qs) : offsetof(block_q8_0, qs);
-    const int64_t groups = n_groups(k);
+    const int64_t groups = full_groups(k);
+    const int tail = legacy_tail_blocks(k / QK);
     const __m512i order = _mm512_loadu_si512(tree_order);
     const __m512i block_bytes = _mm512_mullo_epi32(order, _mm512_set1_epi32((int)x_size));
     for (int64_t g = 0; g < groups; g++) {
         uint8_t *pg = xp + g * X_GROUP_BYTES;
         const uint8_t *xg = xq + g * GROUP * x_size;
-        const int n = group_blocks(k, g), tail = n <= TAIL_BLOCKS, steps = tail ? TAIL_STEPS : STEPS;
-        const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(n));
-        const __m512i step_block = tail ? _mm512_loadu_si512(tail_block) : order;
-        const __mmask16 step_live = _mm512_cmplt_epi32_mask(step_block, _mm512_set1_epi32(n));
-        const __m512i step_bytes = _mm512_mullo_epi32(step_block, _mm512_set1_epi32((int)x_size));
+        const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(group_blocks(k, g)));
         __m512i sum = _mm512_setzero_si512();
-        for (int t = 0; t < steps; t++) {
-            const __m512i at = _mm512_add_epi32(_mm512_slli_epi32(step_dwords(tail, t), 2), _mm512_set1_epi32((int)x_qs));
-            const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), step_live, _mm512_add_epi32(step_bytes, at), xg, 1);
+        for (int t = 0; t < STEPS; t++) {
+            const __m512i at = _mm512_set1_epi32((int)x_qs + 4 * t);
+            const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, _mm512_add_epi32(block_bytes, at), xg, 1);
             _mm512_store_si512(pg + t * STEP_BYTES, v);
             sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), v);
         }
-        if (tail) sum = _mm512_maskz_mov_epi32(live, tail_reduce(sum));  /* the offset counts once per block */
         const __m512i ds = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, block_bytes, xg, 1);
         _mm512_store_ps(pg + STEPS * STEP_BYTES, halves_to_ps(ds, 0));
         if (has_min) _mm512_store_ps(pg + (STEPS + 1) * STEP_BYTES, halves_to_ps(ds, 1));
         else _mm512_store_si512(pg + (STEPS + 1) * STEP_BYTES, _mm512_mullo_epi32(sum, _mm512_set1_epi32(-offset)));
+    }
+    if (!tail) return;
+    uint8_t *pt = xp + groups * X_GROUP_BYTES;
+    const uint8_t *xt = xq + groups * GROUP * x_size;
+    float *dx = (float *)(pt + X_TAIL_QUANTS), *s = dx + 4;
+    int32_t *start = (int32_t *)s;
+    memset(pt, 0, X_TAIL_BYTES);
+    for (int b = 0; b < tail; b++) {
+        const uint8_t *xb = xt + b * x_size;
+        memcpy(pt + b * QK, xb + x_qs, QK);
+        dx[b] = load_half(xb);
+        if (has_min) s[b] = load_half(xb + 2);
+        else {
+            int sum = 0;
+            for (int i = 0; i < QK; i++) sum += (int8_t)xb[x_qs + i];
+            start[b] = -offset * sum;
+        }
     }
 }
 
@@ -222,14 +236,51 @@ INLINE __m512 load_scales(int nibbles, const uint8_t *at) {
     return nibbles ? _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)at)) : _mm512_load_ps(at);
 }
 
-/* PANEL_ROWS x nc outputs; vec_dot's float steps per group, in its order */
+/* The tail's chain for the tile's outputs, lane 4c + r for output (r, c) (columns past nc repeat
+ * column 0); a panel's n tail blocks at pt, the columns' at xt */
+INLINE __m512 tail_legacy(int has_min, int n, const uint8_t *pt, const uint8_t *xt, size_t x_stride, const int nc) {
+    const uint8_t *col[TILE_COLS];
+    UNROLL for (int c = 0; c < TILE_COLS; c++) col[c] = xt + (c < nc ? c : 0) * x_stride;
+    /* each column's 4 dx in 128-bit chunk c, and its 4 s or starts */
+    __m512i dx = _mm512_castsi128_si512(_mm_load_si128((const __m128i *)(col[0] + X_TAIL_QUANTS)));
+    __m512i sx = _mm512_castsi128_si512(_mm_load_si128((const __m128i *)(col[0] + X_TAIL_QUANTS + 16)));
+    UNROLL for (int c = 1; c < TILE_COLS; c++) {
+        dx = _mm512_inserti32x4(dx, _mm_load_si128((const __m128i *)(col[c] + X_TAIL_QUANTS)), c);
+        sx = _mm512_inserti32x4(sx, _mm_load_si128((const __m128i *)(col[c] + X_TAIL_QUANTS + 16)), c);
+    }
+    const __m512i chunk = _mm512_set_epi32(12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0);
+    const __m512i pair_chunk = _mm512_set_epi32(24, 24, 24, 24, 16, 16, 16, 16, 8, 8, 8, 8, 0, 0, 0, 0);
+    const float *dm = (const float *)(pt + W_TAIL_QUANTS);
+    __m512 chain = _mm512_setzero_ps();
+    for (int b = 0; b < n; b++) {
+        const __m512i of_block = _mm512_add_epi32(chunk, _mm512_set1_epi32(b));  /* chunk c's lane b */
+        /* columns 0, 1 and 2, 3 of block b as dwords 0-7 | 8-15 */
+        const __m512i x01 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256((const __m256i *)(col[0] + b * QK))),
+                                               _mm256_load_si256((const __m256i *)(col[1] + b * QK)), 1);
+        const __m512i x23 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256((const __m256i *)(col[2] + b * QK))),
+                                               _mm256_load_si256((const __m256i *)(col[3] + b * QK)), 1);
+        __m512i sum = has_min ? _mm512_setzero_si512() : _mm512_permutexvar_epi32(of_block, sx);
+        UNROLL for (int t = 0; t < STEPS; t++) {
+            const __m512i w = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)(pt + (b * STEPS + t) * 16)));
+            const __m512i x = _mm512_permutex2var_epi32(x01, _mm512_add_epi32(pair_chunk, _mm512_set1_epi32(t)), x23);
+            sum = _mm512_dpbusd_epi32(sum, w, x);
+        }
+        const __m512 d = _mm512_broadcast_f32x4(_mm_load_ps(dm + b * PANEL_ROWS));
+        chain = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, _mm512_permutexvar_ps(of_block, _mm512_castsi512_ps(dx))), chain);
+        if (has_min)
+            chain = _mm512_fmadd_ps(_mm512_broadcast_f32x4(_mm_load_ps(dm + (TAIL_BLOCKS + b) * PANEL_ROWS)),
+                                    _mm512_permutexvar_ps(of_block, _mm512_castsi512_ps(sx)), chain);
+    }
+    return chain;
+}
+
+/* PANEL_ROWS x nc outputs; vec_dot's float steps per group, in its order, then its tail */
 INLINE void tile_legacy(int nibbles, int has_min, int64_t groups, int tail, const uint8_t *panel, const uint8_t *xp,
                         size_t x_stride, const int nc, int64_t rows, float *y, size_t y_stride) {
     __m512 acc[PANEL_ROWS][TILE_COLS];
     UNROLL for (int r = 0; r < PANEL_ROWS; r++)
         UNROLL for (int c = 0; c < nc; c++) acc[r][c] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
-        const int last_tail = tail && g == groups - 1, steps = last_tail ? TAIL_STEPS : STEPS;
         const uint8_t *pg = panel + g * w_group_bytes(nibbles, has_min, STEPS), *xg = xp + g * X_GROUP_BYTES;
         __m512i sums[PANEL_ROWS][TILE_COLS];
         UNROLL for (int c = 0; c < nc; c++) {
@@ -237,14 +288,8 @@ INLINE void tile_legacy(int nibbles, int has_min, int64_t groups, int tail, cons
                                           : _mm512_load_si512(xg + c * x_stride + (STEPS + 1) * STEP_BYTES);
             UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = start;
         }
-        if (last_tail) {
-            step_sums(nibbles, pg, xg, x_stride, TAIL_STEPS, nc, sums);
-            UNROLL for (int c = 0; c < nc; c++)
-                UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = tail_reduce(sums[r][c]);
-        } else {
-            step_sums(nibbles, pg, xg, x_stride, STEPS, nc, sums);
-        }
-        const uint8_t *scales = pg + (size_t)w_vecs(nibbles, steps) * PANEL_ROWS * STEP_BYTES;
+        step_sums(nibbles, pg, xg, x_stride, STEPS, nc, sums);
+        const uint8_t *scales = pg + (size_t)w_vecs(nibbles, STEPS) * PANEL_ROWS * STEP_BYTES;
         __m512 d[PANEL_ROWS], m[PANEL_ROWS];
         UNROLL for (int r = 0; r < PANEL_ROWS; r++) {
             d[r] = load_scales(nibbles, scales + r * scale_bytes(nibbles));
@@ -259,23 +304,28 @@ INLINE void tile_legacy(int nibbles, int has_min, int64_t groups, int tail, cons
             }
         }
     }
+    const __m512 chain = tail ? tail_legacy(has_min, tail, panel + groups * w_group_bytes(nibbles, has_min, STEPS),
+                                            xp + groups * X_GROUP_BYTES, x_stride, nc)
+                              : _mm512_setzero_ps();
     if (nc == 1) {  /* one column: 4 scalar trees cost less than the 16-wide one */
+        float t[16];
+        _mm512_storeu_ps(t, chain);
         UNROLL for (int r = 0; r < PANEL_ROWS; r++)
-            if (r < rows) y[r] = hsum512_ps(acc[r][0]);
+            if (r < rows) y[r] = hsum512_ps(acc[r][0]) + t[r];
         return;
     }
     __m512 v[PANEL_ROWS * TILE_COLS];
     UNROLL for (int r = 0; r < PANEL_ROWS; r++)
         UNROLL for (int c = 0; c < TILE_COLS; c++) v[r * TILE_COLS + c] = c < nc ? acc[r][c] : _mm512_setzero_ps();
-    const __m512 sums = hsum16_ps(v);  /* lane c * 4 + r: output (r, c) */
+    const __m512 sums = _mm512_add_ps(hsum16_ps(v), chain);  /* lane c * 4 + r: output (r, c) */
     const __mmask8 live_rows = (__mmask8)((1u << (rows < PANEL_ROWS ? rows : PANEL_ROWS)) - 1);
     UNROLL for (int c = 0; c < nc; c++) _mm_mask_storeu_ps(y + c * y_stride, live_rows, _mm512_extractf32x4_ps(sums, c));
 }
 
 INLINE void panel_dot_legacy(int nibbles, int has_min, int64_t k, const uint8_t *panel, int64_t rows, const uint8_t *xp,
                              size_t x_stride, int64_t n, float *y, size_t y_stride) {
-    const int64_t groups = n_groups(k);
-    const int tail = ends_in_tail(k);
+    const int64_t groups = full_groups(k);
+    const int tail = legacy_tail_blocks(k / QK);
     int64_t c = 0;
     for (; c + TILE_COLS <= n; c += TILE_COLS)
         tile_legacy(nibbles, has_min, groups, tail, panel, xp + c * x_stride, x_stride, TILE_COLS, rows, y + c * y_stride,
@@ -289,13 +339,12 @@ INLINE void panel_dot_legacy(int nibbles, int has_min, int64_t k, const uint8_t 
 }
 
 /* A nibble panel widened to one byte per value (the 5-bit types' layout) for many activation
- * rows, whose tiles then reuse it with no unpacking. */
+ * rows, whose tiles then reuse it with no unpacking; the tail is bytes already. */
 INLINE void widen_legacy(int has_min, int64_t k, const uint8_t *panel, uint8_t *wide) {
-    const int64_t groups = n_groups(k);
-    const int tail = ends_in_tail(k);
+    const int64_t groups = full_groups(k);
+    const int vecs = w_vecs(1, STEPS);
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t g = 0; g < groups; g++) {
-        const int steps = tail && g == groups - 1 ? TAIL_STEPS : STEPS, vecs = w_vecs(1, steps);
         const uint8_t *src = panel + g * w_group_bytes(1, has_min, STEPS);
         uint8_t *dst = wide + g * w_group_bytes(0, has_min, STEPS);
         for (int v = 0; v < vecs; v++)
@@ -306,10 +355,13 @@ INLINE void widen_legacy(int has_min, int64_t k, const uint8_t *panel, uint8_t *
                                    _mm512_and_si512(_mm512_srli_epi16(p, 4), low));
             }
         const uint8_t *halves = src + (size_t)vecs * PANEL_ROWS * STEP_BYTES;
-        float *floats = (float *)(dst + (size_t)steps * PANEL_ROWS * STEP_BYTES);
+        float *floats = (float *)(dst + (size_t)STEPS * PANEL_ROWS * STEP_BYTES);
         for (int i = 0; i < PANEL_ROWS * (1 + has_min); i++)
             _mm512_store_ps(floats + 16 * i, load_scales(1, halves + i * scale_bytes(1)));
     }
+    if (legacy_tail_blocks(k / QK))
+        memcpy(wide + groups * w_group_bytes(0, has_min, STEPS), panel + groups * w_group_bytes(1, has_min, STEPS),
+               w_tail_bytes(has_min));
 }
 
 /* ---- K-quants -------------------------------------------------------------------------- *
@@ -498,7 +550,7 @@ KQUANT_GEMM(q6_K, 32, 0)
 
 /* ---- the table ------------------------------------------------------------------------- */
 
-static size_t x_bytes_legacy(int64_t k) { return (size_t)n_groups(k) * X_GROUP_BYTES; }
+static size_t x_bytes_legacy(int64_t k) { return (size_t)full_groups(k) * X_GROUP_BYTES + (legacy_tail_blocks(k / QK) ? X_TAIL_BYTES : 0); }
 
 /* Q8_0's signed bytes pack as q + 128; the offset comes back out through the activations' sums. */
 INLINE __m512i pair_q8_0_biased(const uint8_t *a, const uint8_t *b) {
