@@ -300,6 +300,7 @@ jl_status jl_matmul_shared(jl_packed_cache *cache, const jl_matmul_weight *ws, i
     jl_status st = check_row_type(wt, type, k, "matmul");
     if (st != JL_OK) return st;
     if (!wt->vec_dot) return jl_fail(JL_ERR_UNSUPPORTED, "matmul: no dot product for %s weights", wt->name);
+    if (wt->gemm && n < wt->gemm->min_rows) wt = wt->gemm->below;  /* a GEMM for many rows (AMX) leaves fewer to the level below */
     const jl_type_traits *at = jl_traits(wt->activation);
     if ((st = check_row_type(at, wt->activation, k, "matmul activations")) != JL_OK) return st;
     if (n <= 0) return jl_fail(JL_ERR_INVALID_ARG, "matmul: n (%lld) must be positive", (long long)n);

@@ -1,7 +1,7 @@
 /* dispatch.c — cpuid → the best ISA level → one kernel table per level.
  *
  * Tables are built once: the scalar reference first, then each SIMD file overrides what it
- * speeds up. JANLIB_ISA=scalar|avx2|avx512 picks a level at start-up (jl_init). */
+ * speeds up. JANLIB_ISA=scalar|avx2|avx512|amx picks a level at start-up (jl_init). */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -14,8 +14,12 @@
 #if defined(JANLIB_X86)
 #include <cpuid.h>
 #endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
-static const char *const isa_names[JL_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+static const char *const isa_names[JL_ISA_COUNT] = {"scalar", "avx2", "avx512", "amx"};
 
 static jl_type_traits tables[JL_ISA_COUNT][JL_TYPE_COUNT];
 static int best_isa = JL_ISA_SCALAR;
@@ -30,8 +34,20 @@ static uint64_t xgetbv0(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
+/* Linux hands out the AMX tile data state (XTILEDATA, 8 KiB per thread) only to a process
+ * that asks: without it a tile instruction faults. */
+static int request_tile_state(void) {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#else
+    return 0;
+#endif
+}
+
 static void detect(void) {
     unsigned a, b, c, d;
+    int has_amx_bf16 = 0, has_amx_tile = 0, has_amx_int8 = 0;
     int has_avx2 = 0, has_fma = 0, has_f16c = 0, has_osxsave = 0, has_bmi2 = 0;
     int has_f = 0, has_bw = 0, has_vl = 0, has_dq = 0, has_vnni = 0;
     if (__get_cpuid(1, &a, &b, &c, &d)) {
@@ -47,6 +63,9 @@ static void detect(void) {
         has_bw = (b >> 30) & 1;
         has_vl = (b >> 31) & 1;
         has_vnni = (c >> 11) & 1;
+        has_amx_bf16 = (d >> 22) & 1;
+        has_amx_tile = (d >> 24) & 1;
+        has_amx_int8 = (d >> 25) & 1;
     }
     /* the OS must save the wider registers: YMM (bits 1-2), and opmask/ZMM (bits 5-7) */
     uint64_t xcr0 = has_osxsave ? xgetbv0() : 0;
@@ -54,11 +73,14 @@ static void detect(void) {
     int os_zmm = os_ymm && (xcr0 & 0xe0) == 0xe0;
     if (!os_ymm) has_avx2 = has_fma = has_f16c = 0;
     if (!os_zmm) has_f = has_bw = has_vl = has_dq = has_vnni = 0;
+    /* and the tile state: XTILECFG and XTILEDATA (bits 17-18), granted to this process */
+    const int os_tiles = has_amx_tile && (xcr0 & 0x60000) == 0x60000 && request_tile_state();
+    if (!os_tiles) has_amx_bf16 = has_amx_tile = has_amx_int8 = 0;
 
     const struct { const char *name; int on; } flags[] = {
         {"avx2", has_avx2}, {"fma", has_fma}, {"f16c", has_f16c}, {"bmi2", has_bmi2},
         {"avx512f", has_f}, {"avx512bw", has_bw}, {"avx512vl", has_vl}, {"avx512dq", has_dq},
-        {"avx512vnni", has_vnni},
+        {"avx512vnni", has_vnni}, {"amx-tile", has_amx_tile}, {"amx-int8", has_amx_int8}, {"amx-bf16", has_amx_bf16},
     };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
         if (!flags[i].on) continue;
@@ -68,6 +90,7 @@ static void detect(void) {
     if (has_avx2 && has_fma && has_f16c && has_bmi2) best_isa = JL_ISA_AVX2;
     if (best_isa == JL_ISA_AVX2 && has_f && has_bw && has_vl && has_dq && has_vnni)
         best_isa = JL_ISA_AVX512;
+    if (best_isa == JL_ISA_AVX512 && has_amx_tile && has_amx_int8) best_isa = JL_ISA_AMX;
 }
 #else
 static void detect(void) {}
@@ -80,10 +103,13 @@ static void build_tables(void) {
     jl_ref_attention_register(tables[JL_ISA_SCALAR]);
 #if defined(JANLIB_X86)
     for (int isa = JL_ISA_AVX2; isa < JL_ISA_COUNT; isa++) jl_avx2_register(tables[isa]);
-    jl_avx512_register(tables[JL_ISA_AVX512]);
-    jl_avx512_gemm_register(tables[JL_ISA_AVX512]);
-    jl_avx512_gemm_float_register(tables[JL_ISA_AVX512]);
-    jl_avx512_attention_register(tables[JL_ISA_AVX512]);
+    for (int isa = JL_ISA_AVX512; isa < JL_ISA_COUNT; isa++) {
+        jl_avx512_register(tables[isa]);
+        jl_avx512_gemm_register(tables[isa]);
+        jl_avx512_gemm_float_register(tables[isa]);
+        jl_avx512_attention_register(tables[isa]);
+    }
+    jl_amx_gemm_register(tables[JL_ISA_AMX], tables[JL_ISA_AVX512]);
 #endif
     atomic_store(&active_isa, best_isa);
 }

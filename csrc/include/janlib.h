@@ -50,7 +50,8 @@ typedef enum {
     JL_ISA_SCALAR = 0,
     JL_ISA_AVX2 = 1,    /* AVX2 + FMA + F16C */
     JL_ISA_AVX512 = 2,  /* AVX-512 F/BW/VL/DQ + VNNI */
-    JL_ISA_COUNT = 3,
+    JL_ISA_AMX = 3,     /* AVX-512 + AMX-TILE/INT8, the OS granting the tile state: int8 GEMMs on tiles */
+    JL_ISA_COUNT = 4,
 } jl_isa;
 
 const char *jl_isa_name(int isa);

@@ -43,6 +43,10 @@ typedef struct {
     void (*widen)(int64_t k, const void *restrict panel, void *restrict wide);
     void (*panel_dot_wide)(int64_t k, const void *restrict panel, int64_t rows, const void *restrict xp, size_t x_stride,
                            int64_t n, float *restrict y, size_t y_stride);
+    /* optional, for kernels that want many rows (AMX tiles): calls with fewer than min_rows
+     * activation rows run on `below`, the traits of the same type at the level below */
+    int min_rows;
+    const struct jl_type_traits *below;
 } jl_gemm_kernels;
 /* s[c] = the sum over n_pages pages of dot(pages[p] + w_offset, x + c * x_stride + p * page_len)
  * over page_len values each (page_len a multiple of 16), for c < nc <= JL_NC_MAX; w of this type
@@ -80,7 +84,7 @@ typedef struct {
     ((((size_t)16 * (dk) + (size_t)32 * (dk) + (size_t)32 * (dv) + 4 * 8 * 16 + 144 + (size_t)64 * (dv)) + 15) / 16 * 16)
 typedef void (*jl_attend_fn)(const jl_attend_args *a);
 
-typedef struct {
+typedef struct jl_type_traits {
     const char *name;
     int64_t block_size;         /* values per block */
     int64_t type_size;          /* bytes per block */
@@ -100,6 +104,21 @@ void jl_avx2_register(jl_type_traits *table);
 void jl_avx512_register(jl_type_traits *table);
 void jl_avx512_gemm_register(jl_type_traits *table);
 void jl_avx512_gemm_float_register(jl_type_traits *table);
+/* the AMX GEMMs (cpu/amx_gemm.c) over the AVX-512 table; below: the AVX-512 level's table */
+void jl_amx_gemm_register(jl_type_traits *table, const jl_type_traits *below);
+/* For the tests: y (n, rows) = x (n, k) @ W.T through the AMX GEMM of `type` alone, every row on
+ * it whatever n, on one thread: its tile instructions run by the CPU (emulated = 0; needs the amx
+ * level) or by a software model of the tiles (emulated = 1; needs the avx512 level). JL_ERR_UNSUPPORTED
+ * for a type without an AMX GEMM or a CPU without the level; JL_ERR_INTERNAL when the model met
+ * an instruction the CPU would refuse. */
+jl_status jl_amx_gemm_check(int emulated, int type, const void *w, size_t w_bytes, int64_t rows, int64_t k,
+                            const float *x, int64_t n, float *y);
+/* For the tests of the tile model itself: tiles 0 (C), 1 (A), 2 (B) configured as shapes
+ * (rows, bytes per row) each, loaded from c, a, b (rows of that many bytes), then the model's
+ * TDPB{S,U}{S,U}D C, A, B and C stored back to c. JL_ERR_INTERNAL with the fault where the model
+ * refuses the configuration or the instruction, as the CPU would. */
+jl_status jl_amx_emu_dpb_check(int src1_signed, int src2_signed, const int shapes[6], uint8_t *c, const uint8_t *a,
+                               const uint8_t *b);
 /* the attention kernels: the reference (quant/ref_attention.c) at the scalar level, AVX-512 */
 void jl_ref_attention_register(jl_type_traits *table);
 void jl_avx512_attention_register(jl_type_traits *table);

@@ -165,6 +165,10 @@ cdef extern from "quant/traits.h" nogil:
     jl_status jl_attend_check(int isa, int type, int nq, int dk, int dv, int64_t n_pos, const float *q,
                               const float *k, const float *v, const int64_t *first, const int64_t *last,
                               float scale, float softcap, float *out)
+    jl_status jl_amx_gemm_check(int emulated, int type, const void *w, size_t w_bytes, int64_t rows, int64_t k,
+                                const float *x, int64_t n, float *y)
+    jl_status jl_amx_emu_dpb_check(int src1_signed, int src2_signed, const int shapes[6], uint8_t *c, const uint8_t *a,
+                                   const uint8_t *b)
 
 
 def attend_check(int isa, int type_id, const float[:, ::1] q, const float[:, ::1] k, const float[:, ::1] v,
@@ -178,6 +182,31 @@ def attend_check(int isa, int type_id, const float[:, ::1] q, const float[:, ::1
     with nogil:
         status = jl_attend_check(isa, type_id, q.shape[0], q.shape[1], v.shape[1], k.shape[0], &q[0, 0], &k[0, 0],
                                  &v[0, 0], &first[0], &last[0], scale, softcap, &out[0, 0])
+    check(status)
+
+
+def amx_gemm_check(bint emulated, int type_id, const uint8_t[::1] w, int64_t rows, const float[:, ::1] x,
+                   float[:, ::1] y):
+    """y (n, rows) = x (n, k) @ W.T through the AMX GEMM alone, its tile instructions the CPU's or
+    (emulated) a software model's (for tests)."""
+    cdef jl_status status
+    if x.shape[0] != y.shape[0] or y.shape[1] != rows or x.shape[0] == 0 or x.shape[1] == 0 or w.shape[0] == 0:
+        raise ValueError("amx_gemm_check: mismatched or empty shapes")
+    with nogil:
+        status = jl_amx_gemm_check(emulated, type_id, &w[0], w.shape[0], rows, x.shape[1], &x[0, 0], x.shape[0], &y[0, 0])
+    check(status)
+
+
+def amx_emu_dpb_check(bint src1_signed, bint src2_signed, uint8_t[:, ::1] c, const uint8_t[:, ::1] a,
+                      const uint8_t[:, ::1] b):
+    """c += a . b by the AMX tile model's TDPB{S,U}{S,U}D, the tiles shaped as the arrays (for tests)."""
+    cdef int shapes[6]
+    cdef jl_status status
+    if c.shape[0] == 0 or a.shape[0] == 0 or b.shape[0] == 0:
+        raise ValueError("amx_emu_dpb_check: empty tile")
+    shapes[:] = [c.shape[0], c.shape[1], a.shape[0], a.shape[1], b.shape[0], b.shape[1]]
+    with nogil:
+        status = jl_amx_emu_dpb_check(src1_signed, src2_signed, shapes, &c[0, 0], &a[0, 0], &b[0, 0])
     check(status)
 
 

@@ -73,7 +73,7 @@ def cpu_features() -> dict:
 
 
 def set_isa(level: str) -> None:
-    """Run every kernel at `level` ('scalar', 'avx2', 'avx512'); an unavailable level is an error."""
+    """Run every kernel at `level` ('scalar', 'avx2', 'avx512', 'amx'); an unavailable level is an error."""
     if level not in ISA_LEVELS:
         raise ValueError(f"unknown ISA level {level!r}; choose one of {', '.join(ISA_LEVELS)}")
     _core.isa_set(ISA_LEVELS.index(level))
