@@ -1,7 +1,8 @@
 """The AMX int8 GEMM (tiles, TDPBSSD) of the legacy block types.
 
 Its outputs must equal vec_dot's bit for bit (decode rows keep vec_dot at the amx level), at
-awkward shapes: k of 18, 20, 28 and 64 blocks (a last group of 2, 4, 12 blocks, and two chunks),
+awkward shapes: k of 18, 20, 28, 64, 3 and 33 blocks (vec_dot's scalar tail of 2 and 4 blocks, a
+last group of 12, two chunks of 32 blocks, a row that is all tail, a tail of 1 in a second chunk),
 weight rows off the 16-row panel and activation rows off the 16-row tile. Where the CPU has no
 AMX the same kernel source runs with its tile instructions on a software model of the tile
 registers, written from the instruction set reference and checked here against numpy; the tests
@@ -24,7 +25,7 @@ from quant_data import loaded_tensors, matmul_error_bound, random_raw, reference
 FEATURES = janlib.cpu_features()
 AMX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"]
 # (weight rows, k): k = 576 and 640 (SmolLM2, Gemma-3-270M), 896 (Qwen2.5-0.5B), 2048 (two chunks of 32 blocks)
-SHAPES = [(67, 576), (17, 640), (37, 896), (21, 2048)]
+SHAPES = [(67, 576), (17, 640), (37, 896), (21, 2048), (7, 96), (19, 1056)]
 N_VALUES = [1, 5, 16, 17, 33, 67]
 
 needs_avx512 = pytest.mark.skipif("avx512" not in FEATURES["available"],

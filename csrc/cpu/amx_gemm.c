@@ -9,14 +9,17 @@
  * below AMX_MIN_ROWS rows), so every output here must equal vec_dot's bit for bit. vec_dot keeps
  * 16 float lanes per output, lane L taking block tree_order[L] of each group of 16 blocks:
  *   acc_L = fma(float(sum), d * dx, acc_L), then acc_L = fma(m, s, acc_L) for the types with a minimum,
- * and reduces them with hsum512_ps's pairwise tree (lane i + 8, + 4, + 2, + 1). Here one tile dot
+ * and reduces them with hsum512_ps's pairwise tree (lane i + 8, + 4, + 2, + 1); a last group of at
+ * most LEGACY_TAIL_BLOCKS blocks (avx512_blocks.h) adds to a chain t of the same steps block by
+ * block instead, and the output is the tree's sum + t. Here one tile dot
  * product gives a block's integer sums for up to 16 activation rows (A's rows: the activations'
  * signed bytes, read in place from the packed rows) by 16 weight rows (B: the signed weights
  * q = u - offset, laid out 4 values of each row per tile row), K = the block's 32 values: the sums
  * are exact, so they are vec_dot's int32. Both operands are signed (q fits int8 for every type
  * here), so no offset correction is needed. The float steps then run across 16 weight rows per
  * vector: per activation row, 16 accumulators (one per lane of vec_dot) of 16 weight rows, the
- * block's scales d (per weight row) times the row's dx, and hsum512_ps's tree on whole vectors.
+ * block's scales d (per weight row) times the row's dx, and hsum512_ps's tree on whole vectors; the
+ * tail's chain is one more vector.
  * A tile of outputs holds the integer sums of CHUNK_BLOCKS blocks at a time, and its accumulators
  * between chunks.
  *
@@ -175,11 +178,12 @@ INLINE void row_steps(int has_min, int64_t nb, const uint8_t *panel, const uint8
                       int64_t b0, int cnt, float *keep, int64_t rows, float *y) {
     const size_t bb = block_bytes(has_min);
     const float *dx = (const float *)(xrow + nb * QK), *sx = dx + nb;
+    const int64_t lane_end = nb - legacy_tail_blocks(nb);  /* the tail, if any, is the last chunk's last group */
     __m512 acc[LANES];
     UNROLL for (int L = 0; L < LANES; L++) acc[L] = b0 ? _mm512_load_ps(keep + L * TILE) : _mm512_setzero_ps();
-    for (int64_t g0 = b0; g0 < b0 + cnt; g0 += LANES) {  /* chunks start at whole groups */
-        if (b0 + cnt - g0 >= LANES) group_steps(has_min, bb, panel, dx, sx, sums_c, b0, g0, LANES, acc);
-        else group_steps(has_min, bb, panel, dx, sx, sums_c, b0, g0, (int)(b0 + cnt - g0), acc);
+    for (int64_t g0 = b0; g0 < b0 + cnt && g0 < lane_end; g0 += LANES) {  /* chunks start at whole groups */
+        if (lane_end - g0 >= LANES) group_steps(has_min, bb, panel, dx, sx, sums_c, b0, g0, LANES, acc);
+        else group_steps(has_min, bb, panel, dx, sx, sums_c, b0, g0, (int)(lane_end - g0), acc);
     }
     if (b0 + cnt < nb) {
         UNROLL for (int L = 0; L < LANES; L++) _mm512_store_ps(keep + L * TILE, acc[L]);
@@ -189,7 +193,15 @@ INLINE void row_steps(int has_min, int64_t nb, const uint8_t *panel, const uint8
     __m512 t8[8], t4[4];
     UNROLL for (int i = 0; i < 8; i++) t8[i] = _mm512_add_ps(acc[i], acc[i + 8]);
     UNROLL for (int i = 0; i < 4; i++) t4[i] = _mm512_add_ps(t8[i], t8[i + 4]);
-    const __m512 out = _mm512_add_ps(_mm512_add_ps(t4[0], t4[2]), _mm512_add_ps(t4[1], t4[3]));
+    const __m512 tree = _mm512_add_ps(_mm512_add_ps(t4[0], t4[2]), _mm512_add_ps(t4[1], t4[3]));
+    __m512 chain = _mm512_setzero_ps();
+    for (int64_t b = lane_end; b < nb; b++) {
+        const float *scales = (const float *)(panel + b * bb + B_TILE_BYTES);
+        const __m512 sum = _mm512_cvtepi32_ps(_mm512_load_si512(sums_c + (size_t)(b - b0) * TILE * TILE));
+        chain = _mm512_fmadd_ps(sum, _mm512_mul_ps(_mm512_loadu_ps(scales), _mm512_set1_ps(dx[b])), chain);
+        if (has_min) chain = _mm512_fmadd_ps(_mm512_loadu_ps(scales + TILE), _mm512_set1_ps(sx[b]), chain);
+    }
+    const __m512 out = _mm512_add_ps(tree, chain);
     _mm512_mask_storeu_ps(y, rows >= TILE ? (__mmask16)0xffff : (__mmask16)((1u << rows) - 1), out);
 }
 
