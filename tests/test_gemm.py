@@ -7,6 +7,10 @@ model's), the types whose panels are kept take the GEMM from one row on (widened
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -14,7 +18,7 @@ import janlib
 from janlib import _core
 
 from quant_data import (QUANT_TYPES, assert_matmul_within_bound, block_size, loaded_tensors, random_raw,
-                        reference_dequantize)
+                        reference_dequantize, write_tensors)
 
 ISAS = janlib.cpu_features()["available"]
 # (rows, blocks per row): a row count off every tile, a lone block, a short last group after full
@@ -109,3 +113,35 @@ def test_shared_activations_equal_each_weight_alone(tensors, qtype):
                 _core.matmul_shared([(t.type_id, t.raw, t.shape[0]) for t in weights], x[:n], ys, n_threads, cache)
                 for t, y, want in zip(weights, ys, alone):
                     np.testing.assert_array_equal(y, want[:n], err_msg=f"{t.name} n={n} threads={n_threads}")
+
+
+AVXVNNI_CHILD = """
+import sys
+import numpy as np
+import janlib
+with janlib.load_gguf(sys.argv[1]) as f, janlib.use_isa("avx2"):
+    ys = [janlib.matmul(tensor, np.load(sys.argv[2])[:, :tensor.shape[1]], n_threads=2) for tensor in f.tensors.values()]
+    np.savez(sys.argv[3], *ys)
+"""
+
+
+@pytest.mark.skipif("avxvnni" not in janlib.cpu_features()["flags"],
+                    reason="this CPU has no AVX-VNNI (CPUID.(EAX=7,ECX=1):EAX bit 4), where the VEX vpdpbusd "
+                           "faults: the avx2 level runs the GEMM's AVX2 build, which the tests above check")
+def test_avxvnni_build_equals_avx2_build(tmp_path):
+    """Where the CPU has AVX-VNNI the avx2 level's GEMM runs its AVX-VNNI build (the tests above check
+    it against vec_dot); the AVX2 build, kept by JANLIB_AVXVNNI=0 in a child process, gives the same bits."""
+    rng = np.random.default_rng(6)
+    # k = 576 ends in a tail of 2 blocks, 640 in one of 4, 2304 in whole groups and K-quant super-blocks
+    specs = {f"{t}_{k}": (t, random_raw(rng, t, 37, k)) for t in QUANT_TYPES for k in (576, 640, 2304)
+             if k % block_size(t) == 0}
+    path = write_tensors(tmp_path / "w.gguf", specs)
+    x = rng.standard_normal((67, 2304)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    subprocess.run([sys.executable, "-c", AVXVNNI_CHILD, str(path), str(tmp_path / "x.npy"), str(tmp_path / "y.npz")],
+                   env=os.environ | {"JANLIB_AVXVNNI": "0"}, check=True, timeout=300)
+    avx2_build = np.load(tmp_path / "y.npz")
+    with janlib.load_gguf(path) as f, janlib.use_isa("avx2"):
+        for i, tensor in enumerate(f.tensors.values()):
+            np.testing.assert_array_equal(janlib.matmul(tensor, x[:, :tensor.shape[1]], n_threads=2),
+                                          avx2_build[f"arr_{i}"], err_msg=tensor.name)

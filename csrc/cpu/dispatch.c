@@ -26,6 +26,7 @@ static int best_isa = JL_ISA_SCALAR;
 static char cpu_flags[256];
 static atomic_int active_isa = JL_ISA_SCALAR;
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
+static int avxvnni;  /* the avx2 level's GEMM runs its AVX-VNNI build */
 
 #if defined(JANLIB_X86)
 static uint64_t xgetbv0(void) {
@@ -49,7 +50,7 @@ static void detect(void) {
     unsigned a, b, c, d;
     int has_amx_bf16 = 0, has_amx_tile = 0, has_amx_int8 = 0;
     int has_avx2 = 0, has_fma = 0, has_f16c = 0, has_osxsave = 0, has_bmi2 = 0;
-    int has_f = 0, has_bw = 0, has_vl = 0, has_dq = 0, has_vnni = 0;
+    int has_f = 0, has_bw = 0, has_vl = 0, has_dq = 0, has_vnni = 0, has_avxvnni = 0;
     if (__get_cpuid(1, &a, &b, &c, &d)) {
         has_fma = (c >> 12) & 1;
         has_osxsave = (c >> 27) & 1;
@@ -67,11 +68,12 @@ static void detect(void) {
         has_amx_tile = (d >> 24) & 1;
         has_amx_int8 = (d >> 25) & 1;
     }
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) has_avxvnni = (a >> 4) & 1;
     /* the OS must save the wider registers: YMM (bits 1-2), and opmask/ZMM (bits 5-7) */
     uint64_t xcr0 = has_osxsave ? xgetbv0() : 0;
     int os_ymm = (xcr0 & 0x6) == 0x6;
     int os_zmm = os_ymm && (xcr0 & 0xe0) == 0xe0;
-    if (!os_ymm) has_avx2 = has_fma = has_f16c = 0;
+    if (!os_ymm) has_avx2 = has_fma = has_f16c = has_avxvnni = 0;
     if (!os_zmm) has_f = has_bw = has_vl = has_dq = has_vnni = 0;
     /* and the tile state: XTILECFG and XTILEDATA (bits 17-18), granted to this process */
     const int os_tiles = has_amx_tile && (xcr0 & 0x60000) == 0x60000 && request_tile_state();
@@ -80,7 +82,8 @@ static void detect(void) {
     const struct { const char *name; int on; } flags[] = {
         {"avx2", has_avx2}, {"fma", has_fma}, {"f16c", has_f16c}, {"bmi2", has_bmi2},
         {"avx512f", has_f}, {"avx512bw", has_bw}, {"avx512vl", has_vl}, {"avx512dq", has_dq},
-        {"avx512vnni", has_vnni}, {"amx-tile", has_amx_tile}, {"amx-int8", has_amx_int8}, {"amx-bf16", has_amx_bf16},
+        {"avx512vnni", has_vnni}, {"avxvnni", has_avxvnni}, {"amx-tile", has_amx_tile}, {"amx-int8", has_amx_int8},
+        {"amx-bf16", has_amx_bf16},
     };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
         if (!flags[i].on) continue;
@@ -88,6 +91,7 @@ static void detect(void) {
         strcat(cpu_flags, flags[i].name);
     }
     if (has_avx2 && has_fma && has_f16c && has_bmi2) best_isa = JL_ISA_AVX2;
+    avxvnni = has_avxvnni;
     if (best_isa == JL_ISA_AVX2 && has_f && has_bw && has_vl && has_dq && has_vnni)
         best_isa = JL_ISA_AVX512;
     if (best_isa == JL_ISA_AVX512 && has_amx_tile && has_amx_int8) best_isa = JL_ISA_AMX;
@@ -103,6 +107,14 @@ static void build_tables(void) {
     jl_ref_attention_register(tables[JL_ISA_SCALAR]);
 #if defined(JANLIB_X86)
     for (int isa = JL_ISA_AVX2; isa < JL_ISA_COUNT; isa++) jl_avx2_register(tables[isa]);
+    /* AVX-VNNI is no level of its own (Zen 4 has AVX-512 VNNI but not AVX-VNNI): it picks the avx2
+     * level's GEMM build. JANLIB_AVXVNNI=0 keeps the AVX2 build (the tests compare the two). */
+#if defined(JANLIB_AVXVNNI)
+    const char *vnni_env = getenv("JANLIB_AVXVNNI");
+    if (avxvnni && !(vnni_env && strcmp(vnni_env, "0") == 0)) jl_avxvnni_gemm_register(tables[JL_ISA_AVX2]);
+    else
+#endif
+        jl_avx2_gemm_register(tables[JL_ISA_AVX2]);
     for (int isa = JL_ISA_AVX512; isa < JL_ISA_COUNT; isa++) {
         jl_avx512_register(tables[isa]);
         jl_avx512_gemm_register(tables[isa]);

@@ -101,6 +101,9 @@ typedef struct jl_type_traits {
 void jl_ref_register(jl_type_traits *table);
 /* SIMD tables override the entries they speed up and leave the rest to the reference. */
 void jl_avx2_register(jl_type_traits *table);
+/* the 256-bit int8 GEMM of the avx2 level: the AVX2 build, or the AVX-VNNI one where the CPU has it */
+void jl_avx2_gemm_register(jl_type_traits *table);
+void jl_avxvnni_gemm_register(jl_type_traits *table);
 void jl_avx512_register(jl_type_traits *table);
 void jl_avx512_gemm_register(jl_type_traits *table);
 void jl_avx512_gemm_float_register(jl_type_traits *table);

@@ -1,0 +1,294 @@
+/* avx2_gemm.c — register-blocked int8 GEMM at 256 bits for Q4_0, Q4_1, Q5_0 and Q8_0, for CPUs
+ * without AVX-512. Compiled twice from this one source: for AVX2 (vpmaddubsw, then vpmaddwd) and,
+ * with JL_AVXVNNI defined, for AVX-VNNI (the VEX vpdpbusd). Both builds compute the same int32 sums,
+ * so they give the same bits; dispatch.c registers the AVX-VNNI build at the avx2 level where the
+ * CPU has it.
+ *
+ * Batch invariance fixes the arithmetic: every output must equal the avx2 level's vec_dot
+ * (avx2.c) bit for bit. vec_dot leaves a group of eight blocks as one int32 lane per block, then
+ * per group  acc = fma(d * dx, sums, acc)  (and  macc = fma(m, s, macc)  for the types with a
+ * minimum), and one hsum_f32x8 per output at the end (of acc + macc). Here the data are laid out
+ * so that the lane-per-block sums come straight out of the integer dot: step t of a group holds
+ * bytes 4t .. 4t + 3 of each of its eight blocks (lane L = block L), so eight steps give the block
+ * sums with no shuffling in the inner loop.
+ *
+ * Weights are repacked PANEL_ROWS rows at a time as unsigned bytes q + offset, in sub-panels of
+ * TILE_ROWS rows; an activation row once per call, with its block scales per lane and, for the
+ * types with an offset, -offset * sum(qx) per block as the integer sums' start. The microkernel
+ * holds TILE_ROWS x TILE_COLS block sums in registers; panel_dot runs every sub-panel of the
+ * panel against a tile of columns while the tile is in L1. */
+#include <immintrin.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "cpu/avx2_blocks.h"
+#include "quant/traits.h"
+
+/* complete unrolling of the short fixed loops lets the per-tile arrays live in registers */
+#define UNROLL _Pragma("GCC unroll 16")
+
+#define TILE_ROWS 2
+#define TILE_COLS 4
+#define PANEL_ROWS 8                       /* sub-panels of TILE_ROWS that share a column tile in L1 */
+#define GROUP 8                            /* blocks per lane group */
+#define STEPS (QK / 4)                     /* integer dot steps per group: 4 bytes of each block */
+#define STEP_BYTES 32                      /* one step of a group: 4 bytes of each of 8 blocks */
+
+/* A last group of at most 4 blocks (k = 576 leaves 2) packs into TAIL_STEPS steps: block b's
+ * dwords 0-3 go to lane b and dwords 4-7 to lane b + 4, and one add of the swapped 128-bit halves
+ * leaves its sum in lane b. Lanes 4-7 then carry copies that meet zero scales, as vec_dot's zero
+ * lanes do. */
+#define TAIL_BLOCKS 4
+#define TAIL_STEPS 4
+
+#if defined(JL_AVXVNNI)
+#define GEMM_REGISTER jl_avxvnni_gemm_register
+/* vpdpbusd adds each dword's four u8 x s8 products to its int32 lane: the whole group is one chunk */
+INLINE __m256i dot_step(__m256i part, __m256i u, __m256i s) { return _mm256_dpbusd_avx_epi32(part, u, s); }
+INLINE __m256i chunk_sums(__m256i part) { return part; }
+INLINE int chunk_steps(int int16_steps) { return STEPS; }
+#else
+#define GEMM_REGISTER jl_avx2_gemm_register
+/* vpmaddubsw's pair sums add up in int16 for as many steps as the type's values keep them exact,
+ * then one vpmaddwd widens each dword's two to its int32 lane */
+INLINE __m256i dot_step(__m256i part, __m256i u, __m256i s) { return _mm256_add_epi16(part, _mm256_maddubs_epi16(u, s)); }
+INLINE __m256i chunk_sums(__m256i part) { return _mm256_madd_epi16(part, _mm256_set1_epi16(1)); }
+INLINE int chunk_steps(int int16_steps) { return int16_steps; }
+#endif
+
+/* per group of a sub-panel: steps x TILE_ROWS quant vectors, then d (and m) per row as 8 floats */
+INLINE size_t w_group_bytes(int has_min, int steps) {
+    return (size_t)steps * TILE_ROWS * STEP_BYTES + TILE_ROWS * (1 + has_min) * STEP_BYTES;
+}
+/* per group of an activation row: STEPS quant vectors, dx, then s (types with a minimum) or the
+ * offset correction (the others) */
+#define X_GROUP_BYTES ((STEPS + 2) * STEP_BYTES)
+
+static int64_t n_groups(int64_t k) { return (k / QK + GROUP - 1) / GROUP; }
+
+/* blocks in group g */
+static int group_blocks(int64_t k, int64_t g) { return k / QK - g * GROUP < GROUP ? (int)(k / QK - g * GROUP) : GROUP; }
+
+/* whether the last group is short enough to pack as a tail */
+static int ends_in_tail(int64_t k) { return group_blocks(k, n_groups(k) - 1) <= TAIL_BLOCKS; }
+
+/* a sub-panel is its groups in order, each of w_group_bytes(STEPS) but a tail (always the last) */
+INLINE size_t sub_panel_bytes(int has_min, int64_t k) {
+    const int tail = ends_in_tail(k);
+    return (size_t)(n_groups(k) - tail) * w_group_bytes(has_min, STEPS) + (tail ? w_group_bytes(has_min, TAIL_STEPS) : 0);
+}
+
+/* the block and its dword that lane L of step t holds, in a full group or a tail */
+INLINE int lane_block(int tail, int lane) { return tail ? lane % TAIL_BLOCKS : lane; }
+INLINE int lane_dword(int tail, int lane, int t) { return tail ? t + TAIL_STEPS * (lane / TAIL_BLOCKS) : t; }
+
+/* step vectors <- the group's blocks as 32 bytes each (blocks past n: zeros) */
+static void transpose_group(const uint8_t blocks[GROUP][QK], int n, int tail, int steps, uint8_t *out, size_t step_stride) {
+    for (int t = 0; t < steps; t++)
+        for (int lane = 0; lane < GROUP; lane++) {
+            const int b = lane_block(tail, lane);
+            if (b < n) memcpy(out + t * step_stride + 4 * lane, blocks[b] + 4 * lane_dword(tail, lane, t), 4);
+            else memset(out + t * step_stride + 4 * lane, 0, 4);
+        }
+}
+
+INLINE __m256i tail_reduce(__m256i v) { return _mm256_add_epi32(v, _mm256_permute2x128_si256(v, v, 0x01)); }
+
+/* ---- packing ----------------------------------------------------------------------------- */
+
+/* rows (<= PANEL_ROWS) weight rows -> TILE_ROWS-row sub-panels of q + offset (signed: q as is) */
+INLINE void pack_w_legacy(legacy_unpack_fn unpack, size_t type_size, int offset, int has_min, const uint8_t *w,
+                          size_t w_row_bytes, int64_t rows, int64_t k, uint8_t *panel) {
+    const int64_t groups = n_groups(k);
+    for (int sp = 0; sp < PANEL_ROWS / TILE_ROWS; sp++) {
+        uint8_t *pg = panel + sp * sub_panel_bytes(has_min, k);
+        for (int64_t g = 0; g < groups; g++, pg += w_group_bytes(has_min, STEPS)) {
+            const int n = group_blocks(k, g), tail = n <= TAIL_BLOCKS, steps = tail ? TAIL_STEPS : STEPS;
+            float *scales = (float *)(pg + (size_t)steps * TILE_ROWS * STEP_BYTES);  /* d of each row, then m */
+            for (int r = 0; r < TILE_ROWS; r++) {
+                const int64_t row = sp * TILE_ROWS + r;
+                const uint8_t *wg = w + row * w_row_bytes + g * GROUP * type_size;
+                uint8_t q[GROUP][QK];
+                float d[GROUP] = {0}, m[GROUP] = {0};
+                const int live = row < rows ? n : 0;
+                for (int b = 0; b < live; b++) {
+                    const legacy_block u = unpack(wg + b * type_size);
+                    _mm256_storeu_si256((__m256i *)q[b], _mm256_add_epi8(u.q, _mm256_set1_epi8((char)offset)));
+                    d[b] = load_half(wg + b * type_size);
+                    if (has_min) m[b] = load_half(wg + b * type_size + sizeof(jl_half));
+                }
+                transpose_group(q, live, tail, steps, pg + r * STEP_BYTES, TILE_ROWS * STEP_BYTES);
+                /* lane b takes block b's scales; lanes past n (a tail's copies among them) take zeros */
+                memcpy(scales + r * GROUP, d, sizeof d);
+                if (has_min) memcpy(scales + (TILE_ROWS + r) * GROUP, m, sizeof m);
+            }
+        }
+    }
+}
+
+/* xq: one row of Q8_1 (has_min) or Q8_0 blocks */
+INLINE void pack_x_legacy(int offset, int has_min, const uint8_t *xq, int64_t k, uint8_t *xp) {
+    const size_t x_size = has_min ? sizeof(block_q8_1) : sizeof(block_q8_0);
+    const size_t x_qs = has_min ? offsetof(block_q8_1, qs) : offsetof(block_q8_0, qs);
+    for (int64_t g = 0; g < n_groups(k); g++) {
+        uint8_t *pg = xp + g * X_GROUP_BYTES;
+        const uint8_t *xg = xq + g * GROUP * x_size;
+        const int n = group_blocks(k, g), tail = n <= TAIL_BLOCKS;
+        uint8_t q[GROUP][QK];
+        float dx[GROUP] = {0}, second[GROUP] = {0};  /* s, or the correction as int32 */
+        for (int b = 0; b < n; b++) {
+            memcpy(q[b], xg + b * x_size + x_qs, QK);
+            dx[b] = load_half(xg + b * x_size);
+            if (has_min) {
+                second[b] = load_half(xg + b * x_size + offsetof(block_q8_1, s));
+            } else {
+                int32_t sum = 0;
+                for (int i = 0; i < QK; i++) sum += (int8_t)q[b][i];
+                const int32_t corr = -offset * sum;
+                memcpy(&second[b], &corr, sizeof corr);
+            }
+        }
+        memset(pg, 0, STEPS * STEP_BYTES);
+        transpose_group(q, n, tail, tail ? TAIL_STEPS : STEPS, pg, STEP_BYTES);
+        memcpy(pg + STEPS * STEP_BYTES, dx, sizeof dx);
+        memcpy(pg + (STEPS + 1) * STEP_BYTES, second, sizeof second);
+    }
+}
+
+/* ---- the microkernel ------------------------------------------------------------------- */
+
+/* sums[r][c] += the int32 block sums of `steps` steps of a group, in chunks of `chunk` steps
+ * (a divisor of steps).
+ * Signed weights (the AVX2 build's Q8_0) take the sign trick: |q| as the unsigned operand. */
+INLINE void group_sums(int signed_w, const int chunk, const int steps, const uint8_t *pg, const uint8_t *xg,
+                       size_t x_stride, const int nc, __m256i sums[TILE_ROWS][TILE_COLS]) {
+    UNROLL for (int t0 = 0; t0 < steps; t0 += chunk) {
+        __m256i part[TILE_ROWS][TILE_COLS];
+        UNROLL for (int r = 0; r < TILE_ROWS; r++)
+            UNROLL for (int c = 0; c < nc; c++) part[r][c] = _mm256_setzero_si256();
+        UNROLL for (int t = t0; t < t0 + chunk; t++) {
+            __m256i wv[TILE_ROWS], uv[TILE_ROWS];
+            UNROLL for (int r = 0; r < TILE_ROWS; r++) {
+                wv[r] = _mm256_loadu_si256((const __m256i *)(pg + (t * TILE_ROWS + r) * STEP_BYTES));
+                uv[r] = signed_w ? _mm256_abs_epi8(wv[r]) : wv[r];
+            }
+            UNROLL for (int c = 0; c < nc; c++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xg + c * x_stride + t * STEP_BYTES));
+                UNROLL for (int r = 0; r < TILE_ROWS; r++)
+                    part[r][c] = dot_step(part[r][c], uv[r], signed_w ? _mm256_sign_epi8(xv, wv[r]) : xv);
+            }
+        }
+        UNROLL for (int r = 0; r < TILE_ROWS; r++)
+            UNROLL for (int c = 0; c < nc; c++) sums[r][c] = _mm256_add_epi32(sums[r][c], chunk_sums(part[r][c]));
+    }
+}
+
+/* TILE_ROWS x nc outputs of one sub-panel; vec_dot's float steps per group, in its order */
+INLINE void tile_legacy(int signed_w, int offset, int has_min, const int chunk, int64_t groups, int tail,
+                        const uint8_t *sub_panel, const uint8_t *xp, size_t x_stride, const int nc, int64_t rows,
+                        float *y, size_t y_stride) {
+    __m256 acc[TILE_ROWS][TILE_COLS], macc[TILE_ROWS][TILE_COLS];
+    UNROLL for (int r = 0; r < TILE_ROWS; r++)
+        UNROLL for (int c = 0; c < nc; c++) acc[r][c] = macc[r][c] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        const int last_tail = tail && g == groups - 1, steps = last_tail ? TAIL_STEPS : STEPS;
+        const uint8_t *pg = sub_panel + g * w_group_bytes(has_min, STEPS), *xg = xp + g * X_GROUP_BYTES;
+        __m256i sums[TILE_ROWS][TILE_COLS];
+        UNROLL for (int c = 0; c < nc; c++) {
+            const __m256i start = offset ? _mm256_loadu_si256((const __m256i *)(xg + c * x_stride + (STEPS + 1) * STEP_BYTES))
+                                         : _mm256_setzero_si256();
+            UNROLL for (int r = 0; r < TILE_ROWS; r++) sums[r][c] = start;
+        }
+        if (last_tail) {
+            group_sums(signed_w, chunk < TAIL_STEPS ? chunk : TAIL_STEPS, TAIL_STEPS, pg, xg, x_stride, nc, sums);
+            UNROLL for (int r = 0; r < TILE_ROWS; r++)
+                UNROLL for (int c = 0; c < nc; c++) sums[r][c] = tail_reduce(sums[r][c]);
+        } else {
+            group_sums(signed_w, chunk, STEPS, pg, xg, x_stride, nc, sums);
+        }
+        const float *scales = (const float *)(pg + (size_t)steps * TILE_ROWS * STEP_BYTES);
+        UNROLL for (int c = 0; c < nc; c++) {
+            const __m256 dx = _mm256_loadu_ps((const float *)(xg + c * x_stride + STEPS * STEP_BYTES));
+            UNROLL for (int r = 0; r < TILE_ROWS; r++) {
+                const __m256 dd = _mm256_mul_ps(_mm256_loadu_ps(scales + r * GROUP), dx);
+                acc[r][c] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sums[r][c]), acc[r][c]);
+                if (has_min) {
+                    const __m256 s = _mm256_loadu_ps((const float *)(xg + c * x_stride + (STEPS + 1) * STEP_BYTES));
+                    macc[r][c] = _mm256_fmadd_ps(_mm256_loadu_ps(scales + (TILE_ROWS + r) * GROUP), s, macc[r][c]);
+                }
+            }
+        }
+    }
+    UNROLL for (int r = 0; r < TILE_ROWS; r++)
+        if (r < rows)
+            UNROLL for (int c = 0; c < nc; c++)
+                y[c * y_stride + r] = hsum_f32x8(has_min ? _mm256_add_ps(acc[r][c], macc[r][c]) : acc[r][c]);
+}
+
+/* every sub-panel against a column tile before the next tile: the tile stays in L1 */
+INLINE void panel_dot_legacy(int signed_w, int offset, int has_min, const int chunk, int64_t k, const uint8_t *panel,
+                             int64_t rows, const uint8_t *xp, size_t x_stride, int64_t n, float *y, size_t y_stride) {
+    const int64_t groups = n_groups(k);
+    const int tail = ends_in_tail(k);
+    const size_t sp_bytes = sub_panel_bytes(has_min, k);
+    for (int64_t c = 0; c < n; c += TILE_COLS) {
+        const uint8_t *xc = xp + c * x_stride;
+        float *yc = y + c * y_stride;
+        for (int64_t r = 0; r < rows; r += TILE_ROWS) {
+            const uint8_t *sp = panel + r / TILE_ROWS * sp_bytes;
+            switch (n - c < TILE_COLS ? n - c : TILE_COLS) {
+            case 1: tile_legacy(signed_w, offset, has_min, chunk, groups, tail, sp, xc, x_stride, 1, rows - r, yc + r, y_stride); break;
+            case 2: tile_legacy(signed_w, offset, has_min, chunk, groups, tail, sp, xc, x_stride, 2, rows - r, yc + r, y_stride); break;
+            case 3: tile_legacy(signed_w, offset, has_min, chunk, groups, tail, sp, xc, x_stride, 3, rows - r, yc + r, y_stride); break;
+            default: tile_legacy(signed_w, offset, has_min, chunk, groups, tail, sp, xc, x_stride, TILE_COLS, rows - r, yc + r, y_stride); break;
+            }
+        }
+    }
+}
+
+/* ---- the table ------------------------------------------------------------------------- */
+
+static size_t x_bytes_legacy(int64_t k) { return (size_t)n_groups(k) * X_GROUP_BYTES; }
+
+/* Q8_0 in the AVX-VNNI build packs q + 128 (the offset comes back out through the activations'
+ * sums); in the AVX2 build vpmaddubsw would saturate on q + 128 (pairs up to 2 * 255 * 127), so
+ * it keeps q signed and takes the sign trick, a chunk of one step (pairs up to 2 * 128 * 127). */
+#if defined(JL_AVXVNNI)
+#define Q8_0_SIGNED 0
+#define Q8_0_OFFSET 128
+#else
+#define Q8_0_SIGNED 1
+#define Q8_0_OFFSET 0
+#endif
+
+/* INT16_STEPS: steps whose vpmaddubsw pair sums add exactly in int16 (|qx| <= 127):
+ * 8 steps of q <= 15 (8 * 2 * 15 * 127 < 2^15), 4 of q <= 31 */
+#define LEGACY_GEMM(NAME, SIGNED, OFFSET, HAS_MIN, INT16_STEPS)                                              \
+    static size_t NAME##_panel_bytes(int64_t k) { return PANEL_ROWS / TILE_ROWS * sub_panel_bytes(HAS_MIN, k); } \
+    static void NAME##_pack_w(const void *restrict w, size_t w_row_bytes, int64_t rows, int64_t k,           \
+                              void *restrict panel) {                                                        \
+        pack_w_legacy(unpack_##NAME, sizeof(block_##NAME), OFFSET, HAS_MIN, w, w_row_bytes, rows, k, panel); \
+    }                                                                                                        \
+    static void NAME##_pack_x(const void *restrict xq, int64_t k, void *restrict xp) {                       \
+        pack_x_legacy(OFFSET, HAS_MIN, xq, k, xp);                                                           \
+    }                                                                                                        \
+    static void NAME##_panel_dot(int64_t k, const void *restrict panel, int64_t rows, const void *restrict xp, \
+                                 size_t x_stride, int64_t n, float *restrict y, size_t y_stride) {          \
+        panel_dot_legacy(SIGNED, OFFSET, HAS_MIN, chunk_steps(INT16_STEPS), k, panel, rows, xp, x_stride, n, y, y_stride); \
+    }                                                                                                        \
+    static const jl_gemm_kernels NAME##_gemm = {                                                             \
+        .panel_rows = PANEL_ROWS, .panel_bytes = NAME##_panel_bytes, .x_bytes = x_bytes_legacy,              \
+        .pack_w = NAME##_pack_w, .pack_x = NAME##_pack_x, .panel_dot = NAME##_panel_dot,                     \
+    };
+
+LEGACY_GEMM(q4_0, 0, 8, 0, 8)
+LEGACY_GEMM(q4_1, 0, 0, 1, 8)
+LEGACY_GEMM(q5_0, 0, 16, 0, 4)
+LEGACY_GEMM(q8_0, Q8_0_SIGNED, Q8_0_OFFSET, 0, 1)
+
+void GEMM_REGISTER(jl_type_traits *t) {
+    t[JL_TYPE_Q4_0].gemm = &q4_0_gemm;
+    t[JL_TYPE_Q4_1].gemm = &q4_1_gemm;
+    t[JL_TYPE_Q5_0].gemm = &q5_0_gemm;
+    t[JL_TYPE_Q8_0].gemm = &q8_0_gemm;
+}
