@@ -297,13 +297,8 @@ void jl_kv_truncate(jl_kv_cache *c, int32_t seq, int64_t new_len) {
     c->len[seq] = new_len;
 }
 
-/* n values of type -> dst (a row of the cache); F16 has no activation quantizer in the table */
-static void store_row(int type, const float *src, int n, uint8_t *dst) {
-    if (type == JL_TYPE_F16)
-        for (int i = 0; i < n; i++) ((uint16_t *)dst)[i] = jl_f32_to_half(src[i]);
-    else
-        jl_traits(type)->from_float(src, dst, n);
-}
+/* n values of type -> dst (a row of the cache) */
+static void store_row(int type, const float *src, int n, uint8_t *dst) { jl_traits(type)->from_float(src, dst, n); }
 
 /* V of page slots [from, from + n) of one (layer, head) block -> the same slots of another */
 static void copy_v_slots(const jl_kv_cache *c, const uint8_t *src, uint8_t *dst, int64_t from, int64_t n) {
@@ -325,10 +320,13 @@ void jl_kv_write(const jl_kv_cache *c, int layer, int32_t page, int head, int sl
         return;
     }
     /* transposed: this position is column `slot` of the (Dv, JL_KV_PAGE) block */
-    for (int dim = 0; dim < c->head_dim_v; dim++) {
-        uint8_t *at = vb + ((size_t)dim * JL_KV_PAGE + (size_t)slot) * c->v_elem;
-        if (c->type_v == JL_TYPE_F16) *(uint16_t *)at = jl_f32_to_half(v[dim]);
-        else *(float *)at = v[dim];
+    enum { CHUNK = 64 };
+    uint8_t row[CHUNK * sizeof(float)];  /* (CHUNK,) of v in type_v */
+    for (int d0 = 0; d0 < c->head_dim_v; d0 += CHUNK) {
+        const int n = c->head_dim_v - d0 < CHUNK ? c->head_dim_v - d0 : CHUNK;
+        store_row(c->type_v, v + d0, n, row);
+        for (int dim = 0; dim < n; dim++)
+            memcpy(vb + ((size_t)(d0 + dim) * JL_KV_PAGE + (size_t)slot) * c->v_elem, row + (size_t)dim * c->v_elem, c->v_elem);
     }
 }
 

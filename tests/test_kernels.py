@@ -138,6 +138,23 @@ def test_simd_activation_quantization_is_bit_exact(act, isa):
     np.testing.assert_array_equal(out[isa], out["scalar"])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_f16_cache_rows_round_as_numpy(isa):
+    """A float row stored to an F16 KV cache rounds to nearest even as numpy's float16: normals,
+    subnormals, ties, overflow to inf, a length off the 16-lane vector."""
+    info = GGML_TYPE_BY_NAME["F16"]
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((3, 203)) * np.float32(2.0) ** rng.integers(-26, 17, (3, 203))).astype(np.float32)
+    x[0, :6] = [65504.0, 65520.0, 1e6, -0.0, 2.0**-25, 3 * 2.0**-25]
+    x[1, :4] = [1 + 2.0**-11, 1 + 3 * 2.0**-11, -(2 + 2.0**-10), 2.0**-14 - 2.0**-25]
+    buf = np.empty(x.size * 2, dtype=np.uint8)
+    with janlib.use_isa(isa):
+        _core.quantize_rows(info.type_id, x, buf)
+    with np.errstate(over="ignore"):  # 1e6 and 65520 overflow to inf on purpose
+        expected = x.astype(np.float16)
+    np.testing.assert_array_equal(buf.view(np.uint16), expected.view(np.uint16).ravel())
+
+
 def test_activation_quantization_matches_its_definition():
     """Q8_0 from the definition: d = max|x| / 127, q = round-half-even(x / d), d stored as fp16."""
     info = GGML_TYPE_BY_NAME["Q8_0"]

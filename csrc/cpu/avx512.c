@@ -423,6 +423,15 @@ INLINE int sum16_i8(const int8_t *q) {
     return _mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
 }
 
+/* a KV cache row to F16: round to nearest even, as jl_f32_to_half */
+static void f16_from_float(const float *restrict src, void *restrict dst, int64_t n) {
+    jl_half *h = dst;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(h + i), _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) h[i] = f32_to_half(src[i]);
+}
+
 static void q8_0_from_float(const float *restrict src, void *restrict dst, int64_t n) {
     block_q8_0 *b = dst;
     for (int64_t i = 0; i < n / QK; i++) b[i].d = f32_to_half(quantize_int8(src + i * QK, QK, b[i].qs));
@@ -472,4 +481,5 @@ void jl_avx512_register(jl_type_traits *t) {
     t[JL_TYPE_Q8_0].from_float = q8_0_from_float;
     t[JL_TYPE_Q8_1].from_float = q8_1_from_float;
     t[JL_TYPE_Q8_K].from_float = q8_K_from_float;
+    t[JL_TYPE_F16].from_float = f16_from_float;
 }

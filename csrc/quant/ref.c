@@ -310,6 +310,11 @@ static void bf16_to_float(const void *src, float *dst, int64_t n) {
 
 static void f32_from_float(const float *src, void *dst, int64_t n) { memcpy(dst, src, (size_t)n * sizeof(float)); }
 
+static void f16_from_float(const float *src, void *dst, int64_t n) {
+    jl_half *h = dst;
+    for (int64_t i = 0; i < n; i++) h[i] = jl_f32_to_half(src[i]);
+}
+
 /* float weights pair with float32 activations: exact inputs, double accumulation */
 #define FLOAT_DOT(name, elem_t, convert)                                                    \
     static void name(int64_t k, const void *w, const void *x, size_t x_stride, int nc, float *s) { \
@@ -444,7 +449,7 @@ static void q8_K_to_float(const void *src, float *dst, int64_t n) {
 void jl_ref_register(jl_type_traits *t) {
     /*                name    block  bytes               activation     to_float        from_float       vec_dot */
     t[JL_TYPE_F32]  = (jl_type_traits){"F32",  1,   4,                  JL_TYPE_F32,  f32_to_float,  f32_from_float,  f32_vec_dot};
-    t[JL_TYPE_F16]  = (jl_type_traits){"F16",  1,   2,                  JL_TYPE_F32,  f16_to_float,  NULL,            f16_vec_dot};
+    t[JL_TYPE_F16]  = (jl_type_traits){"F16",  1,   2,                  JL_TYPE_F32,  f16_to_float,  f16_from_float,  f16_vec_dot};
     t[JL_TYPE_BF16] = (jl_type_traits){"BF16", 1,   2,                  JL_TYPE_F32,  bf16_to_float, NULL,            bf16_vec_dot};
     t[JL_TYPE_F32].vec_dot_pages = f32_vec_dot_pages;
     t[JL_TYPE_F16].vec_dot_pages = f16_vec_dot_pages;
