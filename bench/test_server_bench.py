@@ -119,8 +119,10 @@ def _concurrent(base, bodies):
 
 
 def _story(i, max_tokens=128):
+    """A streamed request as a client sends it by default: cache_prompt (both servers' default) lets the
+    stories share the evaluated system prompt, and a repeated story its whole prompt."""
     return {"model": "bench", "messages": [{"role": "user", "content": f"Write story number {i} about the sea."}],
-            "max_tokens": max_tokens, "ignore_eos": True, "stream": True, "cache_prompt": False}
+            "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
 
 
 def _rss_mb(pid) -> float:
