@@ -1,5 +1,5 @@
-/* avx2_gemm.c — register-blocked int8 GEMM at 256 bits for Q4_0, Q4_1, Q5_0 and Q8_0, for CPUs
- * without AVX-512. Compiled twice from this one source: for AVX2 (vpmaddubsw, then vpmaddwd) and,
+/* avx2_gemm.c — register-blocked int8 GEMM at 256 bits for Q4_0, Q4_1, Q5_0, Q8_0 and the
+ * K-quants Q2_K .. Q6_K, for CPUs without AVX-512. Compiled twice from this one source: for AVX2 (vpmaddubsw, then vpmaddwd) and,
  * with JL_AVXVNNI defined, for AVX-VNNI (the VEX vpdpbusd). Both builds compute the same int32 sums,
  * so they give the same bits; dispatch.c registers the AVX-VNNI build at the avx2 level where the
  * CPU has it.
@@ -246,6 +246,177 @@ INLINE void panel_dot_legacy(int signed_w, int offset, int has_min, const int ch
     }
 }
 
+/* ---- K-quants -------------------------------------------------------------------------- *
+ * vec_dot's K-quant sums are 8 int32 lanes per super-block: lane l of chunk j (values 32j ..
+ * 32j + 31) takes the four products of values 32j + 4l .. 32j + 4l + 3 (a quarter of group
+ * 2j + l / 4) times that group's int16 scale, through vpmaddubsw + vpmaddwd. The GEMM keeps those
+ * integer lane sums with fewer multiplies: the bytes of chunks 2h and 2h + 1 are interleaved by
+ * 16-bit words into two vectors A and B (A's dword l = word 2l of both chunks, B's = word 2l + 1
+ * of both), so vpmaddubsw(A) + vpmaddubsw(B) leaves the whole quarter of chunk 2h in word 2l and
+ * of chunk 2h + 1 in word 2l + 1 (|quarter| <= 4 * 63 * 127 fits int16), and one vpmaddwd against
+ * the interleaved scales (vpdpwssd in the AVX-VNNI build) adds both to lane l. Integer sums do
+ * not depend on the order of their terms, so the lanes, and vec_dot's float steps per
+ * super-block after them, are vec_dot's. */
+
+#define KQ_PANEL_ROWS 4  /* two sub-panels: a super-block of a sub-panel is 960 bytes */
+
+typedef struct {
+    __m256i q[8];                 /* per h: A, B of chunks 2h, 2h + 1, values unsigned (q + offset) */
+    __m256i sc[4];                /* per h: the int16 scales of A + B's quarter words */
+    __m256i mn, corr;             /* per group of 16: minimum, -offset * scale */
+    float d, dmin;
+    uint8_t pad[24];
+} kquant_packed;
+_Static_assert(sizeof(kquant_packed) % 32 == 0, "kquant_packed keeps 32-byte alignment");
+
+typedef struct {
+    __m256i q[8];                 /* the Q8_K quants interleaved as the weights' */
+    __m256i bsums;
+    float d;
+    uint8_t pad[28];
+} kquant_x_packed;
+_Static_assert(sizeof(kquant_x_packed) % 32 == 0, "kquant_x_packed keeps 32-byte alignment");
+
+#if defined(JL_AVXVNNI)
+INLINE __m256i add_madd_epi16(__m256i sum, __m256i a, __m256i b) { return _mm256_dpwssd_avx_epi32(sum, a, b); }
+#else
+INLINE __m256i add_madd_epi16(__m256i sum, __m256i a, __m256i b) { return _mm256_add_epi32(sum, _mm256_madd_epi16(a, b)); }
+#endif
+
+/* words 2l of a and b into dword l of *lo, words 2l + 1 into dword l of *hi */
+INLINE void interleave_words(__m256i a, __m256i b, __m256i *lo, __m256i *hi) {
+    *lo = _mm256_blend_epi16(a, _mm256_slli_epi32(b, 16), 0xAA);
+    *hi = _mm256_blend_epi16(_mm256_srli_epi32(a, 16), b, 0xAA);
+}
+
+INLINE void pack_w_kquant(kquant_unpack_fn unpack, size_t type_size, int offset, const uint8_t *w, size_t w_row_bytes,
+                          int64_t rows, int64_t k, kquant_packed *panel) {
+    const int64_t nsb = k / QK_K;
+    for (int64_t row = 0; row < KQ_PANEL_ROWS; row++)
+        for (int64_t i = 0; i < nsb; i++) {
+            /* sub-panel row / TILE_ROWS, super-block i, its row row % TILE_ROWS */
+            kquant_packed *p = panel + (row / TILE_ROWS * nsb + i) * TILE_ROWS + row % TILE_ROWS;
+            if (row >= rows) {
+                memset(p, 0, sizeof *p);
+                continue;
+            }
+            kquant_block u;
+            unpack(w + row * w_row_bytes + i * type_size, &u);
+            __m256i scale[8];
+            spread_scales(u.sc, scale);  /* scale[j] word 2l (and 2l + 1): the scale of lane l's quarter in chunk j */
+            for (int h = 0; h < 4; h++) {
+                interleave_words(u.q[2 * h], u.q[2 * h + 1], &p->q[2 * h], &p->q[2 * h + 1]);
+                p->sc[h] = _mm256_blend_epi16(scale[2 * h], scale[2 * h + 1], 0xAA);
+            }
+            p->mn = u.mn;
+            p->corr = _mm256_mullo_epi16(u.sc, _mm256_set1_epi16((short)-offset));
+            p->d = u.d;
+            p->dmin = u.dmin;
+            memset(p->pad, 0, sizeof p->pad);
+        }
+}
+
+/* xq: one row of Q8_K blocks */
+static void pack_x_kquant(const void *restrict xq, int64_t k, void *restrict xp) {
+    const block_q8_K *bx = xq;
+    kquant_x_packed *p = xp;
+    for (int64_t i = 0; i < k / QK_K; i++) {
+        for (int h = 0; h < 4; h++)
+            interleave_words(_mm256_loadu_si256((const __m256i *)(bx[i].qs + 64 * h)),
+                             _mm256_loadu_si256((const __m256i *)(bx[i].qs + 64 * h + 32)), &p[i].q[2 * h], &p[i].q[2 * h + 1]);
+        p[i].bsums = _mm256_loadu_si256((const __m256i *)bx[i].bsums);
+        p[i].d = bx[i].d;
+        memset(p[i].pad, 0, sizeof p[i].pad);
+    }
+}
+
+static size_t x_bytes_kquant(int64_t k) { return (size_t)(k / QK_K) * sizeof(kquant_x_packed); }
+
+/* TILE_ROWS x nc outputs of one sub-panel against packed Q8_K rows; vec_dot's steps per
+ * super-block, in its order */
+INLINE void tile_kquant(int offset, int has_min, int64_t nsb, const kquant_packed *sub_panel, const uint8_t *x,
+                        size_t x_stride, const int nc, int64_t rows, float *y, size_t y_stride) {
+    __m256 acc[TILE_ROWS][TILE_COLS];
+    UNROLL for (int r = 0; r < TILE_ROWS; r++)
+        UNROLL for (int c = 0; c < nc; c++) acc[r][c] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nsb; i++) {
+        const kquant_packed *p = sub_panel + i * TILE_ROWS;
+        const kquant_x_packed *bx[TILE_COLS];
+        __m256i sums[TILE_ROWS][TILE_COLS];
+        UNROLL for (int c = 0; c < nc; c++) {
+            bx[c] = (const kquant_x_packed *)(x + c * x_stride) + i;
+            UNROLL for (int r = 0; r < TILE_ROWS; r++)
+                sums[r][c] = offset ? _mm256_madd_epi16(bx[c]->bsums, p[r].corr) : _mm256_setzero_si256();
+        }
+        UNROLL for (int h = 0; h < 4; h++) {
+            __m256i wa[TILE_ROWS], wb[TILE_ROWS];
+            UNROLL for (int r = 0; r < TILE_ROWS; r++) {
+                wa[r] = _mm256_load_si256(&p[r].q[2 * h]);
+                wb[r] = _mm256_load_si256(&p[r].q[2 * h + 1]);
+            }
+            UNROLL for (int c = 0; c < nc; c++) {
+                const __m256i xa = _mm256_load_si256(&bx[c]->q[2 * h]), xb = _mm256_load_si256(&bx[c]->q[2 * h + 1]);
+                UNROLL for (int r = 0; r < TILE_ROWS; r++) {
+                    const __m256i quarters = _mm256_add_epi16(_mm256_maddubs_epi16(wa[r], xa), _mm256_maddubs_epi16(wb[r], xb));
+                    sums[r][c] = add_madd_epi16(sums[r][c], quarters, _mm256_load_si256(&p[r].sc[h]));
+                }
+            }
+        }
+        UNROLL for (int r = 0; r < TILE_ROWS; r++)
+            UNROLL for (int c = 0; c < nc; c++) {
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(bx[c]->d * p[r].d), _mm256_cvtepi32_ps(sums[r][c]), acc[r][c]);
+                if (has_min) {
+                    const __m256 mins = _mm256_cvtepi32_ps(_mm256_madd_epi16(p[r].mn, bx[c]->bsums));
+                    acc[r][c] = _mm256_fnmadd_ps(_mm256_set1_ps(bx[c]->d * p[r].dmin), mins, acc[r][c]);
+                }
+            }
+    }
+    UNROLL for (int r = 0; r < TILE_ROWS; r++)
+        if (r < rows)
+            UNROLL for (int c = 0; c < nc; c++) y[c * y_stride + r] = hsum_f32x8(acc[r][c]);
+}
+
+INLINE void panel_dot_kquant(int offset, int has_min, int64_t k, const kquant_packed *panel, int64_t rows,
+                             const uint8_t *xp, size_t x_stride, int64_t n, float *y, size_t y_stride) {
+    const int64_t nsb = k / QK_K;
+    for (int64_t c = 0; c < n; c += TILE_COLS) {
+        const uint8_t *xc = xp + c * x_stride;
+        float *yc = y + c * y_stride;
+        for (int64_t r = 0; r < rows; r += TILE_ROWS) {
+            const kquant_packed *sp = panel + r * nsb;
+            switch (n - c < TILE_COLS ? n - c : TILE_COLS) {
+            case 1: tile_kquant(offset, has_min, nsb, sp, xc, x_stride, 1, rows - r, yc + r, y_stride); break;
+            case 2: tile_kquant(offset, has_min, nsb, sp, xc, x_stride, 2, rows - r, yc + r, y_stride); break;
+            case 3: tile_kquant(offset, has_min, nsb, sp, xc, x_stride, 3, rows - r, yc + r, y_stride); break;
+            default: tile_kquant(offset, has_min, nsb, sp, xc, x_stride, TILE_COLS, rows - r, yc + r, y_stride); break;
+            }
+        }
+    }
+}
+
+static size_t panel_bytes_kquant(int64_t k) { return (size_t)(k / QK_K) * KQ_PANEL_ROWS * sizeof(kquant_packed); }
+
+#define KQUANT_GEMM(NAME, OFFSET, HAS_MIN)                                                                   \
+    static void NAME##_pack_w(const void *restrict w, size_t w_row_bytes, int64_t rows, int64_t k,           \
+                              void *restrict panel) {                                                        \
+        pack_w_kquant(unpack_##NAME, sizeof(block_##NAME), OFFSET, w, w_row_bytes, rows, k, panel);          \
+    }                                                                                                        \
+    static void NAME##_panel_dot(int64_t k, const void *restrict panel, int64_t rows, const void *restrict xp, \
+                                 size_t x_stride, int64_t n, float *restrict y, size_t y_stride) {          \
+        panel_dot_kquant(OFFSET, HAS_MIN, k, panel, rows, xp, x_stride, n, y, y_stride);                     \
+    }                                                                                                        \
+    static const jl_gemm_kernels NAME##_gemm = {                                                             \
+        .panel_rows = KQ_PANEL_ROWS, .panel_bytes = panel_bytes_kquant, .x_bytes = x_bytes_kquant,           \
+        .pack_w = NAME##_pack_w, .pack_x = pack_x_kquant, .panel_dot = NAME##_panel_dot,                     \
+    };
+
+/* q <= 3, 7, 15, 31 and 63: every quarter fits int16 */
+KQUANT_GEMM(q2_K, 0, 1)
+KQUANT_GEMM(q3_K, 4, 0)
+KQUANT_GEMM(q4_K, 0, 1)
+KQUANT_GEMM(q5_K, 0, 1)
+KQUANT_GEMM(q6_K, 32, 0)
+
 /* ---- the table ------------------------------------------------------------------------- */
 
 static size_t x_bytes_legacy(int64_t k) { return (size_t)n_groups(k) * X_GROUP_BYTES; }
@@ -291,4 +462,9 @@ void GEMM_REGISTER(jl_type_traits *t) {
     t[JL_TYPE_Q4_1].gemm = &q4_1_gemm;
     t[JL_TYPE_Q5_0].gemm = &q5_0_gemm;
     t[JL_TYPE_Q8_0].gemm = &q8_0_gemm;
+    t[JL_TYPE_Q2_K].gemm = &q2_K_gemm;
+    t[JL_TYPE_Q3_K].gemm = &q3_K_gemm;
+    t[JL_TYPE_Q4_K].gemm = &q4_K_gemm;
+    t[JL_TYPE_Q5_K].gemm = &q5_K_gemm;
+    t[JL_TYPE_Q6_K].gemm = &q6_K_gemm;
 }
