@@ -43,6 +43,11 @@ void jl_amx_emu_dpb(int dst, int src1, int src2, int src1_signed, int src2_signe
 #define _tile_loadd(tile, base, stride) jl_amx_emu_loadd(tile, base, (long)(stride))
 #define _tile_stored(tile, base, stride) jl_amx_emu_stored(tile, base, (long)(stride))
 #define _tile_dpbssd(dst, src1, src2) jl_amx_emu_dpb(dst, src1, src2, 1, 1)
+#elif defined(__GNUC__) && !defined(__clang__)
+/* GCC's _tile_loadconfig gives only the configuration's first 8 bytes to its asm as input, so the
+ * stores of the rest could be dropped as dead: this one reads all 64. */
+#undef _tile_loadconfig
+#define _tile_loadconfig(config) __asm__ volatile("ldtilecfg %0" ::"m"(*(const jl_tile_config *)(config)))
 #endif
 
 /* The first fault the model met on this thread since the last call (an instruction the CPU would
