@@ -321,12 +321,15 @@ void jl_kv_write(const jl_kv_cache *c, int layer, int32_t page, int head, int sl
     }
     /* transposed: this position is column `slot` of the (Dv, JL_KV_PAGE) block */
     enum { CHUNK = 64 };
-    uint8_t row[CHUNK * sizeof(float)];  /* (CHUNK,) of v in type_v */
+    uint16_t halves[CHUNK];  /* (CHUNK,) of v as F16 */
     for (int d0 = 0; d0 < c->head_dim_v; d0 += CHUNK) {
         const int n = c->head_dim_v - d0 < CHUNK ? c->head_dim_v - d0 : CHUNK;
-        store_row(c->type_v, v + d0, n, row);
-        for (int dim = 0; dim < n; dim++)
-            memcpy(vb + ((size_t)(d0 + dim) * JL_KV_PAGE + (size_t)slot) * c->v_elem, row + (size_t)dim * c->v_elem, c->v_elem);
+        if (c->type_v == JL_TYPE_F16) {
+            store_row(c->type_v, v + d0, n, (uint8_t *)halves);
+            for (int dim = 0; dim < n; dim++) ((uint16_t *)vb)[(size_t)(d0 + dim) * JL_KV_PAGE + (size_t)slot] = halves[dim];
+        } else {
+            for (int dim = 0; dim < n; dim++) ((float *)vb)[(size_t)(d0 + dim) * JL_KV_PAGE + (size_t)slot] = v[d0 + dim];
+        }
     }
 }
 
