@@ -162,11 +162,12 @@ INLINE void pack_x_legacy(int offset, int has_min, const uint8_t *xq, int64_t k,
  * Signed weights (the AVX2 build's Q8_0) take the sign trick: |q| as the unsigned operand. */
 INLINE void group_sums(int signed_w, const int chunk, const int steps, const uint8_t *pg, const uint8_t *xg,
                        size_t x_stride, const int nc, __m256i sums[TILE_ROWS][TILE_COLS]) {
-    UNROLL for (int t0 = 0; t0 < steps; t0 += chunk) {
+    _Pragma("GCC unroll 1") for (int t0 = 0; t0 < steps; t0 += chunk) {
         __m256i part[TILE_ROWS][TILE_COLS];
         UNROLL for (int r = 0; r < TILE_ROWS; r++)
             UNROLL for (int c = 0; c < nc; c++) part[r][c] = _mm256_setzero_si256();
-        UNROLL for (int t = t0; t < t0 + chunk; t++) {
+        /* a rolled loop: unrolled, the compiler hoists loads across steps and spills the partial sums */
+        _Pragma("GCC unroll 1") for (int t = t0; t < t0 + chunk; t++) {
             __m256i wv[TILE_ROWS], uv[TILE_ROWS];
             UNROLL for (int r = 0; r < TILE_ROWS; r++) {
                 wv[r] = _mm256_loadu_si256((const __m256i *)(pg + (t * TILE_ROWS + r) * STEP_BYTES));
