@@ -12,11 +12,14 @@
  * bytes 4t .. 4t + 3 of each of its eight blocks (lane L = block L), so eight steps give the block
  * sums with no shuffling in the inner loop.
  *
- * Weights are repacked PANEL_ROWS rows at a time as unsigned bytes q + offset, in sub-panels of
- * TILE_ROWS rows; an activation row once per call, with its block scales per lane and, for the
- * types with an offset, -offset * sum(qx) per block as the integer sums' start. The microkernel
- * holds TILE_ROWS x TILE_COLS block sums in registers; panel_dot runs every sub-panel of the
- * panel against a tile of columns while the tile is in L1. */
+ * Weights are repacked PANEL_ROWS rows at a time as unsigned q + offset, in sub-panels of
+ * TILE_ROWS rows (the 4-bit types keep two steps per byte and their block scales as fp16, so a
+ * packed Q4 panel is as small as the file's blocks and a model keeps it per tensor, decode
+ * included, then widens it to bytes a strip at a time for many rows); an activation row once per
+ * call, with its block scales per lane and, for the types with an offset, -offset * sum(qx) per
+ * block as the integer sums' start. The microkernel holds TILE_ROWS x TILE_COLS block sums in
+ * registers; panel_dot runs every sub-panel of the panel against a tile of columns while the
+ * tile is in L1. */
 #include <immintrin.h>
 #include <stddef.h>
 #include <string.h>
@@ -56,9 +59,14 @@ INLINE __m256i chunk_sums(__m256i part) { return _mm256_madd_epi16(part, _mm256_
 INLINE int chunk_steps(int int16_steps) { return int16_steps; }
 #endif
 
-/* per group of a sub-panel: steps x TILE_ROWS quant vectors, then d (and m) per row as 8 floats */
-INLINE size_t w_group_bytes(int has_min, int steps) {
-    return (size_t)steps * TILE_ROWS * STEP_BYTES + TILE_ROWS * (1 + has_min) * STEP_BYTES;
+/* 8 block scales of a row: fp16 in the compact nibble layout, floats in the byte layout (no
+ * conversion in the tiles of many rows) */
+INLINE size_t scale_bytes(int nibbles) { return nibbles ? 16 : 32; }
+/* weight vectors per row for `steps` steps: nibble-packed types hold two steps in one */
+INLINE int w_vecs(int nibbles, int steps) { return nibbles ? steps / 2 : steps; }
+/* per group of a sub-panel: w_vecs x TILE_ROWS quant vectors, then d (and m) per row */
+INLINE size_t w_group_bytes(int nibbles, int has_min, int steps) {
+    return (size_t)w_vecs(nibbles, steps) * TILE_ROWS * STEP_BYTES + TILE_ROWS * (1 + has_min) * scale_bytes(nibbles);
 }
 /* per group of an activation row: STEPS quant vectors, dx, then s (types with a minimum) or the
  * offset correction (the others) */
@@ -73,9 +81,10 @@ static int group_blocks(int64_t k, int64_t g) { return k / QK - g * GROUP < GROU
 static int ends_in_tail(int64_t k) { return group_blocks(k, n_groups(k) - 1) <= TAIL_BLOCKS; }
 
 /* a sub-panel is its groups in order, each of w_group_bytes(STEPS) but a tail (always the last) */
-INLINE size_t sub_panel_bytes(int has_min, int64_t k) {
+INLINE size_t sub_panel_bytes(int nibbles, int has_min, int64_t k) {
     const int tail = ends_in_tail(k);
-    return (size_t)(n_groups(k) - tail) * w_group_bytes(has_min, STEPS) + (tail ? w_group_bytes(has_min, TAIL_STEPS) : 0);
+    return (size_t)(n_groups(k) - tail) * w_group_bytes(nibbles, has_min, STEPS) +
+           (tail ? w_group_bytes(nibbles, has_min, TAIL_STEPS) : 0);
 }
 
 /* the block and its dword that lane L of step t holds, in a full group or a tail */
@@ -96,15 +105,32 @@ INLINE __m256i tail_reduce(__m256i v) { return _mm256_add_epi32(v, _mm256_permut
 
 /* ---- packing ----------------------------------------------------------------------------- */
 
-/* rows (<= PANEL_ROWS) weight rows -> TILE_ROWS-row sub-panels of q + offset (signed: q as is) */
-INLINE void pack_w_legacy(legacy_unpack_fn unpack, size_t type_size, int offset, int has_min, const uint8_t *w,
-                          size_t w_row_bytes, int64_t rows, int64_t k, uint8_t *panel) {
+INLINE void store_scales(int nibbles, const float v[GROUP], uint8_t *at) {
+    if (!nibbles) {
+        memcpy(at, v, GROUP * sizeof(float));
+        return;
+    }
+    jl_half h[GROUP];
+    for (int i = 0; i < GROUP; i++) h[i] = f32_to_half(v[i]);  /* exact: the values came from fp16 */
+    memcpy(at, h, sizeof h);
+}
+
+INLINE __m256 load_scales(int nibbles, const uint8_t *at) {
+    return nibbles ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)at)) : _mm256_loadu_ps((const float *)at);
+}
+
+/* rows (<= PANEL_ROWS) weight rows -> TILE_ROWS-row sub-panels of q + offset (signed: q as is);
+ * the 4-bit types keep two steps per byte, step v in the low nibble and v + steps / 2 in the high */
+INLINE void pack_w_legacy(legacy_unpack_fn unpack, size_t type_size, int offset, int nibbles, int has_min,
+                          const uint8_t *w, size_t w_row_bytes, int64_t rows, int64_t k, uint8_t *panel) {
     const int64_t groups = n_groups(k);
+    const size_t sb = scale_bytes(nibbles);
     for (int sp = 0; sp < PANEL_ROWS / TILE_ROWS; sp++) {
-        uint8_t *pg = panel + sp * sub_panel_bytes(has_min, k);
-        for (int64_t g = 0; g < groups; g++, pg += w_group_bytes(has_min, STEPS)) {
+        uint8_t *pg = panel + sp * sub_panel_bytes(nibbles, has_min, k);
+        for (int64_t g = 0; g < groups; g++, pg += w_group_bytes(nibbles, has_min, STEPS)) {
             const int n = group_blocks(k, g), tail = n <= TAIL_BLOCKS, steps = tail ? TAIL_STEPS : STEPS;
-            float *scales = (float *)(pg + (size_t)steps * TILE_ROWS * STEP_BYTES);  /* d of each row, then m */
+            const int vecs = w_vecs(nibbles, steps);
+            uint8_t *scales = pg + (size_t)vecs * TILE_ROWS * STEP_BYTES;  /* d of each row, then m */
             for (int r = 0; r < TILE_ROWS; r++) {
                 const int64_t row = sp * TILE_ROWS + r;
                 const uint8_t *wg = w + row * w_row_bytes + g * GROUP * type_size;
@@ -117,10 +143,16 @@ INLINE void pack_w_legacy(legacy_unpack_fn unpack, size_t type_size, int offset,
                     d[b] = load_half(wg + b * type_size);
                     if (has_min) m[b] = load_half(wg + b * type_size + sizeof(jl_half));
                 }
-                transpose_group(q, live, tail, steps, pg + r * STEP_BYTES, TILE_ROWS * STEP_BYTES);
+                uint8_t bytes[STEPS][STEP_BYTES];
+                transpose_group(q, live, tail, steps, bytes[0], STEP_BYTES);
+                for (int v = 0; v < vecs; v++) {
+                    uint8_t *at = pg + (v * TILE_ROWS + r) * STEP_BYTES;
+                    if (!nibbles) memcpy(at, bytes[v], STEP_BYTES);
+                    else for (int i = 0; i < STEP_BYTES; i++) at[i] = (uint8_t)(bytes[v][i] | bytes[v + vecs][i] << 4);
+                }
                 /* lane b takes block b's scales; lanes past n (a tail's copies among them) take zeros */
-                memcpy(scales + r * GROUP, d, sizeof d);
-                if (has_min) memcpy(scales + (TILE_ROWS + r) * GROUP, m, sizeof m);
+                store_scales(nibbles, d, scales + r * sb);
+                if (has_min) store_scales(nibbles, m, scales + (TILE_ROWS + r) * sb);
             }
         }
     }
@@ -158,15 +190,37 @@ INLINE void pack_x_legacy(int offset, int has_min, const uint8_t *xq, int64_t k,
 /* ---- the microkernel ------------------------------------------------------------------- */
 
 /* sums[r][c] += the int32 block sums of `steps` steps of a group, in chunks of `chunk` steps
- * (a divisor of steps).
- * Signed weights (the AVX2 build's Q8_0) take the sign trick: |q| as the unsigned operand. */
-INLINE void group_sums(int signed_w, const int chunk, const int steps, const uint8_t *pg, const uint8_t *xg,
+ * (a divisor of steps; nibble panels take the group as one chunk). Signed weights (the AVX2
+ * build's Q8_0) take the sign trick: |q| as the unsigned operand. The step loops stay rolled:
+ * unrolled, the compiler hoists loads across steps and spills the partial sums. */
+INLINE void group_sums(int signed_w, int nibbles, const int chunk, const int steps, const uint8_t *pg, const uint8_t *xg,
                        size_t x_stride, const int nc, __m256i sums[TILE_ROWS][TILE_COLS]) {
+    if (nibbles) {
+        const int vecs = steps / 2;
+        const __m256i low = _mm256_set1_epi8(0x0F);
+        __m256i part[TILE_ROWS][TILE_COLS];
+        UNROLL for (int r = 0; r < TILE_ROWS; r++)
+            UNROLL for (int c = 0; c < nc; c++) part[r][c] = _mm256_setzero_si256();
+        _Pragma("GCC unroll 1") for (int v = 0; v < vecs; v++)
+            UNROLL for (int h = 0; h < 2; h++) {  /* step v + h * vecs */
+                __m256i wv[TILE_ROWS];
+                UNROLL for (int r = 0; r < TILE_ROWS; r++) {
+                    const __m256i p = _mm256_loadu_si256((const __m256i *)(pg + (v * TILE_ROWS + r) * STEP_BYTES));
+                    wv[r] = _mm256_and_si256(h ? _mm256_srli_epi16(p, 4) : p, low);
+                }
+                UNROLL for (int c = 0; c < nc; c++) {
+                    const __m256i xv = _mm256_loadu_si256((const __m256i *)(xg + c * x_stride + (v + h * vecs) * STEP_BYTES));
+                    UNROLL for (int r = 0; r < TILE_ROWS; r++) part[r][c] = dot_step(part[r][c], wv[r], xv);
+                }
+            }
+        UNROLL for (int r = 0; r < TILE_ROWS; r++)
+            UNROLL for (int c = 0; c < nc; c++) sums[r][c] = _mm256_add_epi32(sums[r][c], chunk_sums(part[r][c]));
+        return;
+    }
     _Pragma("GCC unroll 1") for (int t0 = 0; t0 < steps; t0 += chunk) {
         __m256i part[TILE_ROWS][TILE_COLS];
         UNROLL for (int r = 0; r < TILE_ROWS; r++)
             UNROLL for (int c = 0; c < nc; c++) part[r][c] = _mm256_setzero_si256();
-        /* a rolled loop: unrolled, the compiler hoists loads across steps and spills the partial sums */
         _Pragma("GCC unroll 1") for (int t = t0; t < t0 + chunk; t++) {
             __m256i wv[TILE_ROWS], uv[TILE_ROWS];
             UNROLL for (int r = 0; r < TILE_ROWS; r++) {
@@ -185,7 +239,7 @@ INLINE void group_sums(int signed_w, const int chunk, const int steps, const uin
 }
 
 /* TILE_ROWS x nc outputs of one sub-panel; vec_dot's float steps per group, in its order */
-INLINE void tile_legacy(int signed_w, int offset, int has_min, const int chunk, int64_t groups, int tail,
+INLINE void tile_legacy(int signed_w, int offset, int nibbles, int has_min, const int chunk, int64_t groups, int tail,
                         const uint8_t *sub_panel, const uint8_t *xp, size_t x_stride, const int nc, int64_t rows,
                         float *y, size_t y_stride) {
     __m256 acc[TILE_ROWS][TILE_COLS], macc[TILE_ROWS][TILE_COLS];
@@ -193,7 +247,7 @@ INLINE void tile_legacy(int signed_w, int offset, int has_min, const int chunk, 
         UNROLL for (int c = 0; c < nc; c++) acc[r][c] = macc[r][c] = _mm256_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
         const int last_tail = tail && g == groups - 1, steps = last_tail ? TAIL_STEPS : STEPS;
-        const uint8_t *pg = sub_panel + g * w_group_bytes(has_min, STEPS), *xg = xp + g * X_GROUP_BYTES;
+        const uint8_t *pg = sub_panel + g * w_group_bytes(nibbles, has_min, STEPS), *xg = xp + g * X_GROUP_BYTES;
         __m256i sums[TILE_ROWS][TILE_COLS];
         UNROLL for (int c = 0; c < nc; c++) {
             const __m256i start = offset ? _mm256_loadu_si256((const __m256i *)(xg + c * x_stride + (STEPS + 1) * STEP_BYTES))
@@ -201,21 +255,22 @@ INLINE void tile_legacy(int signed_w, int offset, int has_min, const int chunk, 
             UNROLL for (int r = 0; r < TILE_ROWS; r++) sums[r][c] = start;
         }
         if (last_tail) {
-            group_sums(signed_w, chunk < TAIL_STEPS ? chunk : TAIL_STEPS, TAIL_STEPS, pg, xg, x_stride, nc, sums);
+            group_sums(signed_w, nibbles, chunk < TAIL_STEPS ? chunk : TAIL_STEPS, TAIL_STEPS, pg, xg, x_stride, nc, sums);
             UNROLL for (int r = 0; r < TILE_ROWS; r++)
                 UNROLL for (int c = 0; c < nc; c++) sums[r][c] = tail_reduce(sums[r][c]);
         } else {
-            group_sums(signed_w, chunk, STEPS, pg, xg, x_stride, nc, sums);
+            group_sums(signed_w, nibbles, chunk, STEPS, pg, xg, x_stride, nc, sums);
         }
-        const float *scales = (const float *)(pg + (size_t)steps * TILE_ROWS * STEP_BYTES);
+        const uint8_t *scales = pg + (size_t)w_vecs(nibbles, steps) * TILE_ROWS * STEP_BYTES;
+        const size_t sb = scale_bytes(nibbles);
         UNROLL for (int c = 0; c < nc; c++) {
             const __m256 dx = _mm256_loadu_ps((const float *)(xg + c * x_stride + STEPS * STEP_BYTES));
             UNROLL for (int r = 0; r < TILE_ROWS; r++) {
-                const __m256 dd = _mm256_mul_ps(_mm256_loadu_ps(scales + r * GROUP), dx);
+                const __m256 dd = _mm256_mul_ps(load_scales(nibbles, scales + r * sb), dx);
                 acc[r][c] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sums[r][c]), acc[r][c]);
                 if (has_min) {
                     const __m256 s = _mm256_loadu_ps((const float *)(xg + c * x_stride + (STEPS + 1) * STEP_BYTES));
-                    macc[r][c] = _mm256_fmadd_ps(_mm256_loadu_ps(scales + (TILE_ROWS + r) * GROUP), s, macc[r][c]);
+                    macc[r][c] = _mm256_fmadd_ps(load_scales(nibbles, scales + (TILE_ROWS + r) * sb), s, macc[r][c]);
                 }
             }
         }
@@ -227,22 +282,48 @@ INLINE void tile_legacy(int signed_w, int offset, int has_min, const int chunk, 
 }
 
 /* every sub-panel against a column tile before the next tile: the tile stays in L1 */
-INLINE void panel_dot_legacy(int signed_w, int offset, int has_min, const int chunk, int64_t k, const uint8_t *panel,
+INLINE void panel_dot_legacy(int signed_w, int offset, int nibbles, int has_min, const int chunk, int64_t k, const uint8_t *panel,
                              int64_t rows, const uint8_t *xp, size_t x_stride, int64_t n, float *y, size_t y_stride) {
     const int64_t groups = n_groups(k);
     const int tail = ends_in_tail(k);
-    const size_t sp_bytes = sub_panel_bytes(has_min, k);
+    const size_t sp_bytes = sub_panel_bytes(nibbles, has_min, k);
     for (int64_t c = 0; c < n; c += TILE_COLS) {
         const uint8_t *xc = xp + c * x_stride;
         float *yc = y + c * y_stride;
         for (int64_t r = 0; r < rows; r += TILE_ROWS) {
             const uint8_t *sp = panel + r / TILE_ROWS * sp_bytes;
             switch (n - c < TILE_COLS ? n - c : TILE_COLS) {
-            case 1: tile_legacy(signed_w, offset, has_min, chunk, groups, tail, sp, xc, x_stride, 1, rows - r, yc + r, y_stride); break;
-            case 2: tile_legacy(signed_w, offset, has_min, chunk, groups, tail, sp, xc, x_stride, 2, rows - r, yc + r, y_stride); break;
-            case 3: tile_legacy(signed_w, offset, has_min, chunk, groups, tail, sp, xc, x_stride, 3, rows - r, yc + r, y_stride); break;
-            default: tile_legacy(signed_w, offset, has_min, chunk, groups, tail, sp, xc, x_stride, TILE_COLS, rows - r, yc + r, y_stride); break;
+            case 1: tile_legacy(signed_w, offset, nibbles, has_min, chunk, groups, tail, sp, xc, x_stride, 1, rows - r, yc + r, y_stride); break;
+            case 2: tile_legacy(signed_w, offset, nibbles, has_min, chunk, groups, tail, sp, xc, x_stride, 2, rows - r, yc + r, y_stride); break;
+            case 3: tile_legacy(signed_w, offset, nibbles, has_min, chunk, groups, tail, sp, xc, x_stride, 3, rows - r, yc + r, y_stride); break;
+            default: tile_legacy(signed_w, offset, nibbles, has_min, chunk, groups, tail, sp, xc, x_stride, TILE_COLS, rows - r, yc + r, y_stride); break;
             }
+        }
+    }
+}
+
+/* A nibble panel widened to one byte per value (the byte layout, float scales) for many activation
+ * rows, whose tiles then skip the unpacking. */
+INLINE void widen_legacy(int has_min, int64_t k, const uint8_t *panel, uint8_t *wide) {
+    const int64_t groups = n_groups(k);
+    const int tail = ends_in_tail(k);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    for (int sp = 0; sp < PANEL_ROWS / TILE_ROWS; sp++) {
+        const uint8_t *src = panel + sp * sub_panel_bytes(1, has_min, k);
+        uint8_t *dst = wide + sp * sub_panel_bytes(0, has_min, k);
+        for (int64_t g = 0; g < groups; g++, src += w_group_bytes(1, has_min, STEPS), dst += w_group_bytes(0, has_min, STEPS)) {
+            const int steps = tail && g == groups - 1 ? TAIL_STEPS : STEPS, vecs = w_vecs(1, steps);
+            for (int v = 0; v < vecs; v++)
+                for (int r = 0; r < TILE_ROWS; r++) {
+                    const __m256i p = _mm256_loadu_si256((const __m256i *)(src + (v * TILE_ROWS + r) * STEP_BYTES));
+                    _mm256_storeu_si256((__m256i *)(dst + (v * TILE_ROWS + r) * STEP_BYTES), _mm256_and_si256(p, low));
+                    _mm256_storeu_si256((__m256i *)(dst + ((v + vecs) * TILE_ROWS + r) * STEP_BYTES),
+                                        _mm256_and_si256(_mm256_srli_epi16(p, 4), low));
+                }
+            const uint8_t *halves = src + (size_t)vecs * TILE_ROWS * STEP_BYTES;
+            uint8_t *floats = dst + (size_t)steps * TILE_ROWS * STEP_BYTES;
+            for (int i = 0; i < TILE_ROWS * (1 + has_min); i++)
+                _mm256_storeu_ps((float *)(floats + i * scale_bytes(0)), load_scales(1, halves + i * scale_bytes(1)));
         }
     }
 }
@@ -433,30 +514,44 @@ static size_t x_bytes_legacy(int64_t k) { return (size_t)n_groups(k) * X_GROUP_B
 #define Q8_0_OFFSET 0
 #endif
 
-/* INT16_STEPS: steps whose vpmaddubsw pair sums add exactly in int16 (|qx| <= 127):
- * 8 steps of q <= 15 (8 * 2 * 15 * 127 < 2^15), 4 of q <= 31 */
-#define LEGACY_GEMM(NAME, SIGNED, OFFSET, HAS_MIN, INT16_STEPS)                                              \
-    static size_t NAME##_panel_bytes(int64_t k) { return PANEL_ROWS / TILE_ROWS * sub_panel_bytes(HAS_MIN, k); } \
+/* INT16_STEPS: steps whose vpmaddubsw pair sums add exactly in int16 (|qx| <= 127): 8 steps of
+ * q <= 15 (8 * 2 * 15 * 127 < 2^15), 4 of q <= 31. KEEP: the packed panels are about the size of
+ * the type's blocks (4-bit types as nibbles, Q8_0 as bytes), so a model keeps them; the 5-bit
+ * types' bytes would double theirs. */
+#define LEGACY_GEMM(NAME, SIGNED, OFFSET, NIBBLES, HAS_MIN, INT16_STEPS, KEEP)                               \
+    static size_t NAME##_panel_bytes(int64_t k) { return PANEL_ROWS / TILE_ROWS * sub_panel_bytes(NIBBLES, HAS_MIN, k); } \
     static void NAME##_pack_w(const void *restrict w, size_t w_row_bytes, int64_t rows, int64_t k,           \
                               void *restrict panel) {                                                        \
-        pack_w_legacy(unpack_##NAME, sizeof(block_##NAME), OFFSET, HAS_MIN, w, w_row_bytes, rows, k, panel); \
+        pack_w_legacy(unpack_##NAME, sizeof(block_##NAME), OFFSET, NIBBLES, HAS_MIN, w, w_row_bytes, rows, k, panel); \
     }                                                                                                        \
     static void NAME##_pack_x(const void *restrict xq, int64_t k, void *restrict xp) {                       \
         pack_x_legacy(OFFSET, HAS_MIN, xq, k, xp);                                                           \
     }                                                                                                        \
     static void NAME##_panel_dot(int64_t k, const void *restrict panel, int64_t rows, const void *restrict xp, \
                                  size_t x_stride, int64_t n, float *restrict y, size_t y_stride) {          \
-        panel_dot_legacy(SIGNED, OFFSET, HAS_MIN, chunk_steps(INT16_STEPS), k, panel, rows, xp, x_stride, n, y, y_stride); \
+        panel_dot_legacy(SIGNED, OFFSET, NIBBLES, HAS_MIN, chunk_steps(INT16_STEPS), k, panel, rows, xp, x_stride, n, y, \
+                         y_stride);                                                                          \
+    }                                                                                                        \
+    static size_t NAME##_wide_bytes(int64_t k) { return PANEL_ROWS / TILE_ROWS * sub_panel_bytes(0, HAS_MIN, k); } \
+    static void NAME##_widen(int64_t k, const void *restrict panel, void *restrict wide) {                   \
+        widen_legacy(HAS_MIN, k, panel, wide);                                                               \
+    }                                                                                                        \
+    static void NAME##_panel_dot_wide(int64_t k, const void *restrict panel, int64_t rows,                   \
+                                      const void *restrict xp, size_t x_stride, int64_t n, float *restrict y, \
+                                      size_t y_stride) {                                                     \
+        panel_dot_legacy(SIGNED, OFFSET, 0, HAS_MIN, chunk_steps(INT16_STEPS), k, panel, rows, xp, x_stride, n, y, y_stride); \
     }                                                                                                        \
     static const jl_gemm_kernels NAME##_gemm = {                                                             \
         .panel_rows = PANEL_ROWS, .panel_bytes = NAME##_panel_bytes, .x_bytes = x_bytes_legacy,              \
-        .pack_w = NAME##_pack_w, .pack_x = NAME##_pack_x, .panel_dot = NAME##_panel_dot,                     \
+        .pack_w = NAME##_pack_w, .pack_x = NAME##_pack_x, .panel_dot = NAME##_panel_dot, .keep_packed = KEEP, \
+        .wide_bytes = NIBBLES ? NAME##_wide_bytes : NULL, .widen = NIBBLES ? NAME##_widen : NULL,            \
+        .panel_dot_wide = NIBBLES ? NAME##_panel_dot_wide : NULL,                                            \
     };
 
-LEGACY_GEMM(q4_0, 0, 8, 0, 8)
-LEGACY_GEMM(q4_1, 0, 0, 1, 8)
-LEGACY_GEMM(q5_0, 0, 16, 0, 4)
-LEGACY_GEMM(q8_0, Q8_0_SIGNED, Q8_0_OFFSET, 0, 1)
+LEGACY_GEMM(q4_0, 0, 8, 1, 0, 8, 1)
+LEGACY_GEMM(q4_1, 0, 0, 1, 1, 8, 1)
+LEGACY_GEMM(q5_0, 0, 16, 0, 0, 4, 0)
+LEGACY_GEMM(q8_0, Q8_0_SIGNED, Q8_0_OFFSET, 0, 0, 1, 1)
 
 void GEMM_REGISTER(jl_type_traits *t) {
     t[JL_TYPE_Q4_0].gemm = &q4_0_gemm;
