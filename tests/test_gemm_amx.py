@@ -5,8 +5,10 @@ awkward shapes: k of 18, 20, 28, 64, 3 and 33 blocks (vec_dot's scalar tail of 2
 last group of 12, two chunks of 32 blocks, a row that is all tail, a tail of 1 in a second chunk),
 weight rows off the 16-row panel and activation rows off the 16-row tile. Where the CPU has no
 AMX the same kernel source runs with its tile instructions on a software model of the tile
-registers, written from the instruction set reference and checked here against numpy; the tests
-that need the CPU's tiles run wherever AMX is present and skip elsewhere, saying why."""
+registers, written from the instruction set reference and checked here against numpy, and the amx
+level itself (janlib.matmul from 16 rows, the AVX-512 kernels below, threads, the packed-weight
+cache, a forward pass) runs on that model's kernels; the tests of the CPU's own tiles run wherever
+AMX is present and skip elsewhere, saying why."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from janlib import _core
 from janlib.kernels import ISA_LEVELS
 
 from quant_data import loaded_tensors, matmul_error_bound, random_raw, reference_dequantize
+from test_batch import alone, check_mixed_batches, runtime, tokens  # noqa: F401 (runtime: a fixture)
 
 FEATURES = janlib.cpu_features()
 AMX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"]
@@ -42,6 +45,19 @@ def tensors(tmp_path_factory):
     specs = {f"{t}_{r}x{k}": (t, random_raw(rng, t, r, k)) for t in AMX_TYPES for r, k in SHAPES}
     with loaded_tensors(tmp_path_factory.mktemp("amx") / "amx.gguf", specs) as tensors:
         yield tensors
+
+
+@pytest.fixture
+def amx_level():
+    """The amx level offered: on the CPU's tiles where it has AMX, else on the tile model's kernels."""
+    if "amx" not in FEATURES["available"]:
+        if "avx512" not in FEATURES["available"]:
+            pytest.skip("neither AMX nor the AVX-512 that the tile model's kernels run on")
+        _core.amx_emulate(True)
+    try:
+        yield
+    finally:
+        _core.amx_emulate(False)  # nothing to undo on a CPU with AMX
 
 
 def each_row_alone(tensor, x):
@@ -110,6 +126,7 @@ def test_emulated_amx_gemm_equals_vec_dot(tensors, qtype):
 
 def test_amx_level_is_named_and_refused_cleanly_where_absent():
     assert ISA_LEVELS[-1] == "amx"
+    assert janlib.cpu_features() == FEATURES  # no test left the emulated level offered
     has_tiles = {"amx-tile", "amx-int8"} <= set(FEATURES["flags"])
     assert ("amx" in FEATURES["available"]) == (has_tiles and "avx512" in FEATURES["available"])
     if "amx" not in FEATURES["available"]:
@@ -145,11 +162,12 @@ def test_amx_gemm_equals_vec_dot_and_the_model(tensors, qtype):
             np.testing.assert_array_equal(got, amx_gemm(tensor, x[:n], emulated=True), err_msg=f"{tensor.name} n={n}")
 
 
-@needs_amx
+# ---- the amx level: the CPU's tiles, or the model's where it has none -----------------------------
+
 @pytest.mark.parametrize("qtype", AMX_TYPES)
-def test_amx_level_matmul_rows_equal_each_row_alone(tensors, qtype):
+def test_amx_level_matmul_rows_equal_each_row_alone(tensors, qtype, amx_level):
     """Through janlib.matmul at the amx level (AMX from 16 rows, the AVX-512 kernels below), threads
-    sharing the panels, with and without a packed-weight cache."""
+    sharing the panels (each configures its own tiles), with and without a packed-weight cache."""
     rng = np.random.default_rng(9)
     for rows, k in SHAPES:
         tensor, _ = tensors[f"{qtype}_{rows}x{k}"]
@@ -163,3 +181,15 @@ def test_amx_level_matmul_rows_equal_each_row_alone(tensors, qtype):
                 y = np.empty((n, rows), np.float32)
                 _core.matmul(tensor.type_id, tensor.raw, rows, x[:n], y, n_threads, cache)
                 np.testing.assert_array_equal(y, alone[:n], err_msg=f"{tensor.name} n={n} cached")
+
+
+def test_amx_level_forward_batches_equal_each_sequence_alone(runtime, amx_level):  # noqa: F811
+    """A tiny model of each architecture (legacy-type projections) at the amx level: prefill chunks of
+    more than 16 rows beside decode rows, bit-identical to each sequence alone, and a sequence's
+    logits bit-identical to the avx512 level's (both GEMMs are vec_dot's arithmetic)."""
+    ids = tokens(6, 70)
+    with janlib.use_isa("avx512"):
+        want = alone(runtime, ids, n_threads=2)
+    with janlib.use_isa("amx"):
+        check_mixed_batches(runtime)
+        np.testing.assert_array_equal(alone(runtime, ids, n_threads=2), want)

@@ -37,6 +37,12 @@
 #include "quant/blocks.h"
 #include "quant/traits.h"
 
+#if defined(JANLIB_AMX_EMULATE)
+#define VARIANT(name) name##_emulated
+#else
+#define VARIANT(name) name
+#endif
+
 #define TILE 16           /* weight rows per panel (B's and C's columns); activation rows per tile (A's and C's rows) */
 #define LANES 16          /* vec_dot's lanes per output */
 #define CHUNK_BLOCKS 32   /* blocks whose integer sums a tile of outputs holds at once: (32, 16, 16) int32, 32 KiB */
@@ -271,15 +277,9 @@ static jl_gemm_kernels *kernels_of(int type) {
     }
 }
 
-#if defined(JANLIB_AMX_EMULATE)
+const jl_gemm_kernels *VARIANT(jl_amx_gemm_kernels)(int type) { return kernels_of(type); }
 
-const jl_gemm_kernels *jl_amx_gemm_kernels_emulated(int type) { return kernels_of(type); }
-
-#else
-
-const jl_gemm_kernels *jl_amx_gemm_kernels(int type) { return kernels_of(type); }
-
-void jl_amx_gemm_register(jl_type_traits *table, const jl_type_traits *below) {
+void VARIANT(jl_amx_gemm_register)(jl_type_traits *table, const jl_type_traits *below) {
     for (int type = 0; type < JL_TYPE_COUNT; type++) {
         jl_gemm_kernels *gemm = kernels_of(type);
         if (!gemm || !table[type].name) continue;
@@ -288,12 +288,14 @@ void jl_amx_gemm_register(jl_type_traits *table, const jl_type_traits *below) {
     }
 }
 
+#if !defined(JANLIB_AMX_EMULATE)
+
 jl_status jl_amx_gemm_check(int emulated, int type, const void *w, size_t w_bytes, int64_t rows, int64_t k,
                             const float *x, int64_t n, float *y) {
     const int needs = emulated ? JL_ISA_AVX512 : JL_ISA_AMX;
-    if (jl_isa_best() < needs)
+    if (jl_isa_detected() < needs)
         return jl_fail(JL_ERR_UNSUPPORTED, "amx_gemm_check: the %s GEMM needs the %s level, this CPU's best is %s",
-                       emulated ? "emulated AMX" : "AMX", jl_isa_name(needs), jl_isa_name(jl_isa_best()));
+                       emulated ? "emulated AMX" : "AMX", jl_isa_name(needs), jl_isa_name(jl_isa_detected()));
     const jl_gemm_kernels *gemm = emulated ? jl_amx_gemm_kernels_emulated(type) : jl_amx_gemm_kernels(type);
     const jl_type_traits *wt = jl_traits_for(JL_ISA_AVX512, type);
     if (!gemm || !wt) return jl_fail(JL_ERR_UNSUPPORTED, "amx_gemm_check: no AMX GEMM for type id %d", type);

@@ -55,13 +55,8 @@ void jl_amx_emu_dpb(int dst, int src1, int src2, int src1_signed, int src2_signe
  * NULL; the call clears it. */
 const char *jl_amx_emu_fault(void);
 
-/* amx_gemm.c's two builds: the GEMM of a type (NULL where it has none), and the tests' driver,
- * y (n, rows) = x (n, k) @ W.T through that GEMM alone, on one thread. */
+/* amx_gemm.c's two builds' GEMM of a type (NULL where it has none), for the tests' driver */
 const jl_gemm_kernels *jl_amx_gemm_kernels(int type);
 const jl_gemm_kernels *jl_amx_gemm_kernels_emulated(int type);
-jl_status jl_amx_gemm_run(const jl_gemm_kernels *gemm, int type, const void *w, int64_t rows, int64_t k,
-                          const float *x, int64_t n, float *y);
-jl_status jl_amx_gemm_run_emulated(const jl_gemm_kernels *gemm, int type, const void *w, int64_t rows, int64_t k,
-                                   const float *x, int64_t n, float *y);
 
 #endif

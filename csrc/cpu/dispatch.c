@@ -23,6 +23,7 @@ static const char *const isa_names[JL_ISA_COUNT] = {"scalar", "avx2", "avx512", 
 
 static jl_type_traits tables[JL_ISA_COUNT][JL_TYPE_COUNT];
 static int best_isa = JL_ISA_SCALAR;
+static int detected_isa = JL_ISA_SCALAR;  /* best_isa before jl_amx_emulate */
 static char cpu_flags[256];
 static atomic_int active_isa = JL_ISA_SCALAR;
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
@@ -121,8 +122,11 @@ static void build_tables(void) {
         jl_avx512_gemm_float_register(tables[isa]);
         jl_avx512_attention_register(tables[isa]);
     }
-    jl_amx_gemm_register(tables[JL_ISA_AMX], tables[JL_ISA_AVX512]);
+    /* without the CPU's tiles the amx level is offered to the tests alone, on the tile model (jl_amx_emulate) */
+    if (best_isa == JL_ISA_AMX) jl_amx_gemm_register(tables[JL_ISA_AMX], tables[JL_ISA_AVX512]);
+    else jl_amx_gemm_register_emulated(tables[JL_ISA_AMX], tables[JL_ISA_AVX512]);
 #endif
+    detected_isa = best_isa;
     atomic_store(&active_isa, best_isa);
 }
 
@@ -133,6 +137,19 @@ const char *jl_isa_name(int isa) {
 }
 
 int jl_isa_best(void) { ensure_tables(); return best_isa; }
+int jl_isa_detected(void) { ensure_tables(); return detected_isa; }
+
+jl_status jl_amx_emulate(int on) {
+    ensure_tables();
+    if (detected_isa == JL_ISA_AMX) return JL_OK;  /* the CPU's own tiles */
+    if (detected_isa < JL_ISA_AVX512)
+        return jl_fail(JL_ERR_UNSUPPORTED, "amx_emulate: the tile model's kernels need avx512, this CPU's best is %s",
+                       isa_names[detected_isa]);
+    best_isa = on ? JL_ISA_AMX : detected_isa;
+    int amx = JL_ISA_AMX;
+    if (!on) atomic_compare_exchange_strong(&active_isa, &amx, detected_isa);
+    return JL_OK;
+}
 int jl_isa_active(void) { ensure_tables(); return atomic_load(&active_isa); }
 const char *jl_cpu_flags(void) { ensure_tables(); return cpu_flags; }
 

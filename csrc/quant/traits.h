@@ -107,8 +107,16 @@ void jl_avxvnni_gemm_register(jl_type_traits *table);
 void jl_avx512_register(jl_type_traits *table);
 void jl_avx512_gemm_register(jl_type_traits *table);
 void jl_avx512_gemm_float_register(jl_type_traits *table);
-/* the AMX GEMMs (cpu/amx_gemm.c) over the AVX-512 table; below: the AVX-512 level's table */
+/* the AMX GEMMs (cpu/amx_gemm.c) over the AVX-512 table; below: the AVX-512 level's table; the
+ * emulated build's on CPUs without AMX, where the level is only offered to the tests */
 void jl_amx_gemm_register(jl_type_traits *table, const jl_type_traits *below);
+void jl_amx_gemm_register_emulated(jl_type_traits *table, const jl_type_traits *below);
+/* For the tests, on CPUs without AMX but with AVX-512: on, the amx level is offered (jl_isa_best)
+ * and its GEMMs run on the tile model; off, the CPU's own levels again (an active amx level falls
+ * back to the best of them). Nothing changes on a CPU with AMX. Not while other threads call janlib. */
+jl_status jl_amx_emulate(int on);
+/* the CPU's best level, whatever jl_amx_emulate offers */
+int jl_isa_detected(void);
 /* For the tests: y (n, rows) = x (n, k) @ W.T through the AMX GEMM of `type` alone, every row on
  * it whatever n, on one thread: its tile instructions run by the CPU (emulated = 0; needs the amx
  * level) or by a software model of the tiles (emulated = 1; needs the avx512 level). JL_ERR_UNSUPPORTED

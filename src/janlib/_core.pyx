@@ -169,6 +169,7 @@ cdef extern from "quant/traits.h" nogil:
                                 const float *x, int64_t n, float *y)
     jl_status jl_amx_emu_dpb_check(int src1_signed, int src2_signed, const int shapes[6], uint8_t *c, const uint8_t *a,
                                    const uint8_t *b)
+    jl_status jl_amx_emulate(int on)
 
 
 def attend_check(int isa, int type_id, const float[:, ::1] q, const float[:, ::1] k, const float[:, ::1] v,
@@ -195,6 +196,11 @@ def amx_gemm_check(bint emulated, int type_id, const uint8_t[::1] w, int64_t row
     with nogil:
         status = jl_amx_gemm_check(emulated, type_id, &w[0], w.shape[0], rows, x.shape[1], &x[0, 0], x.shape[0], &y[0, 0])
     check(status)
+
+
+def amx_emulate(bint on):
+    """On a CPU without AMX (but with AVX-512): offer the amx level, its GEMMs on the tile model (for tests)."""
+    check(jl_amx_emulate(on))
 
 
 def amx_emu_dpb_check(bint src1_signed, bint src2_signed, uint8_t[:, ::1] c, const uint8_t[:, ::1] a,
