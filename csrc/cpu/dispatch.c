@@ -150,6 +150,7 @@ jl_status jl_amx_emulate(int on) {
     if (!on) atomic_compare_exchange_strong(&active_isa, &amx, detected_isa);
     return JL_OK;
 }
+
 int jl_isa_active(void) { ensure_tables(); return atomic_load(&active_isa); }
 const char *jl_cpu_flags(void) { ensure_tables(); return cpu_flags; }
 
