@@ -5,10 +5,6 @@ uses. Every figure names the CPU it came from."""
 
 from __future__ import annotations
 
-import platform
-import time
-from pathlib import Path
-
 import gguf
 import numpy as np
 import pytest
@@ -16,6 +12,7 @@ import pytest
 import janlib
 from janlib import _core
 
+from gemm_rates import cpu_name, gmacs
 from quant_data import random_raw
 
 FEATURES = janlib.cpu_features()
@@ -28,28 +25,6 @@ SHAPES = [("Q4_1", 576, 576), ("Q4_1", 1536, 576), ("Q4_1", 576, 1536), ("Q8_0",
           ("Q4_0", 896, 896), ("Q8_0", 896, 896)]
 ROWS = [16, 64, 512]
 THREADS = [1, 2]
-ROUNDS = 5
-ROUND_MACS = 4e8
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def gmacs(type_id, w, rows, x, n_threads, cache) -> float:
-    y = np.empty((len(x), rows), np.float32)
-    _core.matmul(type_id, w, rows, x, y, n_threads, cache)  # packs (and keeps) what the level keeps
-    calls = max(1, int(ROUND_MACS / (len(x) * rows * x.shape[1])))
-    best = float("inf")
-    for _ in range(ROUNDS):
-        start = time.process_time()
-        for _ in range(calls):
-            _core.matmul(type_id, w, rows, x, y, n_threads, cache)
-        best = min(best, (time.process_time() - start) / calls)
-    return len(x) * rows * x.shape[1] / best / 1e9
 
 
 @pytest.mark.parametrize("n_threads", THREADS)
