@@ -11,17 +11,22 @@
  *   acc_L = fma(float(sum), d * dx, acc_L), then acc_L = fma(m, s, acc_L) for the types with a minimum,
  * and reduces them with hsum512_ps's pairwise tree (lane i + 8, + 4, + 2, + 1); a last group of at
  * most LEGACY_TAIL_BLOCKS blocks (avx512_blocks.h) adds to a chain t of the same steps block by
- * block instead, and the output is the tree's sum + t. Here one tile dot
- * product gives a block's integer sums for up to 16 activation rows (A's rows: the activations'
- * signed bytes, read in place from the packed rows) by 16 weight rows (B: the signed weights
- * q = u - offset, laid out 4 values of each row per tile row), K = the block's 32 values: the sums
- * are exact, so they are vec_dot's int32. Both operands are signed (q fits int8 for every type
+ * block instead, and the output is the tree's sum + t.
+ *
+ * Here one tile dot product gives a block's integer sums for up to 16 activation rows (A's rows:
+ * the activations' signed bytes, read in place from the packed rows) by 16 weight rows (B: the
+ * signed weights q = u - offset, 4 values of each row per tile row), K = the block's 32 values: the
+ * sums are exact, so they are vec_dot's int32. Both operands are signed (q fits int8 for every type
  * here), so no offset correction is needed. The float steps then run across 16 weight rows per
  * vector: per activation row, 16 accumulators (one per lane of vec_dot) of 16 weight rows, the
- * block's scales d (per weight row) times the row's dx, and hsum512_ps's tree on whole vectors; the
- * tail's chain is one more vector.
- * A tile of outputs holds the integer sums of CHUNK_BLOCKS blocks at a time, and its accumulators
- * between chunks.
+ * block's scales d (per weight row) times the row's dx, hsum512_ps's tree on whole vectors, and the
+ * tail's chain as one more vector. A tile of outputs holds the integer sums of CHUNK_BLOCKS blocks
+ * at a time, and its accumulators between chunks.
+ *
+ * The K-quants stay on the AVX-512 GEMM: each of vec_dot's int32 lanes there sums 4 values of each
+ * of 4 groups, each group times its own integer scale before the sum, so exact lane sums would take
+ * tile dot products 4 values deep (a sixteenth of a tile's 64). BF16 weights too (TDPBF16PS): their
+ * vec_dot multiplies float32 activations in FMA chains, which bf16 tiles cannot reproduce.
  *
  * Each panel_dot call configures the tiles (LDTILECFG) on the thread that runs it and releases
  * them at its end (TILERELEASE), so the pool's threads need no set-up and a thread holds no tile
