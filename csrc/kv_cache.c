@@ -320,16 +320,16 @@ void jl_kv_write(const jl_kv_cache *c, int layer, int32_t page, int head, int sl
         return;
     }
     /* transposed: this position is column `slot` of the (Dv, JL_KV_PAGE) block */
+    if (c->type_v == JL_TYPE_F32) {
+        for (int dim = 0; dim < c->head_dim_v; dim++) ((float *)vb)[(size_t)dim * JL_KV_PAGE + (size_t)slot] = v[dim];
+        return;
+    }
     enum { CHUNK = 64 };
     uint16_t halves[CHUNK];  /* (CHUNK,) of v as F16 */
     for (int d0 = 0; d0 < c->head_dim_v; d0 += CHUNK) {
         const int n = c->head_dim_v - d0 < CHUNK ? c->head_dim_v - d0 : CHUNK;
-        if (c->type_v == JL_TYPE_F16) {
-            store_row(c->type_v, v + d0, n, (uint8_t *)halves);
-            for (int dim = 0; dim < n; dim++) ((uint16_t *)vb)[(size_t)(d0 + dim) * JL_KV_PAGE + (size_t)slot] = halves[dim];
-        } else {
-            for (int dim = 0; dim < n; dim++) ((float *)vb)[(size_t)(d0 + dim) * JL_KV_PAGE + (size_t)slot] = v[d0 + dim];
-        }
+        store_row(c->type_v, v + d0, n, (uint8_t *)halves);
+        for (int dim = 0; dim < n; dim++) ((uint16_t *)vb)[(size_t)(d0 + dim) * JL_KV_PAGE + (size_t)slot] = halves[dim];
     }
 }
 

@@ -402,7 +402,7 @@ jl_status jl_quantize_rows(int act_type, const float *x, int64_t n, int64_t k, v
     const jl_type_traits *t = jl_traits(act_type);
     jl_status st = check_row_type(t, act_type, k, "quantize");
     if (st != JL_OK) return st;
-    if (!t->from_float) return jl_fail(JL_ERR_UNSUPPORTED, "quantize: %s is not an activation format", t->name);
+    if (!t->from_float) return jl_fail(JL_ERR_UNSUPPORTED, "quantize: %s has no conversion from float32 (not an activation or KV cache format)", t->name);
     size_t row_bytes = jl_row_bytes(t, k);
     if (n < 0 || (size_t)n > dst_bytes / row_bytes)
         return jl_fail(JL_ERR_INVALID_ARG, "quantize: %lld rows of %zu bytes exceed the %zu-byte buffer",

@@ -5,16 +5,18 @@
  * bit, so the GEMM computes the same integer block sums and the same float steps in the same
  * lanes. vec_dot leaves a group of 16 blocks as one int32 lane per block, lanes in tree_order,
  * then per group  acc = fma(sums, d * dx, acc)  (and  acc = fma(m, s, acc)  for the types with
- * a minimum), and one hsum512 per output at the end. Here the data are laid out so that the
+ * a minimum), and per output hsum512 of acc plus a short last group's chain (the tail,
+ * avx512_blocks.h). Here the data are laid out so that the
  * lane-per-block sums come straight out of vpdpbusd: step t of a group holds bytes 4t .. 4t + 3
  * of each of its 16 blocks (lane L = block tree_order[L]), so eight vpdpbusd give the block
  * sums with no unpacking, shuffling or gathering in the inner loop.
  *
  * Weights are repacked PANEL_ROWS rows at a time (unsigned q + offset; the 4-bit types keep two
  * steps per byte, step v in the low nibble and step v + steps / 2 in the high one, and their block
- * scales as fp16, so a packed Q4 panel is as small as the file's blocks and can be kept per
- * tensor, then widened to bytes a strip at a time for many rows); an activation row once per call, with its block scales per lane and, for the types with
- * an offset, -offset * sum(qx) per block as the accumulator's start. The microkernel holds
+ * scales as fp16, so a packed Q4 panel is about the size of the file's blocks and can be kept per
+ * tensor, then widened to bytes a strip at a time for many rows); an activation row once per call,
+ * with its block scales per lane and, for the types with an offset, -offset * sum(qx) per block as
+ * the accumulator's start. The microkernel holds
  * PANEL_ROWS x TILE_COLS int32 block sums in registers: per step 4 weight and up to 4 activation
  * loads feed 16 vpdpbusd. A row's tail (LEGACY_TAIL_BLOCKS, avx512_blocks.h) has its own layout
  * whose lanes are the tile's outputs, so its chain is computed for all of them at once. */
@@ -37,11 +39,11 @@
  * conversion in the tiles of many rows) */
 INLINE size_t scale_bytes(int nibbles) { return nibbles ? 32 : 64; }
 
-/* weight vectors per row for `steps` steps: nibble-packed types hold two steps in one */
-INLINE int w_vecs(int nibbles, int steps) { return nibbles ? steps / 2 : steps; }
-/* per group of a panel: w_vecs x PANEL_ROWS quant vectors, then d (and m) per row as 16 fp16 */
-INLINE size_t w_group_bytes(int nibbles, int has_min, int steps) {
-    return (size_t)w_vecs(nibbles, steps) * PANEL_ROWS * STEP_BYTES + PANEL_ROWS * (1 + has_min) * scale_bytes(nibbles);
+/* weight vectors per row and group: nibble-packed types hold two steps in one */
+INLINE int w_vecs(int nibbles) { return nibbles ? STEPS / 2 : STEPS; }
+/* per group of a panel: w_vecs x PANEL_ROWS quant vectors, then d (and m) per row */
+INLINE size_t w_group_bytes(int nibbles, int has_min) {
+    return (size_t)w_vecs(nibbles) * PANEL_ROWS * STEP_BYTES + PANEL_ROWS * (1 + has_min) * scale_bytes(nibbles);
 }
 /* per group of an activation row: STEPS quant vectors, dx, then s (types with a minimum) or the
  * offset correction (the others) */
@@ -49,16 +51,16 @@ INLINE size_t w_group_bytes(int nibbles, int has_min, int steps) {
 
 static int64_t n_groups(int64_t k) { return (k / QK + GROUP - 1) / GROUP; }
 
-/* The tail's layouts. A panel's: per block slot b and step t the panel rows' dword t (16 bytes),
- * then per slot the rows' d (and m) as floats. An activation row's: per slot its 8 dwords, then
- * its 4 dx, then its 4 s (types with a minimum) or -offset * sum(qx) (the others). In a tile, lane
+/* The tail's layouts. A panel's: per block b and step t the panel rows' dword t (16 bytes), then
+ * per block the rows' d (and m) as floats. An activation row's: per block slot (4) its 8 dwords,
+ * then its 4 dx, then its 4 s (types with a minimum) or -offset * sum(qx) (the others). In a tile, lane
  * 4c + r is output (r, c): a broadcast of 16 weight bytes and a permute of the columns' dwords
  * feed one vpdpbusd for all 16 outputs. */
 #define TAIL_BLOCKS LEGACY_TAIL_BLOCKS
-#define W_TAIL_QUANTS (TAIL_BLOCKS * STEPS * 16)
-INLINE size_t w_tail_bytes(int has_min) { return W_TAIL_QUANTS + TAIL_BLOCKS * 16 * (1 + has_min); }
+INLINE size_t w_tail_quants(int tail) { return (size_t)tail * STEPS * 16; }
+INLINE size_t w_tail_bytes(int tail, int has_min) { return w_tail_quants(tail) + (size_t)tail * 16 * (1 + has_min); }
 #define X_TAIL_QUANTS (TAIL_BLOCKS * QK)
-#define X_TAIL_BYTES 192  /* X_TAIL_QUANTS + 2 * 16, to 64 bytes */
+#define X_TAIL_BYTES ((X_TAIL_QUANTS + 2 * 16 + 63) / 64 * 64)
 
 /* blocks in group g */
 static int group_blocks(int64_t k, int64_t g) { return k / QK - g * GROUP < GROUP ? (int)(k / QK - g * GROUP) : GROUP; }
@@ -68,7 +70,7 @@ static int64_t full_groups(int64_t k) { return n_groups(k) - (legacy_tail_blocks
 
 /* A panel is its full groups in order, then the tail's layout. */
 INLINE size_t panel_bytes_legacy(int nibbles, int has_min, int64_t k) {
-    return (size_t)full_groups(k) * w_group_bytes(nibbles, has_min, STEPS) + (legacy_tail_blocks(k / QK) ? w_tail_bytes(has_min) : 0);
+    return (size_t)full_groups(k) * w_group_bytes(nibbles, has_min) + w_tail_bytes(legacy_tail_blocks(k / QK), has_min);
 }
 
 /* ---- packing ----------------------------------------------------------------------------- */
@@ -76,12 +78,12 @@ INLINE size_t panel_bytes_legacy(int nibbles, int has_min, int64_t k) {
 INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int nibbles, int has_min, const uint8_t *w,
                           size_t w_row_bytes, int64_t rows, int64_t k, uint8_t *panel) {
     const int64_t groups = full_groups(k);
-    const int tail = legacy_tail_blocks(k / QK), vecs = w_vecs(nibbles, STEPS);
+    const int tail = legacy_tail_blocks(k / QK), vecs = w_vecs(nibbles);
     const __m512i order = _mm512_loadu_si512(tree_order);
     const __m512i block_dwords = _mm512_mullo_epi32(order, _mm512_set1_epi32(QK / 4));
     const size_t sb = scale_bytes(nibbles);
     for (int64_t g = 0; g < groups; g++) {
-        uint8_t *pg = panel + g * w_group_bytes(nibbles, has_min, STEPS);
+        uint8_t *pg = panel + g * w_group_bytes(nibbles, has_min);
         const int n = group_blocks(k, g);
         const __mmask16 live = _mm512_cmplt_epi32_mask(order, _mm512_set1_epi32(n));
         uint8_t *scales = pg + (size_t)vecs * PANEL_ROWS * STEP_BYTES;  /* d of each row, then m */
@@ -116,9 +118,9 @@ INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int nibbles, in
         }
     }
     if (!tail) return;
-    uint8_t *pt = panel + groups * w_group_bytes(nibbles, has_min, STEPS);
-    float *dm = (float *)(pt + W_TAIL_QUANTS);  /* (1 + has_min, TAIL_BLOCKS, PANEL_ROWS) */
-    memset(pt, 0, w_tail_bytes(has_min));
+    uint8_t *pt = panel + groups * w_group_bytes(nibbles, has_min);
+    float *dm = (float *)(pt + w_tail_quants(tail));  /* (1 + has_min, tail, PANEL_ROWS) */
+    memset(pt, 0, w_tail_bytes(tail, has_min));
     for (int r = 0; r < rows && r < PANEL_ROWS; r++) {
         const uint8_t *wt = w + r * w_row_bytes + groups * GROUP * type_size;
         uint8_t u[TAIL_BLOCKS * QK] __attribute__((aligned(64)));
@@ -127,7 +129,7 @@ INLINE void pack_w_legacy(legacy_pair_fn pair, size_t type_size, int nibbles, in
         for (int b = 0; b < tail; b++) {
             for (int t = 0; t < STEPS; t++) memcpy(pt + (b * STEPS + t) * 16 + r * 4, u + b * QK + t * 4, 4);
             dm[b * PANEL_ROWS + r] = load_half(wt + b * type_size);
-            if (has_min) dm[(TAIL_BLOCKS + b) * PANEL_ROWS + r] = load_half(wt + b * type_size + 2);
+            if (has_min) dm[(tail + b) * PANEL_ROWS + r] = load_half(wt + b * type_size + 2);
         }
     }
 }
@@ -177,11 +179,11 @@ INLINE void pack_x_legacy(int offset, int has_min, const uint8_t *xq, int64_t k,
 
 /* ---- the microkernel ------------------------------------------------------------------- */
 
-/* sums[r][c] += the int32 dot products of `steps` steps of a group (the integer sums do not
- * depend on the order of the steps) */
-INLINE void step_sums(int nibbles, const uint8_t *pg, const uint8_t *xg, size_t x_stride, const int steps, const int nc,
+/* sums[r][c] += the int32 dot products of a group's steps (the integer sums do not depend on the
+ * order of the steps) */
+INLINE void step_sums(int nibbles, const uint8_t *pg, const uint8_t *xg, size_t x_stride, const int nc,
                       __m512i sums[PANEL_ROWS][TILE_COLS]) {
-    const int vecs = w_vecs(nibbles, steps);
+    const int vecs = w_vecs(nibbles);
     const __m512i low = _mm512_set1_epi8(0x0F);
     UNROLL for (int v = 0; v < vecs; v++)
         UNROLL for (int h = 0; h <= nibbles; h++) {  /* step v + h * vecs: one nibble at a time keeps 4 weight registers live, not 8 */
@@ -250,7 +252,7 @@ INLINE __m512 tail_legacy(int has_min, int n, const uint8_t *pt, const uint8_t *
     }
     const __m512i chunk = _mm512_set_epi32(12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0);
     const __m512i pair_chunk = _mm512_set_epi32(24, 24, 24, 24, 16, 16, 16, 16, 8, 8, 8, 8, 0, 0, 0, 0);
-    const float *dm = (const float *)(pt + W_TAIL_QUANTS);
+    const float *dm = (const float *)(pt + w_tail_quants(n));
     __m512 chain = _mm512_setzero_ps();
     for (int b = 0; b < n; b++) {
         const __m512i of_block = _mm512_add_epi32(chunk, _mm512_set1_epi32(b));  /* chunk c's lane b */
@@ -268,7 +270,7 @@ INLINE __m512 tail_legacy(int has_min, int n, const uint8_t *pt, const uint8_t *
         const __m512 d = _mm512_broadcast_f32x4(_mm_load_ps(dm + b * PANEL_ROWS));
         chain = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, _mm512_permutexvar_ps(of_block, _mm512_castsi512_ps(dx))), chain);
         if (has_min)
-            chain = _mm512_fmadd_ps(_mm512_broadcast_f32x4(_mm_load_ps(dm + (TAIL_BLOCKS + b) * PANEL_ROWS)),
+            chain = _mm512_fmadd_ps(_mm512_broadcast_f32x4(_mm_load_ps(dm + (n + b) * PANEL_ROWS)),
                                     _mm512_permutexvar_ps(of_block, _mm512_castsi512_ps(sx)), chain);
     }
     return chain;
@@ -281,15 +283,15 @@ INLINE void tile_legacy(int nibbles, int has_min, int64_t groups, int tail, cons
     UNROLL for (int r = 0; r < PANEL_ROWS; r++)
         UNROLL for (int c = 0; c < nc; c++) acc[r][c] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
-        const uint8_t *pg = panel + g * w_group_bytes(nibbles, has_min, STEPS), *xg = xp + g * X_GROUP_BYTES;
+        const uint8_t *pg = panel + g * w_group_bytes(nibbles, has_min), *xg = xp + g * X_GROUP_BYTES;
         __m512i sums[PANEL_ROWS][TILE_COLS];
         UNROLL for (int c = 0; c < nc; c++) {
             const __m512i start = has_min ? _mm512_setzero_si512()
                                           : _mm512_load_si512(xg + c * x_stride + (STEPS + 1) * STEP_BYTES);
             UNROLL for (int r = 0; r < PANEL_ROWS; r++) sums[r][c] = start;
         }
-        step_sums(nibbles, pg, xg, x_stride, STEPS, nc, sums);
-        const uint8_t *scales = pg + (size_t)w_vecs(nibbles, STEPS) * PANEL_ROWS * STEP_BYTES;
+        step_sums(nibbles, pg, xg, x_stride, nc, sums);
+        const uint8_t *scales = pg + (size_t)w_vecs(nibbles) * PANEL_ROWS * STEP_BYTES;
         __m512 d[PANEL_ROWS], m[PANEL_ROWS];
         UNROLL for (int r = 0; r < PANEL_ROWS; r++) {
             d[r] = load_scales(nibbles, scales + r * scale_bytes(nibbles));
@@ -304,7 +306,7 @@ INLINE void tile_legacy(int nibbles, int has_min, int64_t groups, int tail, cons
             }
         }
     }
-    const __m512 chain = tail ? tail_legacy(has_min, tail, panel + groups * w_group_bytes(nibbles, has_min, STEPS),
+    const __m512 chain = tail ? tail_legacy(has_min, tail, panel + groups * w_group_bytes(nibbles, has_min),
                                             xp + groups * X_GROUP_BYTES, x_stride, nc)
                               : _mm512_setzero_ps();
     if (nc == 1) {  /* one column: 4 scalar trees cost less than the 16-wide one */
@@ -342,11 +344,11 @@ INLINE void panel_dot_legacy(int nibbles, int has_min, int64_t k, const uint8_t 
  * rows, whose tiles then reuse it with no unpacking; the tail is bytes already. */
 INLINE void widen_legacy(int has_min, int64_t k, const uint8_t *panel, uint8_t *wide) {
     const int64_t groups = full_groups(k);
-    const int vecs = w_vecs(1, STEPS);
+    const int vecs = w_vecs(1);
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t g = 0; g < groups; g++) {
-        const uint8_t *src = panel + g * w_group_bytes(1, has_min, STEPS);
-        uint8_t *dst = wide + g * w_group_bytes(0, has_min, STEPS);
+        const uint8_t *src = panel + g * w_group_bytes(1, has_min);
+        uint8_t *dst = wide + g * w_group_bytes(0, has_min);
         for (int v = 0; v < vecs; v++)
             for (int r = 0; r < PANEL_ROWS; r++) {
                 const __m512i p = _mm512_load_si512(src + (v * PANEL_ROWS + r) * STEP_BYTES);
@@ -360,8 +362,8 @@ INLINE void widen_legacy(int has_min, int64_t k, const uint8_t *panel, uint8_t *
             _mm512_store_ps(floats + 16 * i, load_scales(1, halves + i * scale_bytes(1)));
     }
     if (legacy_tail_blocks(k / QK))
-        memcpy(wide + groups * w_group_bytes(0, has_min, STEPS), panel + groups * w_group_bytes(1, has_min, STEPS),
-               w_tail_bytes(has_min));
+        memcpy(wide + groups * w_group_bytes(0, has_min), panel + groups * w_group_bytes(1, has_min),
+               w_tail_bytes(legacy_tail_blocks(k / QK), has_min));
 }
 
 /* ---- K-quants -------------------------------------------------------------------------- *

@@ -90,7 +90,7 @@ typedef struct jl_type_traits {
     int64_t type_size;          /* bytes per block */
     int activation;             /* jl_type that x is quantized to for vec_dot */
     jl_to_float_fn to_float;
-    jl_from_float_fn from_float;  /* set for the activation formats and the quantized KV cache types */
+    jl_from_float_fn from_float;  /* set for the activation formats and the KV cache types (F16 included) */
     jl_vec_dot_fn vec_dot;        /* set for the weight types */
     const jl_gemm_kernels *gemm;  /* set where a GEMM beats vec_dot for many rows */
     jl_vec_dot_pages_fn vec_dot_pages;  /* set for the KV cache types */
