@@ -1,8 +1,8 @@
 /* avx2_gemm.c — register-blocked int8 GEMM at 256 bits for Q4_0, Q4_1, Q5_0, Q8_0 and the
- * K-quants Q2_K .. Q6_K, for CPUs without AVX-512. Compiled twice from this one source: for AVX2 (vpmaddubsw, then vpmaddwd) and,
- * with JL_AVXVNNI defined, for AVX-VNNI (the VEX vpdpbusd). Both builds compute the same int32 sums,
- * so they give the same bits; dispatch.c registers the AVX-VNNI build at the avx2 level where the
- * CPU has it.
+ * K-quants Q2_K .. Q6_K, for CPUs without AVX-512. Compiled twice from this one source: for AVX2
+ * (vpmaddubsw, then vpmaddwd) and, with JL_AVXVNNI defined, for AVX-VNNI (the VEX vpdpbusd and
+ * vpdpwssd). Both builds compute the same int32 sums, so they give the same bits; dispatch.c
+ * registers the AVX-VNNI build at the avx2 level where the CPU has it.
  *
  * Batch invariance fixes the arithmetic: every output must equal the avx2 level's vec_dot
  * (avx2.c) bit for bit. vec_dot leaves a group of eight blocks as one int32 lane per block, then
@@ -39,8 +39,8 @@
 
 /* A last group of at most 4 blocks (k = 576 leaves 2) packs into TAIL_STEPS steps: block b's
  * dwords 0-3 go to lane b and dwords 4-7 to lane b + 4, and one add of the swapped 128-bit halves
- * leaves its sum in lane b. Lanes 4-7 then carry copies that meet zero scales, as vec_dot's zero
- * lanes do. */
+ * leaves its sum in lane b. Lanes 4-7 then carry copies that meet zero scales: their products are
+ * +-0, which leave an accumulator as vec_dot's zero lanes do (a sum started at +0 is never -0). */
 #define TAIL_BLOCKS 4
 #define TAIL_STEPS 4
 
@@ -105,14 +105,15 @@ INLINE __m256i tail_reduce(__m256i v) { return _mm256_add_epi32(v, _mm256_permut
 
 /* ---- packing ----------------------------------------------------------------------------- */
 
-INLINE void store_scales(int nibbles, const float v[GROUP], uint8_t *at) {
-    if (!nibbles) {
-        memcpy(at, v, GROUP * sizeof(float));
+/* 8 fp16 scales as the layout keeps them: as they are, or as floats */
+INLINE void store_scales(int nibbles, const jl_half h[GROUP], uint8_t *at) {
+    if (nibbles) {
+        memcpy(at, h, GROUP * sizeof(jl_half));
         return;
     }
-    jl_half h[GROUP];
-    for (int i = 0; i < GROUP; i++) h[i] = f32_to_half(v[i]);  /* exact: the values came from fp16 */
-    memcpy(at, h, sizeof h);
+    float f[GROUP];
+    for (int i = 0; i < GROUP; i++) f[i] = half_to_f32(h[i]);
+    memcpy(at, f, sizeof f);
 }
 
 INLINE __m256 load_scales(int nibbles, const uint8_t *at) {
@@ -135,13 +136,13 @@ INLINE void pack_w_legacy(legacy_unpack_fn unpack, size_t type_size, int offset,
                 const int64_t row = sp * TILE_ROWS + r;
                 const uint8_t *wg = w + row * w_row_bytes + g * GROUP * type_size;
                 uint8_t q[GROUP][QK];
-                float d[GROUP] = {0}, m[GROUP] = {0};
+                jl_half d[GROUP] = {0}, m[GROUP] = {0};
                 const int live = row < rows ? n : 0;
                 for (int b = 0; b < live; b++) {
                     const legacy_block u = unpack(wg + b * type_size);
                     _mm256_storeu_si256((__m256i *)q[b], _mm256_add_epi8(u.q, _mm256_set1_epi8((char)offset)));
-                    d[b] = load_half(wg + b * type_size);
-                    if (has_min) m[b] = load_half(wg + b * type_size + sizeof(jl_half));
+                    memcpy(&d[b], wg + b * type_size, sizeof(jl_half));
+                    if (has_min) memcpy(&m[b], wg + b * type_size + sizeof(jl_half), sizeof(jl_half));
                 }
                 uint8_t bytes[STEPS][STEP_BYTES];
                 transpose_group(q, live, tail, steps, bytes[0], STEP_BYTES);
