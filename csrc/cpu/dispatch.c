@@ -68,8 +68,9 @@ static void detect(void) {
         has_amx_bf16 = (d >> 22) & 1;
         has_amx_tile = (d >> 24) & 1;
         has_amx_int8 = (d >> 25) & 1;
+        /* sub-leaf 1 exists where sub-leaf 0's EAX, the last sub-leaf, says so */
+        if (a >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) has_avxvnni = (a >> 4) & 1;
     }
-    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) has_avxvnni = (a >> 4) & 1;
     /* the OS must save the wider registers: YMM (bits 1-2), and opmask/ZMM (bits 5-7) */
     uint64_t xcr0 = has_osxsave ? xgetbv0() : 0;
     int os_ymm = (xcr0 & 0x6) == 0x6;
