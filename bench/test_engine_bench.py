@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 THREADS = 2
 N_PROMPTS = 16
 TG = 128  # tokens a prompt, as the server benches' streams
+ROUNDS = 2
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +44,15 @@ def test_batched_generate_beside_one_after_another(model, report, cache_prompt):
         prompts = _prompts(model, N_PROMPTS)
         options = {"max_tokens": TG, "ignore_eos": True, "cache_prompt": cache_prompt}
         engine.generate(prompts[:2], **options)  # warm
-        t0 = time.perf_counter()
-        for p in prompts:
-            engine.submit(Request(p, **options)).result()
-        serial = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        results = engine.generate(prompts, **options)
-        batched = time.perf_counter() - t0
+        serial = batched = float("inf")
+        for _ in range(ROUNDS):  # alternating; the fastest of each (the machine is shared: the least disturbed)
+            t0 = time.perf_counter()
+            for p in prompts:
+                engine.submit(Request(p, **options)).result()
+            serial = min(serial, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            results = engine.generate(prompts, **options)
+            batched = min(batched, time.perf_counter() - t0)
     finally:
         engine.close()
     n_tokens = sum(len(r.choices[0].tokens) for r in results)
