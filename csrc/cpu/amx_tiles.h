@@ -48,6 +48,15 @@ void jl_amx_emu_dpb(int dst, int src1, int src2, int src1_signed, int src2_signe
  * stores of the rest could be dropped as dead: this one reads all 64. */
 #undef _tile_loadconfig
 #define _tile_loadconfig(config) __asm__ volatile("ldtilecfg %0" ::"m"(*(const jl_tile_config *)(config)))
+/* GCC's _tile_loadd tells its asm neither that it reads memory nor which, so the stores that fill
+ * the panel or the activation rows could be moved past it or dropped: the "memory" clobber keeps
+ * them before it. Two levels, so that a tile's macro name expands to its digit before "#". */
+#undef _tile_loadd
+#define jl_tile_loadd_asm(tile, base, stride)                                                            \
+    __asm__ volatile("{tileloadd\t(%0,%1,1), %%tmm" #tile "|tileloadd\t%%tmm" #tile ", [%0+%1*1]}"       \
+                     ::"r"((const void *)(base)), "r"((long)(stride))                                    \
+                     : "memory")
+#define _tile_loadd(tile, base, stride) jl_tile_loadd_asm(tile, base, stride)
 #endif
 
 /* The first fault the model met on this thread since the last call (an instruction the CPU would
