@@ -1,7 +1,8 @@
 /* amx_gemm.c — the int8 GEMM of the legacy block types on AMX tiles (TDPBSSD), bit-identical to
  * vec_dot (avx512.c).
  *
- * Built twice: with the AMX flags for the amx level, and, through amx_gemm_emulated.c, with
+ * Built twice: with the AMX flags for the amx level (where the compiler has them: JANLIB_AMX), and,
+ * through amx_gemm_emulated.c, with
  * JANLIB_AMX_EMULATE, where the tile instructions run on the software model of
  * cpu/amx_emulator.c, so the tests check this file's arithmetic on machines without AMX.
  *
@@ -293,15 +294,21 @@ void VARIANT(jl_amx_gemm_register)(jl_type_traits *table, const jl_type_traits *
     }
 }
 
-#if !defined(JANLIB_AMX_EMULATE)
+/* the tests' driver: in the CPU's build, or in the emulated one where the compiler has no AMX */
+#if defined(JANLIB_AMX) != defined(JANLIB_AMX_EMULATE)
 
 jl_status jl_amx_gemm_check(int emulated, int type, const void *w, size_t w_bytes, int64_t rows, int64_t k,
                             const float *x, int64_t n, float *y) {
+    if (emulated) jl_amx_emu_fault();  /* a fresh start: an earlier call's fault on this thread is not this one's */
     const int needs = emulated ? JL_ISA_AVX512 : JL_ISA_AMX;
     if (jl_isa_detected() < needs)
         return jl_fail(JL_ERR_UNSUPPORTED, "amx_gemm_check: the %s GEMM needs the %s level, this CPU's best is %s",
                        emulated ? "emulated AMX" : "AMX", jl_isa_name(needs), jl_isa_name(jl_isa_detected()));
+#if defined(JANLIB_AMX)
     const jl_gemm_kernels *gemm = emulated ? jl_amx_gemm_kernels_emulated(type) : jl_amx_gemm_kernels(type);
+#else
+    const jl_gemm_kernels *gemm = jl_amx_gemm_kernels_emulated(type);  /* emulated: the amx level is never detected */
+#endif
     const jl_type_traits *wt = jl_traits_for(JL_ISA_AVX512, type);
     if (!gemm || !wt) return jl_fail(JL_ERR_UNSUPPORTED, "amx_gemm_check: no AMX GEMM for type id %d", type);
     const jl_type_traits *at = jl_traits_for(JL_ISA_AVX512, wt->activation);
@@ -313,6 +320,7 @@ jl_status jl_amx_gemm_check(int emulated, int type, const void *w, size_t w_byte
                        (long long)rows, w_row_bytes, w_bytes);
     uint8_t *xq = malloc(xq_row_bytes * (size_t)n);  /* (n, xq_row_bytes) */
     uint8_t *xp = aligned_alloc(64, (xp_row_bytes * (size_t)n + 63) / 64 * 64);  /* (n, xp_row_bytes) */
+    /* one panel of TILE weight rows at a time: (k / QK, block_bytes), a block's B tile then its scales */
     uint8_t *panel = aligned_alloc(64, (gemm->panel_bytes(k) + 63) / 64 * 64);
     jl_status st = JL_OK;
     if (!xq || !xp || !panel) {

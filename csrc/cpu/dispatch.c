@@ -38,6 +38,7 @@ static uint64_t xgetbv0(void) {
 
 /* Linux hands out the AMX tile data state (XTILEDATA, 8 KiB per thread) only to a process
  * that asks: without it a tile instruction faults. */
+#if defined(JANLIB_AMX)
 static int request_tile_state(void) {
 #if defined(__linux__) && defined(SYS_arch_prctl)
     enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
@@ -46,6 +47,7 @@ static int request_tile_state(void) {
     return 0;
 #endif
 }
+#endif
 
 static void detect(void) {
     unsigned a, b, c, d;
@@ -77,15 +79,22 @@ static void detect(void) {
     int os_zmm = os_ymm && (xcr0 & 0xe0) == 0xe0;
     if (!os_ymm) has_avx2 = has_fma = has_f16c = has_avxvnni = 0;
     if (!os_zmm) has_f = has_bw = has_vl = has_dq = has_vnni = 0;
-    /* and the tile state: XTILECFG and XTILEDATA (bits 17-18), granted to this process */
-    const int os_tiles = has_amx_tile && (xcr0 & 0x60000) == 0x60000 && request_tile_state();
+    /* and the tile state: XTILECFG and XTILEDATA (bits 17-18), granted to this process. A refusal
+     * keeps the CPU's flags and adds amx-denied, so that the amx level's absence is explained. */
+    const int os_tiles = has_amx_tile && (xcr0 & 0x60000) == 0x60000;
     if (!os_tiles) has_amx_bf16 = has_amx_tile = has_amx_int8 = 0;
+#if defined(JANLIB_AMX)
+    /* the request is process-wide and made here at start-up, even where JANLIB_ISA keeps a lower level */
+    const int tiles_denied = os_tiles && !request_tile_state();
+#else
+    const int tiles_denied = 0;  /* never asked: this build runs the amx level on the tile model alone */
+#endif
 
     const struct { const char *name; int on; } flags[] = {
         {"avx2", has_avx2}, {"fma", has_fma}, {"f16c", has_f16c}, {"bmi2", has_bmi2},
         {"avx512f", has_f}, {"avx512bw", has_bw}, {"avx512vl", has_vl}, {"avx512dq", has_dq},
         {"avx512vnni", has_vnni}, {"avxvnni", has_avxvnni}, {"amx-tile", has_amx_tile}, {"amx-int8", has_amx_int8},
-        {"amx-bf16", has_amx_bf16},
+        {"amx-bf16", has_amx_bf16}, {"amx-denied", tiles_denied},
     };
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
         if (!flags[i].on) continue;
@@ -96,7 +105,9 @@ static void detect(void) {
     avxvnni = has_avxvnni;
     if (best_isa == JL_ISA_AVX2 && has_f && has_bw && has_vl && has_dq && has_vnni)
         best_isa = JL_ISA_AVX512;
-    if (best_isa == JL_ISA_AVX512 && has_amx_tile && has_amx_int8) best_isa = JL_ISA_AMX;
+#if defined(JANLIB_AMX)
+    if (best_isa == JL_ISA_AVX512 && has_amx_tile && has_amx_int8 && !tiles_denied) best_isa = JL_ISA_AMX;
+#endif
 }
 #else
 static void detect(void) {}
@@ -124,8 +135,11 @@ static void build_tables(void) {
         jl_avx512_attention_register(tables[isa]);
     }
     /* without the CPU's tiles the amx level is offered to the tests alone, on the tile model (jl_amx_emulate) */
+#if defined(JANLIB_AMX)
     if (best_isa == JL_ISA_AMX) jl_amx_gemm_register(tables[JL_ISA_AMX], tables[JL_ISA_AVX512]);
-    else jl_amx_gemm_register_emulated(tables[JL_ISA_AMX], tables[JL_ISA_AVX512]);
+    else
+#endif
+        jl_amx_gemm_register_emulated(tables[JL_ISA_AMX], tables[JL_ISA_AVX512]);
 #endif
     detected_isa = best_isa;
     atomic_store(&active_isa, best_isa);
