@@ -51,19 +51,35 @@ void jl_amx_emu_loadconfig(const void *config) {
         jl_amx_emu_release();
         return;
     }
-    if (cfg.palette != 1) return fault("LDTILECFG: palette %d is not supported (#GP)", cfg.palette);
+    if (cfg.palette != 1) {
+        fault("LDTILECFG: palette %d is not supported (#GP)", cfg.palette);
+        return;
+    }
     for (int i = 0; i < 14; i++)
-        if (cfg.reserved[i]) return fault("LDTILECFG: reserved byte %d is not zero (#GP)", i + 2);
-    if (cfg.start_row >= MAX_ROWS) return fault("LDTILECFG: start_row %d (#GP)", cfg.start_row);
+        if (cfg.reserved[i]) {
+            fault("LDTILECFG: reserved byte %d is not zero (#GP)", i + 2);
+            return;
+        }
+    if (cfg.start_row >= MAX_ROWS) {
+        fault("LDTILECFG: start_row %d (#GP)", cfg.start_row);
+        return;
+    }
     for (int t = 0; t < 16; t++) {
         if (t >= MAX_NAMES) {
-            if (cfg.rows[t] || cfg.colsb[t]) return fault("LDTILECFG: tile %d does not exist in palette 1 (#GP)", t);
+            if (cfg.rows[t] || cfg.colsb[t]) {
+                fault("LDTILECFG: tile %d does not exist in palette 1 (#GP)", t);
+                return;
+            }
             continue;
         }
-        if (cfg.rows[t] > MAX_ROWS || cfg.colsb[t] > BYTES_PER_ROW)
-            return fault("LDTILECFG: tile %d of %d rows x %d bytes exceeds palette 1 (#GP)", t, cfg.rows[t], cfg.colsb[t]);
-        if ((cfg.rows[t] == 0) != (cfg.colsb[t] == 0))
-            return fault("LDTILECFG: tile %d has %d rows of %d bytes (#GP)", t, cfg.rows[t], cfg.colsb[t]);
+        if (cfg.rows[t] > MAX_ROWS || cfg.colsb[t] > BYTES_PER_ROW) {
+            fault("LDTILECFG: tile %d of %d rows x %d bytes exceeds palette 1 (#GP)", t, cfg.rows[t], cfg.colsb[t]);
+            return;
+        }
+        if ((cfg.rows[t] == 0) != (cfg.colsb[t] == 0)) {
+            fault("LDTILECFG: tile %d has %d rows of %d bytes (#GP)", t, cfg.rows[t], cfg.colsb[t]);
+            return;
+        }
     }
     state.cfg = cfg;
     state.configured = 1;
@@ -125,18 +141,31 @@ static int32_t extend(uint8_t byte, int is_signed) { return is_signed ? (int32_t
 void jl_amx_emu_dpb(int dst, int src1, int src2, int src1_signed, int src2_signed) {
     const char *insn = src1_signed ? (src2_signed ? "TDPBSSD" : "TDPBSUD") : (src2_signed ? "TDPBUSD" : "TDPBUUD");
     if (!usable(insn, dst) || !usable(insn, src1) || !usable(insn, src2)) return;
-    if (dst == src1 || dst == src2 || src1 == src2) return fault("%s: tmm%d, tmm%d, tmm%d are not distinct (#UD)", insn, dst, src1, src2);
+    if (dst == src1 || dst == src2 || src1 == src2) {
+        fault("%s: tmm%d, tmm%d, tmm%d are not distinct (#UD)", insn, dst, src1, src2);
+        return;
+    }
     const jl_tile_config *c = &state.cfg;
-    if (c->colsb[dst] % 4 || c->colsb[src1] % 4 || c->colsb[src2] % 4)
-        return fault("%s: a row of %d, %d or %d bytes is not whole dwords (#UD)", insn, c->colsb[dst], c->colsb[src1], c->colsb[src2]);
-    if (c->rows[dst] != c->rows[src1])
-        return fault("%s: C has %d rows, A %d (#UD)", insn, c->rows[dst], c->rows[src1]);
-    if (c->colsb[src1] / 4 != c->rows[src2])
-        return fault("%s: A's rows hold %d dwords, B has %d rows (#UD)", insn, c->colsb[src1] / 4, c->rows[src2]);
-    if (c->colsb[dst] != c->colsb[src2])
-        return fault("%s: C's rows have %d bytes, B's %d (#UD)", insn, c->colsb[dst], c->colsb[src2]);
-    if (c->colsb[src1] / 4 > TMUL_MAX_K || c->colsb[dst] / 4 > TMUL_MAX_N)
-        return fault("%s: K %d or N %d exceeds the TMUL unit (#UD)", insn, c->colsb[src1] / 4, c->colsb[dst] / 4);
+    if (c->colsb[dst] % 4 || c->colsb[src1] % 4 || c->colsb[src2] % 4) {
+        fault("%s: a row of %d, %d or %d bytes is not whole dwords (#UD)", insn, c->colsb[dst], c->colsb[src1], c->colsb[src2]);
+        return;
+    }
+    if (c->rows[dst] != c->rows[src1]) {
+        fault("%s: C has %d rows, A %d (#UD)", insn, c->rows[dst], c->rows[src1]);
+        return;
+    }
+    if (c->colsb[src1] / 4 != c->rows[src2]) {
+        fault("%s: A's rows hold %d dwords, B has %d rows (#UD)", insn, c->colsb[src1] / 4, c->rows[src2]);
+        return;
+    }
+    if (c->colsb[dst] != c->colsb[src2]) {
+        fault("%s: C's rows have %d bytes, B's %d (#UD)", insn, c->colsb[dst], c->colsb[src2]);
+        return;
+    }
+    if (c->colsb[src1] / 4 > TMUL_MAX_K || c->colsb[dst] / 4 > TMUL_MAX_N) {
+        fault("%s: K %d or N %d exceeds the TMUL unit (#UD)", insn, c->colsb[src1] / 4, c->colsb[dst] / 4);
+        return;
+    }
     const int m_rows = c->rows[dst], k_dwords = c->colsb[src1] / 4, n_dwords = c->colsb[dst] / 4;
     for (int m = 0; m < m_rows; m++) {
         uint32_t tmp[BYTES_PER_ROW / 4];  /* unsigned: the sums wrap around as the CPU's int32 */
