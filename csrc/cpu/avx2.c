@@ -286,13 +286,13 @@ INLINE void float_to_float(load8_fn load8, load1_fn load1, const void *src, floa
  * depends on how many rows share the call, which batch invariance needs. */
 INLINE void float_dot_pair(load8_fn load8, load1_fn load1, int64_t k, const void *w, const void *x,
                            size_t x_stride, int nc, float *s) {
-    enum { UNROLL = 4 };
-    __m256 acc[2][UNROLL];
+    enum { CHAINS = 4 };
+    __m256 acc[2][CHAINS];
     for (int c = 0; c < nc; c++)
-        for (int u = 0; u < UNROLL; u++) acc[c][u] = _mm256_setzero_ps();
+        for (int u = 0; u < CHAINS; u++) acc[c][u] = _mm256_setzero_ps();
     int64_t i = 0;
-    for (; i + 8 * UNROLL <= k; i += 8 * UNROLL) {
-        for (int u = 0; u < UNROLL; u++) {
+    for (; i + 8 * CHAINS <= k; i += 8 * CHAINS) {
+        for (int u = 0; u < CHAINS; u++) {
             const __m256 wv = load8(w, i + 8 * u);
             for (int c = 0; c < nc; c++) {
                 const float *xc = (const float *)((const uint8_t *)x + c * x_stride);
@@ -309,7 +309,7 @@ INLINE void float_dot_pair(load8_fn load8, load1_fn load1, int64_t k, const void
     }
     for (int c = 0; c < nc; c++) {
         const float *xc = (const float *)((const uint8_t *)x + c * x_stride);
-        for (int u = 1; u < UNROLL; u++) acc[c][0] = _mm256_add_ps(acc[c][0], acc[c][u]);
+        for (int u = 1; u < CHAINS; u++) acc[c][0] = _mm256_add_ps(acc[c][0], acc[c][u]);
         float sum = hsum_f32x8(acc[c][0]);
         for (int64_t t = i; t < k; t++) sum += load1(w, t) * xc[t];
         s[c] = sum;

@@ -11,6 +11,8 @@
 #include "quant/blocks.h"
 
 #define INLINE static inline __attribute__((always_inline))
+/* complete unrolling of the short fixed loops lets the per-tile arrays live in registers */
+#define UNROLL _Pragma("GCC unroll 16")
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 

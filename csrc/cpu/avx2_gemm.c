@@ -12,7 +12,8 @@
  * bytes 4t .. 4t + 3 of each of its eight blocks (lane L = block L), so eight steps give the block
  * sums with no shuffling in the inner loop.
  *
- * Weights are repacked PANEL_ROWS rows at a time as unsigned q + offset, in sub-panels of
+ * Weights are repacked PANEL_ROWS rows at a time as unsigned q + offset (the AVX2 build's Q8_0
+ * keeps q signed: see Q8_0_SIGNED), in sub-panels of
  * TILE_ROWS rows (the 4-bit types keep two steps per byte and their block scales as fp16, so a
  * packed Q4 panel is as small as the file's blocks and a model keeps it per tensor, decode
  * included, then widens it to bytes a strip at a time for many rows); an activation row once per
@@ -26,9 +27,6 @@
 
 #include "cpu/avx2_blocks.h"
 #include "quant/traits.h"
-
-/* complete unrolling of the short fixed loops lets the per-tile arrays live in registers */
-#define UNROLL _Pragma("GCC unroll 16")
 
 #define TILE_ROWS 2
 #define TILE_COLS 4
