@@ -1,10 +1,10 @@
 /* amx_gemm.c — the int8 GEMM of the legacy block types on AMX tiles (TDPBSSD), bit-identical to
  * vec_dot (avx512.c).
  *
- * Built twice: with the AMX flags for the amx level (where the compiler has them: JANLIB_AMX), and,
- * through amx_gemm_emulated.c, with
- * JANLIB_AMX_EMULATE, where the tile instructions run on the software model of
- * cpu/amx_emulator.c, so the tests check this file's arithmetic on machines without AMX.
+ * Built twice: with the AMX flags for the amx level (where the compiler has them: JANLIB_AMX),
+ * and, through amx_gemm_emulated.c, with JANLIB_AMX_EMULATE, where the tile instructions run on
+ * the software model of cpu/amx_emulator.c, so the tests check this file's arithmetic on machines
+ * without AMX.
  *
  * Batch invariance fixes the float arithmetic: decode rows keep vec_dot (and the AVX-512 GEMM,
  * below AMX_MIN_ROWS rows), so every output here must equal vec_dot's bit for bit. vec_dot keeps
