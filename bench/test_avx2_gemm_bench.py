@@ -7,15 +7,13 @@ this level: JANLIB_ISA=avx2 with bench/test_model_bench.py."""
 
 from __future__ import annotations
 
-import gguf
 import numpy as np
 import pytest
 
 import janlib
 from janlib import _core
 
-from gemm_rates import cpu_name, gmacs
-from quant_data import random_raw
+from gemm_rates import cpu_name, gmacs, random_case
 
 FEATURES = janlib.cpu_features()
 pytestmark = pytest.mark.skipif("avx2" not in FEATURES["available"], reason="no AVX2 on this CPU")
@@ -34,10 +32,7 @@ THREADS = [1, 2]
 @pytest.mark.parametrize("n", ROWS)
 @pytest.mark.parametrize("qtype,rows,k", SHAPES, ids=[f"{t}-{r}x{k}" for t, r, k in SHAPES])
 def test_avx2_gemm(benchmark, qtype, rows, k, n, n_threads, report):
-    rng = np.random.default_rng(5)
-    w = np.ascontiguousarray(random_raw(rng, qtype, rows, k)).reshape(-1)
-    type_id = int(gguf.GGMLQuantizationType[qtype])
-    x = rng.standard_normal((n, k)).astype(np.float32)
+    type_id, w, x = random_case(qtype, rows, k, n, seed=5)
     rates = {}
     for level in [level for level in ("avx2", "avx512") if level in FEATURES["available"]]:
         with janlib.use_isa(level):

@@ -12,13 +12,13 @@ import itertools
 import threading
 import time
 
-import gguf
 import numpy as np
 import pytest
 
 import janlib
 from janlib import _core
 
+from gemm_rates import gmacs, random_case
 from quant_data import ALL_TYPES, random_raw, write_tensors
 
 K = ROWS = 4096
@@ -97,10 +97,7 @@ ROUND_MACS = 2e8  # calls per round: about this much work
 @pytest.mark.parametrize("n", GEMM_ROWS)
 @pytest.mark.parametrize("qtype,rows,k", SMOLLM2_SHAPES, ids=[f"{t}-{r}x{k}" for t, r, k in SMOLLM2_SHAPES])
 def test_gemm_kept_panels_1_thread(benchmark, qtype, rows, k, n, report):
-    rng = np.random.default_rng(3)
-    w = np.ascontiguousarray(random_raw(rng, qtype, rows, k)).reshape(-1)
-    type_id = int(gguf.GGMLQuantizationType[qtype])
-    x = rng.standard_normal((n, k)).astype(np.float32)
+    type_id, w, x = random_case(qtype, rows, k, n, seed=3)
     y = np.empty((n, rows), np.float32)
     cache = _core.PackedCache()
     _core.matmul(type_id, w, rows, x, y, n_threads=1, cache=cache)  # packs and keeps the panels
@@ -129,20 +126,10 @@ KQUANT_ROWS = [64, 256, 512]
 @pytest.mark.parametrize("n", KQUANT_ROWS)
 @pytest.mark.parametrize("qtype,rows,k", GEMMA3_KQUANT_SHAPES, ids=[f"{t}-{r}x{k}" for t, r, k in GEMMA3_KQUANT_SHAPES])
 def test_gemm_kquant(benchmark, qtype, rows, k, n, n_threads, report):
-    rng = np.random.default_rng(4)
-    w = np.ascontiguousarray(random_raw(rng, qtype, rows, k)).reshape(-1)
-    type_id = int(gguf.GGMLQuantizationType[qtype])
-    x = rng.standard_normal((n, k)).astype(np.float32)
+    type_id, w, x = random_case(qtype, rows, k, n, seed=4)
     y = np.empty((n, rows), np.float32)
-    _core.matmul(type_id, w, rows, x, y, n_threads=n_threads)
-    calls = max(1, int(ROUND_MACS / (n * rows * k)))
-    best = float("inf")
-    for _ in range(GEMM_ROUNDS):
-        start = time.process_time()
-        for _ in range(calls):
-            _core.matmul(type_id, w, rows, x, y, n_threads=n_threads)
-        best = min(best, (time.process_time() - start) / calls)
-    gmacs = n * rows * k / best / 1e9
-    benchmark.extra_info["gmac_per_s"] = gmacs
-    report(f"gemm {qtype} {rows}x{k} n={n:<4d} {n_threads}T: {best * 1e3:7.3f} ms CPU per call, {gmacs:6.1f} GMAC/s of CPU time")
+    rate = gmacs(type_id, w, rows, x, n_threads)  # no cache: the panels are repacked per call
+    best = n * rows * k / rate / 1e9
+    benchmark.extra_info["gmac_per_s"] = rate
+    report(f"gemm {qtype} {rows}x{k} n={n:<4d} {n_threads}T: {best * 1e3:7.3f} ms CPU per call, {rate:6.1f} GMAC/s of CPU time")
     benchmark.pedantic(_core.matmul, args=(type_id, w, rows, x, y), kwargs={"n_threads": n_threads}, rounds=1, iterations=1)
